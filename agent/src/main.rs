@@ -1,0 +1,23 @@
+//! `mooring`: the agent and its operator commands.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use mooring_agent::cli::{Cli, Command};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    mooring_agent::telemetry::init(cli.log_format);
+    let result: anyhow::Result<()> = match cli.command {
+        Command::Run(args) => mooring_agent::run(args).await.map_err(Into::into),
+        Command::Demo(args) => mooring_agent::demo::run(args).await.map_err(Into::into),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("mooring: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,358 @@
+//! `Application` (mooring.dev/v1alpha1): one Git path synced into this cluster.
+//!
+//! Field names follow Argo CD's `argoproj.io/v1alpha1` Application so that existing manifests work
+//! with only the `apiVersion` changed. Fields mooring adds (`suspend`, `pollInterval`) are marked.
+
+use std::collections::BTreeMap;
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::conditions::Condition;
+
+/// What to sync from where to where, and how.
+#[derive(CustomResource, Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[kube(
+    group = "mooring.dev",
+    version = "v1alpha1",
+    kind = "Application",
+    namespaced,
+    status = "ApplicationStatus",
+    shortname = "app",
+    shortname = "apps",
+    category = "mooring",
+    printcolumn = r#"{"name":"Sync Status","type":"string","jsonPath":".status.sync.status"}"#,
+    printcolumn = r#"{"name":"Health Status","type":"string","jsonPath":".status.health.status"}"#,
+    printcolumn = r#"{"name":"Revision","type":"string","jsonPath":".status.sync.revision","priority":10}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ApplicationSpec {
+    /// Argo CD project name; accepted for compatibility (a per-cluster agent has no projects).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
+    /// The Git repository, revision and path to render.
+    pub source: ApplicationSource,
+    /// Where the rendered objects go. Only this cluster is supported.
+    pub destination: ApplicationDestination,
+    /// When and how to sync; without `automated` the Application is only compared.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync_policy: Option<SyncPolicy>,
+    /// mooring: stop reconciling this Application (nothing is applied or pruned) while true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suspend: Option<bool>,
+    /// mooring: how often to look for new commits, as a Go duration (`30s`, `3m`, `1h`).
+    /// Defaults to the agent's `--default-poll-interval` (3m).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub poll_interval: Option<String>,
+}
+
+/// A Git source, as Argo CD's `spec.source`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ApplicationSource {
+    /// The repository URL: `https://`, `ssh://` or (for tests) `file://`.
+    #[serde(rename = "repoURL")]
+    pub repo_url: String,
+    /// A branch, tag, full commit SHA or `HEAD` (the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_revision: Option<String>,
+    /// The directory inside the repository; must stay inside it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Options for a plain YAML/JSON directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub directory: Option<DirectorySource>,
+    /// Options for a Kustomize directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kustomize: Option<KustomizeSource>,
+}
+
+/// Plain-directory options, as Argo CD's `source.directory`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DirectorySource {
+    /// Include subdirectories.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recurse: Option<bool>,
+    /// A glob of files to include (`*.yaml`, or `{a.yaml,b.yaml}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub include: Option<String>,
+    /// A glob of files to exclude.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exclude: Option<String>,
+}
+
+/// Kustomize overrides, as Argo CD's `source.kustomize`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct KustomizeSource {
+    /// Prefix added to every object name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name_prefix: Option<String>,
+    /// Suffix added to every object name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name_suffix: Option<String>,
+    /// Image overrides in `kustomize edit set image` syntax (`name=repo:tag`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<String>,
+    /// Labels added to every object and selector.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub common_labels: BTreeMap<String, String>,
+}
+
+/// The target, as Argo CD's `spec.destination`. Only this cluster is supported:
+/// `server: https://kubernetes.default.svc` or `name: in-cluster`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ApplicationDestination {
+    /// The API server URL of the target cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<String>,
+    /// The name of the target cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The namespace for namespaced objects that do not set one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+}
+
+/// As Argo CD's `spec.syncPolicy`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SyncPolicy {
+    /// Sync without a person asking; absent means compare only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub automated: Option<AutomatedSync>,
+    /// Options such as `CreateNamespace=true`, `PruneLast=true`, `Prune=false`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sync_options: Vec<String>,
+    /// How failed syncs are retried.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetryStrategy>,
+}
+
+/// As Argo CD's `syncPolicy.automated`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AutomatedSync {
+    /// Delete objects that left Git (guarded; see the prune rules).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prune: Option<bool>,
+    /// Revert changes made in the cluster by hand.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub self_heal: Option<bool>,
+    /// Allow a sync whose render is empty to prune everything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_empty: Option<bool>,
+}
+
+/// As Argo CD's `syncPolicy.retry`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RetryStrategy {
+    /// The most attempts; a negative value retries forever.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<i64>,
+    /// The delay between attempts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff: Option<Backoff>,
+}
+
+/// As Argo CD's `retry.backoff`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Backoff {
+    /// The first delay, as a Go duration (`5s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration: Option<String>,
+    /// The factor each delay is multiplied by.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub factor: Option<i64>,
+    /// The longest delay, as a Go duration (`3m`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_duration: Option<String>,
+}
+
+/// What the agent last saw and did.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ApplicationStatus {
+    /// Whether the cluster matches Git.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync: Option<SyncStatus>,
+    /// The aggregated health of the applied objects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthStatus>,
+    /// Every object applied for this Application: the inventory that guards pruning.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resources: Vec<ResourceStatus>,
+    /// kstatus conditions (`Synced`, `Ready`, and warnings such as `UnsupportedFields`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// The last revisions applied, newest last (at most 10).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<RevisionHistory>,
+    /// The `metadata.generation` the status was computed from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// As Argo CD's `status.sync`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SyncStatus {
+    /// `Synced`, `OutOfSync` or `Unknown`.
+    pub status: SyncState,
+    /// The commit SHA compared against.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+}
+
+/// Argo CD's sync states.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+pub enum SyncState {
+    /// The cluster matches Git.
+    Synced,
+    /// The cluster differs from Git.
+    OutOfSync,
+    /// Not compared yet, or the comparison failed.
+    #[default]
+    Unknown,
+}
+
+/// As Argo CD's `status.health`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct HealthStatus {
+    /// The health state.
+    pub status: HealthState,
+    /// Why, for people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// Argo CD's health states.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+pub enum HealthState {
+    /// Everything is ready.
+    Healthy,
+    /// Still rolling out.
+    Progressing,
+    /// Failed or failing.
+    Degraded,
+    /// Expected but absent.
+    Missing,
+    /// Paused on purpose.
+    Suspended,
+    /// Not assessed.
+    #[default]
+    Unknown,
+}
+
+/// One object in the inventory, as an entry of Argo CD's `status.resources`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourceStatus {
+    /// API group, empty for the core group.
+    #[serde(default)]
+    pub group: String,
+    /// API version.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub version: String,
+    /// Kind.
+    pub kind: String,
+    /// Namespace, absent for cluster-scoped objects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Name.
+    pub name: String,
+    /// Whether this object matches Git.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<SyncState>,
+    /// This object's health.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthStatus>,
+}
+
+/// One applied revision, as an entry of Argo CD's `status.history`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RevisionHistory {
+    /// The commit SHA applied.
+    pub revision: String,
+    /// When the sync finished, RFC 3339.
+    pub deployed_at: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The seed article's Application, with only the apiVersion changed, parses.
+    #[test]
+    fn argo_cd_manifest_parses_with_only_the_api_version_changed() {
+        let manifest = r#"
+apiVersion: mooring.dev/v1alpha1
+kind: Application
+metadata:
+  name: platform-api
+  namespace: argocd
+spec:
+  project: default
+  source:
+    repoURL: https://github.com/example/platform-gitops.git
+    targetRevision: main
+    path: apps/platform-api/overlays/production
+  destination:
+    server: https://kubernetes.default.svc
+    namespace: platform-api
+  syncPolicy:
+    automated:
+      prune: true
+      selfHeal: true
+    syncOptions:
+      - CreateNamespace=true
+"#;
+        let app: Application = serde_saphyr::from_str(manifest).unwrap();
+        assert_eq!(
+            app.spec.source.repo_url,
+            "https://github.com/example/platform-gitops.git"
+        );
+        assert_eq!(app.spec.source.target_revision.as_deref(), Some("main"));
+        let automated = app
+            .spec
+            .sync_policy
+            .as_ref()
+            .unwrap()
+            .automated
+            .as_ref()
+            .unwrap();
+        assert_eq!(
+            (automated.prune, automated.self_heal),
+            (Some(true), Some(true))
+        );
+        assert_eq!(
+            app.spec.sync_policy.unwrap().sync_options,
+            vec!["CreateNamespace=true".to_string()]
+        );
+    }
+
+    /// Unset optional fields are not written back, so GitOps tools see no diff.
+    #[test]
+    fn defaults_are_not_serialized() {
+        let spec = ApplicationSpec {
+            source: ApplicationSource {
+                repo_url: "https://example.invalid/repo.git".into(),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let json = serde_json::to_value(&spec).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"source": {"repoURL": "https://example.invalid/repo.git"}, "destination": {}})
+        );
+    }
+}

