@@ -5,11 +5,13 @@
 
 pub mod application;
 pub mod conditions;
+pub mod sealed_secret;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
 pub use application::Application;
+pub use sealed_secret::SealedSecret;
 
 /// A CRD manifest as written to `crds/manifests/`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -36,7 +38,7 @@ pub enum Error {
 
 /// Every CRD this project defines, in the order they are listed in the kustomization.
 pub fn definitions() -> Vec<CustomResourceDefinition> {
-    vec![Application::crd()]
+    vec![Application::crd(), SealedSecret::crd()]
 }
 
 /// The files of `crds/manifests/`: one YAML per CRD plus a `kustomization.yaml` listing them.

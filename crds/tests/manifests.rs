@@ -49,3 +49,63 @@ fn application_crd_is_served_with_status_and_argo_columns() {
         .collect();
     assert_eq!(columns, ["Sync Status", "Health Status", "Revision", "Age"]);
 }
+
+#[test]
+fn sealed_secret_crd_matches_upstream_identity() {
+    let crd = mooring_crds::definitions()
+        .into_iter()
+        .find(|crd| crd.spec.group == "bitnami.com")
+        .unwrap();
+    assert_eq!(
+        crd.metadata.name.as_deref(),
+        Some("sealedsecrets.bitnami.com")
+    );
+    assert_eq!(crd.spec.scope, "Namespaced");
+    assert_eq!(crd.spec.names.kind, "SealedSecret");
+    // The API server defaults listKind to `<kind>List`, which is upstream's explicit value.
+    let list_kind = crd.spec.names.list_kind.clone();
+    assert_eq!(
+        list_kind.unwrap_or_else(|| format!("{}List", crd.spec.names.kind)),
+        "SealedSecretList"
+    );
+    assert_eq!(
+        crd.spec.names.short_names, None,
+        "upstream has no short names"
+    );
+    let version = &crd.spec.versions[0];
+    assert_eq!(
+        (version.name.as_str(), version.served, version.storage),
+        ("v1alpha1", true, true)
+    );
+    assert!(version.subresources.as_ref().unwrap().status.is_some());
+    let columns: Vec<(&str, &str)> = version
+        .additional_printer_columns
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|c| (c.name.as_str(), c.json_path.as_str()))
+        .collect();
+    assert_eq!(
+        columns,
+        [
+            ("Status", ".status.conditions[0].message"),
+            ("Synced", ".status.conditions[0].status"),
+            ("Age", ".metadata.creationTimestamp"),
+        ]
+    );
+    let schema = serde_json::to_value(&version.schema).unwrap();
+    let spec = &schema["openAPIV3Schema"]["properties"]["spec"]["properties"];
+    assert_eq!(
+        spec["encryptedData"]["x-kubernetes-preserve-unknown-fields"],
+        true
+    );
+    assert!(
+        spec["encryptedData"].get("default").is_none(),
+        "no default written back"
+    );
+    assert_eq!(
+        spec["template"]["properties"]["metadata"]["x-kubernetes-preserve-unknown-fields"],
+        true
+    );
+    assert_eq!(spec["data"]["format"], "byte");
+}
