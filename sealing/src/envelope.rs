@@ -20,7 +20,7 @@ use zeroize::Zeroizing;
 const SESSION_KEY_LEN: usize = 32;
 
 /// Why sealing or opening failed. Messages never contain the value or key material.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum EnvelopeError {
     /// The RSA public key could not be used for OAEP.
     #[error("failed to use the public key for RSA-OAEP")]
