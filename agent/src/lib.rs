@@ -5,9 +5,14 @@
 
 pub mod cli;
 pub mod cluster;
+pub mod controllers;
 pub mod demo;
+pub mod duration;
+pub mod events;
 pub mod http;
 pub mod install;
+pub mod keys;
+pub mod metrics;
 pub mod telemetry;
 
 use std::future::Future;
@@ -17,8 +22,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 use crate::cli::RunArgs;
+use crate::keys::{KeyRing, KeySettings};
+use crate::metrics::Metrics;
 
 /// Why the agent stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -26,7 +34,7 @@ pub enum Error {
     /// The cluster configuration could not be loaded.
     #[error(transparent)]
     Cluster(#[from] cluster::Error),
-    /// The HTTP address could not be bound.
+    /// An HTTP address could not be bound.
     #[error("failed to listen on {addr}")]
     Listen {
         /// The address asked for.
@@ -35,7 +43,7 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    /// The HTTP server failed while running.
+    /// An HTTP server failed while running.
     #[error("failed to serve HTTP")]
     Serve(#[source] std::io::Error),
     /// A CRD could not be installed.
@@ -52,44 +60,76 @@ pub enum Error {
     },
 }
 
-/// What the HTTP endpoints report; shared between the server and the background tasks.
+/// An error and its sources on one line: "a: b: c". Errors are printed once, here.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Whether the agent can serve: the API server has answered and a sealing key is loaded.
 #[derive(Clone, Debug, Default)]
 pub struct Health {
-    ready: Arc<AtomicBool>,
+    api_server_answered: Arc<AtomicBool>,
+    keys: Option<Arc<KeyRing>>,
 }
 
 impl Health {
-    /// Whether the agent is ready to serve: the API server has answered.
-    pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
+    /// Ready once the API server answered and `keys` holds a key.
+    pub fn new(keys: Arc<KeyRing>) -> Health {
+        Health {
+            api_server_answered: Arc::default(),
+            keys: Some(keys),
+        }
     }
 
-    fn mark_ready(&self) {
-        self.ready.store(true, Ordering::Release);
+    /// Whether the agent is ready to serve.
+    pub fn is_ready(&self) -> bool {
+        self.api_server_answered.load(Ordering::Acquire)
+            && self.keys.as_ref().is_none_or(|k| !k.is_empty())
+    }
+
+    fn mark_api_server_answered(&self) {
+        self.api_server_answered.store(true, Ordering::Release);
     }
 }
 
-/// An agent bound to its HTTP address, not yet running.
+impl std::fmt::Debug for KeyRing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyRing")
+            .field("keys", &self.len())
+            .finish()
+    }
+}
+
+/// An agent bound to its HTTP addresses, not yet running.
 pub struct Agent {
+    args: RunArgs,
     client: kube::Client,
     listener: TcpListener,
-    health: Health,
+    metrics_listener: TcpListener,
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| Error::Listen { addr, source })
 }
 
 impl Agent {
-    /// Loads the cluster configuration and binds the HTTP address.
+    /// Loads the cluster configuration and binds the HTTP addresses.
     pub async fn bind(args: &RunArgs) -> Result<Agent, Error> {
         let client = cluster::client(args.cluster.kubeconfig.as_deref()).await?;
-        let listener = TcpListener::bind(args.http_addr)
-            .await
-            .map_err(|source| Error::Listen {
-                addr: args.http_addr,
-                source,
-            })?;
         Ok(Agent {
+            args: args.clone(),
             client,
-            listener,
-            health: Health::default(),
+            listener: bind(args.http_addr).await?,
+            metrics_listener: bind(args.metrics_addr).await?,
         })
     }
 
@@ -98,22 +138,107 @@ impl Agent {
         self.listener.local_addr().map_err(Error::Serve)
     }
 
-    /// Runs until `shutdown` completes, then stops accepting and finishes in-flight requests.
+    /// The bound metrics address.
+    pub fn metrics_addr(&self) -> Result<SocketAddr, Error> {
+        self.metrics_listener.local_addr().map_err(Error::Serve)
+    }
+
+    /// Runs until `shutdown` completes, then stops the controllers and the HTTP servers (in-flight
+    /// requests finish).
     pub async fn run(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), Error> {
         let addr = self.local_addr()?;
         tracing::info!(%addr, version = env!("CARGO_PKG_VERSION"), "mooring agent starting");
-        let readiness = tokio::spawn(wait_for_api_server(
+        let (stop, stopped) = watch::channel(false);
+        let stop_signal = move || {
+            let mut stopped = stopped.clone();
+            async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            }
+        };
+
+        let metrics = Arc::new(Metrics::default());
+        let keys = Arc::new(KeyRing::new(&metrics.sealed_secrets));
+        let health = Health::new(Arc::clone(&keys));
+        let events = events::EventSink::new(self.client.clone());
+        let settings = KeySettings {
+            namespace: self.args.namespace.clone(),
+            common_name: self.args.my_cn.clone(),
+            validity: self.args.key_ttl,
+            renew_period: self.args.key_renew_period,
+            cutoff: self.args.key_cutoff_time,
+        };
+
+        let mut tasks = tokio::task::JoinSet::new();
+        let readiness = wait_for_api_server(self.client.clone(), health.clone());
+        let readiness_stop = stop_signal();
+        tasks.spawn(async move {
+            tokio::select! {
+                () = readiness => {},
+                () = readiness_stop => {},
+            }
+        });
+        let key_manager = keys::run(
             self.client.clone(),
-            self.health.clone(),
+            settings,
+            Arc::clone(&keys),
+            metrics.sealed_secrets.clone(),
+            events.clone(),
+        );
+        let key_stop = stop_signal();
+        tasks.spawn(async move {
+            tokio::select! {
+                () = key_manager => {},
+                () = key_stop => {},
+            }
+        });
+        let context = Arc::new(controllers::sealed_secret::Context::new(
+            self.client.clone(),
+            Arc::clone(&keys),
+            metrics.sealed_secrets.clone(),
+            events,
+            self.args.resync_period,
         ));
-        let app = http::router(self.health.clone());
-        let served = axum::serve(self.listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await;
-        readiness.abort();
+        tasks.spawn(controllers::sealed_secret::run(
+            context,
+            self.args.watch_namespace.clone(),
+            stop_signal(),
+        ));
+
+        let state = http::HttpState {
+            health,
+            keys,
+            limiter: Arc::new(http::RateLimiter::new(
+                self.args.rate_limit,
+                self.args.rate_limit_burst,
+            )),
+        };
+        let app = http::router(state).into_make_service_with_connect_info::<SocketAddr>();
+        let main_server = axum::serve(self.listener, app).with_graceful_shutdown(stop_signal());
+        let metrics_server = axum::serve(self.metrics_listener, http::metrics_router(metrics))
+            .with_graceful_shutdown(stop_signal());
+        let servers =
+            async { tokio::try_join!(main_server.into_future(), metrics_server.into_future()) };
+        tokio::pin!(servers);
+
+        let served = tokio::select! {
+            result = &mut servers => result.map(|_| ()),
+            () = shutdown => {
+                let _ = stop.send(true);
+                servers.await.map(|_| ())
+            }
+        };
+        let _ = stop.send(true);
+        // Controllers finish their in-flight reconciles; anything else is cancelled.
+        let drained = tokio::time::timeout(Duration::from_secs(10), async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tasks.abort_all();
+        }
         served.map_err(Error::Serve)?;
         tracing::info!("mooring agent stopped");
         Ok(())
@@ -133,7 +258,7 @@ async fn wait_for_api_server(client: kube::Client, health: Health) {
         match client.apiserver_version().await {
             Ok(info) => {
                 tracing::info!(version = %info.git_version, "connected to the API server");
-                health.mark_ready();
+                health.mark_api_server_answered();
                 return;
             }
             Err(error) => {

@@ -10,7 +10,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     mooring_agent::telemetry::init(cli.log_format);
     let result: anyhow::Result<()> = match cli.command {
-        Command::Run(args) => mooring_agent::run(args).await.map_err(Into::into),
+        Command::Run(args) => mooring_agent::run(*args).await.map_err(Into::into),
         Command::Demo(args) => mooring_agent::demo::run(args).await.map_err(Into::into),
     };
     match result {

@@ -198,6 +198,33 @@ impl Drop for TestNamespace {
     }
 }
 
+/// Arguments for an in-process agent against the test cluster: its keys in `namespace`, only
+/// SealedSecrets of `namespace` watched, HTTP and metrics on free loopback ports.
+pub fn agent(env: &RealEnv, namespace: &str) -> anyhow::Result<mooring_agent::cli::RunArgs> {
+    use clap::Parser;
+    let cli = mooring_agent::cli::Cli::try_parse_from([
+        "mooring",
+        "run",
+        "--kubeconfig",
+        env.var("KUBECONFIG")?,
+        "--http-addr",
+        "127.0.0.1:0",
+        "--metrics-addr",
+        "127.0.0.1:0",
+        "--namespace",
+        namespace,
+        "--watch-namespace",
+        namespace,
+        // RSA-4096 key generation is slow in debug builds; one key per test namespace is enough.
+        "--key-renew-period",
+        "0",
+    ])?;
+    match cli.command {
+        mooring_agent::cli::Command::Run(args) => Ok(*args),
+        mooring_agent::cli::Command::Demo(_) => anyhow::bail!("parsed the wrong subcommand"),
+    }
+}
+
 /// Polls `check` every 100 ms until it returns `Some`, for at most `timeout`.
 pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<T>
 where

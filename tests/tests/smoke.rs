@@ -338,13 +338,9 @@ fn git_ssh_server_accepts_the_key_and_checks_the_host_key() -> anyhow::Result<()
 async fn agent_becomes_ready_when_the_api_server_answers_and_stops_on_request() -> anyhow::Result<()>
 {
     let env = RealEnv::load()?;
-    let args = mooring_agent::cli::RunArgs {
-        cluster: mooring_agent::cli::ClusterArgs {
-            kubeconfig: Some(env.var("KUBECONFIG")?.into()),
-        },
-        http_addr: "127.0.0.1:0".parse()?,
-    };
-    let agent = mooring_agent::Agent::bind(&args).await?;
+    let ns = TestNamespace::create(&env, "smoke-agent").await?;
+    let agent = mooring_e2e::agent(&env, ns.name())?;
+    let agent = mooring_agent::Agent::bind(&agent).await?;
     let addr = agent.local_addr()?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let running = tokio::spawn(agent.run(async move {
@@ -354,14 +350,14 @@ async fn agent_becomes_ready_when_the_api_server_answers_and_stops_on_request() 
     let http = reqwest::Client::new();
     let healthz = http.get(format!("http://{addr}/healthz")).send().await?;
     assert_eq!(healthz.status(), 200);
-    wait_for("/readyz to answer 200", Duration::from_secs(30), || {
+    wait_for("/readyz to answer 200", Duration::from_secs(60), || {
         let request = http.get(format!("http://{addr}/readyz")).send();
         async move { request.await.ok().filter(|r| r.status() == 200) }
     })
     .await?;
 
     stop.send(()).ok();
-    tokio::time::timeout(Duration::from_secs(10), running).await???;
+    tokio::time::timeout(Duration::from_secs(15), running).await???;
     assert!(
         http.get(format!("http://{addr}/healthz"))
             .send()

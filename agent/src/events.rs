@@ -1,0 +1,30 @@
+//! Kubernetes Events, published only when something changed (never on a no-op reconcile).
+
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::runtime::events::{Event, Recorder, Reporter};
+
+/// Publishes Events as the `mooring` controller; failures are logged, never fatal.
+#[derive(Clone)]
+pub struct EventSink {
+    recorder: Recorder,
+}
+
+impl EventSink {
+    /// A sink reporting as `mooring` (instance: the pod name when known).
+    pub fn new(client: kube::Client) -> EventSink {
+        let reporter = Reporter {
+            controller: "mooring".into(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        EventSink {
+            recorder: Recorder::new(client, reporter),
+        }
+    }
+
+    /// Publishes `event` about `object`.
+    pub async fn publish(&self, object: &ObjectReference, event: Event) {
+        if let Err(error) = self.recorder.publish(&event, object).await {
+            tracing::warn!(%error, reason = %event.reason, "failed to publish an event");
+        }
+    }
+}

@@ -1,0 +1,512 @@
+//! SealedSecrets end to end: the agent runs in-process against the real API server, generates its
+//! key, serves its certificate, and unseals what is sealed against it.
+
+// Test helpers outside #[test] functions may unwrap: a failure is a test failure.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{Event, Secret};
+use kube::Api;
+use kube::api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use mooring_crds::sealed_secret::SealedSecret;
+use mooring_e2e::{RealEnv, TestNamespace, wait_for};
+use mooring_sealing::{Scope, SealingCertificate};
+
+/// An agent running in the background for one test namespace; stopped when dropped.
+struct RunningAgent {
+    addr: SocketAddr,
+    metrics: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Result<(), mooring_agent::Error>>>,
+}
+
+impl RunningAgent {
+    async fn start(env: &RealEnv, namespace: &str) -> RunningAgent {
+        let args = mooring_e2e::agent(env, namespace).unwrap();
+        let agent = mooring_agent::Agent::bind(&args).await.unwrap();
+        let addr = agent.local_addr().unwrap();
+        let metrics = agent.metrics_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(agent.run(async move {
+            let _ = stopped.await;
+        }));
+        let running = RunningAgent {
+            addr,
+            metrics,
+            stop: Some(stop),
+            task: Some(task),
+        };
+        let http = reqwest::Client::new();
+        wait_for(
+            "the agent to be ready (key generated)",
+            Duration::from_secs(120),
+            || {
+                let request = http.get(format!("http://{addr}/readyz")).send();
+                async move { request.await.ok().filter(|r| r.status() == 200) }
+            },
+        )
+        .await
+        .unwrap();
+        running
+    }
+
+    async fn certificate(&self) -> String {
+        let response = reqwest::get(format!("http://{}/v1/cert.pem", self.addr))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        response.text().await.unwrap()
+    }
+
+    async fn metric(&self, name: &str) -> f64 {
+        let text = reqwest::get(format!("http://{}/metrics", self.metrics))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .filter(|line| line.starts_with(name))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(15), task)
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+        }
+    }
+}
+
+impl Drop for RunningAgent {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+fn secret(name: &str, namespace: &str, values: &[(&str, &str)]) -> Secret {
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some(namespace.into()),
+            labels: Some(BTreeMap::from([("app".into(), "platform-api".into())])),
+            ..Default::default()
+        },
+        string_data: Some(
+            values
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        ),
+        type_: Some("Opaque".into()),
+        ..Default::default()
+    }
+}
+
+fn seal(cert_pem: &str, secret: &Secret, scope: Option<Scope>) -> SealedSecret {
+    let cert = SealingCertificate::from_pem(cert_pem.as_bytes()).unwrap();
+    mooring_sealing::secret::seal_secret(secret, cert.public_key(), scope, false).unwrap()
+}
+
+async fn create(ns: &TestNamespace, sealed: &SealedSecret) -> SealedSecret {
+    ns.api::<SealedSecret>()
+        .create(&PostParams::default(), sealed)
+        .await
+        .unwrap()
+}
+
+async fn wait_for_secret(ns: &TestNamespace, name: &str, key: &str, value: &[u8]) -> Secret {
+    let secrets: Api<Secret> = ns.api();
+    wait_for(
+        &format!("Secret {name} with {key}"),
+        Duration::from_secs(60),
+        || {
+            let secrets = secrets.clone();
+            async move {
+                let secret = secrets.get_opt(name).await.ok()??;
+                let found = secret.data.as_ref()?.get(key)?.0.as_slice() == value;
+                found.then_some(secret)
+            }
+        },
+    )
+    .await
+    .unwrap()
+}
+
+/// Waits for the `Synced` condition with `status` and returns (reason, message).
+async fn wait_for_synced(ns: &TestNamespace, name: &str, status: &str) -> (String, String) {
+    let api: Api<SealedSecret> = ns.api();
+    wait_for(
+        &format!("SealedSecret {name} Synced={status}"),
+        Duration::from_secs(60),
+        || {
+            let api = api.clone();
+            async move {
+                let sealed = api.get(name).await.ok()?;
+                let current = sealed.status?;
+                let condition = current
+                    .conditions
+                    .into_iter()
+                    .find(|c| c.type_ == "Synced")?;
+                (condition.status == status
+                    && current.observed_generation == sealed.metadata.generation)
+                    .then(|| {
+                        (
+                            condition.reason.unwrap_or_default(),
+                            condition.message.unwrap_or_default(),
+                        )
+                    })
+            }
+        },
+    )
+    .await
+    .unwrap()
+}
+
+async fn crds_installed(env: &RealEnv) {
+    let client = env.admin_client().await.unwrap();
+    mooring_agent::install::apply_crds(&client, Duration::from_secs(60))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn sealed_with_the_served_certificate_unseals_and_drift_is_repaired() {
+    let env = RealEnv::load().unwrap();
+    crds_installed(&env).await;
+    let ns = TestNamespace::create(&env, "ss-unseal").await.unwrap();
+    let agent = RunningAgent::start(&env, ns.name()).await;
+    let cert = agent.certificate().await;
+    assert!(cert.starts_with("-----BEGIN CERTIFICATE-----"));
+
+    let plain = secret(
+        "db",
+        ns.name(),
+        &[("password", "s3cr3t-db-password"), ("user", "app")],
+    );
+    let mut sealed = seal(&cert, &plain, None);
+    // Go-template keys over the decrypted values, as upstream's `template.data`.
+    sealed
+        .spec
+        .template
+        .get_or_insert_with(Default::default)
+        .data = Some(BTreeMap::from([(
+        "dsn".to_string(),
+        "postgres://{{ .user }}:{{ index . \"password\" }}@db:5432/app".to_string(),
+    )]));
+    let created = create(&ns, &sealed).await;
+
+    let unsealed = wait_for_secret(&ns, "db", "password", b"s3cr3t-db-password").await;
+    assert_eq!(unsealed.data.as_ref().unwrap()["user"].0, b"app");
+    assert_eq!(
+        unsealed.data.as_ref().unwrap()["dsn"].0,
+        b"postgres://app:s3cr3t-db-password@db:5432/app"
+    );
+    assert_eq!(
+        unsealed.metadata.labels.as_ref().unwrap()["app"],
+        "platform-api"
+    );
+    let owner = &unsealed.metadata.owner_references.as_ref().unwrap()[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.uid.as_str()),
+        ("SealedSecret", created.metadata.uid.as_deref().unwrap())
+    );
+    assert_eq!(owner.controller, Some(true));
+    let (reason, message) = wait_for_synced(&ns, "db", "True").await;
+    assert_eq!((reason.as_str(), message.as_str()), ("Unsealed", ""));
+
+    // A manual edit is reverted.
+    let secrets: Api<Secret> = ns.api();
+    let edit = serde_json::json!({"data": {"password": "ZWRpdGVk"}});
+    secrets
+        .patch("db", &PatchParams::default(), &Patch::Merge(&edit))
+        .await
+        .unwrap();
+    wait_for_secret(&ns, "db", "password", b"s3cr3t-db-password").await;
+
+    // A deleted Secret is recreated.
+    secrets
+        .delete("db", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_for_secret(&ns, "db", "password", b"s3cr3t-db-password").await;
+
+    // Re-unsealing the same object with the remembered key costs one RSA operation per value.
+    let operations = agent
+        .metric("mooring_sealedsecret_rsa_operations_total")
+        .await;
+    assert!(
+        operations >= 2.0,
+        "at least one operation per value so far: {operations}"
+    );
+    agent.stop().await;
+}
+
+#[tokio::test]
+async fn bad_input_never_touches_an_existing_secret_and_names_the_key() {
+    let env = RealEnv::load().unwrap();
+    crds_installed(&env).await;
+    let ns = TestNamespace::create(&env, "ss-bad").await.unwrap();
+    let agent = RunningAgent::start(&env, ns.name()).await;
+    let cert = agent.certificate().await;
+
+    // A foreign Secret with the same name stays as it is.
+    let foreign = Secret {
+        metadata: ObjectMeta {
+            name: Some("taken".into()),
+            ..Default::default()
+        },
+        data: Some(BTreeMap::from([(
+            "keep".into(),
+            ByteString(b"mine".to_vec()),
+        )])),
+        ..Default::default()
+    };
+    ns.api::<Secret>()
+        .create(&PostParams::default(), &foreign)
+        .await
+        .unwrap();
+    create(
+        &ns,
+        &seal(
+            &cert,
+            &secret("taken", ns.name(), &[("password", "x")]),
+            None,
+        ),
+    )
+    .await;
+    let (reason, message) = wait_for_synced(&ns, "taken", "False").await;
+    assert_eq!(reason, "Unmanaged");
+    assert!(
+        message.contains("already exists and is not managed"),
+        "{message}"
+    );
+    let still = ns.api::<Secret>().get("taken").await.unwrap();
+    assert_eq!(still.data.unwrap().keys().collect::<Vec<_>>(), ["keep"]);
+
+    // Invalid base64 names the key.
+    let mut broken = seal(&cert, &secret("broken", ns.name(), &[("token", "t")]), None);
+    broken
+        .spec
+        .encrypted_data
+        .insert("token".into(), "not*base64".into());
+    create(&ns, &broken).await;
+    let (reason, message) = wait_for_synced(&ns, "broken", "False").await;
+    assert_eq!(reason, "InvalidBase64");
+    assert!(message.contains("token"), "{message}");
+
+    // Sealed cluster-wide but created without the annotation: the reason says scope.
+    let mut moved = seal(
+        &cert,
+        &secret("moved", ns.name(), &[("k", "v")]),
+        Some(Scope::ClusterWide),
+    );
+    moved.metadata.annotations = None;
+    create(&ns, &moved).await;
+    let (reason, message) = wait_for_synced(&ns, "moved", "False").await;
+    assert_eq!(reason, "ScopeMismatch");
+    assert!(message.contains("cluster-wide"), "{message}");
+    assert!(
+        ns.api::<Secret>().get_opt("moved").await.unwrap().is_none(),
+        "nothing written"
+    );
+
+    // No secret value appears in statuses or events.
+    let events = ns
+        .api::<Event>()
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+    let statuses = ns
+        .api::<SealedSecret>()
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+    let text = format!(
+        "{:?}{:?}",
+        events.items,
+        statuses.items.iter().map(|s| &s.status).collect::<Vec<_>>()
+    );
+    for value in ["s3cr3t", "mine"] {
+        assert!(
+            !text.contains(value),
+            "secret value {value:?} leaked into events or status"
+        );
+    }
+    agent.stop().await;
+}
+
+#[tokio::test]
+async fn an_imported_upstream_style_key_works_without_a_restart() {
+    let env = RealEnv::load().unwrap();
+    crds_installed(&env).await;
+    let ns = TestNamespace::create(&env, "ss-import").await.unwrap();
+    let agent = RunningAgent::start(&env, ns.name()).await;
+
+    // A key Secret as bitnami writes it: PKCS#1 `RSA PRIVATE KEY`, labelled active.
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("tls.key");
+    let crt = dir.path().join("tls.crt");
+    let openssl = |args: &[&std::ffi::OsStr]| {
+        let output = std::process::Command::new("openssl")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+    openssl(&[
+        "genrsa".as_ref(),
+        "-traditional".as_ref(),
+        "-out".as_ref(),
+        key.as_os_str(),
+        "2048".as_ref(),
+    ]);
+    openssl(&[
+        "req".as_ref(),
+        "-x509".as_ref(),
+        "-new".as_ref(),
+        "-key".as_ref(),
+        key.as_os_str(),
+        "-days".as_ref(),
+        "365".as_ref(),
+        "-subj".as_ref(),
+        "/CN=imported".as_ref(),
+        "-out".as_ref(),
+        crt.as_os_str(),
+    ]);
+    let key_pem = std::fs::read(&key).unwrap();
+    assert!(
+        String::from_utf8_lossy(&key_pem).contains("BEGIN RSA PRIVATE KEY"),
+        "PKCS#1 like upstream"
+    );
+    let imported = Secret {
+        metadata: ObjectMeta {
+            name: Some("sealed-secrets-keyimported".into()),
+            labels: Some(BTreeMap::from([(
+                "sealedsecrets.bitnami.com/sealed-secrets-key".into(),
+                "active".into(),
+            )])),
+            ..Default::default()
+        },
+        type_: Some("kubernetes.io/tls".into()),
+        data: Some(BTreeMap::from([
+            ("tls.key".into(), ByteString(key_pem)),
+            ("tls.crt".into(), ByteString(std::fs::read(&crt).unwrap())),
+        ])),
+        ..Default::default()
+    };
+    ns.api::<Secret>()
+        .create(&PostParams::default(), &imported)
+        .await
+        .unwrap();
+
+    let old_cert = String::from_utf8(std::fs::read(&crt).unwrap()).unwrap();
+    create(
+        &ns,
+        &seal(
+            &old_cert,
+            &secret("legacy", ns.name(), &[("api-key", "from-bitnami")]),
+            None,
+        ),
+    )
+    .await;
+    wait_for_secret(&ns, "legacy", "api-key", b"from-bitnami").await;
+    wait_for_synced(&ns, "legacy", "True").await;
+    agent.stop().await;
+}
+
+#[tokio::test]
+async fn verify_and_rotate_use_only_metadata_and_never_templates() {
+    let env = RealEnv::load().unwrap();
+    crds_installed(&env).await;
+    let ns = TestNamespace::create(&env, "ss-http").await.unwrap();
+    let agent = RunningAgent::start(&env, ns.name()).await;
+    let cert = agent.certificate().await;
+    let http = reqwest::Client::new();
+    let url = |path: &str| format!("http://{}{}", agent.addr, path);
+
+    let mut sealed = seal(
+        &cert,
+        &secret("api", ns.name(), &[("token", "t0ken")]),
+        None,
+    );
+    sealed.metadata.namespace = Some(ns.name().into());
+    let ok = http
+        .post(url("/v1/verify"))
+        .json(&sealed)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+
+    let mut renamed = sealed.clone();
+    renamed.metadata.name = Some("other".into());
+    let conflict = http
+        .post(url("/v1/verify"))
+        .json(&renamed)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(conflict.status(), 409);
+
+    // A template asking for cluster-wide scope must not widen a strict secret on rotate.
+    let mut hostile = sealed.clone();
+    let template = hostile.spec.template.get_or_insert_with(Default::default);
+    template
+        .metadata
+        .get_or_insert_with(Default::default)
+        .annotations = Some(BTreeMap::from([(
+        "sealedsecrets.bitnami.com/cluster-wide".into(),
+        "true".into(),
+    )]));
+    let rotated: SealedSecret = http
+        .post(url("/v1/rotate"))
+        .json(&hostile)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let renamed_rotated = SealedSecret {
+        metadata: renamed.metadata.clone(),
+        ..rotated.clone()
+    };
+    assert_eq!(
+        http.post(url("/v1/verify"))
+            .json(&rotated)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        http.post(url("/v1/verify"))
+            .json(&renamed_rotated)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        409,
+        "still strict: the rotated value is bound to its name"
+    );
+    agent.stop().await;
+}
