@@ -124,11 +124,18 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {
 impl Agent {
     /// Loads the cluster configuration and binds the HTTP addresses.
     pub async fn bind(args: &RunArgs) -> Result<Agent, Error> {
+        let listener = bind(args.http_addr).await?;
+        Self::with_listener(args, listener).await
+    }
+
+    /// Like [`Agent::bind`], with the main HTTP port already bound (socket activation, or a
+    /// listener opened in another network namespace).
+    pub async fn with_listener(args: &RunArgs, listener: TcpListener) -> Result<Agent, Error> {
         let client = cluster::client(args.cluster.kubeconfig.as_deref()).await?;
         Ok(Agent {
             args: args.clone(),
             client,
-            listener: bind(args.http_addr).await?,
+            listener,
             metrics_listener: bind(args.metrics_addr).await?,
         })
     }

@@ -10,7 +10,9 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -223,6 +225,215 @@ pub fn agent(env: &RealEnv, namespace: &str) -> anyhow::Result<mooring_agent::cl
         mooring_agent::cli::Command::Run(args) => Ok(*args),
         mooring_agent::cli::Command::Demo(_) => anyhow::bail!("parsed the wrong subcommand"),
     }
+}
+
+/// An agent running in-process in the background for one test namespace; stopped when dropped.
+pub struct RunningAgent {
+    /// Its main HTTP address.
+    pub addr: SocketAddr,
+    /// Its metrics address.
+    pub metrics: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Result<(), mooring_agent::Error>>>,
+}
+
+impl RunningAgent {
+    /// Starts an agent for `namespace` (see [`agent`]) on loopback and waits until it is ready.
+    pub async fn start(env: &RealEnv, namespace: &str) -> anyhow::Result<RunningAgent> {
+        let args = agent(env, namespace)?;
+        Self::launch(mooring_agent::Agent::bind(&args).await?).await
+    }
+
+    /// The same, serving HTTP on `listener` (for example one opened in a [`TestHost`]).
+    pub async fn start_on(
+        env: &RealEnv,
+        namespace: &str,
+        listener: std::net::TcpListener,
+    ) -> anyhow::Result<RunningAgent> {
+        let args = agent(env, namespace)?;
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        Self::launch(mooring_agent::Agent::with_listener(&args, listener).await?).await
+    }
+
+    async fn launch(agent: mooring_agent::Agent) -> anyhow::Result<RunningAgent> {
+        let addr = agent.local_addr()?;
+        let metrics = agent.metrics_addr()?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(agent.run(async move {
+            let _ = stopped.await;
+        }));
+        let running = RunningAgent {
+            addr,
+            metrics,
+            stop: Some(stop),
+            task: Some(task),
+        };
+        let http = reqwest::Client::new();
+        wait_for(
+            "the agent to be ready (key generated)",
+            Duration::from_secs(120),
+            || {
+                let request = http.get(format!("http://{addr}/readyz")).send();
+                async move { request.await.ok().filter(|r| r.status() == 200) }
+            },
+        )
+        .await?;
+        Ok(running)
+    }
+
+    /// The PEM certificate the agent serves at `/v1/cert.pem`.
+    pub async fn certificate(&self) -> anyhow::Result<String> {
+        let response = reqwest::get(format!("http://{}/v1/cert.pem", self.addr)).await?;
+        anyhow::ensure!(
+            response.status() == 200,
+            "GET /v1/cert.pem answered {}",
+            response.status()
+        );
+        Ok(response.text().await?)
+    }
+
+    /// The sum of every sample of metric `name` (all label sets).
+    pub async fn metric(&self, name: &str) -> anyhow::Result<f64> {
+        let text = reqwest::get(format!("http://{}/metrics", self.metrics))
+            .await?
+            .text()
+            .await?;
+        Ok(text
+            .lines()
+            .filter(|line| line.starts_with(name))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum())
+    }
+
+    /// Stops the agent and waits (at most 15 s) until it has stopped cleanly.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(15), task).await???;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for RunningAgent {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// A test host: a network namespace of this test's own, joined to the host by a veth pair with
+/// private addresses. The API server refuses Service endpoints on loopback, so a server the API
+/// server must reach through its service proxy listens here. Deleted when dropped.
+pub struct TestHost {
+    name: String,
+    guest: Ipv4Addr,
+}
+
+impl TestHost {
+    /// Creates the namespace and the veth pair; needs root (CAP_NET_ADMIN) and iproute2.
+    pub fn create() -> anyhow::Result<TestHost> {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        // A /30 per host inside 10.213.0.0/16, unique per process and call.
+        let slot = (std::process::id()
+            .wrapping_mul(64)
+            .wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed)))
+            % 16384;
+        let name = format!("mr{slot:04x}");
+        let base = 0x0ad5_0000 + slot * 4; // 10.213.0.0 + 4 * slot
+        let (host, guest) = (Ipv4Addr::from(base + 1), Ipv4Addr::from(base + 2));
+        let (outside, inside) = (format!("{name}h"), format!("{name}n"));
+        let created = TestHost {
+            name: name.clone(),
+            guest,
+        };
+        ip(&["netns", "add", &name])?;
+        ip(&[
+            "link", "add", &outside, "type", "veth", "peer", "name", &inside,
+        ])?;
+        ip(&["link", "set", &inside, "netns", &name])?;
+        ip(&["addr", "add", &format!("{host}/30"), "dev", &outside])?;
+        ip(&["link", "set", &outside, "up"])?;
+        ip(&[
+            "-n",
+            &name,
+            "addr",
+            "add",
+            &format!("{guest}/30"),
+            "dev",
+            &inside,
+        ])?;
+        ip(&["-n", &name, "link", "set", &inside, "up"])?;
+        ip(&["-n", &name, "link", "set", "lo", "up"])?;
+        Ok(created)
+    }
+
+    /// The test host's address.
+    pub fn address(&self) -> Ipv4Addr {
+        self.guest
+    }
+
+    /// A TCP listener on the test host's address, opened inside its namespace.
+    pub fn listen(&self, port: u16) -> anyhow::Result<std::net::TcpListener> {
+        let path = format!("/run/netns/{}", self.name);
+        let address = self.guest;
+        // setns applies to the calling thread only: a short-lived thread enters the namespace,
+        // binds, and ends; the socket stays in the namespace it was created in.
+        std::thread::spawn(move || -> anyhow::Result<std::net::TcpListener> {
+            let namespace =
+                std::fs::File::open(&path).with_context(|| format!("failed to open {path}"))?;
+            nix::sched::setns(&namespace, nix::sched::CloneFlags::CLONE_NEWNET)
+                .context("failed to enter the test host's network namespace")?;
+            let listener = std::net::TcpListener::bind((address, port))?;
+            listener.set_nonblocking(true)?;
+            Ok(listener)
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("the namespace thread panicked"))?
+    }
+}
+
+impl Drop for TestHost {
+    fn drop(&mut self) {
+        // Deleting the namespace deletes the veth pair with it.
+        if ip(&["netns", "del", &self.name]).is_err() {
+            eprintln!("warning: failed to delete network namespace {}", self.name);
+        }
+    }
+}
+
+fn ip(args: &[&str]) -> anyhow::Result<()> {
+    let output = std::process::Command::new("ip")
+        .args(args)
+        .output()
+        .context("failed to run ip")?;
+    anyhow::ensure!(
+        output.status.success(),
+        "ip {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr).trim()
+    );
+    Ok(())
+}
+
+/// A binary of this workspace (`kubeseal`, `mooring`), from the target directory the tests run
+/// from. `./dev test` builds them first.
+pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("the test executable has no target directory")?;
+    let path = dir.join(name);
+    anyhow::ensure!(
+        path.is_file(),
+        "{} is not built: run `cargo build --workspace --bins` first (./dev test does)",
+        path.display()
+    );
+    Ok(path)
 }
 
 /// Polls `check` every 100 ms until it returns `Some`, for at most `timeout`.

@@ -5,7 +5,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use k8s_openapi::ByteString;
@@ -13,89 +12,8 @@ use k8s_openapi::api::core::v1::{Event, Secret};
 use kube::Api;
 use kube::api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use mooring_crds::sealed_secret::SealedSecret;
-use mooring_e2e::{RealEnv, TestNamespace, wait_for};
+use mooring_e2e::{RealEnv, RunningAgent, TestNamespace, wait_for};
 use mooring_sealing::{Scope, SealingCertificate};
-
-/// An agent running in the background for one test namespace; stopped when dropped.
-struct RunningAgent {
-    addr: SocketAddr,
-    metrics: SocketAddr,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<Result<(), mooring_agent::Error>>>,
-}
-
-impl RunningAgent {
-    async fn start(env: &RealEnv, namespace: &str) -> RunningAgent {
-        let args = mooring_e2e::agent(env, namespace).unwrap();
-        let agent = mooring_agent::Agent::bind(&args).await.unwrap();
-        let addr = agent.local_addr().unwrap();
-        let metrics = agent.metrics_addr().unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(agent.run(async move {
-            let _ = stopped.await;
-        }));
-        let running = RunningAgent {
-            addr,
-            metrics,
-            stop: Some(stop),
-            task: Some(task),
-        };
-        let http = reqwest::Client::new();
-        wait_for(
-            "the agent to be ready (key generated)",
-            Duration::from_secs(120),
-            || {
-                let request = http.get(format!("http://{addr}/readyz")).send();
-                async move { request.await.ok().filter(|r| r.status() == 200) }
-            },
-        )
-        .await
-        .unwrap();
-        running
-    }
-
-    async fn certificate(&self) -> String {
-        let response = reqwest::get(format!("http://{}/v1/cert.pem", self.addr))
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200);
-        response.text().await.unwrap()
-    }
-
-    async fn metric(&self, name: &str) -> f64 {
-        let text = reqwest::get(format!("http://{}/metrics", self.metrics))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines()
-            .filter(|line| line.starts_with(name))
-            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    }
-
-    async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            tokio::time::timeout(Duration::from_secs(15), task)
-                .await
-                .unwrap()
-                .unwrap()
-                .unwrap();
-        }
-    }
-}
-
-impl Drop for RunningAgent {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-    }
-}
 
 fn secret(name: &str, namespace: &str, values: &[(&str, &str)]) -> Secret {
     Secret {
@@ -188,8 +106,8 @@ async fn sealed_with_the_served_certificate_unseals_and_drift_is_repaired() {
     let env = RealEnv::load().unwrap();
     crds_installed(&env).await;
     let ns = TestNamespace::create(&env, "ss-unseal").await.unwrap();
-    let agent = RunningAgent::start(&env, ns.name()).await;
-    let cert = agent.certificate().await;
+    let agent = RunningAgent::start(&env, ns.name()).await.unwrap();
+    let cert = agent.certificate().await.unwrap();
     assert!(cert.starts_with("-----BEGIN CERTIFICATE-----"));
 
     let plain = secret(
@@ -247,12 +165,13 @@ async fn sealed_with_the_served_certificate_unseals_and_drift_is_repaired() {
     // Re-unsealing the same object with the remembered key costs one RSA operation per value.
     let operations = agent
         .metric("mooring_sealedsecret_rsa_operations_total")
-        .await;
+        .await
+        .unwrap();
     assert!(
         operations >= 2.0,
         "at least one operation per value so far: {operations}"
     );
-    agent.stop().await;
+    agent.stop().await.unwrap();
 }
 
 #[tokio::test]
@@ -260,8 +179,8 @@ async fn bad_input_never_touches_an_existing_secret_and_names_the_key() {
     let env = RealEnv::load().unwrap();
     crds_installed(&env).await;
     let ns = TestNamespace::create(&env, "ss-bad").await.unwrap();
-    let agent = RunningAgent::start(&env, ns.name()).await;
-    let cert = agent.certificate().await;
+    let agent = RunningAgent::start(&env, ns.name()).await.unwrap();
+    let cert = agent.certificate().await.unwrap();
 
     // A foreign Secret with the same name stays as it is.
     let foreign = Secret {
@@ -346,7 +265,7 @@ async fn bad_input_never_touches_an_existing_secret_and_names_the_key() {
             "secret value {value:?} leaked into events or status"
         );
     }
-    agent.stop().await;
+    agent.stop().await.unwrap();
 }
 
 #[tokio::test]
@@ -354,7 +273,7 @@ async fn an_imported_upstream_style_key_works_without_a_restart() {
     let env = RealEnv::load().unwrap();
     crds_installed(&env).await;
     let ns = TestNamespace::create(&env, "ss-import").await.unwrap();
-    let agent = RunningAgent::start(&env, ns.name()).await;
+    let agent = RunningAgent::start(&env, ns.name()).await.unwrap();
 
     // A key Secret as bitnami writes it: PKCS#1 `RSA PRIVATE KEY`, labelled active.
     let dir = tempfile::tempdir().unwrap();
@@ -429,7 +348,7 @@ async fn an_imported_upstream_style_key_works_without_a_restart() {
     .await;
     wait_for_secret(&ns, "legacy", "api-key", b"from-bitnami").await;
     wait_for_synced(&ns, "legacy", "True").await;
-    agent.stop().await;
+    agent.stop().await.unwrap();
 }
 
 #[tokio::test]
@@ -437,8 +356,8 @@ async fn verify_and_rotate_use_only_metadata_and_never_templates() {
     let env = RealEnv::load().unwrap();
     crds_installed(&env).await;
     let ns = TestNamespace::create(&env, "ss-http").await.unwrap();
-    let agent = RunningAgent::start(&env, ns.name()).await;
-    let cert = agent.certificate().await;
+    let agent = RunningAgent::start(&env, ns.name()).await.unwrap();
+    let cert = agent.certificate().await.unwrap();
     let http = reqwest::Client::new();
     let url = |path: &str| format!("http://{}{}", agent.addr, path);
 
@@ -508,5 +427,5 @@ async fn verify_and_rotate_use_only_metadata_and_never_templates() {
         409,
         "still strict: the rotated value is bound to its name"
     );
-    agent.stop().await;
+    agent.stop().await.unwrap();
 }
