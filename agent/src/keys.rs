@@ -395,12 +395,14 @@ pub fn renewal_due(ring: &KeyRing, settings: &KeySettings, now: SystemTime) -> b
 
 /// Watches the key Secrets, keeps the ring current, and renews keys on schedule. Runs until
 /// the agent stops.
+/// `renew_now` forces a renewal (upstream renews on SIGUSR1; the agent wires that signal to it).
 pub async fn run(
     client: kube::Client,
     settings: KeySettings,
     ring: Arc<KeyRing>,
     metrics: SealedSecretMetrics,
     events: EventSink,
+    renew_now: Arc<tokio::sync::Notify>,
 ) {
     let api: Api<Secret> = Api::namespaced(client.clone(), &settings.namespace);
     let config = watcher::Config::default().labels(&format!("{KEY_LABEL}={ACTIVE}"));
@@ -445,6 +447,11 @@ pub async fn run(
                 if listed && renewal_due(&ring, &settings, SystemTime::now()) {
                     renew(&client, &settings, &ring).await;
                 }
+                update_age(&ring, &metrics);
+            }
+            () = renew_now.notified() => {
+                tracing::info!("key renewal requested");
+                renew(&client, &settings, &ring).await;
                 update_age(&ring, &metrics);
             }
         }

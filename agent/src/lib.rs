@@ -113,6 +113,7 @@ pub struct Agent {
     client: kube::Client,
     listener: TcpListener,
     metrics_listener: TcpListener,
+    renew_now: Arc<tokio::sync::Notify>,
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {
@@ -137,7 +138,14 @@ impl Agent {
             client,
             listener,
             metrics_listener: bind(args.metrics_addr).await?,
+            renew_now: Arc::default(),
         })
+    }
+
+    /// Notifying this adds a new sealing key now, as SIGUSR1 does to a running agent (upstream's
+    /// manual renewal).
+    pub fn renew_handle(&self) -> Arc<tokio::sync::Notify> {
+        Arc::clone(&self.renew_now)
     }
 
     /// The bound HTTP address (useful with port 0).
@@ -193,6 +201,7 @@ impl Agent {
             Arc::clone(&keys),
             metrics.sealed_secrets.clone(),
             events.clone(),
+            Arc::clone(&self.renew_now),
         );
         let key_stop = stop_signal();
         tasks.spawn(async move {
@@ -252,9 +261,23 @@ impl Agent {
     }
 }
 
-/// Runs the agent until SIGTERM or Ctrl-C.
+/// Runs the agent until SIGTERM or Ctrl-C; SIGUSR1 adds a new sealing key, as upstream.
 pub async fn run(args: RunArgs) -> Result<(), Error> {
-    Agent::bind(&args).await?.run(shutdown_signal()).await
+    let agent = Agent::bind(&args).await?;
+    let renew = agent.renew_handle();
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1()) {
+        Ok(mut usr1) => {
+            tokio::spawn(async move {
+                while usr1.recv().await.is_some() {
+                    renew.notify_one();
+                }
+            });
+        }
+        Err(error) => {
+            tracing::warn!(%error, "failed to listen for SIGUSR1; manual key renewal is off")
+        }
+    }
+    agent.run(shutdown_signal()).await
 }
 
 /// Marks the agent ready once the API server answers a version request; retries with backoff

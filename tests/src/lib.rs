@@ -233,6 +233,8 @@ pub struct RunningAgent {
     pub addr: SocketAddr,
     /// Its metrics address.
     pub metrics: SocketAddr,
+    /// Forces a key renewal, as SIGUSR1 does.
+    pub renew: std::sync::Arc<tokio::sync::Notify>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<Result<(), mooring_agent::Error>>>,
 }
@@ -258,6 +260,7 @@ impl RunningAgent {
     async fn launch(agent: mooring_agent::Agent) -> anyhow::Result<RunningAgent> {
         let addr = agent.local_addr()?;
         let metrics = agent.metrics_addr()?;
+        let renew = agent.renew_handle();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(agent.run(async move {
             let _ = stopped.await;
@@ -265,6 +268,7 @@ impl RunningAgent {
         let running = RunningAgent {
             addr,
             metrics,
+            renew,
             stop: Some(stop),
             task: Some(task),
         };

@@ -429,3 +429,69 @@ async fn verify_and_rotate_use_only_metadata_and_never_templates() {
     );
     agent.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn after_a_forced_renewal_old_objects_still_unseal_and_new_seals_use_the_new_key() {
+    let env = RealEnv::load().unwrap();
+    crds_installed(&env).await;
+    let ns = TestNamespace::create(&env, "ss-renew").await.unwrap();
+    let agent = RunningAgent::start(&env, ns.name()).await.unwrap();
+    let first = agent.certificate().await.unwrap();
+    let old = seal(
+        &first,
+        &secret("old", ns.name(), &[("v", "sealed-before")]),
+        None,
+    );
+    create(&ns, &old).await;
+    wait_for_secret(&ns, "old", "v", b"sealed-before").await;
+
+    // What SIGUSR1 does to the running binary.
+    agent.renew.notify_one();
+    let second = wait_for("a new certificate", Duration::from_secs(120), || {
+        let agent = &agent;
+        let first = first.clone();
+        async move { agent.certificate().await.ok().filter(|cert| *cert != first) }
+    })
+    .await
+    .unwrap();
+    let keys = ns
+        .api::<Secret>()
+        .list(&ListParams::default().labels("sealedsecrets.bitnami.com/sealed-secrets-key=active"))
+        .await
+        .unwrap();
+    assert_eq!(
+        keys.items.len(),
+        2,
+        "renewal adds a key and keeps the old one"
+    );
+
+    create(
+        &ns,
+        &seal(
+            &second,
+            &secret("new", ns.name(), &[("v", "sealed-after")]),
+            None,
+        ),
+    )
+    .await;
+    wait_for_secret(&ns, "new", "v", b"sealed-after").await;
+
+    // The old object still opens: its Secret is restored after a deletion.
+    ns.api::<Secret>()
+        .delete("old", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_for_secret(&ns, "old", "v", b"sealed-before").await;
+    let verify = reqwest::Client::new()
+        .post(format!("http://{}/v1/verify", agent.addr))
+        .json(&{
+            let mut stored = ns.api::<SealedSecret>().get("old").await.unwrap();
+            stored.metadata.managed_fields = None;
+            stored
+        })
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(verify.status(), 200);
+    agent.stop().await.unwrap();
+}
