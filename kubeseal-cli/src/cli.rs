@@ -31,8 +31,7 @@ Differences from upstream kubeseal:
     the input's annotations, which yields values the target cannot open); a non-strict --scope that
     differs from the target's is an error. Without -o, the target keeps its format (JSON or YAML);
     the target file is replaced atomically and keeps its permissions.
-  --recovery-unseal also opens the deprecated single-blob spec.data and several SealedSecrets;
-    spec.template.data (Go templates) is not rendered: a warning names those keys.
+  --recovery-unseal also opens the deprecated single-blob spec.data and several SealedSecrets.
   Templates never carry managedFields (upstream copies them from the input).";
 
 /// Seal secrets so that only the cluster's controller can open them.

@@ -5,11 +5,8 @@ use std::path::Path;
 
 use anyhow::{Context, bail};
 use aws_lc_rs::rsa::PrivateDecryptingKey;
-use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use mooring_crds::SealedSecret;
-use mooring_crds::sealed_secret::SKIP_SET_OWNER_REFERENCES_ANNOTATION;
 use mooring_sealing::{EnvelopeError, parse_private_key_pem};
 use zeroize::Zeroizing;
 
@@ -67,14 +64,9 @@ fn keys_in_file(contents: &[u8]) -> anyhow::Result<Vec<PrivateDecryptingKey>> {
     Ok(keys)
 }
 
-/// The Secret the controller would write for `sealed`, opened with any of `keys`.
-///
-/// Returns the Secret and the `spec.template.data` keys left unrendered (Go templates are the
-/// controller's business; the caller warns about them).
-pub fn recover(
-    sealed: &SealedSecret,
-    keys: &[PrivateDecryptingKey],
-) -> anyhow::Result<(Secret, Vec<String>)> {
+/// The Secret the controller would write for `sealed`, opened with any of `keys`, with
+/// `spec.template.data` rendered as the controller renders it.
+pub fn recover(sealed: &SealedSecret, keys: &[PrivateDecryptingKey]) -> anyhow::Result<Secret> {
     let mut open_one =
         |label: &[u8], ciphertext: &[u8]| -> Result<Zeroizing<Vec<u8>>, EnvelopeError> {
             let mut last = EnvelopeError::DecryptSessionKey;
@@ -87,47 +79,16 @@ pub fn recover(
             Err(last)
         };
     let name = sealed.metadata.name.clone().unwrap_or_default();
-    let data = mooring_sealing::unseal(sealed, &mut open_one)
+    let mut data = mooring_sealing::unseal(sealed, &mut open_one)
         .with_context(|| format!("failed to unseal sealed secret {name:?}"))?;
-
-    let template = sealed.spec.template.clone().unwrap_or_default();
-    let mut metadata = template.metadata.unwrap_or_default();
-    metadata.name = sealed.metadata.name.clone();
-    metadata.namespace = sealed.metadata.namespace.clone();
-    let skip_owner = metadata
-        .annotations
-        .as_ref()
-        .and_then(|annotations| annotations.get(SKIP_SET_OWNER_REFERENCES_ANNOTATION))
-        .is_some_and(|value| value == "true");
-    // The controller's ownerReference; only with a uid, which the API server requires.
-    if !skip_owner && let Some(uid) = sealed.metadata.uid.clone().filter(|uid| !uid.is_empty()) {
-        metadata.owner_references = Some(vec![OwnerReference {
-            api_version: "bitnami.com/v1alpha1".into(),
-            kind: "SealedSecret".into(),
-            name: name.clone(),
-            uid,
-            controller: Some(true),
-            block_owner_deletion: None,
-        }]);
+    let templates = sealed.spec.template.as_ref().and_then(|t| t.data.as_ref());
+    if let Some(templates) = templates.filter(|t| !t.is_empty()) {
+        let rendered = mooring_template::render_all(templates, &data)
+            .with_context(|| format!("failed to render sealed secret {name:?}"))?;
+        data.extend(rendered);
     }
-    let unrendered: Vec<String> = template
-        .data
-        .into_iter()
-        .flatten()
-        .map(|(key, _)| key)
-        .collect();
-    let data: BTreeMap<String, ByteString> = data
-        .into_iter()
-        .map(|(key, value)| (key, ByteString(value.to_vec())))
-        .collect();
-    let secret = Secret {
-        metadata,
-        type_: template.type_,
-        immutable: template.immutable,
-        data: Some(data),
-        string_data: None,
-    };
-    Ok((secret, unrendered))
+    let data: BTreeMap<String, Vec<u8>> = data.into_iter().map(|(k, v)| (k, v.to_vec())).collect();
+    Ok(mooring_sealing::secret::unsealed_secret(sealed, data))
 }
 
 #[cfg(test)]
@@ -172,12 +133,16 @@ mod tests {
         let right = key();
         let mut sealed = sealed_for(&right);
         sealed.metadata.uid = Some("uid-1".into());
-        let (secret, unrendered) = recover(&sealed, &[key(), right]).unwrap();
-        assert_eq!(secret.data.unwrap()["password"].0, b"s3cret");
+        let secret = recover(&sealed, &[key(), right]).unwrap();
+        let data = secret.data.clone().unwrap();
+        assert_eq!(data["password"].0, b"s3cret");
+        assert_eq!(
+            data["dsn"].0, b"s3cret",
+            "template.data rendered as the controller does"
+        );
         assert_eq!(secret.metadata.name.as_deref(), Some("db"));
         assert_eq!(secret.metadata.namespace.as_deref(), Some("prod"));
         assert_eq!(secret.type_.as_deref(), Some("Opaque"));
-        assert_eq!(unrendered, vec!["dsn".to_string()]);
         let owner = &secret.metadata.owner_references.unwrap()[0];
         assert_eq!(
             (owner.kind.as_str(), owner.uid.as_str(), owner.controller),

@@ -157,14 +157,7 @@ impl Mode<'_> {
         let keys = recovery::read_private_keys(&self.cli.recovery_private_key)?;
         let sealed_secrets = read_sealed_secrets(input)?;
         for sealed in &sealed_secrets {
-            let (secret, unrendered) = recovery::recover(sealed, &keys)?;
-            if !unrendered.is_empty() {
-                eprintln!(
-                    "warning: sealed secret {:?}: spec.template.data keys ({}) are Go templates and were not rendered",
-                    sealed.metadata.name.as_deref().unwrap_or_default(),
-                    unrendered.join(", ")
-                );
-            }
+            let secret = recovery::recover(sealed, &keys)?;
             output::write_object(out, self.format, &secret)?;
         }
         Ok(())

@@ -11,9 +11,12 @@ use std::fmt;
 use aws_lc_rs::rsa::PublicEncryptingKey;
 use base64::Engine;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use mooring_crds::sealed_secret::{SealedSecret, SealedSecretSpec, SecretTemplateSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use mooring_crds::sealed_secret::{
+    SKIP_SET_OWNER_REFERENCES_ANNOTATION, SealedSecret, SealedSecretSpec, SecretTemplateSpec,
+};
 use zeroize::Zeroizing;
 
 use crate::envelope::{self, EnvelopeError};
@@ -354,6 +357,46 @@ struct LegacySecret {
     data: Option<BTreeMap<String, WipedString>>,
     #[serde(default, rename = "stringData")]
     string_data: Option<BTreeMap<String, WipedString>>,
+}
+
+/// The Secret a SealedSecret describes, from its opened (and rendered) `data`, as the upstream
+/// controller writes it: the template's metadata with name and namespace forced to the
+/// SealedSecret's and server fields dropped, its type and immutability, and one controller
+/// ownerReference (only when the SealedSecret has a uid, and unless the template asks for none
+/// with `sealedsecrets.bitnami.com/skip-set-owner-references: "true"`).
+pub fn unsealed_secret(sealed: &SealedSecret, data: BTreeMap<String, Vec<u8>>) -> Secret {
+    let template = sealed.spec.template.clone().unwrap_or_default();
+    let mut metadata = template.metadata.unwrap_or_default();
+    metadata.name = sealed.metadata.name.clone();
+    metadata.namespace = sealed.metadata.namespace.clone();
+    metadata.resource_version = None;
+    metadata.uid = None;
+    metadata.generate_name = None;
+    metadata.creation_timestamp = None;
+    metadata.managed_fields = None;
+    let skip_owner = metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(SKIP_SET_OWNER_REFERENCES_ANNOTATION))
+        .is_some_and(|v| v == "true");
+    let uid = sealed.metadata.uid.clone().filter(|uid| !uid.is_empty());
+    if !skip_owner && let Some(uid) = uid {
+        metadata.owner_references = Some(vec![OwnerReference {
+            api_version: "bitnami.com/v1alpha1".into(),
+            kind: "SealedSecret".into(),
+            name: sealed.metadata.name.clone().unwrap_or_default(),
+            uid,
+            controller: Some(true),
+            block_owner_deletion: None,
+        }]);
+    }
+    Secret {
+        metadata,
+        type_: template.type_,
+        immutable: template.immutable,
+        data: Some(data.into_iter().map(|(k, v)| (k, ByteString(v))).collect()),
+        ..Default::default()
+    }
 }
 
 /// The values of a decrypted legacy Secret: `data` (base64), then `stringData` over it, as the

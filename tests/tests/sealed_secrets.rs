@@ -146,6 +146,20 @@ async fn sealed_with_the_served_certificate_unseals_and_drift_is_repaired() {
     let (reason, message) = wait_for_synced(&ns, "db", "True").await;
     assert_eq!((reason.as_str(), message.as_str()), ("Unsealed", ""));
 
+    // The condition gauge counts it (recounted from the watch cache every 10 s).
+    wait_for("the condition gauge", Duration::from_secs(30), || {
+        let agent = &agent;
+        async move {
+            let synced = agent
+                .metric("mooring_sealedsecret_condition{status=\"True\"}")
+                .await
+                .ok()?;
+            (synced == 1.0).then_some(())
+        }
+    })
+    .await
+    .unwrap();
+
     // A manual edit is reverted.
     let secrets: Api<Secret> = ns.api();
     let edit = serde_json::json!({"data": {"password": "ZWRpdGVk"}});

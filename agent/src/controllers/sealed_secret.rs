@@ -11,21 +11,20 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType};
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Api, Resource, ResourceExt};
 use mooring_crds::sealed_secret::{
-    MANAGED_ANNOTATION, PATCH_ANNOTATION, SKIP_SET_OWNER_REFERENCES_ANNOTATION, SYNCED,
-    SealedSecret, SealedSecretCondition, SealedSecretStatus,
+    MANAGED_ANNOTATION, PATCH_ANNOTATION, SYNCED, SealedSecret, SealedSecretCondition,
+    SealedSecretStatus,
 };
 use mooring_sealing::secret::UnsealError;
+use mooring_sealing::secret::unsealed_secret;
 use mooring_sealing::{EnvelopeError, Scope};
 use zeroize::Zeroizing;
 
@@ -189,13 +188,21 @@ pub async fn run(
     // the same name, owned or not (managed, patch and skip-owner Secrets are repaired too).
     let shutdown = futures::FutureExt::shared(shutdown);
     let mut in_flight = ctx.in_flight.subscribe();
-    let controller = Controller::new(sealed, watcher::Config::default())
+    let controller = Controller::new(sealed, watcher::Config::default());
+    let counting = count_conditions(controller.store(), ctx.metrics.clone());
+    let controller = controller
         .watches(secrets, watcher::Config::default(), |secret| {
             Some(ObjectRef::<SealedSecret>::new(&secret.name_any()).within(&secret.namespace()?))
         })
         .graceful_shutdown_on(shutdown.clone())
         .run(reconcile, error_policy, ctx)
         .for_each(|_| std::future::ready(()));
+    let controller = async move {
+        tokio::select! {
+            () = controller => {},
+            () = counting => {},
+        }
+    };
     // kube's graceful shutdown also waits for the first list of every watch, which never comes
     // while the API server is unreachable: stop as soon as no reconcile is running.
     let drained = async move {
@@ -205,6 +212,33 @@ pub async fn run(
     tokio::select! {
         () = controller => {},
         () = drained => {},
+    }
+}
+
+/// Keeps the `mooring_sealedsecret_condition` gauge equal to the SealedSecrets in the watch
+/// cache by `Synced` status (recounted, so restarts and deletions are reflected).
+async fn count_conditions(store: Store<SealedSecret>, metrics: SealedSecretMetrics) {
+    let mut every = tokio::time::interval(Duration::from_secs(10));
+    loop {
+        every.tick().await;
+        let mut counts: BTreeMap<String, i64> = ["True", "False", "Unknown"]
+            .into_iter()
+            .map(|s| (s.to_string(), 0))
+            .collect();
+        for sealed in store.state() {
+            let status = sealed
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.iter().find(|c| c.type_ == SYNCED))
+                .map_or("Unknown", |c| c.status.as_str());
+            *counts.entry(status.to_string()).or_default() += 1;
+        }
+        for (status, count) in counts {
+            metrics
+                .conditions
+                .get_or_create(&StatusLabels { status })
+                .set(count);
+        }
     }
 }
 
@@ -263,7 +297,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// Unseals and writes the Secret.
 async fn sync(sealed: &SealedSecret, ctx: &Context) -> Result<Outcome, Error> {
     let data = unseal(sealed, ctx).await?;
-    let desired = desired_secret(sealed, data);
+    let desired = unsealed_secret(sealed, data);
     write_secret(sealed, desired, ctx).await
 }
 
@@ -369,49 +403,6 @@ fn diagnose_scope(
             keys.open(&scope.label(&namespace, &name), ciphertext, None)
                 .is_ok()
         })
-}
-
-/// The Secret a SealedSecret describes (upstream §3.4).
-fn desired_secret(sealed: &SealedSecret, data: BTreeMap<String, Vec<u8>>) -> Secret {
-    let template = sealed.spec.template.clone().unwrap_or_default();
-    let mut metadata = template.metadata.unwrap_or_default();
-    metadata.name = Some(sealed.name_any());
-    metadata.namespace = sealed.namespace();
-    for server_field in [
-        &mut metadata.resource_version,
-        &mut metadata.uid,
-        &mut metadata.generate_name,
-    ] {
-        *server_field = None;
-    }
-    metadata.creation_timestamp = None;
-    metadata.managed_fields = None;
-    let skip_owner = metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(SKIP_SET_OWNER_REFERENCES_ANNOTATION))
-        .is_some_and(|v| v == "true");
-    if !skip_owner {
-        metadata.owner_references = Some(vec![owner_reference(sealed)]);
-    }
-    Secret {
-        metadata,
-        type_: template.type_,
-        immutable: template.immutable,
-        data: Some(data.into_iter().map(|(k, v)| (k, ByteString(v))).collect()),
-        ..Default::default()
-    }
-}
-
-fn owner_reference(sealed: &SealedSecret) -> OwnerReference {
-    OwnerReference {
-        api_version: "bitnami.com/v1alpha1".into(),
-        kind: "SealedSecret".into(),
-        name: sealed.name_any(),
-        uid: sealed.uid().unwrap_or_default(),
-        controller: Some(true),
-        block_owner_deletion: None,
-    }
 }
 
 fn annotation_is_true(secret: &Secret, key: &str) -> bool {
@@ -616,18 +607,6 @@ async fn write_status(
         }],
         observed_generation: sealed.metadata.generation,
     };
-    if let Some(old) = previous {
-        ctx.metrics
-            .conditions
-            .get_or_create(&StatusLabels {
-                status: old.status.clone(),
-            })
-            .dec();
-    }
-    ctx.metrics
-        .conditions
-        .get_or_create(&StatusLabels { status })
-        .inc();
     let api: Api<SealedSecret> =
         Api::namespaced(ctx.client.clone(), &sealed.namespace().unwrap_or_default());
     let patch = serde_json::json!({ "status": new_status });
@@ -644,7 +623,10 @@ async fn write_status(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::ByteString;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+    use mooring_crds::sealed_secret::SKIP_SET_OWNER_REFERENCES_ANNOTATION;
     use mooring_crds::sealed_secret::{SealedSecretSpec, SecretTemplateSpec};
 
     fn sealed(template: Option<SecretTemplateSpec>) -> SealedSecret {
@@ -679,7 +661,7 @@ mod tests {
             immutable: Some(true),
             data: None,
         };
-        let secret = desired_secret(&sealed(Some(template)), data(&[("password", "p")]));
+        let secret = unsealed_secret(&sealed(Some(template)), data(&[("password", "p")]));
         assert_eq!(
             secret.metadata.name.as_deref(),
             Some("db"),
@@ -709,7 +691,7 @@ mod tests {
             }),
             ..Default::default()
         };
-        let secret = desired_secret(&sealed(Some(template)), data(&[]));
+        let secret = unsealed_secret(&sealed(Some(template)), data(&[]));
         assert_eq!(secret.metadata.owner_references, None);
     }
 
@@ -745,7 +727,7 @@ mod tests {
     #[test]
     fn a_foreign_secret_is_never_taken_over() {
         let ss = sealed(None);
-        let desired = desired_secret(&ss, data(&[("password", "p")]));
+        let desired = unsealed_secret(&ss, data(&[("password", "p")]));
         let foreign = existing(&[], Some("someone-else"));
         let error = merged_secret(&foreign, desired, &ss).unwrap_err();
         assert_eq!(error.reason(), "Unmanaged");
@@ -759,7 +741,7 @@ mod tests {
     #[test]
     fn managed_replaces_and_patch_merges() {
         let ss = sealed(None);
-        let desired = || desired_secret(&ss, data(&[("password", "p")]));
+        let desired = || unsealed_secret(&ss, data(&[("password", "p")]));
         let managed = merged_secret(
             &existing(&[(MANAGED_ANNOTATION, "true")], None),
             desired(),
@@ -795,7 +777,7 @@ mod tests {
     #[test]
     fn an_owned_secret_with_matching_content_is_unchanged() {
         let ss = sealed(None);
-        let desired = desired_secret(&ss, data(&[("password", "p")]));
+        let desired = unsealed_secret(&ss, data(&[("password", "p")]));
         let current = merged_secret(&existing(&[], Some("uid-1")), desired.clone(), &ss).unwrap();
         let again = merged_secret(&current, desired, &ss).unwrap();
         assert!(same_content(&current, &again));
