@@ -113,20 +113,30 @@ fn client_of(headers: &HeaderMap, peer: SocketAddr) -> String {
         .unwrap_or_else(|| peer.ip().to_string())
 }
 
+/// The common front of `/v1/verify` and `/v1/rotate`: the client's rate limit, then the body
+/// as one SealedSecret. Either the object, or the response that refuses the request.
+fn admit(
+    state: &HttpState,
+    path: &str,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<SealedSecret, (StatusCode, &'static str)> {
+    if !state.limiter.allow(path, &client_of(headers, peer)) {
+        return Err((StatusCode::TOO_MANY_REQUESTS, "too many requests\n"));
+    }
+    parse_sealed_secret(body).ok_or((StatusCode::BAD_REQUEST, "the body is not a SealedSecret\n"))
+}
+
 async fn verify(
     State(state): State<HttpState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if !state
-        .limiter
-        .allow("/v1/verify", &client_of(&headers, peer))
-    {
-        return (StatusCode::TOO_MANY_REQUESTS, "too many requests\n").into_response();
-    }
-    let Some(sealed) = parse_sealed_secret(&body) else {
-        return (StatusCode::BAD_REQUEST, "the body is not a SealedSecret\n").into_response();
+    let sealed = match admit(&state, "/v1/verify", peer, &headers, &body) {
+        Ok(sealed) => sealed,
+        Err(refused) => return refused.into_response(),
     };
     let keys = Arc::clone(&state.keys);
     let opened = tokio::task::spawn_blocking(move || open_values(&sealed, &keys).is_ok()).await;
@@ -142,14 +152,9 @@ async fn rotate(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if !state
-        .limiter
-        .allow("/v1/rotate", &client_of(&headers, peer))
-    {
-        return (StatusCode::TOO_MANY_REQUESTS, "too many requests\n").into_response();
-    }
-    let Some(sealed) = parse_sealed_secret(&body) else {
-        return (StatusCode::BAD_REQUEST, "the body is not a SealedSecret\n").into_response();
+    let sealed = match admit(&state, "/v1/rotate", peer, &headers, &body) {
+        Ok(sealed) => sealed,
+        Err(refused) => return refused.into_response(),
     };
     let keys = Arc::clone(&state.keys);
     let rotated = tokio::task::spawn_blocking(move || reseal(sealed, &keys)).await;
