@@ -350,6 +350,48 @@ async fn an_imported_upstream_style_key_works_without_a_restart() {
         .await
         .unwrap();
 
+    // A broken key Secret next to it is skipped with a Warning event, not a crash.
+    let broken = Secret {
+        metadata: ObjectMeta {
+            name: Some("sealed-secrets-keybroken".into()),
+            labels: Some(BTreeMap::from([(
+                "sealedsecrets.bitnami.com/sealed-secrets-key".into(),
+                "active".into(),
+            )])),
+            ..Default::default()
+        },
+        type_: Some("kubernetes.io/tls".into()),
+        data: Some(BTreeMap::from([
+            ("tls.key".into(), ByteString(b"not a key".to_vec())),
+            ("tls.crt".into(), ByteString(b"not a certificate".to_vec())),
+        ])),
+        ..Default::default()
+    };
+    ns.api::<Secret>()
+        .create(&PostParams::default(), &broken)
+        .await
+        .unwrap();
+    let events = ns.api::<Event>();
+    wait_for(
+        "an InvalidSealingKey event",
+        Duration::from_secs(30),
+        || {
+            let events = events.clone();
+            async move {
+                let list = events.list(&ListParams::default()).await.ok()?;
+                list.items
+                    .into_iter()
+                    .find(|e| {
+                        e.reason.as_deref() == Some("InvalidSealingKey")
+                            && e.involved_object.name.as_deref() == Some("sealed-secrets-keybroken")
+                    })
+                    .map(|_| ())
+            }
+        },
+    )
+    .await
+    .unwrap();
+
     let old_cert = String::from_utf8(std::fs::read(&crt).unwrap()).unwrap();
     create(
         &ns,

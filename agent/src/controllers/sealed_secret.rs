@@ -799,6 +799,44 @@ mod tests {
     }
 
     #[test]
+    fn unseal_failures_get_distinct_reasons() {
+        use mooring_sealing::secret::KeyErrors;
+        let keys = |invalid: &[&str], undecryptable: &[&str]| {
+            UnsealError::Keys(KeyErrors {
+                invalid_base64: invalid.iter().map(|k| k.to_string()).collect(),
+                undecryptable: undecryptable.iter().map(|k| k.to_string()).collect(),
+            })
+        };
+        let cases = [
+            (UnsealError::BothDataFormats, None, "ConflictingData"),
+            (UnsealError::LegacyNotASecret, None, "InvalidLegacyData"),
+            (
+                keys(&["a"], &["b"]),
+                Some(EnvelopeError::DecryptSessionKey),
+                "InvalidBase64",
+            ),
+            (
+                keys(&[], &["b"]),
+                Some(EnvelopeError::Truncated),
+                "TruncatedData",
+            ),
+            (
+                keys(&[], &["b"]),
+                Some(EnvelopeError::DecryptValue),
+                "CorruptedData",
+            ),
+            (
+                keys(&[], &["b"]),
+                Some(EnvelopeError::DecryptSessionKey),
+                "DecryptFailed",
+            ),
+        ];
+        for (error, envelope, reason) in cases {
+            assert_eq!(unseal_reason(&error, envelope.as_ref()), reason, "{error}");
+        }
+    }
+
+    #[test]
     fn conditions_carry_a_reason() {
         let condition_ok = condition(&Ok(Outcome::Unchanged));
         assert_eq!(condition_ok, ("True".into(), Some("Unsealed".into()), None));
