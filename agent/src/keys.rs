@@ -19,7 +19,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{ObjectMeta, PostParams};
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::watcher;
-use kube::{Api, Resource};
+use kube::{Api, Resource, ResourceExt};
 use mooring_sealing::{EnvelopeError, SealingCertificate};
 use prometheus_client::metrics::counter::Counter;
 use zeroize::Zeroizing;
@@ -207,10 +207,10 @@ impl KeyRing {
     }
 
     /// Replaces the keys; sorts newest first and drops duplicates of one key pair.
-    pub fn set(&self, mut keys: Vec<SealingKey>) {
+    pub fn set(&self, mut keys: Vec<Arc<SealingKey>>) {
         let mut seen = std::collections::HashSet::new();
         keys.retain(|key| seen.insert(key.fingerprint.clone()));
-        self.store(keys.into_iter().map(Arc::new).collect());
+        self.store(keys);
     }
 
     /// Adds one key (a freshly generated one, before the watch sees its Secret).
@@ -407,8 +407,10 @@ pub async fn run(
     let api: Api<Secret> = Api::namespaced(client.clone(), &settings.namespace);
     let config = watcher::Config::default().labels(&format!("{KEY_LABEL}={ACTIVE}"));
     let mut stream = watcher(api, config).boxed();
-    let mut secrets: BTreeMap<String, Secret> = BTreeMap::new();
-    let mut initial: BTreeMap<String, Secret> = BTreeMap::new();
+    // Parsed keys by Secret name: the key material is parsed once, when its Secret arrives or
+    // changes, and the Secret itself is not kept.
+    let mut loaded: BTreeMap<String, Arc<SealingKey>> = BTreeMap::new();
+    let mut initial: BTreeMap<String, Arc<SealingKey>> = BTreeMap::new();
     let mut listed = false;
     let mut renewal = tokio::time::interval(Duration::from_secs(60));
     renewal.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -419,20 +421,25 @@ pub async fn run(
                 match event {
                     Ok(watcher::Event::Init) => initial.clear(),
                     Ok(watcher::Event::InitApply(secret)) => {
-                        initial.insert(secret.metadata.name.clone().unwrap_or_default(), secret);
+                        if let Some(key) = admit(&secret, &events).await {
+                            initial.insert(secret.name_any(), Arc::new(key));
+                        }
                     }
                     Ok(watcher::Event::InitDone) => {
-                        secrets = std::mem::take(&mut initial);
+                        loaded = std::mem::take(&mut initial);
                         listed = true;
-                        reload(&secrets, &ring, &metrics, &events).await;
+                        publish(&loaded, &ring, &metrics);
                     }
                     Ok(watcher::Event::Apply(secret)) => {
-                        secrets.insert(secret.metadata.name.clone().unwrap_or_default(), secret);
-                        reload(&secrets, &ring, &metrics, &events).await;
+                        match admit(&secret, &events).await {
+                            Some(key) => loaded.insert(secret.name_any(), Arc::new(key)),
+                            None => loaded.remove(&secret.name_any()),
+                        };
+                        publish(&loaded, &ring, &metrics);
                     }
                     Ok(watcher::Event::Delete(secret)) => {
-                        secrets.remove(secret.metadata.name.as_deref().unwrap_or_default());
-                        reload(&secrets, &ring, &metrics, &events).await;
+                        loaded.remove(&secret.name_any());
+                        publish(&loaded, &ring, &metrics);
                     }
                     Err(error) => {
                         tracing::warn!(%error, "watching sealing key Secrets failed; retrying");
@@ -474,36 +481,34 @@ fn update_age(ring: &KeyRing, metrics: &SealedSecretMetrics) {
         .set(i64::try_from(age.as_secs()).unwrap_or(i64::MAX));
 }
 
-/// Rebuilds the ring from the key Secrets; a malformed one is skipped with a Warning event.
-async fn reload(
-    secrets: &BTreeMap<String, Secret>,
-    ring: &KeyRing,
-    metrics: &SealedSecretMetrics,
-    events: &EventSink,
-) {
-    let mut keys = Vec::new();
-    for secret in secrets.values() {
-        match SealingKey::from_secret(secret) {
-            Ok(key) => keys.push(key),
-            Err(error) => {
-                let note = crate::error_chain(&error);
-                tracing::warn!(error = %note, "skipping an unusable sealing key Secret");
-                events
-                    .publish(
-                        &secret.object_ref(&()),
-                        Event {
-                            type_: EventType::Warning,
-                            reason: "InvalidSealingKey".into(),
-                            note: Some(note),
-                            action: "LoadKey".into(),
-                            secondary: None,
-                        },
-                    )
-                    .await;
-            }
+/// Parses a key Secret that arrived or changed; a malformed one gets a Warning event (once per
+/// change, since only changes arrive) and is skipped.
+async fn admit(secret: &Secret, events: &EventSink) -> Option<SealingKey> {
+    match SealingKey::from_secret(secret) {
+        Ok(key) => Some(key),
+        Err(error) => {
+            let note = crate::error_chain(&error);
+            tracing::warn!(error = %note, "skipping an unusable sealing key Secret");
+            let event = Event {
+                type_: EventType::Warning,
+                reason: "InvalidSealingKey".into(),
+                note: Some(note),
+                action: "LoadKey".into(),
+                secondary: None,
+            };
+            events.publish(&secret.object_ref(&()), event).await;
+            None
         }
     }
-    ring.set(keys);
+}
+
+/// Makes `loaded` the ring's keys.
+fn publish(
+    loaded: &BTreeMap<String, Arc<SealingKey>>,
+    ring: &KeyRing,
+    metrics: &SealedSecretMetrics,
+) {
+    ring.set(loaded.values().cloned().collect());
     metrics
         .keys
         .set(i64::try_from(ring.len()).unwrap_or(i64::MAX));
@@ -568,7 +573,7 @@ mod tests {
             not_before: SystemTime::UNIX_EPOCH,
         };
         let sealed_for_old = mooring_sealing::seal(&old.public, b"ns/a", b"v").unwrap();
-        ring.set(vec![old, newest]);
+        ring.set(vec![Arc::new(old), Arc::new(newest)]);
         assert_eq!(
             ring.newest().unwrap().secret_name,
             secret.metadata.name.clone().unwrap_or_default()
@@ -593,7 +598,7 @@ mod tests {
     fn truncated_and_undecryptable_values_are_told_apart() {
         let metrics = SealedSecretMetrics::default();
         let ring = KeyRing::new(&metrics);
-        ring.set(vec![reload_key(&generated().1)]);
+        ring.set(vec![Arc::new(reload_key(&generated().1))]);
         assert_eq!(
             ring.open(b"", &[0, 5, 1], None).unwrap_err(),
             EnvelopeError::Truncated
@@ -653,7 +658,7 @@ mod tests {
         let ring = KeyRing::new(&metrics);
         let now = SystemTime::now();
         assert!(renewal_due(&ring, &settings(), now), "no key yet");
-        ring.set(vec![reload_key(&generated().1)]);
+        ring.set(vec![Arc::new(reload_key(&generated().1))]);
         assert!(!renewal_due(&ring, &settings(), now));
         let in_31_days = now + Duration::from_secs(31 * 24 * 3600);
         assert!(renewal_due(&ring, &settings(), in_31_days));
