@@ -147,22 +147,7 @@ impl TestNamespace {
             .create(&PostParams::default(), &account)
             .await
             .with_context(|| format!("failed to create ServiceAccount {name}"))?;
-        let request = TokenRequest {
-            spec: Some(TokenRequestSpec {
-                audiences: Some(vec!["https://kubernetes.default.svc.cluster.local".into()]),
-                expiration_seconds: Some(3600),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        let issued = accounts
-            .create_token_request(name, &PostParams::default(), &request)
-            .await
-            .with_context(|| format!("failed to request a token for ServiceAccount {name}"))?;
-        let token = issued
-            .status
-            .and_then(|status| status.token)
-            .context("TokenRequest returned no token")?;
+        let token = self.service_account_token(name).await?;
         let mut config = self.config.clone();
         config.auth_info = Kubeconfig::from_yaml(&format!(
             "users:\n- name: sa\n  user:\n    token: {token}\n"
@@ -172,6 +157,27 @@ impl TestNamespace {
         .auth_info
         .context("token kubeconfig has no user")?;
         Ok(Client::try_from(config)?)
+    }
+
+    /// A bound token (TokenRequest, one hour) for the existing ServiceAccount `name`.
+    pub async fn service_account_token(&self, name: &str) -> anyhow::Result<String> {
+        let request = TokenRequest {
+            spec: Some(TokenRequestSpec {
+                audiences: Some(vec!["https://kubernetes.default.svc.cluster.local".into()]),
+                expiration_seconds: Some(3600),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let issued = self
+            .api::<ServiceAccount>()
+            .create_token_request(name, &PostParams::default(), &request)
+            .await
+            .with_context(|| format!("failed to request a token for ServiceAccount {name}"))?;
+        issued
+            .status
+            .and_then(|status| status.token)
+            .context("TokenRequest returned no token")
     }
 }
 
@@ -242,7 +248,11 @@ pub struct RunningAgent {
 impl RunningAgent {
     /// Starts an agent for `namespace` (see [`agent`]) on loopback and waits until it is ready.
     pub async fn start(env: &RealEnv, namespace: &str) -> anyhow::Result<RunningAgent> {
-        let args = agent(env, namespace)?;
+        Self::start_with(agent(env, namespace)?).await
+    }
+
+    /// Starts an agent with `args` (usually [`agent`]'s, adjusted) and waits until it is ready.
+    pub async fn start_with(args: mooring_agent::cli::RunArgs) -> anyhow::Result<RunningAgent> {
         Self::launch(mooring_agent::Agent::bind(&args).await?).await
     }
 
