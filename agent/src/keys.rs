@@ -187,6 +187,8 @@ pub struct KeySettings {
 pub struct KeyRing {
     keys: RwLock<Arc<Vec<Arc<SealingKey>>>>,
     rsa_operations: Counter,
+    /// Bumped whenever the keys change, so results computed with older keys can be told apart.
+    version: std::sync::atomic::AtomicU64,
 }
 
 impl KeyRing {
@@ -195,6 +197,7 @@ impl KeyRing {
         KeyRing {
             keys: RwLock::new(Arc::new(Vec::new())),
             rsa_operations: metrics.rsa_operations.clone(),
+            version: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -236,6 +239,13 @@ impl KeyRing {
             Ok(mut guard) => *guard = keys,
             Err(poisoned) => *poisoned.into_inner() = keys,
         }
+        self.version
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    /// Changes whenever the set of keys changes.
+    pub fn version(&self) -> u64 {
+        self.version.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// The key that seals: the newest.

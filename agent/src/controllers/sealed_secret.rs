@@ -49,6 +49,10 @@ pub struct Context {
     opened_with: Mutex<HashMap<String, String>>,
     /// SealedSecret uid → consecutive failures, for backoff.
     failures: Mutex<HashMap<String, u32>>,
+    /// SealedSecret uid → what it was last unsealed from and a digest of the Secret that left
+    /// in the API. A reconcile whose inputs and Secret are unchanged skips the RSA work (the
+    /// watch wakes a SealedSecret for its own status write and for its Secret's events).
+    synced: Mutex<HashMap<String, (SyncInput, [u8; 32])>>,
     /// Reconciles running now; shutdown waits for them, and only them.
     in_flight: tokio::sync::watch::Sender<usize>,
 }
@@ -70,6 +74,7 @@ impl Context {
             resync,
             opened_with: Mutex::default(),
             failures: Mutex::default(),
+            synced: Mutex::default(),
             in_flight: tokio::sync::watch::Sender::new(0),
         }
     }
@@ -294,11 +299,62 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Unseals and writes the Secret.
+/// What an unseal result depends on besides the encrypted data: the spec (by generation), the
+/// scope label (from metadata, which has no generation) and the keys.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct SyncInput {
+    generation: Option<i64>,
+    label: Vec<u8>,
+    keys: u64,
+}
+
+/// A digest of the parts of a Secret mooring manages (same fields as [`same_content`]).
+fn content_digest(secret: &Secret) -> [u8; 32] {
+    let empty_is_none = |m: &Option<BTreeMap<String, String>>| m.clone().filter(|m| !m.is_empty());
+    let content = serde_json::json!([
+        secret.data.clone().unwrap_or_default(),
+        secret.type_,
+        empty_is_none(&secret.metadata.labels),
+        empty_is_none(&secret.metadata.annotations),
+        secret.metadata.owner_references.clone().unwrap_or_default(),
+    ]);
+    let bytes = Zeroizing::new(serde_json::to_vec(&content).unwrap_or_default());
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &bytes);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest.as_ref());
+    out
+}
+
+/// Unseals and writes the Secret, unless nothing it depends on changed since the last time.
 async fn sync(sealed: &SealedSecret, ctx: &Context) -> Result<Outcome, Error> {
+    let name = sealed.name_any();
+    let api: Api<Secret> =
+        Api::namespaced(ctx.client.clone(), &sealed.namespace().unwrap_or_default());
+    let existing = api.get_opt(&name).await.map_err(|source| Error::Api {
+        action: "read",
+        name: name.clone(),
+        source,
+    })?;
+    let uid = sealed.uid().unwrap_or_default();
+    let scope = Scope::from_annotations(sealed.annotations());
+    let input = SyncInput {
+        generation: sealed.metadata.generation,
+        label: scope.label(&sealed.namespace().unwrap_or_default(), &name),
+        keys: ctx.keys.version(),
+    };
+    if let Some(existing) = &existing {
+        let unchanged = lock(&ctx.synced)
+            .get(&uid)
+            .is_some_and(|(last, digest)| *last == input && *digest == content_digest(existing));
+        if unchanged {
+            return Ok(Outcome::Unchanged);
+        }
+    }
     let data = unseal(sealed, ctx).await?;
     let desired = unsealed_secret(sealed, data);
-    write_secret(sealed, desired, ctx).await
+    let (outcome, written) = write_secret(sealed, existing, desired, &api).await?;
+    lock(&ctx.synced).insert(uid, (input, content_digest(&written)));
+    Ok(outcome)
 }
 
 /// Opens every value with the key ring, off the async workers (RSA is CPU work).
@@ -462,14 +518,14 @@ fn same_content(a: &Secret, b: &Secret) -> bool {
             == b.metadata.owner_references.clone().unwrap_or_default()
 }
 
+/// Creates or updates the Secret; returns what happened and the Secret as it now is.
 async fn write_secret(
     sealed: &SealedSecret,
+    existing: Option<Secret>,
     desired: Secret,
-    ctx: &Context,
-) -> Result<Outcome, Error> {
+    api: &Api<Secret>,
+) -> Result<(Outcome, Secret), Error> {
     let name = sealed.name_any();
-    let api: Api<Secret> =
-        Api::namespaced(ctx.client.clone(), &sealed.namespace().unwrap_or_default());
     let api_error = |action: &'static str| {
         let name = name.clone();
         move |source| Error::Api {
@@ -478,37 +534,29 @@ async fn write_secret(
             source,
         }
     };
-    let existing = api.get_opt(&name).await.map_err(api_error("read"))?;
+    let params = PostParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..Default::default()
+    };
     let Some(existing) = existing else {
-        api.create(
-            &PostParams {
-                field_manager: Some(FIELD_MANAGER.into()),
-                ..Default::default()
-            },
-            &desired,
-        )
-        .await
-        .map_err(api_error("create"))?;
-        return Ok(Outcome::Created);
+        let created = api
+            .create(&params, &desired)
+            .await
+            .map_err(api_error("create"))?;
+        return Ok((Outcome::Created, created));
     };
     let merged = merged_secret(&existing, desired, sealed)?;
     if same_content(&existing, &merged) {
-        return Ok(Outcome::Unchanged);
+        return Ok((Outcome::Unchanged, existing));
     }
     if existing.immutable == Some(true) && existing.data != merged.data {
         return Err(Error::Immutable(name));
     }
-    api.replace(
-        &name,
-        &PostParams {
-            field_manager: Some(FIELD_MANAGER.into()),
-            ..Default::default()
-        },
-        &merged,
-    )
-    .await
-    .map_err(api_error("update"))?;
-    Ok(Outcome::Updated)
+    let updated = api
+        .replace(&name, &params, &merged)
+        .await
+        .map_err(api_error("update"))?;
+    Ok((Outcome::Updated, updated))
 }
 
 /// Metrics and events for one reconcile; events only when something changed.
