@@ -30,8 +30,10 @@ pub fn parse_documents(input: &[u8]) -> anyhow::Result<Vec<Value>> {
         }
         Ok(documents)
     } else {
-        // No source snippets in errors: they would print secret values.
-        let options = serde_saphyr::options! { with_snippet: false };
+        // No source snippets in errors: they would print secret values. YAML 1.2 booleans
+        // (only true/false): `y`, `yes`, `on` are strings, as Kubernetes reads them into string
+        // fields.
+        let options = serde_saphyr::options! { with_snippet: false, strict_booleans: true };
         let documents: Vec<Value> =
             serde_saphyr::from_str_multiple_with_options::<Value, Vec<Value>>(text, options)
                 .map_err(|error| anyhow::anyhow!("{}", redact_quoted(&error.to_string())))
@@ -111,10 +113,15 @@ fn string_map(
     };
     let mut map = BTreeMap::new();
     for (key, value) in object {
-        let Value::String(value) = value else {
-            bail!(
+        // Unquoted scalars such as `true` or `5432` are read as their text, as upstream's
+        // YAML-to-JSON conversion does for string fields.
+        let value = match value {
+            Value::String(value) => value,
+            Value::Bool(value) => value.to_string(),
+            Value::Number(value) => value.to_string(),
+            _ => bail!(
                 "failed to read Secret {name:?} (#{number}): {field}[{key:?}] is not a string (quote it)"
-            );
+            ),
         };
         map.insert(key, value);
     }
@@ -171,6 +178,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn unquoted_scalars_in_string_data_are_read_as_text_like_kubectl() {
+        let yaml = "kind: Secret\nmetadata: {name: a}\nstringData:\n  short: y\n  flag: on\n  enabled: true\n  port: 5432\n";
+        let document = parse_documents(yaml.as_bytes()).unwrap().remove(0);
+        let secret = secret_from_document(document, 1).unwrap();
+        let values = secret.string_data.unwrap();
+        assert_eq!(values["short"], "y", "YAML 1.1's y is not a boolean here");
+        assert_eq!(values["flag"], "on");
+        assert_eq!(values["enabled"], "true");
+        assert_eq!(values["port"], "5432");
+    }
+
+    #[test]
     fn yaml_documents_are_split_and_empty_ones_skipped() {
         let yaml =
             "---\nkind: Secret\nmetadata: {name: a}\n---\n---\nkind: Secret\nmetadata: {name: b}\n";
@@ -212,7 +231,7 @@ mod tests {
             "{message}"
         );
 
-        let bad = serde_json::json!({"metadata": {"name": "db"}, "stringData": {"port": 5432}});
+        let bad = serde_json::json!({"metadata": {"name": "db"}, "stringData": {"port": {"n": 1}}});
         let message = secret_from_document(bad, 3).unwrap_err().to_string();
         assert!(message.contains("stringData[\"port\"]"), "{message}");
 
