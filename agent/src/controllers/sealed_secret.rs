@@ -53,6 +53,9 @@ pub struct Context {
     /// in the API. A reconcile whose inputs and Secret are unchanged skips the RSA work (the
     /// watch wakes a SealedSecret for its own status write and for its Secret's events).
     synced: Mutex<HashMap<String, (SyncInput, [u8; 32])>>,
+    /// SealedSecret uid → the Synced status this agent wrote last (status, reason, message,
+    /// generation).
+    statuses: Mutex<HashMap<String, WrittenStatus>>,
     /// Reconciles running now; shutdown waits for them, and only them.
     in_flight: tokio::sync::watch::Sender<usize>,
 }
@@ -75,6 +78,7 @@ impl Context {
             opened_with: Mutex::default(),
             failures: Mutex::default(),
             synced: Mutex::default(),
+            statuses: Mutex::default(),
             in_flight: tokio::sync::watch::Sender::new(0),
         }
     }
@@ -298,6 +302,9 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
+
+/// A written `Synced` condition: status, reason, message, observed generation.
+type WrittenStatus = (String, Option<String>, Option<String>, Option<i64>);
 
 /// What an unseal result depends on besides the encrypted data: the spec (by generation), the
 /// scope label (from metadata, which has no generation) and the keys.
@@ -633,10 +640,20 @@ async fn write_status(
     let (status, reason, message) = condition(result);
     let current = sealed.status.clone().unwrap_or_default();
     let previous = current.conditions.iter().find(|c| c.type_ == SYNCED);
-    let unchanged = previous
+    let written = (
+        status.clone(),
+        reason.clone(),
+        message.clone(),
+        sealed.metadata.generation,
+    );
+    let in_cache = previous
         .is_some_and(|c| c.status == status && c.reason == reason && c.message == message)
         && current.observed_generation == sealed.metadata.generation;
-    if unchanged {
+    // The watch cache may not show our last write yet (a reconcile woken by the Secret we just
+    // created): compare with what this agent wrote last, too.
+    let uid = sealed.uid().unwrap_or_default();
+    let written_last = lock(&ctx.statuses).get(&uid) == Some(&written);
+    if in_cache || written_last {
         return Ok(());
     }
     let now = jiff::Timestamp::now().to_string();
@@ -664,8 +681,9 @@ async fn write_status(
         &Patch::Merge(&patch),
     )
     .await
-    .map(|_| ())
-    .map_err(Error::Status)
+    .map_err(Error::Status)?;
+    lock(&ctx.statuses).insert(uid, written);
+    Ok(())
 }
 
 #[cfg(test)]
