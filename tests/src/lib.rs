@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
 use kube::api::{DeleteParams, ObjectMeta, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client};
@@ -157,6 +157,29 @@ impl TestNamespace {
         .auth_info
         .context("token kubeconfig has no user")?;
         Ok(Client::try_from(config)?)
+    }
+
+    /// Waits (at most 90 s) until Secret `name` holds `value` under `key`, and returns it.
+    pub async fn wait_for_secret(
+        &self,
+        name: &str,
+        key: &str,
+        value: &[u8],
+    ) -> anyhow::Result<Secret> {
+        let secrets: Api<Secret> = self.api();
+        wait_for(
+            &format!("Secret {name} with {key}"),
+            Duration::from_secs(90),
+            || {
+                let secrets = secrets.clone();
+                async move {
+                    let secret = secrets.get_opt(name).await.ok()??;
+                    let found = secret.data.as_ref()?.get(key)?.0.as_slice() == value;
+                    found.then_some(secret)
+                }
+            },
+        )
+        .await
     }
 
     /// A bound token (TokenRequest, one hour) for the existing ServiceAccount `name`.

@@ -15,13 +15,12 @@ use tokio::io::AsyncWriteExt;
 
 use k8s_openapi::api::core::v1::{
     Container, EndpointAddress, EndpointPort, EndpointSubset, Endpoints, ObjectReference, Pod,
-    PodSpec, Secret, Service, ServicePort, ServiceSpec,
+    PodSpec, Service, ServicePort, ServiceSpec,
 };
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointPort as SlicePort, EndpointSlice};
-use kube::Api;
 use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
 use mooring_crds::sealed_secret::SealedSecret;
-use mooring_e2e::{RealEnv, RunningAgent, TestHost, TestNamespace, wait_for};
+use mooring_e2e::{RealEnv, RunningAgent, TestHost, TestNamespace};
 
 /// The agent's port inside its test host.
 const AGENT_PORT: u16 = 8080;
@@ -91,19 +90,6 @@ impl Cluster {
         all.extend_from_slice(args);
         self.run(&mooring_e2e::binary("kubeseal").unwrap(), &all, stdin)
             .await
-    }
-
-    async fn wait_for_secret(&self, name: &str, key: &str, value: &[u8]) {
-        let secrets: Api<Secret> = self.ns.api();
-        wait_for(&format!("Secret {name}"), Duration::from_secs(60), || {
-            let secrets = secrets.clone();
-            async move {
-                let secret = secrets.get_opt(name).await.ok()??;
-                (secret.data?.get(key)?.0.as_slice() == value).then_some(())
-            }
-        })
-        .await
-        .unwrap();
     }
 }
 
@@ -254,8 +240,10 @@ async fn mooring_kubeseal_fetches_seals_validates_and_re_encrypts_through_the_se
         .await
         .unwrap();
     cluster
+        .ns
         .wait_for_secret("db", "password", b"p4ss-via-proxy")
-        .await;
+        .await
+        .unwrap();
 
     // --validate: 200 → success; a renamed copy cannot be opened → upstream's message.
     succeeded(
@@ -328,8 +316,10 @@ async fn kubeseal_re_encrypts_files_in_place_takes_cert_urls_and_explains_a_wron
         .await
         .unwrap();
     cluster
+        .ns
         .wait_for_secret("web", "tls-pass", b"url-cert")
-        .await;
+        .await
+        .unwrap();
 
     // A wrong --controller-name is explained, naming the flag.
     let binary = mooring_e2e::binary("kubeseal").unwrap();
@@ -385,8 +375,10 @@ async fn upstream_kubeseal_seals_against_mooring_and_mooring_unseals() {
         .await
         .unwrap();
     cluster
+        .ns
         .wait_for_secret("api", "token", b"from-upstream-kubeseal")
-        .await;
+        .await
+        .unwrap();
 
     // Upstream's --validate works against mooring too.
     let validate = cluster

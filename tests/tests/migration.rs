@@ -98,19 +98,6 @@ async fn admin_service_account_token(ns: &TestNamespace) -> String {
         .unwrap()
 }
 
-async fn wait_for_secret(ns: &TestNamespace, name: &str, key: &str, value: &[u8]) {
-    let secrets: Api<Secret> = ns.api();
-    wait_for(&format!("Secret {name}"), Duration::from_secs(90), || {
-        let secrets = secrets.clone();
-        async move {
-            let secret = secrets.get_opt(name).await.ok()??;
-            (secret.data?.get(key)?.0.as_slice() == value).then_some(())
-        }
-    })
-    .await
-    .unwrap();
-}
-
 /// Seals a Secret with upstream kubeseal against `cert_pem`, offline.
 async fn upstream_seal(
     env: &RealEnv,
@@ -180,7 +167,9 @@ async fn keys_of_the_upstream_controller_move_to_mooring_and_it_takes_over() {
         .create(&PostParams::default(), &before)
         .await
         .unwrap();
-    wait_for_secret(&apps, "db", "password", b"sealed-for-bitnami").await;
+    apps.wait_for_secret("db", "password", b"sealed-for-bitnami")
+        .await
+        .unwrap();
     upstream.stop().await;
 
     // 2. The README's migration: copy the key Secrets to mooring's namespace.
@@ -226,13 +215,17 @@ async fn keys_of_the_upstream_controller_move_to_mooring_and_it_takes_over() {
         .delete("db", &DeleteParams::default())
         .await
         .unwrap();
-    wait_for_secret(&apps, "db", "password", b"sealed-for-bitnami").await;
+    apps.wait_for_secret("db", "password", b"sealed-for-bitnami")
+        .await
+        .unwrap();
     let after = upstream_seal(&env, &cert, apps.name(), "api", "sealed-after-the-move").await;
     apps.api::<SealedSecret>()
         .create(&PostParams::default(), &after)
         .await
         .unwrap();
-    wait_for_secret(&apps, "api", "password", b"sealed-after-the-move").await;
+    apps.wait_for_secret("api", "password", b"sealed-after-the-move")
+        .await
+        .unwrap();
     agent.stop().await.unwrap();
 
     let bindings: Api<ClusterRoleBinding> = Api::all(apps.client());

@@ -46,24 +46,6 @@ async fn create(ns: &TestNamespace, sealed: &SealedSecret) -> SealedSecret {
         .unwrap()
 }
 
-async fn wait_for_secret(ns: &TestNamespace, name: &str, key: &str, value: &[u8]) -> Secret {
-    let secrets: Api<Secret> = ns.api();
-    wait_for(
-        &format!("Secret {name} with {key}"),
-        Duration::from_secs(60),
-        || {
-            let secrets = secrets.clone();
-            async move {
-                let secret = secrets.get_opt(name).await.ok()??;
-                let found = secret.data.as_ref()?.get(key)?.0.as_slice() == value;
-                found.then_some(secret)
-            }
-        },
-    )
-    .await
-    .unwrap()
-}
-
 /// Waits for the `Synced` condition with `status` and returns (reason, message).
 async fn wait_for_synced(ns: &TestNamespace, name: &str, status: &str) -> (String, String) {
     let api: Api<SealedSecret> = ns.api();
@@ -127,7 +109,10 @@ async fn sealed_with_the_served_certificate_unseals_and_drift_is_repaired() {
     )]));
     let created = create(&ns, &sealed).await;
 
-    let unsealed = wait_for_secret(&ns, "db", "password", b"s3cr3t-db-password").await;
+    let unsealed = ns
+        .wait_for_secret("db", "password", b"s3cr3t-db-password")
+        .await
+        .unwrap();
     assert_eq!(unsealed.data.as_ref().unwrap()["user"].0, b"app");
     assert_eq!(
         unsealed.data.as_ref().unwrap()["dsn"].0,
@@ -170,7 +155,9 @@ async fn sealed_with_the_served_certificate_unseals_and_drift_is_repaired() {
         .patch("db", &PatchParams::default(), &Patch::Merge(&edit))
         .await
         .unwrap();
-    wait_for_secret(&ns, "db", "password", b"s3cr3t-db-password").await;
+    ns.wait_for_secret("db", "password", b"s3cr3t-db-password")
+        .await
+        .unwrap();
     let after = agent.metric(rsa).await.unwrap();
     assert_eq!(after - before, 2.0, "two sealed values, one operation each");
 
@@ -179,7 +166,9 @@ async fn sealed_with_the_served_certificate_unseals_and_drift_is_repaired() {
         .delete("db", &DeleteParams::default())
         .await
         .unwrap();
-    wait_for_secret(&ns, "db", "password", b"s3cr3t-db-password").await;
+    ns.wait_for_secret("db", "password", b"s3cr3t-db-password")
+        .await
+        .unwrap();
 
     agent.stop().await.unwrap();
 }
@@ -398,7 +387,9 @@ async fn an_imported_upstream_style_key_works_without_a_restart() {
         ),
     )
     .await;
-    wait_for_secret(&ns, "legacy", "api-key", b"from-bitnami").await;
+    ns.wait_for_secret("legacy", "api-key", b"from-bitnami")
+        .await
+        .unwrap();
     wait_for_synced(&ns, "legacy", "True").await;
     agent.stop().await.unwrap();
 }
@@ -495,7 +486,9 @@ async fn after_a_forced_renewal_old_objects_still_unseal_and_new_seals_use_the_n
         None,
     );
     create(&ns, &old).await;
-    wait_for_secret(&ns, "old", "v", b"sealed-before").await;
+    ns.wait_for_secret("old", "v", b"sealed-before")
+        .await
+        .unwrap();
 
     // What SIGUSR1 does to the running binary.
     agent.renew.notify_one();
@@ -526,14 +519,18 @@ async fn after_a_forced_renewal_old_objects_still_unseal_and_new_seals_use_the_n
         ),
     )
     .await;
-    wait_for_secret(&ns, "new", "v", b"sealed-after").await;
+    ns.wait_for_secret("new", "v", b"sealed-after")
+        .await
+        .unwrap();
 
     // The old object still opens: its Secret is restored after a deletion.
     ns.api::<Secret>()
         .delete("old", &DeleteParams::default())
         .await
         .unwrap();
-    wait_for_secret(&ns, "old", "v", b"sealed-before").await;
+    ns.wait_for_secret("old", "v", b"sealed-before")
+        .await
+        .unwrap();
     let verify = reqwest::Client::new()
         .post(format!("http://{}/v1/verify", agent.addr))
         .json(&{
