@@ -34,6 +34,39 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Install the CRDs into a cluster and show what is there (used by the README demo).
     Demo(ClusterArgs),
+    /// Print the install manifests (namespace, CRDs, RBAC, Deployment, Service) for one overlay,
+    /// or apply them with `--apply`.
+    Install(InstallArgs),
+}
+
+/// Flags of `mooring install`.
+#[derive(Clone, Debug, Args)]
+pub struct InstallArgs {
+    /// Which variant: `base` (one replica), `ha` (two replicas, leader election), `no-gitops`
+    /// (only the secret controllers).
+    #[arg(long, value_enum, default_value_t = crate::install::Overlay::Base)]
+    pub overlay: crate::install::Overlay,
+    /// The agent image the Deployment runs.
+    #[arg(long, default_value = crate::install::DEFAULT_IMAGE)]
+    pub image: String,
+    /// Apply the manifests by server-side apply (field manager `mooring`) and wait until the
+    /// CRDs are established, instead of printing them.
+    #[arg(long)]
+    pub apply: bool,
+    /// How to reach the cluster (with `--apply`).
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+/// The controllers `mooring run` can run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ControllerKind {
+    /// Applications: Git sync.
+    Gitops,
+    /// SealedSecrets, their sealing keys and the kubeseal endpoints.
+    SealedSecrets,
+    /// ExternalSecrets, SecretStores and ClusterSecretStores.
+    ExternalSecrets,
 }
 
 /// How to reach the cluster.
@@ -83,6 +116,32 @@ pub struct RunArgs {
     /// How often each SealedSecret is checked again even without a change (Go duration).
     #[arg(long, default_value = "5m", value_parser = go_duration, env = "MOORING_RESYNC_PERIOD")]
     pub resync_period: Duration,
+    /// Which controllers run, comma-separated.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "gitops,sealed-secrets,external-secrets",
+        env = "MOORING_CONTROLLERS"
+    )]
+    pub controllers: Vec<ControllerKind>,
+    /// Elect one leader among replicas with the Lease `mooring` in the agent's namespace: every
+    /// replica serves HTTP, only the leader runs controllers and generates keys.
+    #[arg(long, env = "MOORING_LEADER_ELECT")]
+    pub leader_elect: bool,
+    /// This replica's identity in the election (default: the pod name, else host name and pid).
+    #[arg(long, env = "MOORING_LEADER_IDENTITY")]
+    pub leader_identity: Option<String>,
+    /// How long a leader's term lasts without renewal (Go duration).
+    #[arg(long, default_value = "15s", value_parser = go_duration, env = "MOORING_LEADER_LEASE_DURATION")]
+    pub leader_lease_duration: Duration,
+}
+
+impl RunArgs {
+    /// Whether `controller` is enabled.
+    pub fn runs(&self, controller: ControllerKind) -> bool {
+        self.controllers.contains(&controller)
+    }
 }
 
 fn go_duration(text: &str) -> Result<Duration, String> {

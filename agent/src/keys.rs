@@ -413,6 +413,7 @@ pub async fn run(
     metrics: SealedSecretMetrics,
     events: EventSink,
     renew_now: Arc<tokio::sync::Notify>,
+    mut leading: tokio::sync::watch::Receiver<bool>,
 ) {
     let api: Api<Secret> = Api::namespaced(client.clone(), &settings.namespace);
     let config = watcher::Config::default().labels(&format!("{KEY_LABEL}={ACTIVE}"));
@@ -456,20 +457,30 @@ pub async fn run(
                         tokio::time::sleep(Duration::from_secs(1)).await;
                     }
                 }
-                if listed && renewal_due(&ring, &settings, SystemTime::now()) {
+                if listed && *leading.borrow() && renewal_due(&ring, &settings, SystemTime::now()) {
                     renew(&client, &settings, &ring).await;
                 }
             }
             _ = renewal.tick() => {
-                if listed && renewal_due(&ring, &settings, SystemTime::now()) {
+                if listed && *leading.borrow() && renewal_due(&ring, &settings, SystemTime::now()) {
                     renew(&client, &settings, &ring).await;
                 }
                 update_age(&ring, &metrics);
             }
+            // Only the leader generates keys; a replica that starts leading checks at once.
+            Ok(()) = leading.changed() => {
+                if listed && *leading.borrow() && renewal_due(&ring, &settings, SystemTime::now()) {
+                    renew(&client, &settings, &ring).await;
+                }
+            }
             () = renew_now.notified() => {
-                tracing::info!("key renewal requested");
-                renew(&client, &settings, &ring).await;
-                update_age(&ring, &metrics);
+                if *leading.borrow() {
+                    tracing::info!("key renewal requested");
+                    renew(&client, &settings, &ring).await;
+                    update_age(&ring, &metrics);
+                } else {
+                    tracing::info!("key renewal requested on a replica that is not leading; ignored");
+                }
             }
         }
     }

@@ -12,6 +12,7 @@ pub mod events;
 pub mod http;
 pub mod install;
 pub mod keys;
+pub mod leader;
 pub mod metrics;
 pub mod telemetry;
 
@@ -24,7 +25,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::cli::RunArgs;
+use crate::cli::{ControllerKind, RunArgs};
 use crate::keys::{KeyRing, KeySettings};
 use crate::metrics::Metrics;
 
@@ -49,6 +50,10 @@ pub enum Error {
     /// A CRD could not be installed.
     #[error(transparent)]
     Install(#[from] install::Error),
+    /// This replica led and lost the Lease: it stops so that it cannot write next to the new
+    /// leader, and its pod restarts as a candidate.
+    #[error("lost the leader election lease; stopping")]
+    LostLeadership,
     /// A request to the API server failed.
     #[error("failed to {action}")]
     Request {
@@ -176,7 +181,12 @@ impl Agent {
 
         let metrics = Arc::new(Metrics::default());
         let keys = Arc::new(KeyRing::new(&metrics.sealed_secrets));
-        let health = Health::new(Arc::clone(&keys));
+        let sealed_secrets = self.args.runs(ControllerKind::SealedSecrets);
+        let health = if sealed_secrets {
+            Health::new(Arc::clone(&keys))
+        } else {
+            Health::default()
+        };
         let events = events::EventSink::new(self.client.clone());
         let settings = KeySettings {
             namespace: self.args.namespace.clone(),
@@ -185,6 +195,29 @@ impl Agent {
             renew_period: self.args.key_renew_period,
             cutoff: self.args.key_cutoff_time,
         };
+
+        // Without election this replica leads from the start.
+        let (leading_tx, leading) = watch::channel(!self.args.leader_elect);
+        let (leader_stop, leader_stopped) = tokio::sync::oneshot::channel::<()>();
+        let election = self.args.leader_elect.then(|| {
+            let identity = self
+                .args
+                .leader_identity
+                .clone()
+                .unwrap_or_else(leader::default_identity);
+            let mut settings = leader::LeaseSettings::new(&self.args.namespace, &identity);
+            settings.duration = self.args.leader_lease_duration;
+            settings.retry =
+                (settings.duration / 5).clamp(Duration::from_millis(200), Duration::from_secs(2));
+            tokio::spawn(leader::run(
+                self.client.clone(),
+                settings,
+                leading_tx,
+                async move {
+                    let _ = leader_stopped.await;
+                },
+            ))
+        });
 
         let mut tasks = tokio::task::JoinSet::new();
         let readiness = wait_for_api_server(self.client.clone(), health.clone());
@@ -195,33 +228,53 @@ impl Agent {
                 () = readiness_stop => {},
             }
         });
-        let key_manager = keys::run(
-            self.client.clone(),
-            settings,
-            Arc::clone(&keys),
-            metrics.sealed_secrets.clone(),
-            events.clone(),
-            Arc::clone(&self.renew_now),
-        );
-        let key_stop = stop_signal();
+        if sealed_secrets {
+            // Every replica watches the keys (to serve the certificate); only the leader
+            // generates them.
+            let key_manager = keys::run(
+                self.client.clone(),
+                settings,
+                Arc::clone(&keys),
+                metrics.sealed_secrets.clone(),
+                events.clone(),
+                Arc::clone(&self.renew_now),
+                leading.clone(),
+            );
+            let key_stop = stop_signal();
+            tasks.spawn(async move {
+                tokio::select! {
+                    () = key_manager => {},
+                    () = key_stop => {},
+                }
+            });
+        }
+
+        // The controllers start once this replica leads.
+        let mut controllers = Vec::new();
+        if sealed_secrets {
+            let context = Arc::new(controllers::sealed_secret::Context::new(
+                self.client.clone(),
+                Arc::clone(&keys),
+                metrics.sealed_secrets.clone(),
+                events,
+                self.args.resync_period,
+            ));
+            controllers.push(Box::pin(controllers::sealed_secret::run(
+                context,
+                self.args.watch_namespace.clone(),
+                stop_signal(),
+            ))
+                as std::pin::Pin<Box<dyn Future<Output = ()> + Send>>);
+        }
+        let mut leads = leading.clone();
+        let start_stop = stop_signal();
         tasks.spawn(async move {
             tokio::select! {
-                () = key_manager => {},
-                () = key_stop => {},
+                led = leads.wait_for(|leading| *leading) => if led.is_err() { return },
+                () = start_stop => return,
             }
+            futures::future::join_all(controllers).await;
         });
-        let context = Arc::new(controllers::sealed_secret::Context::new(
-            self.client.clone(),
-            Arc::clone(&keys),
-            metrics.sealed_secrets.clone(),
-            events,
-            self.args.resync_period,
-        ));
-        tasks.spawn(controllers::sealed_secret::run(
-            context,
-            self.args.watch_namespace.clone(),
-            stop_signal(),
-        ));
 
         let state = http::HttpState {
             health,
@@ -239,9 +292,16 @@ impl Agent {
             async { tokio::try_join!(main_server.into_future(), metrics_server.into_future()) };
         tokio::pin!(servers);
 
+        let lost = lost_leadership(leading.clone());
+        let mut lost_lease = false;
         let served = tokio::select! {
             result = &mut servers => result.map(|_| ()),
             () = shutdown => {
+                let _ = stop.send(true);
+                servers.await.map(|_| ())
+            }
+            () = lost => {
+                lost_lease = true;
                 let _ = stop.send(true);
                 servers.await.map(|_| ())
             }
@@ -255,7 +315,16 @@ impl Agent {
         if drained.is_err() {
             tasks.abort_all();
         }
+        // Only now, with no controller writing any more, the Lease is released for the next
+        // replica.
+        let _ = leader_stop.send(());
+        if let Some(election) = election {
+            let _ = election.await;
+        }
         served.map_err(Error::Serve)?;
+        if lost_lease {
+            return Err(Error::LostLeadership);
+        }
         tracing::info!("mooring agent stopped");
         Ok(())
     }
@@ -297,6 +366,13 @@ async fn wait_for_api_server(client: kube::Client, health: Health) {
                 delay = (delay * 2).min(Duration::from_secs(10));
             }
         }
+    }
+}
+
+/// Completes when this replica led and then stopped leading; never without election.
+async fn lost_leadership(mut leading: watch::Receiver<bool>) {
+    if leading.wait_for(|l| *l).await.is_err() || leading.wait_for(|l| !*l).await.is_err() {
+        std::future::pending::<()>().await;
     }
 }
 
