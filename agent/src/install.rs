@@ -58,22 +58,187 @@ pub async fn apply_crds(client: &kube::Client, timeout: Duration) -> Result<Vec<
         names.push(name);
     }
     for name in &names {
-        let established = await_condition(api.clone(), name, conditions::is_crd_established());
-        match tokio::time::timeout(timeout, established).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(source)) => {
-                return Err(Error::Watch {
-                    name: name.clone(),
-                    source,
-                });
-            }
-            Err(_) => {
-                return Err(Error::NotEstablished {
-                    name: name.clone(),
-                    timeout,
-                });
-            }
-        }
+        wait_established(&api, name, timeout).await?;
     }
     Ok(names)
+}
+
+/// Waits at most `timeout` until CRD `name` is Established.
+async fn wait_established(
+    api: &Api<CustomResourceDefinition>,
+    name: &str,
+    timeout: Duration,
+) -> Result<(), Error> {
+    let established = await_condition(api.clone(), name, conditions::is_crd_established());
+    match tokio::time::timeout(timeout, established).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(source)) => Err(Error::Watch {
+            name: name.to_owned(),
+            source,
+        }),
+        Err(_) => Err(Error::NotEstablished {
+            name: name.to_owned(),
+            timeout,
+        }),
+    }
+}
+
+/// The install variants `mooring install` offers; each is `deploy/` rendered by kustomize
+/// (`./dev deploy`) and embedded in the binary, so the binary installs exactly what the repo
+/// tests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Overlay {
+    /// One replica, every controller (`deploy/base`).
+    Base,
+    /// Two replicas with leader election (`deploy/overlays/ha`).
+    Ha,
+    /// Only the SealedSecret and ExternalSecret controllers (`deploy/overlays/no-gitops`).
+    NoGitops,
+}
+
+/// The image the embedded manifests name; `--image` replaces it.
+pub const DEFAULT_IMAGE: &str = "mooring:0.1.0";
+
+impl Overlay {
+    /// The rendered manifests, as committed in `deploy/rendered/`.
+    pub fn rendered(self) -> &'static str {
+        match self {
+            Overlay::Base => include_str!("../../deploy/rendered/base.yaml"),
+            Overlay::Ha => include_str!("../../deploy/rendered/ha.yaml"),
+            Overlay::NoGitops => include_str!("../../deploy/rendered/no-gitops.yaml"),
+        }
+    }
+
+    /// The rendered manifests with the agent's image set to `image`.
+    pub fn manifests(self, image: &str) -> String {
+        self.rendered().replace(
+            &format!("image: {DEFAULT_IMAGE}"),
+            &format!("image: {image}"),
+        )
+    }
+}
+
+/// Why the install manifests could not be applied.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// The embedded manifests did not parse (a build defect, caught by tests).
+    #[error("failed to parse the embedded install manifests")]
+    Parse(#[source] serde_saphyr::Error),
+    /// A document has no apiVersion, kind or name.
+    #[error("install manifest #{index} has no {field}")]
+    Incomplete {
+        /// Its position in the stream, from 1.
+        index: usize,
+        /// The missing field.
+        field: &'static str,
+    },
+    /// The API server does not serve a kind the manifests use.
+    #[error("failed to find {kind} ({api_version}) on the API server")]
+    Discover {
+        /// apiVersion of the object.
+        api_version: String,
+        /// kind of the object.
+        kind: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
+    /// The server-side apply of an object was refused.
+    #[error("failed to apply {kind} {name}")]
+    Apply {
+        /// kind of the object.
+        kind: String,
+        /// name of the object.
+        name: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
+    /// A CRD did not become Established.
+    #[error(transparent)]
+    Crd(#[from] Error),
+    /// No client for the cluster.
+    #[error(transparent)]
+    Cluster(#[from] Box<crate::cluster::Error>),
+}
+
+/// Applies `manifests` (a YAML stream) by server-side apply as field manager `mooring`, in
+/// their order (kustomize puts Namespaces and CRDs first), then waits at most `timeout` for every
+/// CRD among them to be Established. Returns `kind/name` of each object applied.
+pub async fn apply_manifests(
+    client: &kube::Client,
+    manifests: &str,
+    timeout: Duration,
+) -> Result<Vec<String>, ApplyError> {
+    use kube::api::{DynamicObject, GroupVersionKind};
+    let documents: Vec<serde_json::Value> =
+        serde_saphyr::from_multiple(manifests).map_err(ApplyError::Parse)?;
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let mut applied = Vec::new();
+    let mut crds = Vec::new();
+    for (index, document) in documents.into_iter().filter(|d| !d.is_null()).enumerate() {
+        let field = |name: &'static str| {
+            document
+                .pointer(name)
+                .and_then(serde_json::Value::as_str)
+                .map(str::to_owned)
+                .ok_or(ApplyError::Incomplete {
+                    index: index + 1,
+                    field: name.trim_start_matches('/'),
+                })
+        };
+        let api_version = field("/apiVersion")?;
+        let kind = field("/kind")?;
+        let name = field("/metadata/name")?;
+        let namespace = document
+            .pointer("/metadata/namespace")
+            .and_then(serde_json::Value::as_str)
+            .map(str::to_owned);
+        let (group, version) = api_version.rsplit_once('/').unwrap_or(("", &api_version));
+        let gvk = GroupVersionKind::gvk(group, version, &kind);
+        let (resource, _) = kube::discovery::pinned_kind(client, &gvk)
+            .await
+            .map_err(|source| ApplyError::Discover {
+                api_version: api_version.clone(),
+                kind: kind.clone(),
+                source,
+            })?;
+        let api: Api<DynamicObject> = match &namespace {
+            Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
+            None => Api::all_with(client.clone(), &resource),
+        };
+        api.patch(&name, &params, &Patch::Apply(&document))
+            .await
+            .map_err(|source| ApplyError::Apply {
+                kind: kind.clone(),
+                name: name.clone(),
+                source,
+            })?;
+        if kind == "CustomResourceDefinition" {
+            crds.push(name.clone());
+        }
+        applied.push(format!("{kind}/{name}"));
+    }
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for name in &crds {
+        wait_established(&api, name, timeout).await?;
+    }
+    Ok(applied)
+}
+
+/// `mooring install`: prints the manifests of the chosen overlay, or applies them.
+pub async fn run(args: crate::cli::InstallArgs) -> Result<(), ApplyError> {
+    let manifests = args.overlay.manifests(&args.image);
+    if !args.apply {
+        print!("{manifests}");
+        return Ok(());
+    }
+    let client = crate::cluster::client(args.cluster.kubeconfig.as_deref())
+        .await
+        .map_err(Box::new)?;
+    let applied = apply_manifests(&client, &manifests, Duration::from_secs(60)).await?;
+    for object in applied {
+        println!("{object} applied");
+    }
+    Ok(())
 }

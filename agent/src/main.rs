@@ -12,6 +12,7 @@ async fn main() -> ExitCode {
     let result: anyhow::Result<()> = match cli.command {
         Command::Run(args) => mooring_agent::run(*args).await.map_err(Into::into),
         Command::Demo(args) => mooring_agent::demo::run(args).await.map_err(Into::into),
+        Command::Install(args) => mooring_agent::install::run(args).await.map_err(Into::into),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

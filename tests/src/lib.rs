@@ -182,6 +182,40 @@ impl TestNamespace {
         .await
     }
 
+    /// Waits (at most 60 s) until SealedSecret `name` has a `Synced` condition with `status`
+    /// for its current generation; returns the condition's (reason, message).
+    pub async fn wait_for_synced(
+        &self,
+        name: &str,
+        status: &str,
+    ) -> anyhow::Result<(String, String)> {
+        let api: Api<mooring_crds::sealed_secret::SealedSecret> = self.api();
+        wait_for(
+            &format!("SealedSecret {name} Synced={status}"),
+            Duration::from_secs(60),
+            || {
+                let api = api.clone();
+                async move {
+                    let sealed = api.get(name).await.ok()?;
+                    let current = sealed.status?;
+                    let condition = current
+                        .conditions
+                        .into_iter()
+                        .find(|c| c.type_ == "Synced")?;
+                    (condition.status == status
+                        && current.observed_generation == sealed.metadata.generation)
+                        .then(|| {
+                            (
+                                condition.reason.unwrap_or_default(),
+                                condition.message.unwrap_or_default(),
+                            )
+                        })
+                }
+            },
+        )
+        .await
+    }
+
     /// A bound token (TokenRequest, one hour) for the existing ServiceAccount `name`.
     pub async fn service_account_token(&self, name: &str) -> anyhow::Result<String> {
         let request = TokenRequest {
@@ -252,7 +286,7 @@ pub fn agent(env: &RealEnv, namespace: &str) -> anyhow::Result<mooring_agent::cl
     ])?;
     match cli.command {
         mooring_agent::cli::Command::Run(args) => Ok(*args),
-        mooring_agent::cli::Command::Demo(_) => anyhow::bail!("parsed the wrong subcommand"),
+        _ => anyhow::bail!("parsed the wrong subcommand"),
     }
 }
 
@@ -320,26 +354,12 @@ impl RunningAgent {
 
     /// The PEM certificate the agent serves at `/v1/cert.pem`.
     pub async fn certificate(&self) -> anyhow::Result<String> {
-        let response = reqwest::get(format!("http://{}/v1/cert.pem", self.addr)).await?;
-        anyhow::ensure!(
-            response.status() == 200,
-            "GET /v1/cert.pem answered {}",
-            response.status()
-        );
-        Ok(response.text().await?)
+        fetch_certificate(&self.addr.to_string()).await
     }
 
     /// The sum of every sample of metric `name` (all label sets).
     pub async fn metric(&self, name: &str) -> anyhow::Result<f64> {
-        let text = reqwest::get(format!("http://{}/metrics", self.metrics))
-            .await?
-            .text()
-            .await?;
-        Ok(text
-            .lines()
-            .filter(|line| line.starts_with(name))
-            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum())
+        scrape(&self.metrics.to_string(), name).await
     }
 
     /// Stops the agent and waits (at most 15 s) until it has stopped cleanly.
@@ -360,6 +380,152 @@ impl Drop for RunningAgent {
             let _ = stop.send(());
         }
     }
+}
+
+/// The sum of every sample of metric `name` (all label sets) served at `metrics` (`host:port`).
+async fn scrape(metrics: &str, name: &str) -> anyhow::Result<f64> {
+    let text = reqwest::get(format!("http://{metrics}/metrics"))
+        .await?
+        .text()
+        .await?;
+    Ok(text
+        .lines()
+        .filter(|line| line.starts_with(name))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
+}
+
+/// The PEM certificate an agent at `addr` (`host:port`) serves at `/v1/cert.pem`.
+async fn fetch_certificate(addr: &str) -> anyhow::Result<String> {
+    let response = reqwest::get(format!("http://{addr}/v1/cert.pem")).await?;
+    anyhow::ensure!(
+        response.status() == 200,
+        "GET /v1/cert.pem answered {}",
+        response.status()
+    );
+    Ok(response.text().await?)
+}
+
+/// A free TCP port on loopback (the kernel picks it; it stays free long enough to be reused).
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// `mooring run` as a process of its own (the built binary), on free loopback ports, its
+/// standard error captured; killed when dropped.
+pub struct AgentProcess {
+    child: tokio::process::Child,
+    /// Its main HTTP address, `127.0.0.1:port`.
+    pub addr: String,
+    /// Its metrics address, `127.0.0.1:port`.
+    pub metrics: String,
+}
+
+impl AgentProcess {
+    /// Starts `mooring run --kubeconfig <kubeconfig> --namespace <namespace> --watch-namespace
+    /// <namespace> --key-renew-period 0 <extra>` and waits (at most 120 s) until `/readyz`.
+    pub async fn start(
+        kubeconfig: &Path,
+        namespace: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<AgentProcess> {
+        let addr = format!("127.0.0.1:{}", free_port()?);
+        let metrics = format!("127.0.0.1:{}", free_port()?);
+        let child = tokio::process::Command::new(binary("mooring")?)
+            .args(["run", "--kubeconfig"])
+            .arg(kubeconfig)
+            .args(["--http-addr", &addr, "--metrics-addr", &metrics])
+            .args(["--namespace", namespace, "--watch-namespace", namespace])
+            // RSA-4096 key generation is slow in debug builds; one key is enough.
+            .args(["--key-renew-period", "0"])
+            .args(extra)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .context("failed to start mooring run")?;
+        let process = AgentProcess {
+            child,
+            addr,
+            metrics,
+        };
+        let ready = format!("http://{}/readyz", process.addr);
+        let waited = wait_for("the agent's /readyz", Duration::from_secs(120), || {
+            let ready = ready.clone();
+            async move {
+                let response = reqwest::get(&ready).await.ok()?;
+                response.status().is_success().then_some(())
+            }
+        })
+        .await;
+        if let Err(error) = waited {
+            let log = process.stop().await.unwrap_or_default();
+            bail!("{error:#}; the agent's log:\n{log}");
+        }
+        Ok(process)
+    }
+
+    /// The PEM certificate it serves at `/v1/cert.pem`.
+    pub async fn certificate(&self) -> anyhow::Result<String> {
+        fetch_certificate(&self.addr).await
+    }
+
+    /// The sum of every sample of metric `name` (all label sets).
+    pub async fn metric(&self, name: &str) -> anyhow::Result<f64> {
+        scrape(&self.metrics, name).await
+    }
+
+    /// Whether the process still runs.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Kills it at once (SIGKILL), as a node failure would; returns its log.
+    pub async fn kill(mut self) -> anyhow::Result<String> {
+        self.child.start_kill()?;
+        self.collect().await
+    }
+
+    /// Stops it with SIGTERM, as Kubernetes does, and waits (at most 30 s); returns its log.
+    pub async fn stop(mut self) -> anyhow::Result<String> {
+        if let Some(pid) = self.child.id() {
+            let pid = nix::unistd::Pid::from_raw(i32::try_from(pid)?);
+            nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)?;
+        }
+        self.collect().await
+    }
+
+    async fn collect(&mut self) -> anyhow::Result<String> {
+        use tokio::io::AsyncReadExt;
+        let mut log = String::new();
+        let mut stderr = self.child.stderr.take();
+        tokio::time::timeout(Duration::from_secs(30), async {
+            if let Some(pipe) = stderr.as_mut() {
+                pipe.read_to_string(&mut log).await?;
+            }
+            self.child.wait().await?;
+            anyhow::Ok(())
+        })
+        .await
+        .context("the agent did not stop within 30 s")??;
+        Ok(log)
+    }
+}
+
+/// A kubeconfig file in `dir` for the cluster of `env` that authenticates with `token` only.
+pub fn token_kubeconfig(env: &RealEnv, token: &str, dir: &Path) -> anyhow::Result<PathBuf> {
+    let mut config = Kubeconfig::read_from(env.var("KUBECONFIG")?)?;
+    for named in &mut config.auth_infos {
+        named.auth_info = Some(kube::config::AuthInfo {
+            token: Some(token.to_string().into()),
+            ..Default::default()
+        });
+    }
+    let path = dir.join("kubeconfig");
+    std::fs::write(&path, serde_json::to_string(&config)?)?;
+    Ok(path)
 }
 
 /// A test host: a network namespace of this test's own, joined to the host by a veth pair with

@@ -46,36 +46,6 @@ async fn create(ns: &TestNamespace, sealed: &SealedSecret) -> SealedSecret {
         .unwrap()
 }
 
-/// Waits for the `Synced` condition with `status` and returns (reason, message).
-async fn wait_for_synced(ns: &TestNamespace, name: &str, status: &str) -> (String, String) {
-    let api: Api<SealedSecret> = ns.api();
-    wait_for(
-        &format!("SealedSecret {name} Synced={status}"),
-        Duration::from_secs(60),
-        || {
-            let api = api.clone();
-            async move {
-                let sealed = api.get(name).await.ok()?;
-                let current = sealed.status?;
-                let condition = current
-                    .conditions
-                    .into_iter()
-                    .find(|c| c.type_ == "Synced")?;
-                (condition.status == status
-                    && current.observed_generation == sealed.metadata.generation)
-                    .then(|| {
-                        (
-                            condition.reason.unwrap_or_default(),
-                            condition.message.unwrap_or_default(),
-                        )
-                    })
-            }
-        },
-    )
-    .await
-    .unwrap()
-}
-
 async fn crds_installed(env: &RealEnv) {
     let client = env.admin_client().await.unwrap();
     mooring_agent::install::apply_crds(&client, Duration::from_secs(60))
@@ -128,7 +98,7 @@ async fn sealed_with_the_served_certificate_unseals_and_drift_is_repaired() {
         ("SealedSecret", created.metadata.uid.as_deref().unwrap())
     );
     assert_eq!(owner.controller, Some(true));
-    let (reason, message) = wait_for_synced(&ns, "db", "True").await;
+    let (reason, message) = ns.wait_for_synced("db", "True").await.unwrap();
     assert_eq!((reason.as_str(), message.as_str()), ("Unsealed", ""));
 
     // The condition gauge counts it (recounted from the watch cache every 10 s).
@@ -206,7 +176,7 @@ async fn bad_input_never_touches_an_existing_secret_and_names_the_key() {
         ),
     )
     .await;
-    let (reason, message) = wait_for_synced(&ns, "taken", "False").await;
+    let (reason, message) = ns.wait_for_synced("taken", "False").await.unwrap();
     assert_eq!(reason, "Unmanaged");
     assert!(
         message.contains("already exists and is not managed"),
@@ -222,7 +192,7 @@ async fn bad_input_never_touches_an_existing_secret_and_names_the_key() {
         .encrypted_data
         .insert("token".into(), "not*base64".into());
     create(&ns, &broken).await;
-    let (reason, message) = wait_for_synced(&ns, "broken", "False").await;
+    let (reason, message) = ns.wait_for_synced("broken", "False").await.unwrap();
     assert_eq!(reason, "InvalidBase64");
     assert!(message.contains("token"), "{message}");
 
@@ -234,7 +204,7 @@ async fn bad_input_never_touches_an_existing_secret_and_names_the_key() {
     );
     moved.metadata.annotations = None;
     create(&ns, &moved).await;
-    let (reason, message) = wait_for_synced(&ns, "moved", "False").await;
+    let (reason, message) = ns.wait_for_synced("moved", "False").await.unwrap();
     assert_eq!(reason, "ScopeMismatch");
     assert!(message.contains("cluster-wide"), "{message}");
     assert!(
@@ -390,7 +360,7 @@ async fn an_imported_upstream_style_key_works_without_a_restart() {
     ns.wait_for_secret("legacy", "api-key", b"from-bitnami")
         .await
         .unwrap();
-    wait_for_synced(&ns, "legacy", "True").await;
+    ns.wait_for_synced("legacy", "True").await.unwrap();
     agent.stop().await.unwrap();
 }
 

@@ -143,6 +143,11 @@ impl Error {
             Error::Template(_) => "TemplateError",
             Error::Unmanaged(_) => "Unmanaged",
             Error::Immutable(_) => "ImmutableSecret",
+            // RBAC denied a verb: say so, so an operator knows to grant it (not a crash loop).
+            Error::Api {
+                source: kube::Error::Api(response),
+                ..
+            } if response.code == 403 => "Forbidden",
             Error::Api { .. } => "ApiError",
             Error::Status(_) => "StatusUpdateFailed",
         }
