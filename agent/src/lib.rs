@@ -9,10 +9,12 @@ pub mod controllers;
 pub mod demo;
 pub mod duration;
 pub mod events;
+pub mod git;
 pub mod http;
 pub mod install;
 pub mod keys;
 pub mod metrics;
+pub mod render;
 pub mod telemetry;
 
 use std::future::Future;
