@@ -135,12 +135,56 @@ pub struct RunArgs {
     /// How long a leader's term lasts without renewal (Go duration).
     #[arg(long, default_value = "15s", value_parser = go_duration, env = "MOORING_LEADER_LEASE_DURATION")]
     pub leader_lease_duration: Duration,
+    /// Directory of the Git cache: one shallow checkout per repository URL and revision
+    /// (default: `mooring-git` in the system's temporary directory).
+    #[arg(long, env = "MOORING_GIT_CACHE_DIR")]
+    pub git_cache_dir: Option<PathBuf>,
+    /// How long one ref check, fetch and checkout of a repository may take (Go duration).
+    #[arg(long, default_value = "90s", value_parser = go_duration, env = "MOORING_GIT_TIMEOUT")]
+    pub git_timeout: Duration,
+    /// The kustomize binary that renders Kustomize sources (a pinned release).
+    #[arg(long, default_value = "kustomize", env = "MOORING_KUSTOMIZE_PATH")]
+    pub kustomize_path: PathBuf,
+    /// How long one `kustomize build` may take (Go duration).
+    #[arg(long, default_value = "90s", value_parser = go_duration, env = "MOORING_KUSTOMIZE_TIMEOUT")]
+    pub kustomize_timeout: Duration,
+    /// How many `kustomize build`s run at once.
+    #[arg(long, default_value_t = 4, env = "MOORING_KUSTOMIZE_CONCURRENCY")]
+    pub kustomize_concurrency: usize,
+    /// Let kustomizations fetch remote bases (off: a render reads only its commit).
+    #[arg(long, env = "MOORING_KUSTOMIZE_ALLOW_REMOTE_BASES")]
+    pub kustomize_allow_remote_bases: bool,
 }
 
 impl RunArgs {
     /// Whether `controller` is enabled.
     pub fn runs(&self, controller: ControllerKind) -> bool {
         self.controllers.contains(&controller)
+    }
+
+    /// The agent's Git cache, from the flags.
+    pub fn git_cache(&self) -> crate::git::GitCache {
+        let dir = self
+            .git_cache_dir
+            .clone()
+            .unwrap_or_else(|| std::env::temp_dir().join("mooring-git"));
+        crate::git::GitCache::new(
+            dir,
+            crate::git::GitLimits {
+                timeout: self.git_timeout,
+                ..Default::default()
+            },
+        )
+    }
+
+    /// The kustomize runner shared by all renders, from the flags.
+    pub fn kustomize(&self) -> crate::render::Kustomize {
+        crate::render::Kustomize::new(
+            self.kustomize_path.clone(),
+            self.kustomize_timeout,
+            self.kustomize_concurrency,
+        )
+        .with_remote_bases(self.kustomize_allow_remote_bases)
     }
 }
 

@@ -9,11 +9,13 @@ pub mod controllers;
 pub mod demo;
 pub mod duration;
 pub mod events;
+pub mod git;
 pub mod http;
 pub mod install;
 pub mod keys;
 pub mod leader;
 pub mod metrics;
+pub mod render;
 pub mod telemetry;
 
 use std::future::Future;

@@ -1,0 +1,461 @@
+//! Git sources: one shallow checkout per (repository URL, revision), shared by every Application.
+//!
+//! [`GitCache::resolve`] first asks the remote where the revision points (a ref listing, cheap), and
+//! fetches — shallow, depth 1, only that ref — only when the commit changed. A full commit SHA
+//! that is already checked out needs no network at all: commits are immutable.
+//!
+//! Transports: https/http with basic auth or a token, ssh with a private key and **strict**
+//! known_hosts through the system `ssh` (gix has no ssh library), and `file://` for tests. gix's
+//! network calls are blocking, so they run in `spawn_blocking` with a timeout.
+//!
+//! The checkout is a jail: tree entries that would escape their directory are refused, and the
+//! files are written read-only. Whether a symlink leaves the checkout is checked where files are
+//! read, by the renderer (see `crate::render`).
+
+mod credentials;
+mod remote;
+mod ssh;
+mod tree;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use zeroize::Zeroizing;
+
+pub use credentials::credentials_for;
+
+/// Credentials for one repository (or, from a `repo-creds` Secret, a URL prefix).
+///
+/// Every secret field is zeroized on drop; `Debug` shows which kinds of credentials are present,
+/// never their values.
+#[derive(Clone, Default)]
+pub struct RepoCredentials {
+    /// https: the user name (a token needs one too; `git` is used when only a password is set).
+    pub username: Option<Zeroizing<String>>,
+    /// https: the password or access token.
+    pub password: Option<Zeroizing<String>>,
+    /// ssh: the private key, PEM or OpenSSH format.
+    pub ssh_private_key: Option<Zeroizing<String>>,
+    /// ssh: the `known_hosts` lines the server's host key must match (strict checking: without
+    /// them no ssh server is trusted).
+    pub known_hosts: Option<String>,
+}
+
+impl std::fmt::Debug for RepoCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let present = |set: bool| if set { "<redacted>" } else { "<none>" };
+        f.debug_struct("RepoCredentials")
+            .field("username", &present(self.username.is_some()))
+            .field("password", &present(self.password.is_some()))
+            .field("ssh_private_key", &present(self.ssh_private_key.is_some()))
+            .field(
+                "known_hosts",
+                &self.known_hosts.as_ref().map(|hosts| hosts.lines().count()),
+            )
+            .finish()
+    }
+}
+
+/// Bounds on what one repository may cost the agent.
+#[derive(Clone, Debug)]
+pub struct GitLimits {
+    /// One ref check plus fetch plus checkout, end to end.
+    pub timeout: Duration,
+    /// Total bytes of the files of one checkout (a repository is not a place for disk images).
+    pub max_checkout_bytes: u64,
+    /// Number of files and directories in one checkout.
+    pub max_checkout_entries: usize,
+}
+
+impl Default for GitLimits {
+    fn default() -> Self {
+        GitLimits {
+            // Argo CD's repo-server gives git 90 s by default; a shallow fetch needs far less.
+            timeout: Duration::from_secs(90),
+            max_checkout_bytes: 512 * 1024 * 1024,
+            max_checkout_entries: 100_000,
+        }
+    }
+}
+
+/// A commit checked out on disk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Checkout {
+    /// The full SHA of the commit.
+    pub commit: String,
+    /// The commit's tree, read-only. Stays valid until the cache has moved on by two more commits
+    /// of the same (URL, revision).
+    pub root: PathBuf,
+}
+
+/// Counters that show how much network work the cache did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GitStats {
+    /// Ref listings sent to remotes (the cheap check).
+    pub remote_checks: u64,
+    /// Pack fetches (only when a commit was new).
+    pub fetches: u64,
+}
+
+/// Why a repository could not be resolved. Every variant names the URL (credentials removed).
+#[derive(Debug, thiserror::Error)]
+pub enum GitError {
+    /// The URL cannot be used.
+    #[error("invalid repository URL {url}: {reason}")]
+    InvalidUrl {
+        /// The URL, credentials removed.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The server refused the credentials, or none were given where some are needed.
+    #[error("failed to authenticate to {url}: {detail}")]
+    AuthenticationFailed {
+        /// The URL, credentials removed.
+        url: String,
+        /// What the transport said.
+        detail: String,
+    },
+    /// The ssh server's host key is not in the known_hosts of the repository credentials.
+    #[error("host key verification failed for {url}: {detail}")]
+    HostKeyMismatch {
+        /// The URL, credentials removed.
+        url: String,
+        /// What ssh said.
+        detail: String,
+    },
+    /// The revision is neither a branch, a tag nor a commit of the repository.
+    #[error("revision {revision:?} not found in {url}")]
+    RefNotFound {
+        /// The URL, credentials removed.
+        url: String,
+        /// The targetRevision asked for.
+        revision: String,
+    },
+    /// The server could not be reached or broke off the connection.
+    #[error("failed to reach {url}: {detail}")]
+    Unreachable {
+        /// The URL, credentials removed.
+        url: String,
+        /// What the transport said.
+        detail: String,
+    },
+    /// The whole operation took longer than [`GitLimits::timeout`].
+    #[error("git operation on {url} timed out after {after:?}")]
+    Timeout {
+        /// The URL, credentials removed.
+        url: String,
+        /// The limit.
+        after: Duration,
+    },
+    /// The server answered, but the fetch failed.
+    #[error("failed to fetch {revision:?} from {url}: {detail}")]
+    Fetch {
+        /// The URL, credentials removed.
+        url: String,
+        /// The targetRevision.
+        revision: String,
+        /// What went wrong.
+        detail: String,
+    },
+    /// A tree entry would leave the checkout, or the checkout is over a limit.
+    #[error("refused {file:?} from {url}: {reason}")]
+    Jail {
+        /// The URL, credentials removed.
+        url: String,
+        /// The path inside the repository.
+        file: String,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// The repository credentials Secret is unusable.
+    #[error("invalid repository credentials in Secret {secret}: {reason}")]
+    InvalidCredentials {
+        /// `namespace/name` of the Secret.
+        secret: String,
+        /// What is wrong (never a value).
+        reason: String,
+    },
+    /// The repository credentials Secrets could not be listed.
+    #[error("failed to list repository credential Secrets in namespace {namespace}")]
+    ListSecrets {
+        /// The namespace.
+        namespace: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
+    /// The local cache directory could not be written.
+    #[error("failed to {action} {path}")]
+    Storage {
+        /// What was being done.
+        action: &'static str,
+        /// The local path.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl GitError {
+    /// Whether trying again soon may help (the network, the server or the disk); `false` means
+    /// something must change first (credentials, host key, revision, the repository content).
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            GitError::Unreachable { .. }
+                | GitError::Timeout { .. }
+                | GitError::Fetch { .. }
+                | GitError::ListSecrets { .. }
+                | GitError::Storage { .. }
+        )
+    }
+
+    /// A CamelCase word for condition reasons, events and metric labels.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            GitError::InvalidUrl { .. } => "InvalidRepositoryURL",
+            GitError::AuthenticationFailed { .. } => "AuthenticationFailed",
+            GitError::HostKeyMismatch { .. } => "HostKeyMismatch",
+            GitError::RefNotFound { .. } => "RevisionNotFound",
+            GitError::Unreachable { .. } => "RepositoryUnreachable",
+            GitError::Timeout { .. } => "GitTimeout",
+            GitError::Fetch { .. } => "FetchFailed",
+            GitError::Jail { .. } => "CheckoutRefused",
+            GitError::InvalidCredentials { .. } => "InvalidRepositoryCredentials",
+            GitError::ListSecrets { .. } => "RepositoryCredentialsUnavailable",
+            GitError::Storage { .. } => "GitCacheFailed",
+        }
+    }
+}
+
+/// What the caller asked for in `targetRevision`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Revision {
+    /// The remote's default branch (`HEAD`, or an empty targetRevision).
+    Head,
+    /// A full commit SHA: immutable, so a checkout of it never needs a network check again.
+    Commit(String),
+    /// A branch or tag name, or a full ref (`refs/heads/main`).
+    Ref(String),
+}
+
+impl Revision {
+    fn parse(revision: &str) -> Revision {
+        let revision = revision.trim();
+        if revision.is_empty() || revision == "HEAD" {
+            Revision::Head
+        } else if revision.len() == 40 && revision.bytes().all(|b| b.is_ascii_hexdigit()) {
+            Revision::Commit(revision.to_ascii_lowercase())
+        } else {
+            Revision::Ref(revision.to_string())
+        }
+    }
+}
+
+/// The URL without user info, fit for errors, logs and status.
+pub fn redact_url(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+            match authority.rsplit_once('@') {
+                // ssh user names are not secret and help to debug; passwords are.
+                Some((user, host)) if scheme.starts_with("ssh") && !user.contains(':') => {
+                    format!("{scheme}://{user}@{host}{path}")
+                }
+                Some((_, host)) => format!("{scheme}://{host}{path}"),
+                None => url.to_string(),
+            }
+        }
+        None => url.to_string(),
+    }
+}
+
+/// One (URL, revision) entry: its bare repository and the trees checked out from it.
+#[derive(Debug, Default)]
+struct Entry {
+    /// The last commit checked out, newest last, at most [`KEPT_TREES`].
+    trees: Vec<String>,
+}
+
+/// Trees kept per entry: the current one and the one before, which a render that started just
+/// before the switch may still be reading.
+const KEPT_TREES: usize = 2;
+
+/// The agent's Git cache: a directory with one bare repository and its checkouts per (repository
+/// URL, revision), shared by all Applications. Concurrent resolves of the same pair wait for each
+/// other; different pairs run in parallel.
+#[derive(Debug)]
+pub struct GitCache {
+    dir: PathBuf,
+    limits: GitLimits,
+    entries: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<Entry>>>>,
+    remote_checks: Arc<AtomicU64>,
+    fetches: Arc<AtomicU64>,
+}
+
+impl GitCache {
+    /// A cache in `dir` (created on first use). Anything left in it by an earlier process is
+    /// reused only after the same check a fresh entry gets.
+    pub fn new(dir: PathBuf, limits: GitLimits) -> Self {
+        GitCache {
+            dir,
+            limits,
+            entries: std::sync::Mutex::default(),
+            remote_checks: Arc::default(),
+            fetches: Arc::default(),
+        }
+    }
+
+    /// How much network work was done so far.
+    pub fn stats(&self) -> GitStats {
+        GitStats {
+            remote_checks: self.remote_checks.load(Ordering::Relaxed),
+            fetches: self.fetches.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Checks out `revision` (branch, tag, full commit SHA or `HEAD`) of `url`.
+    ///
+    /// A cheap remote-ref check (ls-remote) comes first; the shallow single-ref fetch and the
+    /// checkout happen only if the commit changed. A full SHA already checked out is returned
+    /// without any network call.
+    pub async fn resolve(
+        &self,
+        url: &str,
+        revision: &str,
+        credentials: Option<&RepoCredentials>,
+    ) -> Result<Checkout, GitError> {
+        let shown_url = redact_url(url);
+        let parsed = Revision::parse(revision);
+        remote::check_url(url, &shown_url)?;
+        let key = entry_key(url, &parsed);
+        let entry = {
+            let mut entries = self
+                .entries
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            Arc::clone(entries.entry(key.clone()).or_default())
+        };
+        // Held until the blocking work finishes, even when the caller gives up on a timeout:
+        // the next resolve of this entry must not touch the repository while it still runs.
+        let mut guard = entry.lock_owned().await;
+        let entry_dir = self.dir.join(&key);
+        if let Revision::Commit(commit) = &parsed {
+            let root = tree_dir(&entry_dir, commit);
+            if guard.trees.contains(commit) && root.is_dir() {
+                return Ok(Checkout {
+                    commit: commit.clone(),
+                    root,
+                });
+            }
+        }
+
+        let job = remote::Job {
+            url: url.to_string(),
+            shown_url: shown_url.clone(),
+            revision: parsed,
+            revision_text: revision.to_string(),
+            credentials: credentials.cloned(),
+            entry_dir: entry_dir.clone(),
+            current: guard.trees.last().cloned(),
+            limits: self.limits.clone(),
+            interrupt: Arc::new(AtomicBool::new(false)),
+            remote_checks: Arc::clone(&self.remote_checks),
+            fetches: Arc::clone(&self.fetches),
+        };
+        let interrupt = Arc::clone(&job.interrupt);
+        let (done, finished) = tokio::sync::oneshot::channel();
+        let handle = tokio::task::spawn_blocking(move || job.run());
+        tokio::spawn(async move {
+            let outcome = handle.await;
+            let commit = match &outcome {
+                Ok(Ok(commit)) => Some(commit.clone()),
+                _ => None,
+            };
+            if let Some(commit) = commit {
+                remember_tree(&mut guard, &entry_dir, commit);
+            }
+            drop(guard);
+            let _ = done.send(outcome);
+        });
+        let outcome = match tokio::time::timeout(self.limits.timeout, finished).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(_)) => {
+                return Err(GitError::Fetch {
+                    url: shown_url,
+                    revision: revision.to_string(),
+                    detail: "the git worker stopped".into(),
+                });
+            }
+            Err(_) => {
+                // Stops a pack download between chunks; ssh and http give up on their own
+                // (ServerAliveInterval, the request timeout).
+                interrupt.store(true, Ordering::Relaxed);
+                return Err(GitError::Timeout {
+                    url: shown_url,
+                    after: self.limits.timeout,
+                });
+            }
+        };
+        let commit = outcome.map_err(|join| GitError::Fetch {
+            url: shown_url.clone(),
+            revision: revision.to_string(),
+            detail: format!("the git worker failed: {join}"),
+        })??;
+        Ok(Checkout {
+            root: tree_dir(&self.dir.join(&key), &commit),
+            commit,
+        })
+    }
+}
+
+/// Records `commit` as the current tree of the entry and deletes trees older than the kept ones.
+fn remember_tree(entry: &mut Entry, entry_dir: &Path, commit: String) {
+    entry.trees.retain(|kept| kept != &commit);
+    entry.trees.push(commit);
+    while entry.trees.len() > KEPT_TREES {
+        let old = entry.trees.remove(0);
+        if let Err(error) = tree::remove(&tree_dir(entry_dir, &old)) {
+            tracing::warn!(%error, commit = %old, "failed to delete an old checkout");
+        }
+    }
+}
+
+fn tree_dir(entry_dir: &Path, commit: &str) -> PathBuf {
+    entry_dir.join("trees").join(commit)
+}
+
+/// A directory name for (URL, revision): readable start, hash for uniqueness.
+fn entry_key(url: &str, revision: &Revision) -> String {
+    let revision = match revision {
+        Revision::Head => "HEAD",
+        Revision::Commit(sha) => sha,
+        Revision::Ref(name) => name,
+    };
+    let digest = aws_lc_rs::digest::digest(
+        &aws_lc_rs::digest::SHA256,
+        format!("{url}\n{revision}").as_bytes(),
+    );
+    let hash: String = digest.as_ref()[..10]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let readable: String = redact_url(url)
+        .rsplit('/')
+        .next()
+        .unwrap_or("repo")
+        .trim_end_matches(".git")
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+        .take(32)
+        .collect();
+    format!("{readable}-{hash}")
+}
+
+#[cfg(test)]
+mod tests;

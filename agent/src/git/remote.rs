@@ -1,0 +1,372 @@
+//! The blocking part: ref check, shallow fetch and checkout of one (URL, revision) with gix.
+
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use gix::bstr::ByteSlice;
+use gix::protocol::handshake::Ref;
+use gix::remote::Direction;
+use gix::remote::fetch::{Shallow, Tags};
+
+use super::{GitError, GitLimits, RepoCredentials, Revision, ssh, tree};
+
+/// Everything one resolve needs, owned, to move into `spawn_blocking`.
+pub(super) struct Job {
+    pub url: String,
+    pub shown_url: String,
+    pub revision: Revision,
+    pub revision_text: String,
+    pub credentials: Option<RepoCredentials>,
+    pub entry_dir: PathBuf,
+    /// The commit checked out last for this entry, if any.
+    pub current: Option<String>,
+    pub limits: GitLimits,
+    pub interrupt: Arc<AtomicBool>,
+    pub remote_checks: Arc<AtomicU64>,
+    pub fetches: Arc<AtomicU64>,
+}
+
+/// The schemes mooring fetches from. `git://` is unauthenticated and unencrypted; `ext::` runs
+/// commands: both refused.
+pub(super) fn check_url(url: &str, shown_url: &str) -> Result<(), GitError> {
+    let invalid = |reason: &str| GitError::InvalidUrl {
+        url: shown_url.to_string(),
+        reason: reason.to_string(),
+    };
+    let parsed = gix::url::parse(url.as_bytes().as_bstr())
+        .map_err(|_| invalid("not a git URL (use https://, ssh:// or git@host:path)"))?;
+    match parsed.scheme {
+        gix::url::Scheme::Https | gix::url::Scheme::Http | gix::url::Scheme::Ssh => Ok(()),
+        gix::url::Scheme::File => Ok(()),
+        _ => Err(invalid(
+            "unsupported scheme (use https://, ssh:// or git@host:path)",
+        )),
+    }
+}
+
+/// What the ref check found.
+struct Target {
+    /// The commit (or, for an unpeeled tag, the object) the revision points to.
+    object: gix::ObjectId,
+}
+
+impl Job {
+    /// Checks the remote, fetches if needed, checks out; returns the commit.
+    pub fn run(self) -> Result<String, GitError> {
+        let repo_dir = self.entry_dir.join("repo.git");
+        let repo = self.open_or_init(&repo_dir)?;
+        let ssh = match gix::url::parse(self.url.as_bytes().as_bstr()) {
+            Ok(url) if url.scheme == gix::url::Scheme::Ssh => Some(
+                ssh::Session::new(self.credentials.as_ref()).map_err(|source| {
+                    GitError::Storage {
+                        action: "prepare the ssh configuration in",
+                        path: self.entry_dir.clone(),
+                        source,
+                    }
+                })?,
+            ),
+            _ => None,
+        };
+        let result = self.fetch_and_check_out(&repo, ssh.as_ref());
+        match (result, &ssh) {
+            (Err(error), Some(session)) => Err(session.explain(error, &self.shown_url)),
+            (result, _) => result,
+        }
+    }
+
+    fn open_or_init(&self, repo_dir: &Path) -> Result<gix::Repository, GitError> {
+        let storage = |action, source| GitError::Storage {
+            action,
+            path: repo_dir.to_path_buf(),
+            source,
+        };
+        // Isolated: no system or user git config, no environment (url rewrites, credential
+        // helpers, proxies or an ssh command from the host must not apply).
+        let options = gix::open::Options::isolated();
+        if repo_dir.join("HEAD").is_file()
+            && let Ok(repo) = gix::open_opts(repo_dir, options.clone())
+        {
+            return Ok(repo);
+        }
+        if repo_dir.exists() {
+            std::fs::remove_dir_all(repo_dir)
+                .map_err(|e| storage("remove a broken repository at", e))?;
+        }
+        std::fs::create_dir_all(repo_dir).map_err(|e| storage("create", e))?;
+        gix::ThreadSafeRepository::init_opts(
+            repo_dir,
+            gix::create::Kind::Bare,
+            gix::create::Options::default(),
+            options,
+        )
+        .map(gix::Repository::from)
+        .map_err(|error| {
+            storage(
+                "initialise a repository in",
+                std::io::Error::other(error.to_string()),
+            )
+        })
+    }
+
+    /// The fetch refspecs for the revision: where to look on the remote, where to keep it locally.
+    fn refspecs(&self) -> Result<Vec<String>, GitError> {
+        Ok(match &self.revision {
+            Revision::Head => vec!["+HEAD:refs/mooring/HEAD".into()],
+            Revision::Commit(sha) => vec![sha.clone()],
+            Revision::Ref(name) => {
+                // A name is spliced into a refspec: refuse anything that is not a plain ref name
+                // (globs, `:`, `^`), so the revision cannot widen or redirect the fetch.
+                let full = if name.starts_with("refs/") {
+                    name.clone()
+                } else {
+                    format!("refs/heads/{name}")
+                };
+                if gix::validate::reference::name(full.as_bytes().as_bstr()).is_err() {
+                    return Err(GitError::RefNotFound {
+                        url: self.shown_url.clone(),
+                        revision: self.revision_text.clone(),
+                    });
+                }
+                if name.starts_with("refs/") {
+                    vec![format!("+{name}:refs/mooring/ref")]
+                } else {
+                    // git's own order for an ambiguous name: the tag wins over the branch.
+                    vec![
+                        format!("+refs/tags/{name}:refs/mooring/tags/{name}"),
+                        format!("+refs/heads/{name}:refs/mooring/heads/{name}"),
+                    ]
+                }
+            }
+        })
+    }
+
+    fn fetch_and_check_out(
+        &self,
+        repo: &gix::Repository,
+        ssh: Option<&ssh::Session>,
+    ) -> Result<String, GitError> {
+        let refspecs = self.refspecs()?;
+        let remote = repo
+            .remote_at_without_url_rewrite(self.url.as_str())
+            .map_err(|e| self.invalid_url(e))?
+            .with_fetch_tags(Tags::None)
+            .with_refspecs(refspecs.iter().map(String::as_str), Direction::Fetch)
+            .map_err(|_| GitError::RefNotFound {
+                url: self.shown_url.clone(),
+                revision: self.revision_text.clone(),
+            })?;
+
+        let transport = gix::protocol::transport::client::blocking_io::connect::connect(
+            self.url.as_str(),
+            gix::protocol::transport::client::blocking_io::connect::Options {
+                version: gix::protocol::transport::Protocol::V2,
+                ssh: ssh.map(ssh::Session::connect_options).unwrap_or_default(),
+                trace: false,
+            },
+        )
+        .map_err(|e| self.classify(&e))?;
+        let mut connection = remote.to_connection_with_transport(transport);
+        connection.set_transport_options(Box::new(http_options(&self.limits)));
+        if let Some(account) = self.http_account() {
+            connection.set_credentials(move |action| match action {
+                gix::credentials::helper::Action::Get(context) => {
+                    Ok(Some(gix::credentials::protocol::Outcome {
+                        identity: account.clone(),
+                        next: context.into(),
+                    }))
+                }
+                // Store/Erase: the credentials live in a Secret, not in a helper.
+                _ => Ok(None),
+            });
+        } else {
+            // No prompt, no helper: a server that wants credentials gets none.
+            connection.set_credentials(|_| Ok(None));
+        }
+
+        let prepare = connection
+            .prepare_fetch(gix::progress::Discard, Default::default())
+            .map_err(|e| self.classify(&e))?;
+        self.remote_checks.fetch_add(1, Ordering::Relaxed);
+        let target = self.target(prepare.ref_map())?;
+
+        let target_commit = target.object.to_string();
+        if self.current.as_deref() == Some(target_commit.as_str())
+            && tree_dir(&self.entry_dir, &target_commit).is_dir()
+        {
+            // Dropping `prepare` ends the conversation without asking for a pack.
+            return Ok(target_commit);
+        }
+
+        let depth = NonZeroU32::MIN;
+        prepare
+            .with_shallow(Shallow::DepthAtRemote(depth))
+            .receive(gix::progress::Discard, &self.interrupt)
+            .map_err(|e| self.classify(&e))?;
+        self.fetches.fetch_add(1, Ordering::Relaxed);
+
+        let commit = repo
+            .find_object(target.object)
+            .and_then(|object| object.peel_to_commit())
+            .map_err(|e| GitError::Fetch {
+                url: self.shown_url.clone(),
+                revision: self.revision_text.clone(),
+                detail: format!("the fetched revision is not a commit: {e}"),
+            })?;
+        let commit_id = commit.id.to_string();
+        let root = tree_dir(&self.entry_dir, &commit_id);
+        if !root.is_dir() {
+            let tree_id = commit.tree_id().map_err(|e| GitError::Fetch {
+                url: self.shown_url.clone(),
+                revision: self.revision_text.clone(),
+                detail: format!("the commit has no tree: {e}"),
+            })?;
+            tree::check_out(repo, tree_id.detach(), &root, &self.limits, &self.shown_url)?;
+        }
+        Ok(commit_id)
+    }
+
+    /// The object the revision points to on the remote, from the ref listing.
+    fn target(&self, ref_map: &gix::remote::fetch::RefMap) -> Result<Target, GitError> {
+        let not_found = || GitError::RefNotFound {
+            url: self.shown_url.clone(),
+            revision: self.revision_text.clone(),
+        };
+        if let Revision::Commit(sha) = &self.revision {
+            return gix::ObjectId::from_hex(sha.as_bytes())
+                .map(|object| Target { object })
+                .map_err(|_| not_found());
+        }
+        // Mappings follow the order of our refspecs, which is the preference order.
+        let mut best: Option<(usize, gix::ObjectId)> = None;
+        for mapping in &ref_map.mappings {
+            let gix::protocol::fetch::refmap::Source::Ref(remote_ref) = &mapping.remote else {
+                continue;
+            };
+            let object = match remote_ref {
+                // A peeled annotated tag: the commit it names.
+                Ref::Peeled { object, .. } => *object,
+                Ref::Direct { object, .. } => *object,
+                Ref::Symbolic { object, .. } => *object,
+                Ref::Unborn { .. } => continue,
+            };
+            let index = match mapping.spec_index {
+                gix::protocol::fetch::refmap::SpecIndex::ExplicitInRemote(index) => index,
+                gix::protocol::fetch::refmap::SpecIndex::Implicit(_) => continue,
+            };
+            if best.is_none_or(|(kept, _)| index < kept) {
+                best = Some((index, object));
+            }
+        }
+        best.map(|(_, object)| Target { object })
+            .ok_or_else(not_found)
+    }
+
+    fn http_account(&self) -> Option<gix::sec::identity::Account> {
+        let credentials = self.credentials.as_ref()?;
+        let password = credentials.password.as_ref()?;
+        let username = credentials
+            .username
+            .as_ref()
+            .map(|u| u.to_string())
+            .filter(|u| !u.is_empty())
+            .unwrap_or_else(|| "git".to_string());
+        Some(gix::sec::identity::Account {
+            username,
+            password: password.to_string(),
+            oauth_refresh_token: None,
+        })
+    }
+
+    fn invalid_url(&self, error: impl std::fmt::Display) -> GitError {
+        GitError::InvalidUrl {
+            url: self.shown_url.clone(),
+            reason: scrub(&error.to_string(), &self.url, &self.shown_url),
+        }
+    }
+
+    /// Maps a gix error to what went wrong, by its classification first and its text second.
+    fn classify(&self, error: &gix::Error) -> GitError {
+        let detail = scrub(
+            &error
+                .iter_errors()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join(": "),
+            &self.url,
+            &self.shown_url,
+        );
+        let url = self.shown_url.clone();
+        let lower = detail.to_ascii_lowercase();
+        if error.is_unauthenticated()
+            || error.is_permission_denied()
+            || lower.contains("401")
+            || lower.contains("authentication")
+            || lower.contains("permission denied")
+        {
+            return GitError::AuthenticationFailed { url, detail };
+        }
+        if lower.contains("none of the refspec")
+            || lower.contains("not our ref")
+            || lower.contains("couldn't find remote ref")
+        {
+            return GitError::RefNotFound {
+                url,
+                revision: self.revision_text.clone(),
+            };
+        }
+        if error.is_retryable()
+            || lower.contains("connection refused")
+            || lower.contains("could not resolve")
+            || lower.contains("failed to resolve")
+            || lower.contains("timed out")
+            || lower.contains("connect")
+            || lower.contains("handshake")
+            || lower.contains("end of file")
+            || lower.contains("does not appear to be a git repository")
+            || lower.contains("404")
+        {
+            return GitError::Unreachable { url, detail };
+        }
+        GitError::Fetch {
+            url,
+            revision: self.revision_text.clone(),
+            detail,
+        }
+    }
+}
+
+fn tree_dir(entry_dir: &Path, commit: &str) -> PathBuf {
+    super::tree_dir(entry_dir, commit)
+}
+
+/// Replaces the full URL (which may carry a password) by its redacted form.
+fn scrub(text: &str, url: &str, shown_url: &str) -> String {
+    if url == shown_url {
+        text.to_string()
+    } else {
+        text.replace(url, shown_url)
+    }
+}
+
+/// HTTP transport options: a request timeout as a backstop (gix's reqwest client has only a
+/// connect timeout), no proxy from the environment.
+fn http_options(
+    limits: &GitLimits,
+) -> gix::protocol::transport::client::blocking_io::http::Options {
+    use gix::protocol::transport::client::blocking_io::http;
+    let timeout = limits.timeout;
+    let configure: Box<http::reqwest::ConfigureClientFn> =
+        Box::new(move |builder| Ok(builder.timeout(timeout).no_proxy()));
+    let backend = http::reqwest::Options {
+        configure_client: Some(configure),
+        configure_request: None,
+    };
+    http::Options {
+        connect_timeout: Some(std::time::Duration::from_secs(30)),
+        user_agent: Some(format!("mooring/{}", env!("CARGO_PKG_VERSION"))),
+        backend: Some(Arc::new(std::sync::Mutex::new(backend))),
+        ..Default::default()
+    }
+}

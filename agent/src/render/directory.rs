@@ -1,0 +1,163 @@
+//! Plain directories of YAML/JSON manifests, as Argo CD's directory sources.
+
+use std::path::{Path, PathBuf};
+
+use kube::api::DynamicObject;
+
+use super::glob::Glob;
+use super::{Jail, RenderError, RenderOptions, yaml};
+
+/// File extensions read as manifests, as Argo CD.
+const EXTENSIONS: [&str; 3] = ["yaml", "yml", "json"];
+
+/// Reads the manifests under `relative` (a directory of the checkout), sorted by path.
+pub(super) fn render(
+    jail: &Jail,
+    relative: &Path,
+    options: &RenderOptions,
+) -> Result<Vec<DynamicObject>, RenderError> {
+    let compile = |field, pattern: &Option<String>| {
+        pattern
+            .as_deref()
+            .filter(|p| !p.is_empty())
+            .map(|p| {
+                Glob::new(p).map_err(|source| RenderError::InvalidGlob {
+                    field,
+                    pattern: p.to_string(),
+                    source,
+                })
+            })
+            .transpose()
+    };
+    let include = compile("include", &options.directory.include)?;
+    let exclude = compile("exclude", &options.directory.exclude)?;
+    let base = jail.root.join(relative);
+    let limits = &options.limits;
+
+    let mut files = Vec::new();
+    collect(jail, &base, &base, options.directory.recurse, &mut files)?;
+    files.sort();
+
+    let mut objects = Vec::new();
+    let mut total = 0u64;
+    for (relative_to_source, path) in files {
+        if exclude
+            .as_ref()
+            .is_some_and(|g| g.matches(&relative_to_source))
+        {
+            continue;
+        }
+        if include
+            .as_ref()
+            .is_some_and(|g| !g.matches(&relative_to_source))
+        {
+            continue;
+        }
+        let file = jail.relative(&path);
+        let metadata = std::fs::symlink_metadata(&path).map_err(|source| RenderError::Read {
+            file: file.clone(),
+            source,
+        })?;
+        let real = if metadata.file_type().is_symlink() {
+            jail.check_symlink(&path)?
+        } else {
+            path.clone()
+        };
+        let size = std::fs::metadata(&real)
+            .map_err(|source| RenderError::Read {
+                file: file.clone(),
+                source,
+            })?
+            .len();
+        if size > limits.max_file_bytes {
+            return Err(RenderError::Jail {
+                file,
+                reason: format!(
+                    "the file is {size} bytes, more than the limit of {}",
+                    limits.max_file_bytes
+                ),
+            });
+        }
+        total += size;
+        if total > limits.max_total_bytes {
+            return Err(RenderError::TooLarge {
+                path: super::display_path(relative),
+                reason: format!(
+                    "the manifests are more than {} bytes together",
+                    limits.max_total_bytes
+                ),
+            });
+        }
+        let bytes = std::fs::read(&real).map_err(|source| RenderError::Read {
+            file: file.clone(),
+            source,
+        })?;
+        let text = String::from_utf8(bytes).map_err(|_| RenderError::Yaml {
+            file: file.clone(),
+            line: None,
+            column: None,
+            message: "the file is not UTF-8 text".into(),
+        })?;
+        objects.extend(yaml::parse_objects(&file, &text)?);
+    }
+    Ok(objects)
+}
+
+/// The manifest files under `dir`: (path relative to the source path with `/`, full path).
+/// Dot-files and dot-directories are skipped (`.gitlab-ci.yml` is not a manifest); symlinked
+/// directories are not followed (as Argo CD's walk).
+fn collect(
+    jail: &Jail,
+    base: &Path,
+    dir: &Path,
+    recurse: bool,
+    files: &mut Vec<(String, PathBuf)>,
+) -> Result<(), RenderError> {
+    let entries = std::fs::read_dir(dir).map_err(|source| RenderError::Read {
+        file: jail.relative(dir),
+        source,
+    })?;
+    for entry in entries {
+        let entry = entry.map_err(|source| RenderError::Read {
+            file: jail.relative(dir),
+            source,
+        })?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') {
+            continue;
+        }
+        let path = entry.path();
+        let file_type = entry.file_type().map_err(|source| RenderError::Read {
+            file: jail.relative(&path),
+            source,
+        })?;
+        if file_type.is_dir() {
+            if recurse {
+                collect(jail, base, &path, recurse, files)?;
+            }
+            continue;
+        }
+        let is_manifest = Path::new(&name)
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()));
+        if !is_manifest {
+            continue;
+        }
+        // A symlink to a directory named like a manifest is not a file.
+        if file_type.is_symlink() && path.is_dir() {
+            continue;
+        }
+        let relative = path
+            .strip_prefix(base)
+            .map(|p| {
+                p.components()
+                    .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                    .collect::<Vec<_>>()
+                    .join("/")
+            })
+            .unwrap_or_else(|_| name.clone());
+        files.push((relative, path));
+    }
+    Ok(())
+}
