@@ -276,15 +276,29 @@ impl Engine {
                 }
             }
             if request.mode == Mode::Apply && !failed_step {
-                for (item, _) in &results {
-                    if item.key.group == "apiextensions.k8s.io"
-                        && item.key.kind == "CustomResourceDefinition"
-                        && let Err(message) = self.wait_established(&item.key.name).await
+                let mut results = results;
+                for (item, outcome) in &mut results {
+                    if item.key.group != "apiextensions.k8s.io"
+                        || item.key.kind != "CustomResourceDefinition"
                     {
-                        report.failures.push((item.key.clone(), message));
-                        failed_step = true;
+                        continue;
+                    }
+                    match self.wait_established(&item.key.name).await {
+                        // Its health is judged on the Established object, not the apply answer.
+                        Ok(established) => match outcome {
+                            Outcome::InSync(live) | Outcome::Written { live, .. } => {
+                                *live = established;
+                            }
+                            _ => {}
+                        },
+                        Err(message) => {
+                            report.failures.push((item.key.clone(), message));
+                            failed_step = true;
+                        }
                     }
                 }
+                outcomes.extend(results);
+                continue;
             }
             outcomes.extend(results);
         }
@@ -701,11 +715,12 @@ impl Engine {
         Ok(None)
     }
 
-    async fn wait_established(&self, name: &str) -> Result<(), String> {
+    /// Waits until CRD `name` is Established and returns it as JSON.
+    async fn wait_established(&self, name: &str) -> Result<Value, String> {
         let api: Api<CustomResourceDefinition> = Api::all(self.client.clone());
         let established = await_condition(api, name, conditions::is_crd_established());
         match tokio::time::timeout(self.crd_timeout, established).await {
-            Ok(Ok(_)) => Ok(()),
+            Ok(Ok(crd)) => Ok(serde_json::to_value(&crd).unwrap_or_default()),
             Ok(Err(error)) => Err(format!(
                 "failed to watch CustomResourceDefinition {name}: {error}"
             )),
