@@ -3,6 +3,7 @@
 //! `mooring run` connects to the cluster, serves `/healthz` and `/readyz`, and stops cleanly on
 //! SIGTERM or Ctrl-C. The controllers (sync, SealedSecrets, ExternalSecrets) plug in here.
 
+pub mod apply;
 pub mod cli;
 pub mod cluster;
 pub mod controllers;

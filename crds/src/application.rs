@@ -46,6 +46,36 @@ pub struct ApplicationSpec {
     /// Defaults to the agent's `--default-poll-interval` (3m).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub poll_interval: Option<String>,
+    /// Argo CD's multi-source list; not supported (a condition names it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "any_list")]
+    pub sources: Option<Vec<serde_json::Value>>,
+    /// Argo CD's diff normalisation rules; not supported (a condition names it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "any_list")]
+    pub ignore_differences: Option<Vec<serde_json::Value>>,
+    /// Argo CD's informational key/value list; accepted and ignored (it has no effect in Argo
+    /// either).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "any_list")]
+    pub info: Option<Vec<serde_json::Value>>,
+    /// How many entries `status.history` keeps (Argo CD's field; default 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision_history_limit: Option<i64>,
+}
+
+/// Schema of a list of free-form objects: accepted as they are (`x-kubernetes-preserve-unknown-fields`)
+/// so that mooring can name them in a condition instead of the API server dropping them silently.
+fn any_list(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "array",
+        "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}
+    })
+}
+
+/// Schema of one free-form object (see [`any_list`]).
+fn any_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({"type": "object", "x-kubernetes-preserve-unknown-fields": true})
 }
 
 /// A Git source, as Argo CD's `spec.source`.
@@ -67,6 +97,17 @@ pub struct ApplicationSource {
     /// Options for a Kustomize directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kustomize: Option<KustomizeSource>,
+    /// Argo CD's Helm options; not supported yet (a condition names it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "any_object")]
+    pub helm: Option<serde_json::Value>,
+    /// Argo CD's config-management plugin; not supported (a condition names it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "any_object")]
+    pub plugin: Option<serde_json::Value>,
+    /// Argo CD's Helm chart name (Helm repository sources); not supported (a condition names it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chart: Option<String>,
 }
 
 /// Plain-directory options, as Argo CD's `source.directory`.
@@ -131,6 +172,11 @@ pub struct SyncPolicy {
     /// How failed syncs are retried.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<RetryStrategy>,
+    /// Argo CD's labels and annotations for a created namespace; not supported (a condition
+    /// names it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "any_object")]
+    pub managed_namespace_metadata: Option<serde_json::Value>,
 }
 
 /// As Argo CD's `syncPolicy.automated`.
@@ -274,6 +320,10 @@ pub struct ResourceStatus {
     /// This object's health.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<HealthStatus>,
+    /// The object left Git but is still in the cluster (prune off, refused or not allowed), as
+    /// Argo CD's `requiresPruning`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requires_pruning: Option<bool>,
 }
 
 /// One applied revision, as an entry of Argo CD's `status.history`.

@@ -49,4 +49,14 @@ pub mod names {
     pub const READY: &str = "Ready";
     /// Fields mooring does not implement were set; the message names them.
     pub const UNSUPPORTED_FIELDS: &str = "UnsupportedFields";
+    /// An Application's destination is not this cluster; nothing is applied.
+    pub const INVALID_DESTINATION: &str = "InvalidDestination";
+    /// Some objects of an Application were not applied because their kind is not served yet
+    /// (a CRD neither in the cluster nor in the set); the message names them.
+    pub const RESOURCES_DEFERRED: &str = "ResourcesDeferred";
+    /// Objects that left Git were not pruned (a guard refused, or pruning is off); the message
+    /// says why.
+    pub const PRUNE_PENDING: &str = "PrunePending";
+    /// A manual change of a managed object was seen; the message names the field manager.
+    pub const DRIFT_DETECTED: &str = "DriftDetected";
 }

@@ -1,0 +1,960 @@
+//! The sync engine: takes the desired objects of one Application (already rendered) and makes
+//! the cluster match them — ordered server-side apply, guarded prune, health and sync status.
+//!
+//! Flow of [`Engine::sync`]: validate and key every object → apply step by step (CRDs and
+//! Namespaces first and wait for CRDs to be Established, then one step per sync wave in kind
+//! order) → prune what left Git, guarded → assess health → the new inventory. Only objects whose
+//! desired state differs from live are written: a digest of the applied manifest sits in the
+//! `mooring.dev/applied-hash` annotation, a field-level check confirms live still holds every
+//! field mooring sets, and a server-side dry-run settles the rest (API-server normalisation is
+//! not drift). A custom resource whose CRD is neither served nor in the set is deferred, not
+//! failed, and the rest of the set still applies.
+
+pub mod compare;
+pub mod discovery;
+pub mod health;
+pub mod object;
+pub mod order;
+pub mod prune;
+pub mod watch;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams,
+    PropagationPolicy,
+};
+use kube::runtime::wait::{await_condition, conditions};
+use mooring_crds::application::{HealthState, HealthStatus, ResourceStatus, SyncState};
+use serde_json::Value;
+
+use self::discovery::{Discovery, DiscoveryError, Served};
+use self::object::{
+    APPLIED_HASH_ANNOTATION, AppId, ObjectKey, TRACKING_ID_ANNOTATION, has_option,
+    parse_tracking_id, split_api_version,
+};
+use self::prune::{Keep, PruneSettings, Refusal};
+use crate::install::FIELD_MANAGER;
+
+/// How many objects of one step are compared or applied at once.
+const CONCURRENCY: usize = 8;
+
+/// Whether a sync writes or only compares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Apply and prune (automated sync, or self-heal).
+    Apply,
+    /// Compare only: report OutOfSync, write nothing (no `automated`, or drift without selfHeal).
+    Compare,
+}
+
+/// One sync of one Application.
+#[derive(Clone, Debug)]
+pub struct SyncRequest {
+    /// The Application.
+    pub app: AppId,
+    /// The rendered objects.
+    pub objects: Vec<DynamicObject>,
+    /// `spec.destination.namespace`: the namespace of namespaced objects that set none.
+    pub destination_namespace: Option<String>,
+    /// `spec.syncPolicy.syncOptions` (`CreateNamespace=true`, `PruneLast=true`,
+    /// `PrunePropagationPolicy=background`, …).
+    pub sync_options: Vec<String>,
+    /// The inventory from the Application's status: what mooring applied before.
+    pub inventory: Vec<ResourceStatus>,
+    /// How to prune.
+    pub prune: PruneSettings,
+    /// Write, or only compare.
+    pub mode: Mode,
+}
+
+/// What one sync found and did.
+#[derive(Clone, Debug, Default)]
+pub struct SyncReport {
+    /// The new inventory, with each object's sync status and health.
+    pub resources: Vec<ResourceStatus>,
+    /// Objects written (created or changed).
+    pub written: Vec<ObjectKey>,
+    /// Objects changed or deleted in the cluster behind mooring's back.
+    pub drift: Vec<Drift>,
+    /// Objects not applied because their kind is not served, with the reason (naming the CRD).
+    pub deferred: Vec<(ObjectKey, String)>,
+    /// Objects deleted by prune.
+    pub pruned: Vec<ObjectKey>,
+    /// Objects that left Git but were kept, and why.
+    pub kept: Vec<(ObjectKey, Keep)>,
+    /// Why nothing was pruned, when a whole-prune guard refused.
+    pub prune_refused: Option<(&'static str, String)>,
+    /// Objects that could not be applied or pruned, with the reason.
+    pub failures: Vec<(ObjectKey, String)>,
+    /// The Application's sync state.
+    pub sync: SyncState,
+    /// The Application's rolled-up health.
+    pub health: HealthStatus,
+    /// The kinds of the objects in the inventory, for the drift watches.
+    pub kinds: Vec<ApiResource>,
+}
+
+/// A managed object that someone else changed or deleted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Drift {
+    /// The object.
+    pub key: ObjectKey,
+    /// The field managers other than mooring that wrote it, newest first (empty when deleted).
+    pub managers: Vec<String>,
+    /// It was deleted.
+    pub deleted: bool,
+}
+
+impl Drift {
+    /// A sentence for the event: what changed, and who changed it.
+    pub fn describe(&self) -> String {
+        if self.deleted {
+            format!("{} was deleted outside mooring", self.key)
+        } else if self.managers.is_empty() {
+            format!("{} was changed outside mooring", self.key)
+        } else {
+            format!(
+                "{} was changed outside mooring by field manager {}",
+                self.key,
+                self.managers.join(", ")
+            )
+        }
+    }
+}
+
+/// Why a whole sync could not run (per-object problems are in [`SyncReport::failures`]).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The destination namespace could not be created.
+    #[error("failed to create namespace {namespace}")]
+    CreateNamespace {
+        /// The namespace.
+        namespace: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
+}
+
+/// The sync engine, shared by every Application: one discovery cache, one client.
+pub struct Engine {
+    client: kube::Client,
+    discovery: Discovery,
+    /// (app, object) → (resourceVersion, applied hash) that a dry-run proved in sync: the next
+    /// sync of an unchanged object needs neither a dry-run nor a write.
+    verified: Mutex<HashMap<(AppId, ObjectKey), (String, String)>>,
+    crd_timeout: Duration,
+}
+
+/// A desired object, validated and keyed.
+struct Desired {
+    key: ObjectKey,
+    version: String,
+    served: Option<Served>,
+    manifest: Value,
+    hash: String,
+    wave: i64,
+}
+
+/// What happened to one desired object.
+enum Outcome {
+    InSync(Value),
+    Written {
+        live: Value,
+        drift: Option<Drift>,
+    },
+    OutOfSync {
+        live: Option<Value>,
+        drift: Option<Drift>,
+    },
+    Deferred(String),
+    Failed(String),
+}
+
+impl Engine {
+    /// An engine with an empty discovery cache.
+    pub fn new(client: kube::Client) -> Engine {
+        Engine {
+            discovery: Discovery::new(client.clone()),
+            client,
+            verified: Mutex::default(),
+            crd_timeout: Duration::from_secs(60),
+        }
+    }
+
+    /// The discovery cache (shared with the drift watches).
+    pub fn discovery(&self) -> &Discovery {
+        &self.discovery
+    }
+
+    /// Syncs one Application: see the module documentation.
+    pub async fn sync(&self, request: &SyncRequest) -> Result<SyncReport, Error> {
+        let mut report = SyncReport::default();
+        if request.mode == Mode::Apply
+            && has_option(&request.sync_options, "CreateNamespace", "true")
+            && let Some(namespace) = &request.destination_namespace
+        {
+            self.ensure_namespace(namespace).await?;
+        }
+        let in_inventory: BTreeSet<ObjectKey> =
+            request.inventory.iter().map(ObjectKey::of_status).collect();
+        let crds_in_set = crds_in_set(&request.objects);
+
+        // Validate and key every object; discovery tells the scope.
+        let mut desired: Vec<Desired> = Vec::new();
+        let mut seen = BTreeSet::new();
+        for object in &request.objects {
+            match self
+                .prepare(
+                    &request.app,
+                    object,
+                    request.destination_namespace.as_deref(),
+                )
+                .await
+            {
+                Ok(item) => {
+                    if seen.insert(item.key.clone()) {
+                        desired.push(item);
+                    } else {
+                        report.failures.push((
+                            item.key.clone(),
+                            "the object appears twice in the render".into(),
+                        ));
+                    }
+                }
+                Err((key, message)) => report.failures.push((key, message)),
+            }
+        }
+        let desired_keys: BTreeSet<ObjectKey> = seen;
+
+        let mut keyed: Vec<_> = desired
+            .into_iter()
+            .map(|item| (order::order_key(&item.key, item.wave), item))
+            .collect();
+        keyed.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut outcomes: Vec<(Desired, Outcome)> = Vec::new();
+        let mut failed_step = !report.failures.is_empty();
+        for step in order::steps(keyed) {
+            if failed_step {
+                // Later steps may depend on what failed: compare them only.
+                for item in step {
+                    outcomes.push((
+                        item,
+                        Outcome::OutOfSync {
+                            live: None,
+                            drift: None,
+                        },
+                    ));
+                }
+                continue;
+            }
+            for item in &step {
+                if let Some(served) = &item.served {
+                    remember_kind(&mut report.kinds, &served.resource);
+                }
+            }
+            let (crds, inventory_keys) = (&crds_in_set, &in_inventory);
+            let results: Vec<(Desired, Outcome)> = futures::stream::iter(step)
+                .map(|item| async move {
+                    let was_applied = inventory_keys.contains(&item.key);
+                    let outcome = self.sync_object(request, &item, crds, was_applied).await;
+                    (item, outcome)
+                })
+                .buffered(CONCURRENCY)
+                .collect()
+                .await;
+            for (item, outcome) in &results {
+                if let Outcome::Failed(message) = outcome {
+                    report.failures.push((item.key.clone(), message.clone()));
+                    failed_step = true;
+                }
+            }
+            if request.mode == Mode::Apply && !failed_step {
+                let mut results = results;
+                for (item, outcome) in &mut results {
+                    if item.key.group != "apiextensions.k8s.io"
+                        || item.key.kind != "CustomResourceDefinition"
+                    {
+                        continue;
+                    }
+                    match self.wait_established(&item.key.name).await {
+                        // Its health is judged on the Established object, not the apply answer.
+                        Ok(established) => match outcome {
+                            Outcome::InSync(live) | Outcome::Written { live, .. } => {
+                                *live = established;
+                            }
+                            _ => {}
+                        },
+                        Err(message) => {
+                            report.failures.push((item.key.clone(), message));
+                            failed_step = true;
+                        }
+                    }
+                }
+                outcomes.extend(results);
+                continue;
+            }
+            outcomes.extend(results);
+        }
+
+        // Prune: only after every object applied (deferred ones are not failures).
+        let mut still_owned: Vec<ResourceStatus> = Vec::new();
+        let prunable = request.mode == Mode::Apply && report.failures.is_empty();
+        let plan = prune::plan(&in_inventory, &desired_keys, &request.prune);
+        if !plan.candidates.is_empty() {
+            let refusal = if prunable {
+                plan.refused.clone()
+            } else if request.mode == Mode::Compare {
+                Some(Refusal::Disabled)
+            } else {
+                None
+            };
+            let entries: HashMap<ObjectKey, &ResourceStatus> = request
+                .inventory
+                .iter()
+                .map(|entry| (ObjectKey::of_status(entry), entry))
+                .collect();
+            match (&refusal, prunable) {
+                (Some(refusal), _) => {
+                    report.prune_refused =
+                        Some((refusal.reason(), refusal.message(&plan.candidates)));
+                    for key in &plan.candidates {
+                        if let Some(entry) = entries.get(key) {
+                            still_owned.push(requires_pruning(entry));
+                        }
+                    }
+                }
+                (None, false) => {
+                    // A failed apply: keep everything, decide next time.
+                    for key in &plan.candidates {
+                        if let Some(entry) = entries.get(key) {
+                            still_owned.push(requires_pruning(entry));
+                        }
+                    }
+                }
+                (None, true) => {
+                    let kept = self
+                        .prune(request, &plan.candidates, &entries, &mut report)
+                        .await;
+                    still_owned.extend(kept);
+                }
+            }
+        }
+
+        // Inventory, sync status and health.
+        let mut states = Vec::new();
+        let mut out_of_sync = !still_owned.is_empty();
+        for (item, outcome) in outcomes {
+            let (status, live) = match outcome {
+                Outcome::InSync(live) => (SyncState::Synced, Some(live)),
+                Outcome::Written { live, drift } => {
+                    report.written.push(item.key.clone());
+                    report.drift.extend(drift);
+                    (SyncState::Synced, Some(live))
+                }
+                Outcome::OutOfSync { live, drift } => {
+                    report.drift.extend(drift);
+                    (SyncState::OutOfSync, live)
+                }
+                Outcome::Deferred(reason) => {
+                    report.deferred.push((item.key.clone(), reason));
+                    (SyncState::OutOfSync, None)
+                }
+                Outcome::Failed(_) => (SyncState::OutOfSync, None),
+            };
+            out_of_sync |= status == SyncState::OutOfSync;
+            if item.served.is_none() && live.is_some() {
+                // A custom resource whose CRD arrived in this sync: now cached.
+                let gvk = GroupVersionKind::gvk(&item.key.group, &item.version, &item.key.kind);
+                if let Ok(Some(served)) = self.discovery.resolve(&gvk).await {
+                    remember_kind(&mut report.kinds, &served.resource);
+                }
+            }
+            let health = match &live {
+                Some(live) => health::assess(&item.key.group, &item.key.kind, live),
+                None => health::missing(),
+            };
+            states.push(health.status);
+            // An object never applied (deferred, failed before its first write) is not owned
+            // yet: it enters the inventory only once it exists with our tracking id.
+            let owned = live.is_some() || in_inventory.contains(&item.key);
+            if owned {
+                report.resources.push(ResourceStatus {
+                    group: item.key.group.clone(),
+                    version: item.version.clone(),
+                    kind: item.key.kind.clone(),
+                    namespace: item.key.namespace.clone(),
+                    name: item.key.name.clone(),
+                    status: Some(status),
+                    health: Some(health),
+                    requires_pruning: None,
+                });
+            }
+        }
+        report.resources.extend(still_owned);
+        report.resources.sort_by(|a, b| {
+            (&a.group, &a.kind, &a.namespace, &a.name).cmp(&(
+                &b.group,
+                &b.kind,
+                &b.namespace,
+                &b.name,
+            ))
+        });
+        out_of_sync |= !report.failures.is_empty();
+        report.sync = if out_of_sync {
+            SyncState::OutOfSync
+        } else {
+            SyncState::Synced
+        };
+        let worst = health::roll_up(&states);
+        let unhealthy: Vec<String> = report
+            .resources
+            .iter()
+            .filter(|r| {
+                r.health
+                    .as_ref()
+                    .is_some_and(|h| h.status == worst && worst != HealthState::Healthy)
+            })
+            .take(3)
+            .map(|r| {
+                format!(
+                    "{} {}: {}",
+                    r.kind,
+                    r.name,
+                    r.health
+                        .as_ref()
+                        .and_then(|h| h.message.clone())
+                        .unwrap_or_default()
+                )
+            })
+            .collect();
+        report.health = HealthStatus {
+            status: worst,
+            message: (!unhealthy.is_empty()).then(|| unhealthy.join("; ")),
+        };
+        Ok(report)
+    }
+
+    /// Keys an object, resolves its kind and builds the manifest mooring applies.
+    async fn prepare(
+        &self,
+        app: &AppId,
+        object: &DynamicObject,
+        destination_namespace: Option<&str>,
+    ) -> Result<Desired, (ObjectKey, String)> {
+        let mut key = ObjectKey::of_object(object).ok_or_else(|| {
+            (
+                ObjectKey {
+                    group: String::new(),
+                    kind: object
+                        .types
+                        .as_ref()
+                        .map(|t| t.kind.clone())
+                        .unwrap_or_default(),
+                    namespace: object.metadata.namespace.clone(),
+                    name: object.metadata.name.clone().unwrap_or_default(),
+                },
+                "the object has no apiVersion, kind or metadata.name".to_string(),
+            )
+        })?;
+        let api_version = object
+            .types
+            .as_ref()
+            .map(|t| t.api_version.clone())
+            .unwrap_or_default();
+        let (group, version) = split_api_version(&api_version);
+        let gvk = GroupVersionKind::gvk(group, version, &key.kind);
+        let served = self
+            .discovery
+            .resolve(&gvk)
+            .await
+            .map_err(|error: DiscoveryError| (key.clone(), crate::error_chain(&error)))?;
+        match &served {
+            Some(served) if !served.namespaced => key.namespace = None,
+            // Unknown kinds (deferred) are keyed as namespaced when they name a namespace or
+            // one is given, as their CRD most likely says.
+            _ => {
+                if key.namespace.is_none() {
+                    key.namespace = destination_namespace.map(str::to_string);
+                }
+                if served.is_some() && key.namespace.is_none() {
+                    return Err((
+                        key,
+                        "metadata.namespace is not set and the Application has no destination namespace"
+                            .into(),
+                    ));
+                }
+            }
+        }
+        let mut manifest = serde_json::to_value(object)
+            .map_err(|error| (key.clone(), format!("failed to encode the object: {error}")))?;
+        let tracking_id = key.tracking_id(app);
+        if let Some(metadata) = manifest.get_mut("metadata").and_then(Value::as_object_mut) {
+            // Server-owned fields from a copied live object would make the apply fail or lie.
+            for field in [
+                "resourceVersion",
+                "uid",
+                "creationTimestamp",
+                "managedFields",
+                "generation",
+                "selfLink",
+            ] {
+                metadata.remove(field);
+            }
+            match &key.namespace {
+                Some(namespace) => {
+                    metadata.insert("namespace".into(), Value::String(namespace.clone()));
+                }
+                None => {
+                    metadata.remove("namespace");
+                }
+            }
+            let annotations = metadata
+                .entry("annotations")
+                .or_insert_with(|| Value::Object(Default::default()));
+            if !annotations.is_object() {
+                *annotations = Value::Object(Default::default());
+            }
+            if let Some(annotations) = annotations.as_object_mut() {
+                annotations.insert(TRACKING_ID_ANNOTATION.into(), Value::String(tracking_id));
+                annotations.remove(APPLIED_HASH_ANNOTATION);
+            }
+        }
+        if let Some(map) = manifest.as_object_mut() {
+            map.remove("status");
+        }
+        let hash = compare::manifest_hash(&manifest);
+        if let Some(annotations) = manifest
+            .pointer_mut("/metadata/annotations")
+            .and_then(Value::as_object_mut)
+        {
+            annotations.insert(APPLIED_HASH_ANNOTATION.into(), Value::String(hash.clone()));
+        }
+        Ok(Desired {
+            wave: order::sync_wave(&object.metadata),
+            key,
+            version: version.to_string(),
+            served,
+            manifest,
+            hash,
+        })
+    }
+
+    fn api(&self, served: &Served, namespace: Option<&str>) -> Api<DynamicObject> {
+        match namespace {
+            Some(namespace) if served.namespaced => {
+                Api::namespaced_with(self.client.clone(), namespace, &served.resource)
+            }
+            _ => Api::all_with(self.client.clone(), &served.resource),
+        }
+    }
+
+    async fn sync_object(
+        &self,
+        request: &SyncRequest,
+        item: &Desired,
+        crds_in_set: &BTreeMap<(String, String), String>,
+        was_applied: bool,
+    ) -> Outcome {
+        let served = match &item.served {
+            Some(served) => served.clone(),
+            None => {
+                // Its CRD may have been applied in the first step: look again.
+                let (group, _) = split_api_version(
+                    item.manifest
+                        .get("apiVersion")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default(),
+                );
+                let gvk = GroupVersionKind::gvk(group, &item.version, &item.key.kind);
+                let crd = crds_in_set.get(&(item.key.group.clone(), item.key.kind.clone()));
+                match self.resolve_after_crd(&gvk, crd.is_some()).await {
+                    Ok(Some(served)) => served,
+                    Ok(None) => {
+                        let reason = match crd {
+                            Some(name) => format!(
+                                "waiting for CustomResourceDefinition {name} to serve {}/{} {}",
+                                item.key.group, item.version, item.key.kind
+                            ),
+                            None => format!(
+                                "no CustomResourceDefinition serves {}/{} {} (neither in the cluster nor in the set)",
+                                item.key.group, item.version, item.key.kind
+                            ),
+                        };
+                        return Outcome::Deferred(reason);
+                    }
+                    Err(error) => return Outcome::Failed(crate::error_chain(&error)),
+                }
+            }
+        };
+        let api = self.api(&served, item.key.namespace.as_deref());
+        let live = match api.get_opt(&item.key.name).await {
+            Ok(live) => live,
+            Err(error) => return Outcome::Failed(format!("failed to read {}: {error}", item.key)),
+        };
+        let live = match live.map(|l| serde_json::to_value(&l)) {
+            Some(Ok(live)) => Some(live),
+            Some(Err(error)) => {
+                return Outcome::Failed(format!("failed to decode {}: {error}", item.key));
+            }
+            None => None,
+        };
+        let cache_key = (request.app.clone(), item.key.clone());
+        let mut drift = None;
+        if let Some(live) = &live {
+            if let Some(owner) = foreign_owner(live, &request.app) {
+                return Outcome::Failed(format!(
+                    "{} is already managed by Application {owner}; remove it from one of them",
+                    item.key
+                ));
+            }
+            let live_hash = live
+                .pointer(&format!(
+                    "/metadata/annotations/{}",
+                    APPLIED_HASH_ANNOTATION.replace('/', "~1")
+                ))
+                .and_then(Value::as_str);
+            let unchanged_in_git = live_hash == Some(item.hash.as_str());
+            if unchanged_in_git && compare::is_subset(&item.manifest, live) {
+                return Outcome::InSync(live.clone());
+            }
+            let resource_version = live
+                .pointer("/metadata/resourceVersion")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            let verified = lock(&self.verified)
+                .get(&cache_key)
+                .is_some_and(|(rv, hash)| rv == resource_version && *hash == item.hash);
+            if verified {
+                return Outcome::InSync(live.clone());
+            }
+            // The field check failed or Git changed: ask the API server what an apply would do.
+            let dry_run = PatchParams::apply(FIELD_MANAGER).force().dry_run();
+            match api
+                .patch(&item.key.name, &dry_run, &Patch::Apply(&item.manifest))
+                .await
+            {
+                Ok(result) => {
+                    let result = serde_json::to_value(&result).unwrap_or_default();
+                    if compare::dry_run_matches_live(&result, live) {
+                        lock(&self.verified).insert(
+                            cache_key.clone(),
+                            (resource_version.to_string(), item.hash.clone()),
+                        );
+                        return Outcome::InSync(live.clone());
+                    }
+                }
+                Err(error) => {
+                    return Outcome::Failed(format!(
+                        "failed to apply {} (dry run): {error}",
+                        item.key
+                    ));
+                }
+            }
+            if unchanged_in_git {
+                drift = Some(Drift {
+                    key: item.key.clone(),
+                    managers: compare::other_managers(live),
+                    deleted: false,
+                });
+            }
+        } else if was_applied {
+            drift = Some(Drift {
+                key: item.key.clone(),
+                managers: Vec::new(),
+                deleted: true,
+            });
+        }
+        if request.mode == Mode::Compare {
+            return Outcome::OutOfSync { live, drift };
+        }
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        match api
+            .patch(&item.key.name, &params, &Patch::Apply(&item.manifest))
+            .await
+        {
+            Ok(applied) => {
+                let applied = serde_json::to_value(&applied).unwrap_or_default();
+                let resource_version = applied
+                    .pointer("/metadata/resourceVersion")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                lock(&self.verified)
+                    .insert(cache_key, (resource_version.to_string(), item.hash.clone()));
+                Outcome::Written {
+                    live: applied,
+                    drift,
+                }
+            }
+            Err(error) => Outcome::Failed(format!("failed to apply {}: {error}", item.key)),
+        }
+    }
+
+    /// Looks `gvk` up; when its CRD is in the set (and so was just Established), gives the
+    /// API server's discovery a few seconds to catch up before calling the kind missing.
+    async fn resolve_after_crd(
+        &self,
+        gvk: &GroupVersionKind,
+        crd_in_set: bool,
+    ) -> Result<Option<Served>, DiscoveryError> {
+        let attempts = if crd_in_set { 20 } else { 1 };
+        for attempt in 1..=attempts {
+            if let Some(served) = self.discovery.resolve(gvk).await? {
+                return Ok(Some(served));
+            }
+            if attempt < attempts {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+        Ok(None)
+    }
+
+    /// Waits until CRD `name` is Established and returns it as JSON.
+    async fn wait_established(&self, name: &str) -> Result<Value, String> {
+        let api: Api<CustomResourceDefinition> = Api::all(self.client.clone());
+        let established = await_condition(api, name, conditions::is_crd_established());
+        match tokio::time::timeout(self.crd_timeout, established).await {
+            Ok(Ok(crd)) => Ok(serde_json::to_value(&crd).unwrap_or_default()),
+            Ok(Err(error)) => Err(format!(
+                "failed to watch CustomResourceDefinition {name}: {error}"
+            )),
+            Err(_) => Err(format!(
+                "CustomResourceDefinition {name} was not Established within {:?}",
+                self.crd_timeout
+            )),
+        }
+    }
+
+    async fn ensure_namespace(&self, namespace: &str) -> Result<(), Error> {
+        let api: Api<Namespace> = Api::all(self.client.clone());
+        let fail = |source| Error::CreateNamespace {
+            namespace: namespace.to_string(),
+            source,
+        };
+        if api.get_opt(namespace).await.map_err(fail)?.is_some() {
+            return Ok(());
+        }
+        let manifest = serde_json::json!({
+            "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}
+        });
+        api.patch(
+            namespace,
+            &PatchParams::apply(FIELD_MANAGER),
+            &Patch::Apply(&manifest),
+        )
+        .await
+        .map_err(fail)?;
+        Ok(())
+    }
+
+    /// Deletes the candidates that pass the per-object guards, in reverse apply order
+    /// (`PruneLast` ones at the very end). Returns the inventory entries still owned: kept and
+    /// failed objects stay tracked so the next sync retries them.
+    async fn prune(
+        &self,
+        request: &SyncRequest,
+        candidates: &[ObjectKey],
+        entries: &HashMap<ObjectKey, &ResourceStatus>,
+        report: &mut SyncReport,
+    ) -> Vec<ResourceStatus> {
+        let propagation = propagation_policy(&request.sync_options);
+        let mut still_owned = Vec::new();
+        let mut targets = Vec::new();
+        for key in candidates {
+            let Some(entry) = entries.get(key) else {
+                continue;
+            };
+            let gvk = GroupVersionKind::gvk(&key.group, &entry.version, &key.kind);
+            let served = match self.discovery.resolve(&gvk).await {
+                Ok(Some(served)) => served,
+                // The kind is gone (its CRD was deleted): so is the object.
+                Ok(None) => continue,
+                Err(error) => {
+                    report
+                        .failures
+                        .push((key.clone(), crate::error_chain(&error)));
+                    still_owned.push(requires_pruning(entry));
+                    continue;
+                }
+            };
+            let api = self.api(&served, key.namespace.as_deref());
+            let live = match api.get_opt(&key.name).await {
+                Ok(Some(live)) => live,
+                Ok(None) => continue,
+                Err(error) => {
+                    report
+                        .failures
+                        .push((key.clone(), format!("failed to read {key}: {error}")));
+                    still_owned.push(requires_pruning(entry));
+                    continue;
+                }
+            };
+            if let Err(keep) = prune::may_prune(&request.app, key, &live.metadata) {
+                // Not ours (any more): drop it from the inventory unless only a guard keeps it.
+                if keep != Keep::NotOwned {
+                    still_owned.push(requires_pruning(entry));
+                }
+                report.kept.push((key.clone(), keep));
+                continue;
+            }
+            let last = prune::prune_last(&request.sync_options, &live.metadata);
+            let wave = order::sync_wave(&live.metadata);
+            targets.push((
+                (last, std::cmp::Reverse(order::order_key(key, wave))),
+                key.clone(),
+                api,
+                *entry,
+            ));
+        }
+        targets.sort_by(|a, b| a.0.cmp(&b.0));
+        for (_, key, api, entry) in targets {
+            let params = DeleteParams {
+                propagation_policy: Some(propagation.clone()),
+                ..DeleteParams::default()
+            };
+            match api.delete(&key.name, &params).await {
+                Ok(_) => report.pruned.push(key),
+                Err(kube::Error::Api(status)) if status.code == 404 => report.pruned.push(key),
+                Err(error) => {
+                    report
+                        .failures
+                        .push((key.clone(), format!("failed to delete {key}: {error}")));
+                    still_owned.push(requires_pruning(entry));
+                }
+            }
+        }
+        still_owned
+    }
+}
+
+/// The Application named by `live`'s tracking id, when it is another one than `app`.
+fn foreign_owner(live: &Value, app: &AppId) -> Option<AppId> {
+    let id = live
+        .pointer(&format!(
+            "/metadata/annotations/{}",
+            TRACKING_ID_ANNOTATION.replace('/', "~1")
+        ))
+        .and_then(Value::as_str)?;
+    let (owner, _) = parse_tracking_id(id)?;
+    (owner != *app).then_some(owner)
+}
+
+/// CRDs in the desired set: (group, kind) → CRD name, so a custom resource waiting for one can
+/// name it.
+fn crds_in_set(objects: &[DynamicObject]) -> BTreeMap<(String, String), String> {
+    objects
+        .iter()
+        .filter(|o| {
+            o.types.as_ref().is_some_and(|t| {
+                t.kind == "CustomResourceDefinition"
+                    && t.api_version.starts_with("apiextensions.k8s.io/")
+            })
+        })
+        .filter_map(|o| {
+            let group = o.data.pointer("/spec/group")?.as_str()?;
+            let kind = o.data.pointer("/spec/names/kind")?.as_str()?;
+            Some((
+                (group.to_string(), kind.to_string()),
+                o.metadata.name.clone()?,
+            ))
+        })
+        .collect()
+}
+
+fn remember_kind(kinds: &mut Vec<ApiResource>, resource: &ApiResource) {
+    if !kinds.iter().any(|k| {
+        k.group == resource.group && k.version == resource.version && k.kind == resource.kind
+    }) {
+        kinds.push(resource.clone());
+    }
+}
+
+/// An inventory entry kept although it left Git.
+fn requires_pruning(entry: &ResourceStatus) -> ResourceStatus {
+    ResourceStatus {
+        status: Some(SyncState::OutOfSync),
+        requires_pruning: Some(true),
+        ..entry.clone()
+    }
+}
+
+/// `PrunePropagationPolicy=foreground|background|orphan`; foreground by default, as Argo CD:
+/// a pruned Deployment is gone only when its pods are.
+fn propagation_policy(options: &[String]) -> PropagationPolicy {
+    if has_option(options, "PrunePropagationPolicy", "background") {
+        PropagationPolicy::Background
+    } else if has_option(options, "PrunePropagationPolicy", "orphan") {
+        PropagationPolicy::Orphan
+    } else {
+        PropagationPolicy::Foreground
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn propagation_defaults_to_foreground() {
+        assert!(matches!(
+            propagation_policy(&[]),
+            PropagationPolicy::Foreground
+        ));
+        assert!(matches!(
+            propagation_policy(&["PrunePropagationPolicy=background".into()]),
+            PropagationPolicy::Background
+        ));
+        assert!(matches!(
+            propagation_policy(&["PrunePropagationPolicy=orphan".into()]),
+            PropagationPolicy::Orphan
+        ));
+    }
+
+    #[test]
+    fn crds_in_the_set_are_found_by_group_and_kind() {
+        let crd: DynamicObject = serde_json::from_value(serde_json::json!({
+            "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+            "metadata": {"name": "widgets.example.com"},
+            "spec": {"group": "example.com", "names": {"kind": "Widget", "plural": "widgets"}}
+        }))
+        .unwrap();
+        let found = crds_in_set(&[crd]);
+        assert_eq!(
+            found
+                .get(&("example.com".to_string(), "Widget".to_string()))
+                .map(String::as_str),
+            Some("widgets.example.com")
+        );
+    }
+
+    #[test]
+    fn drift_names_the_field_manager() {
+        let key = ObjectKey {
+            group: "apps".into(),
+            kind: "Deployment".into(),
+            namespace: Some("ns".into()),
+            name: "web".into(),
+        };
+        let drift = Drift {
+            key,
+            managers: vec!["kubectl-edit".into()],
+            deleted: false,
+        };
+        assert_eq!(
+            drift.describe(),
+            "Deployment.apps ns/web was changed outside mooring by field manager kubectl-edit"
+        );
+    }
+}

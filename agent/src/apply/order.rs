@@ -1,0 +1,254 @@
+//! Apply order: CRDs and Namespaces first, then by sync wave, then by a kind order like Argo CD's
+//! and Flux's (Helm's install order), then by group, kind, namespace and name. Kinds are matched
+//! by group *and* kind, so a custom resource named `Namespace` in another group is not mistaken
+//! for a core Namespace (fluxcd/pkg#689). Prune runs the same order in reverse.
+
+use kube::api::ObjectMeta;
+
+use super::object::{ARGO_SYNC_WAVE_ANNOTATION, ObjectKey, SYNC_WAVE_ANNOTATION};
+
+/// Known kinds in install order (group, kind). Kinds not listed come after all of these, except
+/// the admission webhook configurations, which go last so they cannot block the rest.
+const KIND_ORDER: &[(&str, &str)] = &[
+    ("", "Namespace"),
+    ("networking.k8s.io", "NetworkPolicy"),
+    ("", "ResourceQuota"),
+    ("", "LimitRange"),
+    ("policy", "PodDisruptionBudget"),
+    ("", "ServiceAccount"),
+    ("", "Secret"),
+    ("", "ConfigMap"),
+    ("storage.k8s.io", "StorageClass"),
+    ("", "PersistentVolume"),
+    ("", "PersistentVolumeClaim"),
+    ("apiextensions.k8s.io", "CustomResourceDefinition"),
+    ("rbac.authorization.k8s.io", "ClusterRole"),
+    ("rbac.authorization.k8s.io", "ClusterRoleBinding"),
+    ("rbac.authorization.k8s.io", "Role"),
+    ("rbac.authorization.k8s.io", "RoleBinding"),
+    ("", "Service"),
+    ("apps", "DaemonSet"),
+    ("", "Pod"),
+    ("", "ReplicationController"),
+    ("apps", "ReplicaSet"),
+    ("apps", "Deployment"),
+    ("autoscaling", "HorizontalPodAutoscaler"),
+    ("apps", "StatefulSet"),
+    ("batch", "Job"),
+    ("batch", "CronJob"),
+    ("networking.k8s.io", "IngressClass"),
+    ("networking.k8s.io", "Ingress"),
+    ("apiregistration.k8s.io", "APIService"),
+];
+
+/// Applied after every other kind (and so pruned before every other kind).
+const LAST: &[(&str, &str)] = &[
+    (
+        "admissionregistration.k8s.io",
+        "MutatingWebhookConfiguration",
+    ),
+    (
+        "admissionregistration.k8s.io",
+        "ValidatingWebhookConfiguration",
+    ),
+];
+
+/// Whether objects of this kind go in the first stage (before any wave), after which mooring
+/// waits for CRDs to be Established: everything else may depend on them.
+pub fn is_first_stage(group: &str, kind: &str) -> bool {
+    (group.is_empty() && kind == "Namespace")
+        || (group == "apiextensions.k8s.io" && kind == "CustomResourceDefinition")
+}
+
+/// The sync wave of an object: `mooring.dev/sync-wave`, else `argocd.argoproj.io/sync-wave`,
+/// else 0. An unparsable value counts as 0 (Argo CD does the same).
+pub fn sync_wave(meta: &ObjectMeta) -> i64 {
+    let Some(annotations) = &meta.annotations else {
+        return 0;
+    };
+    [SYNC_WAVE_ANNOTATION, ARGO_SYNC_WAVE_ANNOTATION]
+        .iter()
+        .find_map(|name| annotations.get(*name))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// The sort key of an object: (stage, wave, kind rank, group, kind, namespace, name).
+pub type OrderKey = (u8, i64, usize, String, String, String, String);
+
+/// The position of `key` (with sync wave `wave`) in the apply order. The first stage ignores
+/// waves among CRDs and Namespaces only to keep them ahead of everything that needs them.
+pub fn order_key(key: &ObjectKey, wave: i64) -> OrderKey {
+    let first = is_first_stage(&key.group, &key.kind);
+    let pair = (key.group.as_str(), key.kind.as_str());
+    let rank = if let Some(index) = KIND_ORDER.iter().position(|known| *known == pair) {
+        index
+    } else if let Some(index) = LAST.iter().position(|known| *known == pair) {
+        KIND_ORDER.len() + 1 + index
+    } else {
+        KIND_ORDER.len()
+    };
+    (
+        u8::from(!first),
+        wave,
+        rank,
+        key.group.clone(),
+        key.kind.clone(),
+        key.namespace.clone().unwrap_or_default(),
+        key.name.clone(),
+    )
+}
+
+/// Groups items already sorted by [`order_key`] into steps that must finish before the next
+/// starts: the first stage, then one step per wave.
+pub fn steps<T>(sorted: Vec<(OrderKey, T)>) -> Vec<Vec<T>> {
+    let mut steps: Vec<Vec<T>> = Vec::new();
+    let mut current: Option<(u8, i64)> = None;
+    for (key, item) in sorted {
+        let step = if key.0 == 0 { (0, 0) } else { (1, key.1) };
+        if current != Some(step) {
+            steps.push(Vec::new());
+            current = Some(step);
+        }
+        if let Some(last) = steps.last_mut() {
+            last.push(item);
+        }
+    }
+    steps
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(group: &str, kind: &str, name: &str) -> ObjectKey {
+        ObjectKey {
+            group: group.into(),
+            kind: kind.into(),
+            namespace: (kind != "Namespace" && kind != "CustomResourceDefinition")
+                .then(|| "ns".to_string()),
+            name: name.into(),
+        }
+    }
+
+    fn sorted(items: &[(ObjectKey, i64)]) -> Vec<String> {
+        let mut keyed: Vec<_> = items
+            .iter()
+            .map(|(k, wave)| (order_key(k, *wave), k.clone()))
+            .collect();
+        keyed.sort();
+        keyed
+            .into_iter()
+            .map(|(_, k)| format!("{}/{}", k.kind, k.name))
+            .collect()
+    }
+
+    #[test]
+    fn crds_and_namespaces_come_first_then_kind_order_then_custom_resources() {
+        let order = sorted(&[
+            (key("apps", "Deployment", "web"), 0),
+            (key("example.com", "Widget", "w"), 0),
+            (key("", "Service", "web"), 0),
+            (key("", "ConfigMap", "config"), 0),
+            (
+                key(
+                    "apiextensions.k8s.io",
+                    "CustomResourceDefinition",
+                    "widgets.example.com",
+                ),
+                0,
+            ),
+            (key("", "Namespace", "ns"), 0),
+            (
+                key(
+                    "admissionregistration.k8s.io",
+                    "ValidatingWebhookConfiguration",
+                    "v",
+                ),
+                0,
+            ),
+            (key("", "ServiceAccount", "sa"), 0),
+        ]);
+        assert_eq!(
+            order,
+            [
+                "Namespace/ns",
+                "CustomResourceDefinition/widgets.example.com",
+                "ServiceAccount/sa",
+                "ConfigMap/config",
+                "Service/web",
+                "Deployment/web",
+                "Widget/w",
+                "ValidatingWebhookConfiguration/v",
+            ]
+        );
+    }
+
+    #[test]
+    fn waves_order_before_kinds_and_may_be_negative() {
+        let order = sorted(&[
+            (key("", "ConfigMap", "late"), 2),
+            (key("apps", "Deployment", "early"), -1),
+            (key("", "ConfigMap", "default"), 0),
+            (key("", "Namespace", "ns"), 5),
+        ]);
+        assert_eq!(
+            order,
+            [
+                "Namespace/ns",
+                "Deployment/early",
+                "ConfigMap/default",
+                "ConfigMap/late"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_custom_kind_named_like_a_core_kind_is_not_ranked_as_it() {
+        let custom = order_key(&key("example.com", "Namespace", "x"), 0);
+        let core_service = order_key(&key("", "Service", "s"), 0);
+        assert!(
+            custom > core_service,
+            "custom Namespace must sort with custom resources"
+        );
+        assert!(!is_first_stage("example.com", "Namespace"));
+    }
+
+    #[test]
+    fn waves_come_from_mooring_annotation_first_then_argo() {
+        let meta = |pairs: &[(&str, &str)]| ObjectMeta {
+            annotations: Some(
+                pairs
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+            ..Default::default()
+        };
+        assert_eq!(sync_wave(&meta(&[(ARGO_SYNC_WAVE_ANNOTATION, "-3")])), -3);
+        assert_eq!(
+            sync_wave(&meta(&[
+                (ARGO_SYNC_WAVE_ANNOTATION, "1"),
+                (SYNC_WAVE_ANNOTATION, "4")
+            ])),
+            4
+        );
+        assert_eq!(sync_wave(&meta(&[(SYNC_WAVE_ANNOTATION, "soon")])), 0);
+        assert_eq!(sync_wave(&ObjectMeta::default()), 0);
+    }
+
+    #[test]
+    fn steps_split_the_first_stage_and_each_wave() {
+        let mut keyed: Vec<_> = [
+            (key("", "Namespace", "ns"), 3),
+            (key("", "ConfigMap", "a"), 0),
+            (key("", "ConfigMap", "b"), 0),
+            (key("", "ConfigMap", "c"), 1),
+        ]
+        .into_iter()
+        .map(|(k, w)| (order_key(&k, w), k.name))
+        .collect();
+        keyed.sort();
+        assert_eq!(steps(keyed), vec![vec!["ns"], vec!["a", "b"], vec!["c"]]);
+    }
+}

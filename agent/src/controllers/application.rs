@@ -1,0 +1,740 @@
+//! The Application controller: fetch → render → plan → apply → prune, then status.
+//!
+//! Fetching and rendering sit behind [`Source`] (the Git cache and the renderers implement it),
+//! so this file only decides *whether* and *how* to sync: destination checks, unsupported fields,
+//! suspend, automated/selfHeal semantics, events, and the status (`sync`, `health`, `resources`,
+//! `conditions`, `history`). Drift watches on the managed kinds wake an Application within
+//! seconds of a manual change.
+//!
+//! Without `automated`, an Application is compared only. With `automated` and without
+//! `selfHeal`, each new revision is applied once and drift is reported as OutOfSync, as in Argo
+//! CD. With `selfHeal`, drift is reverted and an event names the field manager that made it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::api::{DynamicObject, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Api, Resource, ResourceExt};
+use mooring_crds::application::{
+    Application, ApplicationStatus, HealthState, HealthStatus, RevisionHistory, SyncState,
+    SyncStatus,
+};
+use mooring_crds::conditions::{Condition, ConditionStatus, names};
+
+use crate::apply::object::AppId;
+use crate::apply::prune::PruneSettings;
+use crate::apply::watch::Watches;
+use crate::apply::{Engine, Mode, SyncReport, SyncRequest};
+use crate::events::EventSink;
+use crate::install::FIELD_MANAGER;
+
+/// The destinations that mean "this cluster" (Argo CD's in-cluster server URL and name).
+const IN_CLUSTER_SERVER: &str = "https://kubernetes.default.svc";
+const IN_CLUSTER_NAME: &str = "in-cluster";
+/// `status.history` length when `spec.revisionHistoryLimit` is unset, as Argo CD.
+const DEFAULT_HISTORY: usize = 10;
+
+/// The rendered desired state of an Application at one revision.
+#[derive(Clone, Debug)]
+pub struct Desired {
+    /// The commit SHA rendered.
+    pub revision: String,
+    /// The objects.
+    pub objects: Vec<DynamicObject>,
+}
+
+/// Why the desired state could not be produced (fetch or render failed). Nothing is applied or
+/// pruned after this.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct SourceError {
+    /// A CamelCase reason for the condition and the event (`FetchFailed`, `RenderFailed`, …).
+    pub reason: &'static str,
+    /// What went wrong, naming the URL, file or line; never secret values.
+    pub message: String,
+    /// Whether retrying soon may help (network trouble rather than bad input).
+    pub retryable: bool,
+}
+
+/// Fetch and render: the Git cache and renderers behind one call.
+pub trait Source: Send + Sync + 'static {
+    /// The desired objects of `app` at its `targetRevision`.
+    fn desired<'a>(&'a self, app: &'a Application) -> BoxFuture<'a, Result<Desired, SourceError>>;
+}
+
+/// What the controller needs.
+pub struct Context {
+    /// The API client.
+    pub client: kube::Client,
+    /// The sync engine.
+    pub engine: Engine,
+    /// Fetch and render.
+    pub source: Arc<dyn Source>,
+    /// Events.
+    pub events: EventSink,
+    /// The most of an inventory one sync may prune (0..=1).
+    pub max_prune_fraction: f64,
+    /// How often an Application is looked at without a trigger (`spec.pollInterval` wins).
+    pub default_poll_interval: Duration,
+    watches: Watches,
+    triggers: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<AppId>>>,
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    /// A context; the drift watches start as Applications sync.
+    pub fn new(
+        client: kube::Client,
+        source: Arc<dyn Source>,
+        events: EventSink,
+        max_prune_fraction: f64,
+        default_poll_interval: Duration,
+    ) -> Context {
+        let (watches, triggers) = Watches::new(client.clone());
+        Context {
+            engine: Engine::new(client.clone()),
+            client,
+            source,
+            events,
+            max_prune_fraction,
+            default_poll_interval,
+            watches,
+            triggers: Mutex::new(Some(triggers)),
+            failures: Mutex::default(),
+        }
+    }
+}
+
+/// Why a reconcile failed (status is still written; this drives the retry).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Fetch or render failed.
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// The sync as a whole failed.
+    #[error(transparent)]
+    Sync(#[from] crate::apply::Error),
+    /// Some objects could not be applied or pruned.
+    #[error("failed to sync {count} object(s): {first}")]
+    Objects {
+        /// How many.
+        count: usize,
+        /// The first failure.
+        first: String,
+    },
+    /// The status could not be written.
+    #[error("failed to update the status of Application {name}")]
+    Status {
+        /// The Application.
+        name: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
+}
+
+impl Error {
+    /// A CamelCase reason for the condition, the event and the metric label.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::Source(error) => error.reason,
+            Error::Sync(_) => "SyncFailed",
+            Error::Objects { .. } => "SyncFailed",
+            Error::Status { .. } => "StatusUpdateFailed",
+        }
+    }
+
+    /// Whether retrying soon may help.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Source(error) => error.retryable,
+            _ => true,
+        }
+    }
+}
+
+/// Runs the controller until `shutdown` completes. `namespace` limits it to one namespace.
+pub async fn run(
+    ctx: Arc<Context>,
+    namespace: Option<String>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let api: Api<Application> = match &namespace {
+        Some(ns) => Api::namespaced(ctx.client.clone(), ns),
+        None => Api::all(ctx.client.clone()),
+    };
+    let triggers = ctx
+        .triggers
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .take();
+    let drift = futures::stream::unfold(triggers, |receiver| async move {
+        let mut receiver = receiver?;
+        let app = receiver.recv().await?;
+        Some((
+            ObjectRef::<Application>::new(&app.name).within(&app.namespace),
+            Some(receiver),
+        ))
+    });
+    Controller::new(api, watcher::Config::default())
+        .reconcile_on(drift)
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|_| std::future::ready(()))
+        .await;
+}
+
+async fn reconcile(app: Arc<Application>, ctx: Arc<Context>) -> Result<Action, Error> {
+    if app.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let id = AppId {
+        namespace: app.namespace().unwrap_or_default(),
+        name: app.name_any(),
+    };
+    let poll = poll_interval(&app, ctx.default_poll_interval);
+    let mut conditions = Vec::new();
+    let unsupported = unsupported_fields(&app);
+    if !unsupported.is_empty() {
+        conditions.push(condition(
+            names::UNSUPPORTED_FIELDS,
+            ConditionStatus::True,
+            "UnsupportedFields",
+            format!(
+                "mooring does not implement {}; they are ignored",
+                unsupported.join(", ")
+            ),
+        ));
+    }
+    let previous = app.status.clone().unwrap_or_default();
+    if let Err(message) = check_destination(&app) {
+        conditions.push(condition(
+            names::INVALID_DESTINATION,
+            ConditionStatus::True,
+            "InvalidDestination",
+            message.clone(),
+        ));
+        conditions.push(condition(
+            names::SYNCED,
+            ConditionStatus::False,
+            "InvalidDestination",
+            message,
+        ));
+        let status = ApplicationStatus {
+            sync: Some(SyncStatus {
+                status: SyncState::Unknown,
+                revision: None,
+            }),
+            conditions,
+            ..previous
+        };
+        write_status(&ctx, &app, status).await?;
+        return Ok(Action::requeue(poll));
+    }
+    if app.spec.suspend == Some(true) {
+        conditions.push(condition(
+            names::SYNCED,
+            ConditionStatus::Unknown,
+            "Suspended",
+            "spec.suspend is true: nothing is applied or pruned".into(),
+        ));
+        let status = ApplicationStatus {
+            health: Some(HealthStatus {
+                status: HealthState::Suspended,
+                message: Some("the Application is suspended".into()),
+            }),
+            conditions,
+            ..previous
+        };
+        write_status(&ctx, &app, status).await?;
+        return Ok(Action::await_change());
+    }
+
+    // Fetch and render. A failure keeps the old inventory and prunes nothing.
+    let desired = match ctx.source.desired(&app).await {
+        Ok(desired) => desired,
+        Err(error) => {
+            conditions.push(condition(
+                names::SYNCED,
+                ConditionStatus::False,
+                error.reason,
+                error.message.clone(),
+            ));
+            let status = ApplicationStatus {
+                sync: Some(SyncStatus {
+                    status: SyncState::Unknown,
+                    revision: previous.sync.as_ref().and_then(|s| s.revision.clone()),
+                }),
+                conditions,
+                ..previous
+            };
+            publish(&ctx, &app, EventType::Warning, error.reason, &error.message).await;
+            write_status(&ctx, &app, status).await?;
+            return Err(error.into());
+        }
+    };
+
+    let policy = app.spec.sync_policy.clone().unwrap_or_default();
+    let automated = policy.automated.clone();
+    let self_heal = automated
+        .as_ref()
+        .and_then(|a| a.self_heal)
+        .unwrap_or(false);
+    let last_synced = previous.history.last().map(|h| h.revision.as_str());
+    // Without selfHeal, automated sync applies each revision once (Argo CD's semantics).
+    let mode = match &automated {
+        Some(_) if self_heal || last_synced != Some(desired.revision.as_str()) => Mode::Apply,
+        _ => Mode::Compare,
+    };
+    let request = SyncRequest {
+        app: id.clone(),
+        objects: desired.objects,
+        destination_namespace: app.spec.destination.namespace.clone(),
+        sync_options: policy.sync_options.clone(),
+        inventory: previous.resources.clone(),
+        prune: PruneSettings {
+            enabled: automated.as_ref().and_then(|a| a.prune).unwrap_or(false),
+            allow_empty: automated
+                .as_ref()
+                .and_then(|a| a.allow_empty)
+                .unwrap_or(false),
+            max_fraction: ctx.max_prune_fraction,
+        },
+        mode,
+    };
+    let report = ctx.engine.sync(&request).await?;
+    for kind in &report.kinds {
+        ctx.watches.ensure(kind);
+    }
+    announce(&ctx, &app, &report, mode).await;
+
+    conditions.extend(report_conditions(&report, mode));
+    let mut history = previous.history.clone();
+    // A revision counts as deployed once all of it is applied: while a custom resource waits
+    // for its CRD the Application stays in apply mode, so the CR follows when the CRD arrives.
+    let applied_cleanly =
+        mode == Mode::Apply && report.failures.is_empty() && report.deferred.is_empty();
+    if applied_cleanly
+        && history.last().map(|h| h.revision.as_str()) != Some(desired.revision.as_str())
+    {
+        history.push(RevisionHistory {
+            revision: desired.revision.clone(),
+            deployed_at: jiff::Timestamp::now().to_string(),
+        });
+        let limit = app
+            .spec
+            .revision_history_limit
+            .and_then(|l| usize::try_from(l).ok())
+            .unwrap_or(DEFAULT_HISTORY);
+        let excess = history.len().saturating_sub(limit);
+        history.drain(..excess);
+    }
+    let status = ApplicationStatus {
+        sync: Some(SyncStatus {
+            status: report.sync,
+            revision: Some(desired.revision.clone()),
+        }),
+        health: Some(report.health.clone()),
+        resources: report.resources.clone(),
+        conditions,
+        history,
+        observed_generation: app.metadata.generation,
+    };
+    write_status(&ctx, &app, status).await?;
+    if let Some((key, message)) = report.failures.first() {
+        return Err(Error::Objects {
+            count: report.failures.len(),
+            first: format!("{key}: {message}"),
+        });
+    }
+    ctx.failures
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .remove(&app.uid().unwrap_or_default());
+    Ok(Action::requeue(poll))
+}
+
+fn error_policy(app: Arc<Application>, error: &Error, ctx: Arc<Context>) -> Action {
+    tracing::warn!(app = %app.name_any(), error = %crate::error_chain(error), "sync failed");
+    let attempts = {
+        let mut failures = ctx
+            .failures
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let count = failures.entry(app.uid().unwrap_or_default()).or_insert(0);
+        *count = count.saturating_add(1);
+        *count
+    };
+    Action::requeue(retry_delay(&app, attempts, error.is_retryable()))
+}
+
+/// `syncPolicy.retry.backoff` (default 5s × 2, at most 3m, as Argo CD), per attempt.
+fn retry_delay(app: &Application, attempts: u32, retryable: bool) -> Duration {
+    let backoff = app
+        .spec
+        .sync_policy
+        .as_ref()
+        .and_then(|p| p.retry.as_ref())
+        .and_then(|r| r.backoff.clone())
+        .unwrap_or_default();
+    let first = backoff
+        .duration
+        .as_deref()
+        .and_then(|d| crate::duration::parse(d).ok())
+        .unwrap_or(Duration::from_secs(5));
+    let cap = backoff
+        .max_duration
+        .as_deref()
+        .and_then(|d| crate::duration::parse(d).ok())
+        .unwrap_or(Duration::from_secs(180));
+    let factor = u32::try_from(backoff.factor.unwrap_or(2).clamp(1, 10)).unwrap_or(2);
+    let mut delay = first;
+    for _ in 1..attempts.min(20) {
+        delay = delay.saturating_mul(factor);
+        if delay >= cap {
+            break;
+        }
+    }
+    let delay = delay.min(cap);
+    if retryable {
+        delay
+    } else {
+        delay.max(Duration::from_secs(60))
+    }
+}
+
+fn poll_interval(app: &Application, default: Duration) -> Duration {
+    app.spec
+        .poll_interval
+        .as_deref()
+        .and_then(|text| crate::duration::parse(text).ok())
+        .filter(|d| !d.is_zero())
+        .unwrap_or(default)
+}
+
+/// The destination must be this cluster.
+fn check_destination(app: &Application) -> Result<(), String> {
+    let destination = &app.spec.destination;
+    match (destination.server.as_deref(), destination.name.as_deref()) {
+        (Some(IN_CLUSTER_SERVER) | None, Some(IN_CLUSTER_NAME) | None) => Ok(()),
+        (server, name) => Err(format!(
+            "mooring syncs only into its own cluster (server {IN_CLUSTER_SERVER} or name {IN_CLUSTER_NAME}); \
+             spec.destination has server {} and name {}",
+            server.unwrap_or("(unset)"),
+            name.unwrap_or("(unset)")
+        )),
+    }
+}
+
+/// Set fields mooring accepts but does not implement, by their path.
+pub fn unsupported_fields(app: &Application) -> Vec<String> {
+    let spec = &app.spec;
+    let mut found = Vec::new();
+    if spec.sources.as_ref().is_some_and(|s| !s.is_empty()) {
+        found.push("spec.sources".to_string());
+    }
+    if spec
+        .ignore_differences
+        .as_ref()
+        .is_some_and(|s| !s.is_empty())
+    {
+        found.push("spec.ignoreDifferences".to_string());
+    }
+    if spec.source.helm.is_some() {
+        found.push("spec.source.helm".to_string());
+    }
+    if spec.source.plugin.is_some() {
+        found.push("spec.source.plugin".to_string());
+    }
+    if spec.source.chart.is_some() {
+        found.push("spec.source.chart".to_string());
+    }
+    if let Some(policy) = &spec.sync_policy {
+        if policy.managed_namespace_metadata.is_some() {
+            found.push("spec.syncPolicy.managedNamespaceMetadata".to_string());
+        }
+        for option in &policy.sync_options {
+            let name = option
+                .split_once('=')
+                .map_or(option.as_str(), |(n, _)| n.trim());
+            // ServerSideApply is what mooring always does; the rest are implemented.
+            let known = [
+                "CreateNamespace",
+                "PruneLast",
+                "Prune",
+                "PrunePropagationPolicy",
+                "ServerSideApply",
+                "ApplyOutOfSyncOnly",
+            ];
+            if !known.contains(&name) {
+                found.push(format!("spec.syncPolicy.syncOptions {option}"));
+            }
+        }
+    }
+    found
+}
+
+fn condition(type_: &str, status: ConditionStatus, reason: &str, message: String) -> Condition {
+    Condition {
+        type_: type_.into(),
+        status,
+        reason: reason.into(),
+        message,
+        last_transition_time: None,
+        observed_generation: None,
+    }
+}
+
+/// The conditions a sync report sets.
+fn report_conditions(report: &SyncReport, mode: Mode) -> Vec<Condition> {
+    let mut conditions = Vec::new();
+    let synced = match (report.failures.first(), report.sync, mode) {
+        (Some((key, message)), _, _) => condition(
+            names::SYNCED,
+            ConditionStatus::False,
+            "SyncFailed",
+            format!("{} object(s) failed; first: {key}: {message}", report.failures.len()),
+        ),
+        (None, SyncState::Synced, _) => condition(
+            names::SYNCED,
+            ConditionStatus::True,
+            "Synced",
+            format!("{} object(s) in sync", report.resources.len()),
+        ),
+        (None, _, Mode::Compare) => condition(
+            names::SYNCED,
+            ConditionStatus::False,
+            "OutOfSync",
+            "the cluster differs from Git and this sync only compares (no automated sync, or no selfHeal)".into(),
+        ),
+        (None, _, Mode::Apply) => condition(
+            names::SYNCED,
+            ConditionStatus::False,
+            "OutOfSync",
+            "some objects are not applied yet (deferred or left in the cluster)".into(),
+        ),
+    };
+    conditions.push(synced);
+    if !report.deferred.is_empty() {
+        let message = report
+            .deferred
+            .iter()
+            .map(|(key, reason)| format!("{key}: {reason}"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        conditions.push(condition(
+            names::RESOURCES_DEFERRED,
+            ConditionStatus::True,
+            "MissingCustomResourceDefinition",
+            message,
+        ));
+    }
+    if let Some((reason, message)) = &report.prune_refused {
+        conditions.push(condition(
+            names::PRUNE_PENDING,
+            ConditionStatus::True,
+            reason,
+            message.clone(),
+        ));
+    } else if !report.kept.is_empty() {
+        let message = report
+            .kept
+            .iter()
+            .map(|(key, keep)| format!("{key} kept: {}", keep.describe()))
+            .collect::<Vec<_>>()
+            .join("; ");
+        conditions.push(condition(
+            names::PRUNE_PENDING,
+            ConditionStatus::True,
+            "PruneSkipped",
+            message,
+        ));
+    }
+    if mode == Mode::Compare && !report.drift.is_empty() {
+        let message = report
+            .drift
+            .iter()
+            .map(|d| d.describe())
+            .collect::<Vec<_>>()
+            .join("; ");
+        conditions.push(condition(
+            names::DRIFT_DETECTED,
+            ConditionStatus::True,
+            "ManualChange",
+            message,
+        ));
+    }
+    conditions
+}
+
+/// Events, only for what changed: drift (naming who), writes, prunes.
+async fn announce(ctx: &Context, app: &Application, report: &SyncReport, mode: Mode) {
+    for drift in &report.drift {
+        let (reason, note) = match mode {
+            Mode::Apply => (
+                "DriftReverted",
+                format!("{}; reverted (selfHeal)", drift.describe()),
+            ),
+            Mode::Compare => (
+                "DriftDetected",
+                format!("{}; OutOfSync (selfHeal is off)", drift.describe()),
+            ),
+        };
+        publish(ctx, app, EventType::Warning, reason, &note).await;
+    }
+    let drifted: Vec<_> = report.drift.iter().map(|d| &d.key).collect();
+    let written: Vec<_> = report
+        .written
+        .iter()
+        .filter(|k| !drifted.contains(k))
+        .collect();
+    if !written.is_empty() {
+        let names: Vec<String> = written.iter().take(5).map(|k| k.to_string()).collect();
+        let more = written.len().saturating_sub(5);
+        let note = if more > 0 {
+            format!(
+                "applied {} object(s): {} and {more} more",
+                written.len(),
+                names.join(", ")
+            )
+        } else {
+            format!("applied {} object(s): {}", written.len(), names.join(", "))
+        };
+        publish(ctx, app, EventType::Normal, "Applied", &note).await;
+    }
+    if !report.pruned.is_empty() {
+        let note = format!("pruned {}", crate::apply::prune::summarize(&report.pruned));
+        publish(ctx, app, EventType::Normal, "Pruned", &note).await;
+    }
+}
+
+async fn publish(ctx: &Context, app: &Application, type_: EventType, reason: &str, note: &str) {
+    let reference: ObjectReference = app.object_ref(&());
+    ctx.events
+        .publish(
+            &reference,
+            Event {
+                type_,
+                reason: reason.into(),
+                note: Some(note.chars().take(1000).collect()),
+                action: "Sync".into(),
+                secondary: None,
+            },
+        )
+        .await;
+}
+
+/// Writes the status when it differs from the current one (a no-op sync writes nothing);
+/// condition transition times are kept while a condition's status stays the same.
+async fn write_status(
+    ctx: &Context,
+    app: &Application,
+    mut status: ApplicationStatus,
+) -> Result<(), Error> {
+    let current = app.status.clone().unwrap_or_default();
+    let now = jiff::Timestamp::now().to_string();
+    for condition in &mut status.conditions {
+        condition.observed_generation = app.metadata.generation;
+        let before = current
+            .conditions
+            .iter()
+            .find(|c| c.type_ == condition.type_);
+        condition.last_transition_time = match before {
+            Some(before) if before.status == condition.status => {
+                before.last_transition_time.clone()
+            }
+            _ => Some(now.clone()),
+        };
+    }
+    status.observed_generation = app.metadata.generation;
+    if status == current {
+        return Ok(());
+    }
+    let api: Api<Application> =
+        Api::namespaced(ctx.client.clone(), &app.namespace().unwrap_or_default());
+    let patch = serde_json::json!({
+        "apiVersion": Application::api_version(&()),
+        "kind": Application::kind(&()),
+        "metadata": {"name": app.name_any(), "namespace": app.namespace()},
+        "status": status,
+    });
+    api.patch_status(
+        &app.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(|source| Error::Status {
+        name: app.name_any(),
+        source,
+    })?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use mooring_crds::application::{ApplicationDestination, ApplicationSpec, SyncPolicy};
+
+    use super::*;
+
+    fn app(spec: ApplicationSpec) -> Application {
+        Application::new("web", spec)
+    }
+
+    #[test]
+    fn only_this_cluster_is_a_valid_destination() {
+        let to = |server: Option<&str>, name: Option<&str>| {
+            check_destination(&app(ApplicationSpec {
+                destination: ApplicationDestination {
+                    server: server.map(str::to_string),
+                    name: name.map(str::to_string),
+                    namespace: None,
+                },
+                ..Default::default()
+            }))
+        };
+        assert!(to(Some("https://kubernetes.default.svc"), None).is_ok());
+        assert!(to(None, Some("in-cluster")).is_ok());
+        assert!(to(None, None).is_ok());
+        let error = to(Some("https://prod.example.com:6443"), None).unwrap_err();
+        assert!(error.contains("https://prod.example.com:6443"), "{error}");
+        assert!(to(None, Some("prod")).is_err());
+    }
+
+    #[test]
+    fn unsupported_fields_are_named() {
+        let mut spec = ApplicationSpec::default();
+        spec.source.helm = Some(serde_json::json!({"valueFiles": ["v.yaml"]}));
+        spec.ignore_differences = Some(vec![serde_json::json!({"kind": "Deployment"})]);
+        spec.sync_policy = Some(SyncPolicy {
+            sync_options: vec!["CreateNamespace=true".into(), "Replace=true".into()],
+            ..Default::default()
+        });
+        assert_eq!(
+            unsupported_fields(&app(spec)),
+            [
+                "spec.ignoreDifferences",
+                "spec.source.helm",
+                "spec.syncPolicy.syncOptions Replace=true"
+            ]
+        );
+        assert!(unsupported_fields(&app(ApplicationSpec::default())).is_empty());
+    }
+
+    #[test]
+    fn retry_backs_off_to_the_cap() {
+        let plain = app(ApplicationSpec::default());
+        assert_eq!(retry_delay(&plain, 1, true), Duration::from_secs(5));
+        assert_eq!(retry_delay(&plain, 2, true), Duration::from_secs(10));
+        assert_eq!(retry_delay(&plain, 30, true), Duration::from_secs(180));
+        assert_eq!(retry_delay(&plain, 1, false), Duration::from_secs(60));
+    }
+}

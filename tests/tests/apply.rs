@@ -1,0 +1,838 @@
+//! The sync engine against the real API server: ordered server-side apply, no-op resyncs that
+//! write nothing, guarded prune, deferred custom resources, and self-heal through the
+//! Application controller.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Event, Namespace, Service};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::Api;
+use kube::api::{
+    ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams,
+    PostParams,
+};
+use mooring_agent::apply::object::{AppId, ObjectKey, TRACKING_ID_ANNOTATION};
+use mooring_agent::apply::prune::PruneSettings;
+use mooring_agent::apply::{Engine, Mode, SyncReport, SyncRequest};
+use mooring_agent::controllers::application::{self, Desired, Source, SourceError};
+use mooring_crds::application::{Application, HealthState, SyncState};
+use mooring_e2e::{RealEnv, TestNamespace, wait_for};
+use serde_json::{Value, json};
+
+fn object(value: Value) -> DynamicObject {
+    serde_json::from_value(value).unwrap()
+}
+
+/// A CRD of a group unique to this test namespace, so concurrent tests never share it.
+fn crd(group: &str) -> DynamicObject {
+    object(json!({
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": format!("widgets.{group}")},
+        "spec": {
+            "group": group,
+            "scope": "Namespaced",
+            "names": {"kind": "Widget", "plural": "widgets", "singular": "widget", "listKind": "WidgetList"},
+            "versions": [{"name": "v1", "served": true, "storage": true,
+                "schema": {"openAPIV3Schema": {"type": "object", "properties": {
+                    "spec": {"type": "object", "properties": {"size": {"type": "integer"}}}}}}}]
+        }
+    }))
+}
+
+fn widget(group: &str, namespace: &str) -> DynamicObject {
+    object(json!({
+        "apiVersion": format!("{group}/v1"), "kind": "Widget",
+        "metadata": {"name": "gadget", "namespace": namespace},
+        "spec": {"size": 3}
+    }))
+}
+
+fn config_map(name: &str, namespace: &str, value: &str) -> DynamicObject {
+    object(json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": name, "namespace": namespace},
+        "data": {"greeting": value}
+    }))
+}
+
+fn deployment(namespace: &str) -> DynamicObject {
+    object(json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "web", "namespace": namespace, "labels": {"app": "web"}},
+        "spec": {
+            "replicas": 0,
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {"metadata": {"labels": {"app": "web"}},
+                "spec": {"containers": [{"name": "web", "image": "registry.invalid/web:1",
+                    "resources": {"requests": {"cpu": "0.5", "memory": "64Mi"}}}]}}
+        }
+    }))
+}
+
+fn service(namespace: &str) -> DynamicObject {
+    object(json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "web", "namespace": namespace},
+        "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]}
+    }))
+}
+
+fn namespace_object(name: &str) -> DynamicObject {
+    object(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}))
+}
+
+fn request(
+    app: &AppId,
+    namespace: &str,
+    objects: Vec<DynamicObject>,
+    inventory: &SyncReport,
+) -> SyncRequest {
+    SyncRequest {
+        app: app.clone(),
+        objects,
+        destination_namespace: Some(namespace.into()),
+        sync_options: Vec::new(),
+        inventory: inventory.resources.clone(),
+        prune: PruneSettings {
+            enabled: true,
+            ..Default::default()
+        },
+        mode: Mode::Apply,
+    }
+}
+
+fn key(group: &str, kind: &str, namespace: Option<&str>, name: &str) -> ObjectKey {
+    ObjectKey {
+        group: group.into(),
+        kind: kind.into(),
+        namespace: namespace.map(str::to_string),
+        name: name.into(),
+    }
+}
+
+/// The resourceVersion of every object of the set, to prove a resync wrote nothing.
+async fn resource_versions(
+    client: &kube::Client,
+    ns: &str,
+    extra_ns: &str,
+    group: &str,
+) -> BTreeMap<String, String> {
+    let mut versions = BTreeMap::new();
+    let rv = |m: &kube::api::ObjectMeta| m.resource_version.clone().unwrap();
+    versions.insert(
+        "namespace".into(),
+        rv(&Api::<Namespace>::all(client.clone())
+            .get(extra_ns)
+            .await
+            .unwrap()
+            .metadata),
+    );
+    versions.insert(
+        "configmap".into(),
+        rv(&Api::<ConfigMap>::namespaced(client.clone(), ns)
+            .get("settings")
+            .await
+            .unwrap()
+            .metadata),
+    );
+    versions.insert(
+        "deployment".into(),
+        rv(&Api::<Deployment>::namespaced(client.clone(), ns)
+            .get("web")
+            .await
+            .unwrap()
+            .metadata),
+    );
+    versions.insert(
+        "service".into(),
+        rv(&Api::<Service>::namespaced(client.clone(), ns)
+            .get("web")
+            .await
+            .unwrap()
+            .metadata),
+    );
+    versions.insert(
+        "crd".into(),
+        rv(&Api::<CustomResourceDefinition>::all(client.clone())
+            .get(&format!("widgets.{group}"))
+            .await
+            .unwrap()
+            .metadata),
+    );
+    let widgets =
+        ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, "v1", "Widget"), "widgets");
+    versions.insert(
+        "widget".into(),
+        rv(
+            &Api::<DynamicObject>::namespaced_with(client.clone(), ns, &widgets)
+                .get("gadget")
+                .await
+                .unwrap()
+                .metadata,
+        ),
+    );
+    versions
+}
+
+/// Deletes what a test created outside its namespace.
+async fn cleanup(client: &kube::Client, crd_name: &str, extra_namespace: Option<&str>) {
+    let _ = Api::<CustomResourceDefinition>::all(client.clone())
+        .delete(crd_name, &DeleteParams::default())
+        .await;
+    if let Some(name) = extra_namespace {
+        let _ = Api::<Namespace>::all(client.clone())
+            .delete(name, &DeleteParams::default())
+            .await;
+    }
+}
+
+#[tokio::test]
+async fn apply_resync_prune_and_guards() {
+    let env = RealEnv::load().unwrap();
+    let ns = TestNamespace::create(&env, "apply").await.unwrap();
+    let client = ns.client();
+    let group = format!("{}.e2e.mooring.dev", ns.name());
+    let extra_ns = format!("{}-extra", ns.name());
+    let app = AppId {
+        namespace: ns.name().into(),
+        name: "platform-api".into(),
+    };
+    let engine = Engine::new(client.clone());
+    let full = || {
+        vec![
+            // Deliberately out of order: the engine sorts.
+            widget(&group, ns.name()),
+            service(ns.name()),
+            deployment(ns.name()),
+            config_map("settings", ns.name(), "hello"),
+            config_map("extra", ns.name(), "x"),
+            crd(&group),
+            namespace_object(&extra_ns),
+        ]
+    };
+
+    // First sync: everything is written, CR after its CRD, each with the tracking id.
+    let first = engine
+        .sync(&request(&app, ns.name(), full(), &SyncReport::default()))
+        .await
+        .unwrap();
+    assert!(first.failures.is_empty(), "{:?}", first.failures);
+    assert!(first.deferred.is_empty(), "{:?}", first.deferred);
+    assert_eq!(first.written.len(), 7, "{:?}", first.written);
+    assert_eq!(first.sync, SyncState::Synced);
+    assert_eq!(first.resources.len(), 7);
+    let deployment_live = ns.api::<Deployment>().get("web").await.unwrap();
+    assert_eq!(
+        deployment_live
+            .metadata
+            .annotations
+            .unwrap()
+            .get(TRACKING_ID_ANNOTATION)
+            .map(String::as_str),
+        Some(
+            format!(
+                "{}/platform-api:apps/Deployment:{}/web",
+                ns.name(),
+                ns.name()
+            )
+            .as_str()
+        )
+    );
+    let crd_health = first
+        .resources
+        .iter()
+        .find(|r| r.kind == "CustomResourceDefinition")
+        .and_then(|r| r.health.clone())
+        .unwrap();
+    assert_eq!(crd_health.status, HealthState::Healthy);
+
+    // Second sync of the same set: nothing written, no resourceVersion changed.
+    let before = resource_versions(&client, ns.name(), &extra_ns, &group).await;
+    let started = std::time::Instant::now();
+    let second = engine
+        .sync(&request(&app, ns.name(), full(), &first))
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    assert!(
+        second.written.is_empty(),
+        "a no-op sync wrote {:?}",
+        second.written
+    );
+    assert_eq!(second.sync, SyncState::Synced);
+    assert_eq!(
+        resource_versions(&client, ns.name(), &extra_ns, &group).await,
+        before
+    );
+    eprintln!("no-op resync of 7 objects: {took:?}");
+
+    // A fresh engine (agent restart, empty caches) also writes nothing.
+    let restarted = Engine::new(client.clone());
+    let third = restarted
+        .sync(&request(&app, ns.name(), full(), &second))
+        .await
+        .unwrap();
+    assert!(
+        third.written.is_empty(),
+        "after a restart a no-op sync wrote {:?}",
+        third.written
+    );
+    assert_eq!(
+        resource_versions(&client, ns.name(), &extra_ns, &group).await,
+        before
+    );
+
+    // A changed object is written, and only that one.
+    let mut changed = full();
+    changed[3] = config_map("settings", ns.name(), "bonjour");
+    let fourth = engine
+        .sync(&request(&app, ns.name(), changed.clone(), &third))
+        .await
+        .unwrap();
+    assert_eq!(
+        fourth.written,
+        vec![key("", "ConfigMap", Some(ns.name()), "settings")]
+    );
+
+    // An object removed from the set is pruned.
+    let without_extra: Vec<_> = changed
+        .iter()
+        .filter(|o| o.metadata.name.as_deref() != Some("extra"))
+        .cloned()
+        .collect();
+    let fifth = engine
+        .sync(&request(&app, ns.name(), without_extra.clone(), &fourth))
+        .await
+        .unwrap();
+    assert_eq!(
+        fifth.pruned,
+        vec![key("", "ConfigMap", Some(ns.name()), "extra")]
+    );
+    wait_for(
+        "ConfigMap extra to be deleted",
+        Duration::from_secs(30),
+        || async {
+            ns.api::<ConfigMap>()
+                .get_opt("extra")
+                .await
+                .unwrap()
+                .is_none()
+                .then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(fifth.resources.len(), 6);
+
+    // Removing more than half of the inventory at once is refused; nothing is deleted.
+    let only_service = vec![service(ns.name())];
+    let refused = engine
+        .sync(&request(&app, ns.name(), only_service, &fifth))
+        .await
+        .unwrap();
+    assert!(refused.pruned.is_empty(), "{:?}", refused.pruned);
+    let (reason, message) = refused.prune_refused.clone().unwrap();
+    assert_eq!(reason, "PruneLimitExceeded");
+    assert!(message.contains("refusing to prune 5 of 6"), "{message}");
+    assert_eq!(refused.sync, SyncState::OutOfSync);
+    assert_eq!(
+        refused
+            .resources
+            .iter()
+            .filter(|r| r.requires_pruning == Some(true))
+            .count(),
+        5
+    );
+    assert!(
+        ns.api::<ConfigMap>()
+            .get_opt("settings")
+            .await
+            .unwrap()
+            .is_some()
+    );
+
+    // An empty render prunes nothing.
+    let empty = engine
+        .sync(&request(&app, ns.name(), Vec::new(), &refused))
+        .await
+        .unwrap();
+    assert!(empty.pruned.is_empty());
+    assert_eq!(
+        empty.prune_refused.as_ref().map(|r| r.0),
+        Some("EmptyRender")
+    );
+    assert_eq!(empty.resources.len(), 6, "the inventory is kept");
+    assert!(
+        ns.api::<Deployment>()
+            .get_opt("web")
+            .await
+            .unwrap()
+            .is_some()
+    );
+
+    // An object whose tracking id was taken away is not pruned even though the inventory lists it,
+    // and the protected kinds (CRD, Namespace) stay without the opt-in.
+    let mut settings = ns.api::<ConfigMap>().get("settings").await.unwrap();
+    settings
+        .metadata
+        .annotations
+        .as_mut()
+        .unwrap()
+        .remove(TRACKING_ID_ANNOTATION);
+    settings.metadata.managed_fields = None;
+    ns.api::<ConfigMap>()
+        .replace("settings", &PostParams::default(), &settings)
+        .await
+        .unwrap();
+    let mut loose = request(
+        &app,
+        ns.name(),
+        vec![deployment(ns.name()), service(ns.name())],
+        &empty,
+    );
+    loose.prune.max_fraction = 1.0;
+    let pruned = engine.sync(&loose).await.unwrap();
+    assert!(
+        ns.api::<ConfigMap>()
+            .get_opt("settings")
+            .await
+            .unwrap()
+            .is_some(),
+        "unowned object was pruned"
+    );
+    assert!(
+        Api::<Namespace>::all(client.clone())
+            .get_opt(&extra_ns)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        Api::<CustomResourceDefinition>::all(client.clone())
+            .get_opt(&format!("widgets.{group}"))
+            .await
+            .unwrap()
+            .is_some()
+    );
+    let kept: Vec<_> = pruned
+        .kept
+        .iter()
+        .map(|(k, why)| (k.kind.clone(), format!("{why:?}")))
+        .collect();
+    assert!(
+        kept.contains(&("ConfigMap".into(), "NotOwned".into())),
+        "{kept:?}"
+    );
+    assert!(
+        kept.contains(&("Namespace".into(), "Protected".into())),
+        "{kept:?}"
+    );
+    assert!(
+        kept.contains(&("CustomResourceDefinition".into(), "Protected".into())),
+        "{kept:?}"
+    );
+    assert!(
+        pruned
+            .pruned
+            .contains(&key(&group, "Widget", Some(ns.name()), "gadget")),
+        "{:?}",
+        pruned.pruned
+    );
+
+    cleanup(&client, &format!("widgets.{group}"), Some(&extra_ns)).await;
+}
+
+#[tokio::test]
+async fn custom_resource_is_deferred_until_its_crd_arrives() {
+    let env = RealEnv::load().unwrap();
+    let ns = TestNamespace::create(&env, "apply-defer").await.unwrap();
+    let client = ns.client();
+    let group = format!("{}.e2e.mooring.dev", ns.name());
+    let app = AppId {
+        namespace: ns.name().into(),
+        name: "widgets".into(),
+    };
+    let engine = Engine::new(client.clone());
+
+    let first = engine
+        .sync(&request(
+            &app,
+            ns.name(),
+            vec![
+                widget(&group, ns.name()),
+                config_map("settings", ns.name(), "a"),
+            ],
+            &SyncReport::default(),
+        ))
+        .await
+        .unwrap();
+    assert!(first.failures.is_empty(), "{:?}", first.failures);
+    assert_eq!(first.deferred.len(), 1);
+    let (deferred, reason) = &first.deferred[0];
+    assert_eq!(deferred.kind, "Widget");
+    assert!(reason.contains(&format!("{group}/v1 Widget")), "{reason}");
+    assert!(
+        reason.contains("neither in the cluster nor in the set"),
+        "{reason}"
+    );
+    assert_eq!(first.sync, SyncState::OutOfSync);
+    assert!(
+        ns.api::<ConfigMap>()
+            .get_opt("settings")
+            .await
+            .unwrap()
+            .is_some(),
+        "the rest must apply"
+    );
+
+    // The CRD arrives (here from another source, applied by hand): the next sync applies the CR.
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let definition: CustomResourceDefinition =
+        serde_json::from_value(serde_json::to_value(crd(&group)).unwrap()).unwrap();
+    crds.create(&PostParams::default(), &definition)
+        .await
+        .unwrap();
+    let name = format!("widgets.{group}");
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        kube::runtime::wait::await_condition(
+            crds.clone(),
+            &name,
+            kube::runtime::wait::conditions::is_crd_established(),
+        ),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let second = engine
+        .sync(&request(
+            &app,
+            ns.name(),
+            vec![
+                widget(&group, ns.name()),
+                config_map("settings", ns.name(), "a"),
+            ],
+            &first,
+        ))
+        .await
+        .unwrap();
+    assert!(second.deferred.is_empty(), "{:?}", second.deferred);
+    assert_eq!(
+        second.written,
+        vec![key(&group, "Widget", Some(ns.name()), "gadget")]
+    );
+    assert_eq!(second.sync, SyncState::Synced);
+
+    cleanup(&client, &name, None).await;
+}
+
+/// A source that returns whatever the test put in it.
+struct FixedSource(Mutex<Desired>);
+
+impl Source for FixedSource {
+    fn desired<'a>(&'a self, _app: &'a Application) -> BoxFuture<'a, Result<Desired, SourceError>> {
+        let desired = self.0.lock().unwrap().clone();
+        Box::pin(async move { Ok(desired) })
+    }
+}
+
+async fn start_controller(
+    client: kube::Client,
+    namespace: &str,
+    source: Arc<FixedSource>,
+) -> tokio::sync::oneshot::Sender<()> {
+    mooring_agent::install::apply_crds(&client, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let ctx = Arc::new(application::Context::new(
+        client.clone(),
+        source,
+        mooring_agent::events::EventSink::new(client),
+        0.5,
+        Duration::from_secs(180),
+    ));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(application::run(
+        ctx,
+        Some(namespace.to_string()),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    stop
+}
+
+fn application(namespace: &str, self_heal: bool) -> Application {
+    serde_json::from_value(json!({
+        "apiVersion": "mooring.dev/v1alpha1", "kind": "Application",
+        "metadata": {"name": "platform-api", "namespace": namespace},
+        "spec": {
+            "project": "default",
+            "source": {"repoURL": "https://git.invalid/infra/k8s-manifests.git", "targetRevision": "main", "path": "apps/platform-api"},
+            "destination": {"server": "https://kubernetes.default.svc", "namespace": namespace},
+            "syncPolicy": {"automated": {"prune": true, "selfHeal": self_heal}}
+        }
+    }))
+    .unwrap()
+}
+
+async fn wait_for_app(
+    ns: &TestNamespace,
+    what: &str,
+    check: impl Fn(&Application) -> bool,
+) -> Application {
+    let api: Api<Application> = ns.api();
+    wait_for(what, Duration::from_secs(60), || {
+        let api = api.clone();
+        let check = &check;
+        async move { api.get("platform-api").await.ok().filter(|app| check(app)) }
+    })
+    .await
+    .unwrap()
+}
+
+fn synced(app: &Application) -> bool {
+    app.status
+        .as_ref()
+        .and_then(|s| s.sync.as_ref())
+        .is_some_and(|s| s.status == SyncState::Synced)
+}
+
+#[tokio::test]
+async fn self_heal_reverts_a_manual_edit_and_names_who_made_it() {
+    let env = RealEnv::load().unwrap();
+    let ns = TestNamespace::create(&env, "apply-heal").await.unwrap();
+    let client = ns.client();
+    let source = Arc::new(FixedSource(Mutex::new(Desired {
+        revision: "1111111111111111111111111111111111111111".into(),
+        objects: vec![
+            config_map("settings", ns.name(), "hello"),
+            deployment(ns.name()),
+        ],
+    })));
+    let stop = start_controller(client.clone(), ns.name(), Arc::clone(&source)).await;
+    ns.api::<Application>()
+        .create(&PostParams::default(), &application(ns.name(), true))
+        .await
+        .unwrap();
+    let app = wait_for_app(&ns, "the Application to sync", synced).await;
+    let status = app.status.unwrap();
+    assert_eq!(status.resources.len(), 2);
+    assert_eq!(status.history.len(), 1);
+    assert_eq!(
+        status.sync.unwrap().revision.as_deref(),
+        Some("1111111111111111111111111111111111111111")
+    );
+
+    // `kubectl edit`-style change: another field manager rewrites a field mooring manages.
+    let edit = json!({"data": {"greeting": "edited by hand"}});
+    let started = std::time::Instant::now();
+    ns.api::<ConfigMap>()
+        .patch(
+            "settings",
+            &PatchParams {
+                field_manager: Some("kubectl-edit".into()),
+                ..Default::default()
+            },
+            &Patch::Merge(&edit),
+        )
+        .await
+        .unwrap();
+    wait_for(
+        "the edit to be reverted",
+        Duration::from_secs(20),
+        || async {
+            let live = ns.api::<ConfigMap>().get("settings").await.ok()?;
+            (live.data?.get("greeting").map(String::as_str) == Some("hello")).then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    eprintln!("manual edit reverted after {:?}", started.elapsed());
+    let events: Api<Event> = ns.api();
+    let reverted = wait_for(
+        "a DriftReverted event naming kubectl-edit",
+        Duration::from_secs(20),
+        || async {
+            let list = events.list(&ListParams::default()).await.ok()?;
+            list.items
+                .into_iter()
+                .find(|e| e.reason.as_deref() == Some("DriftReverted"))
+        },
+    )
+    .await
+    .unwrap();
+    let note = reverted.message.unwrap_or_default();
+    assert!(note.contains("kubectl-edit"), "{note}");
+    assert!(
+        note.contains("ConfigMap settings")
+            || note.contains(&format!("ConfigMap {}/settings", ns.name())),
+        "{note}"
+    );
+
+    // A deletion is reverted too.
+    ns.api::<ConfigMap>()
+        .delete("settings", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_for(
+        "the deleted ConfigMap to be recreated",
+        Duration::from_secs(20),
+        || async {
+            ns.api::<ConfigMap>()
+                .get_opt("settings")
+                .await
+                .ok()?
+                .map(|_| ())
+        },
+    )
+    .await
+    .unwrap();
+
+    // A new revision that drops the Deployment prunes it (2 → 1 is exactly half).
+    *source.0.lock().unwrap() = Desired {
+        revision: "2222222222222222222222222222222222222222".into(),
+        objects: vec![config_map("settings", ns.name(), "hello")],
+    };
+    let api: Api<Application> = ns.api();
+    api.patch(
+        "platform-api",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": {"mooring.dev/refresh": "1"}}})),
+    )
+    .await
+    .unwrap();
+    wait_for(
+        "the Deployment to be pruned",
+        Duration::from_secs(30),
+        || async {
+            ns.api::<Deployment>()
+                .get_opt("web")
+                .await
+                .ok()?
+                .is_none()
+                .then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    let app = wait_for_app(&ns, "history of two revisions", |app| {
+        app.status
+            .as_ref()
+            .is_some_and(|s| s.history.len() == 2 && s.resources.len() == 1)
+    })
+    .await;
+    assert!(synced(&app));
+    let _ = stop.send(());
+}
+
+#[tokio::test]
+async fn without_self_heal_a_manual_edit_is_reported_out_of_sync() {
+    let env = RealEnv::load().unwrap();
+    let ns = TestNamespace::create(&env, "apply-drift").await.unwrap();
+    let client = ns.client();
+    let source = Arc::new(FixedSource(Mutex::new(Desired {
+        revision: "3333333333333333333333333333333333333333".into(),
+        objects: vec![config_map("settings", ns.name(), "hello")],
+    })));
+    let stop = start_controller(client.clone(), ns.name(), source).await;
+    ns.api::<Application>()
+        .create(&PostParams::default(), &application(ns.name(), false))
+        .await
+        .unwrap();
+    wait_for_app(&ns, "the Application to sync", synced).await;
+
+    let edit = json!({"data": {"greeting": "edited by hand"}});
+    ns.api::<ConfigMap>()
+        .patch(
+            "settings",
+            &PatchParams {
+                field_manager: Some("kubectl-edit".into()),
+                ..Default::default()
+            },
+            &Patch::Merge(&edit),
+        )
+        .await
+        .unwrap();
+    let app = wait_for_app(&ns, "the Application to be OutOfSync", |app| {
+        app.status
+            .as_ref()
+            .and_then(|s| s.sync.as_ref())
+            .is_some_and(|s| s.status == SyncState::OutOfSync)
+    })
+    .await;
+    let drift = app
+        .status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "DriftDetected")
+        .expect("a DriftDetected condition");
+    assert!(drift.message.contains("kubectl-edit"), "{}", drift.message);
+    let live = ns.api::<ConfigMap>().get("settings").await.unwrap();
+    assert_eq!(
+        live.data.unwrap().get("greeting").map(String::as_str),
+        Some("edited by hand")
+    );
+    let _ = stop.send(());
+}
+
+#[tokio::test]
+async fn a_foreign_destination_and_unsupported_fields_get_conditions() {
+    let env = RealEnv::load().unwrap();
+    let ns = TestNamespace::create(&env, "apply-dest").await.unwrap();
+    let client = ns.client();
+    let source = Arc::new(FixedSource(Mutex::new(Desired {
+        revision: "4444444444444444444444444444444444444444".into(),
+        objects: vec![config_map("settings", ns.name(), "hello")],
+    })));
+    let stop = start_controller(client.clone(), ns.name(), source).await;
+    let mut app = application(ns.name(), true);
+    app.spec.destination.server = Some("https://prod.example.com:6443".into());
+    app.spec.source.helm = Some(json!({"valueFiles": ["values.yaml"]}));
+    ns.api::<Application>()
+        .create(&PostParams::default(), &app)
+        .await
+        .unwrap();
+    let app = wait_for_app(&ns, "an InvalidDestination condition", |app| {
+        app.status
+            .as_ref()
+            .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "InvalidDestination"))
+    })
+    .await;
+    let conditions = app.status.unwrap().conditions;
+    let invalid = conditions
+        .iter()
+        .find(|c| c.type_ == "InvalidDestination")
+        .unwrap();
+    assert!(
+        invalid.message.contains("https://prod.example.com:6443"),
+        "{}",
+        invalid.message
+    );
+    let unsupported = conditions
+        .iter()
+        .find(|c| c.type_ == "UnsupportedFields")
+        .unwrap();
+    assert!(
+        unsupported.message.contains("spec.source.helm"),
+        "{}",
+        unsupported.message
+    );
+    assert!(
+        ns.api::<ConfigMap>()
+            .get_opt("settings")
+            .await
+            .unwrap()
+            .is_none(),
+        "nothing may be applied"
+    );
+    let _ = stop.send(());
+}
