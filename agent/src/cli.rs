@@ -92,7 +92,8 @@ pub struct RunArgs {
     /// The agent's own namespace, where its sealing keys live.
     #[arg(long, default_value = "mooring-system", env = "POD_NAMESPACE")]
     pub namespace: String,
-    /// Only watch SealedSecrets in this namespace (default: all namespaces).
+    /// Only watch SealedSecrets, Applications and ExternalSecrets in this namespace (default:
+    /// all namespaces).
     #[arg(long, env = "MOORING_WATCH_NAMESPACE")]
     pub watch_namespace: Option<String>,
     /// How often a new sealing key is added (Go duration; 0 disables), as upstream.
@@ -135,6 +136,14 @@ pub struct RunArgs {
     /// How long a leader's term lasts without renewal (Go duration).
     #[arg(long, default_value = "15s", value_parser = go_duration, env = "MOORING_LEADER_LEASE_DURATION")]
     pub leader_lease_duration: Duration,
+    /// How often an Application is fetched and compared without a trigger, unless its
+    /// `spec.pollInterval` says otherwise (Go duration; a random jitter of up to 10% is added).
+    #[arg(long, default_value = "3m", value_parser = go_duration, env = "MOORING_DEFAULT_POLL_INTERVAL")]
+    pub default_poll_interval: Duration,
+    /// The largest fraction of an Application's inventory one sync may prune; more is refused
+    /// with a `PrunePending` condition (0 to 1).
+    #[arg(long, default_value_t = 0.5, value_parser = fraction, env = "MOORING_MAX_PRUNE_FRACTION")]
+    pub max_prune_fraction: f64,
     /// Directory of the Git cache: one shallow checkout per repository URL and revision
     /// (default: `mooring-git` in the system's temporary directory).
     #[arg(long, env = "MOORING_GIT_CACHE_DIR")]
@@ -185,6 +194,13 @@ impl RunArgs {
             self.kustomize_concurrency,
         )
         .with_remote_bases(self.kustomize_allow_remote_bases)
+    }
+}
+
+fn fraction(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(value) if (0.0..=1.0).contains(&value) => Ok(value),
+        _ => Err(format!("expected a number from 0 to 1, got {text:?}")),
     }
 }
 

@@ -17,6 +17,7 @@ pub mod keys;
 pub mod leader;
 pub mod metrics;
 pub mod render;
+pub mod source;
 pub mod telemetry;
 
 use std::future::Future;
@@ -259,7 +260,7 @@ impl Agent {
                 self.client.clone(),
                 Arc::clone(&keys),
                 metrics.sealed_secrets.clone(),
-                events,
+                events.clone(),
                 self.args.resync_period,
             ));
             controllers.push(Box::pin(controllers::sealed_secret::run(
@@ -269,6 +270,31 @@ impl Agent {
             ))
                 as std::pin::Pin<Box<dyn Future<Output = ()> + Send>>);
         }
+        if self.args.runs(ControllerKind::Gitops) {
+            let limits = render::RenderLimits {
+                kustomize: self.args.kustomize(),
+                ..Default::default()
+            };
+            let source = source::GitSource::new(
+                self.client.clone(),
+                self.args.namespace.clone(),
+                Arc::new(self.args.git_cache()),
+                limits,
+            );
+            let context = Arc::new(controllers::application::Context::new(
+                self.client.clone(),
+                Arc::new(source),
+                events.clone(),
+                self.args.max_prune_fraction,
+                self.args.default_poll_interval,
+            ));
+            controllers.push(Box::pin(controllers::application::run(
+                context,
+                self.args.watch_namespace.clone(),
+                stop_signal(),
+            )));
+        }
+        drop(events);
         let mut leads = leading.clone();
         let start_stop = stop_signal();
         tasks.spawn(async move {

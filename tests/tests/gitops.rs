@@ -1,0 +1,532 @@
+//! GitOps end to end: the agent (Application controller, Git cache, kustomize) against the real
+//! API server and the real git servers, with the seed article's repository layout:
+//! `bootstrap/root-app.yaml` → `argocd-apps/` (app of apps) → `apps/platform-api/{base,overlays}`.
+
+// Test helpers outside #[test] functions may unwrap: a failure is a test failure.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Event, Secret};
+use kube::api::{ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::{Api, ResourceExt};
+use mooring_crds::application::{Application, SyncState};
+use mooring_e2e::{RealEnv, RunningAgent, TestNamespace, wait_for};
+
+/// A repository of the test's own, served by both git servers, and a clone to commit from.
+struct Repo {
+    /// The bare repository's name under `GIT_REPO_ROOT`.
+    name: String,
+    work: tempfile::TempDir,
+}
+
+fn git(dir: &Path, args: &[&str]) {
+    let output = std::process::Command::new("git")
+        .current_dir(dir)
+        .args([
+            "-c",
+            "user.name=e2e",
+            "-c",
+            "user.email=e2e@mooring.invalid",
+        ])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+impl Repo {
+    fn create(env: &RealEnv, ns: &TestNamespace) -> Repo {
+        let name = format!("{}.git", ns.name());
+        let root = PathBuf::from(env.var("GIT_REPO_ROOT").unwrap());
+        let bare = root.join(&name);
+        git(&root, &["init", "-q", "--bare", "-b", "main", &name]);
+        let work = tempfile::tempdir().unwrap();
+        git(work.path(), &["init", "-q", "-b", "main"]);
+        git(
+            work.path(),
+            &["remote", "add", "origin", bare.to_str().unwrap()],
+        );
+        Repo { name, work }
+    }
+
+    fn http_url(&self, env: &RealEnv) -> String {
+        format!("{}/{}", env.var("GIT_HTTP_URL").unwrap(), self.name)
+    }
+
+    fn ssh_url(&self, env: &RealEnv) -> String {
+        format!(
+            "{}{}/{}",
+            env.var("GIT_SSH_URL").unwrap(),
+            env.var("GIT_REPO_ROOT").unwrap(),
+            self.name
+        )
+    }
+
+    fn write(&self, path: &str, text: &str) {
+        let file = self.work.path().join(path);
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(file, text).unwrap();
+    }
+
+    fn remove(&self, path: &str) {
+        std::fs::remove_file(self.work.path().join(path)).unwrap();
+    }
+
+    /// Commits everything and pushes; returns the commit SHA.
+    fn commit(&self, message: &str) -> String {
+        git(self.work.path(), &["add", "-A"]);
+        git(self.work.path(), &["commit", "-q", "-m", message]);
+        git(self.work.path(), &["push", "-q", "origin", "main"]);
+        let output = std::process::Command::new("git")
+            .current_dir(self.work.path())
+            .args(["rev-parse", "HEAD"])
+            .output()
+            .unwrap();
+        String::from_utf8(output.stdout).unwrap().trim().to_owned()
+    }
+}
+
+/// The seed's layout, for destination namespace `ns` and repository `url`.
+fn seed(repo: &Repo, ns: &str, url: &str) {
+    let application = |name: &str, path: &str| {
+        format!(
+            "apiVersion: mooring.dev/v1alpha1
+kind: Application
+metadata:
+  name: {name}
+  namespace: {ns}
+spec:
+  project: default
+  source:
+    repoURL: {url}
+    targetRevision: main
+    path: {path}
+  destination:
+    server: https://kubernetes.default.svc
+    namespace: {ns}
+  syncPolicy:
+    automated:
+      prune: true
+      selfHeal: true
+    syncOptions:
+      - CreateNamespace=true
+"
+        )
+    };
+    repo.write(
+        "bootstrap/root-app.yaml",
+        &application("root", "argocd-apps"),
+    );
+    repo.write(
+        "argocd-apps/platform-api.yaml",
+        &application("platform-api", "apps/platform-api/overlays/staging"),
+    );
+    repo.write(
+        "apps/platform-api/base/kustomization.yaml",
+        "resources:\n  - deployment.yaml\n  - service.yaml\n  - configmap.yaml\n",
+    );
+    repo.write(
+        "apps/platform-api/base/deployment.yaml",
+        "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: platform-api
+spec:
+  replicas: 1
+  selector:
+    matchLabels: {app: platform-api}
+  template:
+    metadata:
+      labels: {app: platform-api}
+    spec:
+      containers:
+        - name: api
+          image: registry.invalid/platform-api:1.0.0
+          ports: [{containerPort: 8080}]
+",
+    );
+    repo.write(
+        "apps/platform-api/base/service.yaml",
+        "apiVersion: v1
+kind: Service
+metadata:
+  name: platform-api
+spec:
+  selector: {app: platform-api}
+  ports: [{port: 80, targetPort: 8080}]
+",
+    );
+    repo.write(
+        "apps/platform-api/base/configmap.yaml",
+        "apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: platform-api-config
+data:
+  LOG_LEVEL: info
+",
+    );
+    repo.write(
+        "apps/platform-api/overlays/staging/kustomization.yaml",
+        "resources:\n  - ../../base\npatches:\n  - path: replicas.yaml\n",
+    );
+    set_replicas(repo, 0);
+}
+
+fn set_replicas(repo: &Repo, replicas: u32) {
+    repo.write(
+        "apps/platform-api/overlays/staging/replicas.yaml",
+        &format!(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: platform-api\nspec:\n  replicas: {replicas}\n"
+        ),
+    );
+}
+
+/// A repository credential Secret as Argo CD's (`argocd.argoproj.io/secret-type: repository`).
+async fn credentials(ns: &TestNamespace, name: &str, data: BTreeMap<String, String>) {
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            labels: Some(BTreeMap::from([(
+                "argocd.argoproj.io/secret-type".into(),
+                "repository".into(),
+            )])),
+            ..Default::default()
+        },
+        string_data: Some(data),
+        ..Default::default()
+    };
+    ns.api::<Secret>()
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+}
+
+async fn http_credentials(env: &RealEnv, ns: &TestNamespace, url: &str, password: &str) {
+    credentials(
+        ns,
+        "repo-http",
+        BTreeMap::from([
+            ("type".into(), "git".into()),
+            ("url".into(), url.into()),
+            ("username".into(), env.var("GIT_HTTP_USER").unwrap().into()),
+            ("password".into(), password.into()),
+        ]),
+    )
+    .await;
+}
+
+async fn ssh_credentials(env: &RealEnv, ns: &TestNamespace, url: &str, known_hosts: &str) {
+    let key = std::fs::read_to_string(env.var("GIT_SSH_KEY").unwrap()).unwrap();
+    credentials(
+        ns,
+        "repo-ssh",
+        BTreeMap::from([
+            ("type".into(), "git".into()),
+            ("url".into(), url.into()),
+            ("sshPrivateKey".into(), key),
+            ("known_hosts".into(), known_hosts.into()),
+        ]),
+    )
+    .await;
+}
+
+/// An in-process agent running only the Application controller for `ns`, polling every 2 s.
+async fn agent(env: &RealEnv, ns: &TestNamespace, cache: &Path) -> RunningAgent {
+    let mut args = mooring_e2e::agent(env, ns.name()).unwrap();
+    args.controllers = vec![mooring_agent::cli::ControllerKind::Gitops];
+    args.kustomize_path = env.var("KUSTOMIZE").unwrap().into();
+    args.git_cache_dir = Some(cache.to_path_buf());
+    args.default_poll_interval = Duration::from_secs(2);
+    RunningAgent::start_with(args).await.unwrap()
+}
+
+/// Applies an Application manifest from the repository, as a user bootstraps with kubectl.
+async fn bootstrap(ns: &TestNamespace, repo: &Repo, file: &str) {
+    let text = std::fs::read_to_string(repo.work.path().join(file)).unwrap();
+    let app: Application = serde_saphyr::from_str(&text).unwrap();
+    ns.api::<Application>()
+        .patch(
+            "root",
+            &PatchParams::apply("kubectl").force(),
+            &Patch::Apply(&app),
+        )
+        .await
+        .unwrap();
+}
+
+/// Application `name`'s status as YAML, for failure messages.
+async fn status_of(ns: &TestNamespace, name: &str) -> String {
+    match ns.api::<Application>().get_opt(name).await {
+        Ok(Some(app)) => serde_json::to_string_pretty(&app.status).unwrap(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// Waits until Application `name` reports `revision` Synced and returns it.
+async fn synced_at(ns: &TestNamespace, name: &str, revision: &str) -> Application {
+    let api: Api<Application> = ns.api();
+    wait_for(
+        &format!("Application {name} Synced at {revision}"),
+        Duration::from_secs(90),
+        || {
+            let api = api.clone();
+            async move {
+                let app = api.get_opt(name).await.ok()??;
+                let sync = app.status.as_ref()?.sync.as_ref()?;
+                (sync.status == SyncState::Synced && sync.revision.as_deref() == Some(revision))
+                    .then_some(app)
+            }
+        },
+    )
+    .await
+    .unwrap_or_else(|error| panic!("{error:#}; status: {}", status_now(ns, name)))
+}
+
+/// The status, fetched on a thread of its own (for use inside a panic message).
+fn status_now(ns: &TestNamespace, name: &str) -> String {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap()
+                    .block_on(status_of(ns, name))
+            })
+            .join()
+            .unwrap()
+    })
+}
+
+/// Waits until Application `name` has condition `type_` with `reason`; returns its message.
+async fn condition(ns: &TestNamespace, name: &str, type_: &str, reason: &str) -> String {
+    let api: Api<Application> = ns.api();
+    wait_for(
+        &format!("Application {name} condition {type_}/{reason}"),
+        Duration::from_secs(90),
+        || {
+            let api = api.clone();
+            async move {
+                let app = api.get_opt(name).await.ok()??;
+                app.status?
+                    .conditions
+                    .into_iter()
+                    .find(|c| c.type_ == type_ && c.reason == reason)
+                    .map(|c| c.message)
+            }
+        },
+    )
+    .await
+    .unwrap_or_else(|error| panic!("{error:#}; status: {}", status_now(ns, name)))
+}
+
+async fn replicas(ns: &TestNamespace) -> Option<i32> {
+    let deployment = ns
+        .api::<Deployment>()
+        .get_opt("platform-api")
+        .await
+        .ok()??;
+    deployment.spec?.replicas
+}
+
+#[tokio::test]
+async fn the_seed_layout_syncs_over_http_and_follows_commits() {
+    let env = RealEnv::load().unwrap();
+    let ns = TestNamespace::create(&env, "gitops-http").await.unwrap();
+    let repo = Repo::create(&env, &ns);
+    let url = repo.http_url(&env);
+    seed(&repo, ns.name(), &url);
+    let first = repo.commit("platform-api: staging");
+    http_credentials(&env, &ns, &url, env.var("GIT_HTTP_PASSWORD").unwrap()).await;
+    let cache = tempfile::tempdir().unwrap();
+    let agent = agent(&env, &ns, cache.path()).await;
+    bootstrap(&ns, &repo, "bootstrap/root-app.yaml").await;
+
+    // App of apps: the root creates platform-api, which syncs the staging overlay.
+    synced_at(&ns, "root", &first).await;
+    let child = synced_at(&ns, "platform-api", &first).await;
+    assert_eq!(replicas(&ns).await, Some(0));
+    let resources = child.status.unwrap().resources;
+    for kind in ["Deployment", "Service", "ConfigMap"] {
+        assert!(
+            resources.iter().any(|r| r.kind == kind),
+            "{kind} missing from the inventory: {resources:?}"
+        );
+    }
+    let deployment = ns.api::<Deployment>().get("platform-api").await.unwrap();
+    assert_eq!(
+        deployment.annotations().get("mooring.dev/tracking-id"),
+        Some(&format!(
+            "{0}/platform-api:apps/Deployment:{0}/platform-api",
+            ns.name()
+        ))
+    );
+
+    // A commit that changes the replica count.
+    set_replicas(&repo, 2);
+    let second = repo.commit("platform-api: two replicas");
+    synced_at(&ns, "platform-api", &second).await;
+    assert_eq!(replicas(&ns).await, Some(2));
+
+    // A commit that deletes a file: the object is pruned.
+    repo.remove("apps/platform-api/base/configmap.yaml");
+    repo.write(
+        "apps/platform-api/base/kustomization.yaml",
+        "resources:\n  - deployment.yaml\n  - service.yaml\n",
+    );
+    let third = repo.commit("platform-api: no config map");
+    synced_at(&ns, "platform-api", &third).await;
+    wait_for("the ConfigMap pruned", Duration::from_secs(60), || async {
+        ns.api::<ConfigMap>()
+            .get_opt("platform-api-config")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await
+    .unwrap();
+
+    // A manual edit (`kubectl scale`) is reverted, and an event names who made it.
+    ns.api::<Deployment>()
+        .patch(
+            "platform-api",
+            &PatchParams::apply("kubectl-edit").force(),
+            &Patch::Apply(serde_json::json!({
+                "apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": {"name": "platform-api"},
+                "spec": {"replicas": 5}
+            })),
+        )
+        .await
+        .unwrap();
+    wait_for(
+        "the manual edit reverted",
+        Duration::from_secs(60),
+        || async { (replicas(&ns).await == Some(2)).then_some(()) },
+    )
+    .await
+    .unwrap();
+    let events = ns.api::<Event>();
+    let note = wait_for("a drift event", Duration::from_secs(30), || async {
+        events
+            .list(&ListParams::default())
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .filter_map(|e| e.message)
+            .find(|m| m.contains("kubectl-edit"))
+    })
+    .await
+    .unwrap();
+    assert!(note.contains("platform-api"), "{note}");
+
+    // Broken YAML: a condition names the file; nothing is pruned or changed.
+    repo.write(
+        "apps/platform-api/base/service.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: platform-api\n spec: [\n",
+    );
+    repo.commit("platform-api: broken service");
+    let message = condition(&ns, "platform-api", "Synced", "KustomizeFailed").await;
+    assert!(message.contains("service.yaml"), "{message}");
+    assert_eq!(replicas(&ns).await, Some(2));
+
+    // An empty render prunes nothing (allowEmpty is off).
+    repo.write(
+        "apps/platform-api/base/service.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: platform-api\nspec:\n  selector: {app: platform-api}\n  ports: [{port: 80}]\n",
+    );
+    repo.write(
+        "apps/platform-api/overlays/staging/kustomization.yaml",
+        "resources: []\n",
+    );
+    repo.remove("apps/platform-api/overlays/staging/replicas.yaml");
+    repo.commit("platform-api: empty");
+    condition(&ns, "platform-api", "PrunePending", "EmptyRender").await;
+    assert_eq!(replicas(&ns).await, Some(2), "the empty render pruned");
+
+    agent.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn ssh_with_a_known_host_syncs_and_a_wrong_host_key_is_named() {
+    let env = RealEnv::load().unwrap();
+    let ns = TestNamespace::create(&env, "gitops-ssh").await.unwrap();
+    let repo = Repo::create(&env, &ns);
+    let url = repo.ssh_url(&env);
+    seed(&repo, ns.name(), &url);
+    let first = repo.commit("platform-api: staging");
+    let known_hosts = std::fs::read_to_string(env.var("GIT_SSH_KNOWN_HOSTS").unwrap()).unwrap();
+    ssh_credentials(&env, &ns, &url, &known_hosts).await;
+    let cache = tempfile::tempdir().unwrap();
+    let agent = agent(&env, &ns, cache.path()).await;
+    bootstrap(&ns, &repo, "bootstrap/root-app.yaml").await;
+    synced_at(&ns, "platform-api", &first).await;
+    assert_eq!(replicas(&ns).await, Some(0));
+
+    // Another host key for the same address: the agent refuses and says why.
+    let (host, _) = known_hosts.split_once(' ').unwrap();
+    let keys = tempfile::tempdir().unwrap();
+    let other_key = keys.path().join("other");
+    let generated = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&other_key)
+        .status()
+        .unwrap();
+    assert!(generated.success());
+    let public = std::fs::read_to_string(other_key.with_extension("pub")).unwrap();
+    let mut fields = public.split_whitespace();
+    let forged = format!(
+        "{host} {} {}\n",
+        fields.next().unwrap(),
+        fields.next().unwrap()
+    );
+    let mut secret = ns.api::<Secret>().get("repo-ssh").await.unwrap();
+    secret.data = None;
+    secret.string_data = Some(BTreeMap::from([("known_hosts".into(), forged)]));
+    ns.api::<Secret>()
+        .replace("repo-ssh", &PostParams::default(), &secret)
+        .await
+        .unwrap();
+    set_replicas(&repo, 3);
+    repo.commit("platform-api: three replicas");
+    let message = condition(&ns, "root", "Synced", "HostKeyMismatch").await;
+    assert!(message.contains(&repo.name), "{message}");
+    assert_eq!(
+        replicas(&ns).await,
+        Some(0),
+        "synced despite the wrong host key"
+    );
+    agent.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_wrong_password_is_named_with_the_url() {
+    let env = RealEnv::load().unwrap();
+    let ns = TestNamespace::create(&env, "gitops-auth").await.unwrap();
+    let repo = Repo::create(&env, &ns);
+    let url = repo.http_url(&env);
+    seed(&repo, ns.name(), &url);
+    repo.commit("platform-api: staging");
+    http_credentials(&env, &ns, &url, "not-the-password").await;
+    let cache = tempfile::tempdir().unwrap();
+    let agent = agent(&env, &ns, cache.path()).await;
+    bootstrap(&ns, &repo, "bootstrap/root-app.yaml").await;
+    let message = condition(&ns, "root", "Synced", "AuthenticationFailed").await;
+    assert!(message.contains(&url), "{message}");
+    assert!(
+        !message.contains("not-the-password"),
+        "the condition holds the password"
+    );
+    agent.stop().await.unwrap();
+}
