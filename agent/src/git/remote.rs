@@ -169,7 +169,7 @@ impl Job {
         .map_err(|e| self.classify(&e))?;
         let mut connection = remote.to_connection_with_transport(transport);
         connection.set_transport_options(Box::new(http_options(&self.limits)));
-        if let Some(account) = self.http_account() {
+        if let Some(account) = self.http_account()? {
             connection.set_credentials(move |action| match action {
                 gix::credentials::helper::Action::Get(context) => {
                     Ok(Some(gix::credentials::protocol::Outcome {
@@ -263,20 +263,37 @@ impl Job {
             .ok_or_else(not_found)
     }
 
-    fn http_account(&self) -> Option<gix::sec::identity::Account> {
-        let credentials = self.credentials.as_ref()?;
-        let password = credentials.password.as_ref()?;
+    /// The https account, if the credentials have one. Plain http gets credentials only on a
+    /// loopback host (a test server, a local proxy): anywhere else they would cross the network
+    /// readable by anyone on the path.
+    fn http_account(&self) -> Result<Option<gix::sec::identity::Account>, GitError> {
+        let Some(credentials) = self.credentials.as_ref() else {
+            return Ok(None);
+        };
+        let Some(password) = credentials.password.as_ref() else {
+            return Ok(None);
+        };
+        let url =
+            gix::url::parse(self.url.as_bytes().as_bstr()).map_err(|e| self.invalid_url(e))?;
+        if url.scheme == gix::url::Scheme::Http && !url.host().is_some_and(is_loopback) {
+            return Err(GitError::InvalidUrl {
+                url: self.shown_url.clone(),
+                reason:
+                    "credentials are not sent over plain http (only to a loopback host); use https"
+                        .into(),
+            });
+        }
         let username = credentials
             .username
             .as_ref()
             .map(|u| u.to_string())
             .filter(|u| !u.is_empty())
             .unwrap_or_else(|| "git".to_string());
-        Some(gix::sec::identity::Account {
+        Ok(Some(gix::sec::identity::Account {
             username,
             password: password.to_string(),
             oauth_refresh_token: None,
-        })
+        }))
     }
 
     fn invalid_url(&self, error: impl std::fmt::Display) -> GitError {
@@ -335,6 +352,19 @@ impl Job {
             detail,
         }
     }
+}
+
+#[cfg(test)]
+pub(super) fn is_loopback_for_tests(host: &str) -> bool {
+    is_loopback(host)
+}
+
+fn is_loopback(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 fn tree_dir(entry_dir: &Path, commit: &str) -> PathBuf {

@@ -351,3 +351,29 @@ fn credentials_debug_shows_no_secret() {
     let shown = format!("{credentials:?}");
     assert!(!shown.contains("robot") && !shown.contains("s3cret") && !shown.contains("BEGIN"));
 }
+
+#[tokio::test]
+async fn credentials_are_not_sent_over_plain_http_to_a_remote_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = GitCache::new(dir.path().to_path_buf(), GitLimits::default());
+    let credentials = RepoCredentials {
+        username: Some(Zeroizing::new("robot".into())),
+        password: Some(Zeroizing::new("s3cret".into())),
+        ..Default::default()
+    };
+    // Refused before any connection: the host does not even need to exist.
+    let error = cache
+        .resolve(
+            "http://git.example.invalid/repo.git",
+            "main",
+            Some(&credentials),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(error.reason(), "InvalidRepositoryURL", "{error}");
+    assert!(error.to_string().contains("https"), "{error}");
+    assert!(remote::is_loopback_for_tests("127.0.0.1"));
+    assert!(remote::is_loopback_for_tests("[::1]"));
+    assert!(remote::is_loopback_for_tests("localhost"));
+    assert!(!remote::is_loopback_for_tests("10.0.0.1"));
+}
