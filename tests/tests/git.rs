@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{ObjectMeta, PostParams};
 use mooring_agent::git::{GitCache, GitError, GitLimits, RepoCredentials, credentials_for};
 use mooring_agent::render::{Kustomize, KustomizeOptions, RenderLimits, RenderOptions, render};
@@ -467,6 +467,59 @@ async fn credentials_come_from_argo_and_mooring_labelled_secrets() -> anyhow::Re
     )
     .await?;
     assert!(none.is_none());
+
+    // An Argo CD repository Secret for this ssh URL with a key only: it wins over the
+    // template, and without known_hosts no host key is trusted...
+    secrets
+        .create(
+            &PostParams::default(),
+            &labelled_secret(
+                "argocd-ssh-repo",
+                ("argocd.argoproj.io/secret-type", "repository"),
+                &[("url", &ssh_url), ("sshPrivateKey", &key)],
+            ),
+        )
+        .await?;
+    let fresh = GitCache::new(cache_dir.path().join("fresh"), GitLimits::default());
+    let keyed = credentials_for(&client, ns.name(), &ssh_url).await?;
+    assert!(keyed.as_ref().is_some_and(|c| c.known_hosts.is_none()));
+    let error = fresh
+        .resolve(&ssh_url, "main", keyed.as_ref())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, GitError::HostKeyMismatch { .. }),
+        "{error:?}"
+    );
+    // ...until Argo CD's known-hosts ConfigMap lists the server.
+    ns.api::<ConfigMap>()
+        .create(
+            &PostParams::default(),
+            &ConfigMap {
+                metadata: ObjectMeta {
+                    name: Some("argocd-ssh-known-hosts-cm".into()),
+                    ..Default::default()
+                },
+                data: Some(BTreeMap::from([(
+                    "ssh_known_hosts".into(),
+                    known_hosts.clone(),
+                )])),
+                ..Default::default()
+            },
+        )
+        .await?;
+    let trusted = credentials_for(&client, ns.name(), &ssh_url).await?;
+    assert_eq!(
+        trusted.as_ref().and_then(|c| c.known_hosts.as_deref()),
+        Some(known_hosts.as_str())
+    );
+    assert_eq!(
+        fresh
+            .resolve(&ssh_url, "main", trusted.as_ref())
+            .await?
+            .commit,
+        first
+    );
     Ok(())
 }
 

@@ -68,6 +68,9 @@ pub struct GitLimits {
     pub max_checkout_bytes: u64,
     /// Number of files and directories in one checkout.
     pub max_checkout_entries: usize,
+    /// Packs one cached repository may collect (each fetch of a new commit adds one) before it
+    /// is started afresh, which bounds its disk use: a shallow checkout needs no old objects.
+    pub max_packs: usize,
 }
 
 impl Default for GitLimits {
@@ -77,6 +80,7 @@ impl Default for GitLimits {
             timeout: Duration::from_secs(90),
             max_checkout_bytes: 512 * 1024 * 1024,
             max_checkout_entries: 100_000,
+            max_packs: 32,
         }
     }
 }
@@ -188,6 +192,15 @@ pub enum GitError {
         #[source]
         source: kube::Error,
     },
+    /// The shared known_hosts ConfigMap could not be read.
+    #[error("failed to read the ssh known_hosts ConfigMap {config_map}")]
+    ReadKnownHosts {
+        /// `namespace/name` of the ConfigMap.
+        config_map: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
     /// The local cache directory could not be written.
     #[error("failed to {action} {path}")]
     Storage {
@@ -211,6 +224,7 @@ impl GitError {
                 | GitError::Timeout { .. }
                 | GitError::Fetch { .. }
                 | GitError::ListSecrets { .. }
+                | GitError::ReadKnownHosts { .. }
                 | GitError::Storage { .. }
         )
     }
@@ -228,6 +242,7 @@ impl GitError {
             GitError::Jail { .. } => "CheckoutRefused",
             GitError::InvalidCredentials { .. } => "InvalidRepositoryCredentials",
             GitError::ListSecrets { .. } => "RepositoryCredentialsUnavailable",
+            GitError::ReadKnownHosts { .. } => "RepositoryCredentialsUnavailable",
             GitError::Storage { .. } => "GitCacheFailed",
         }
     }

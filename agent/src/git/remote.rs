@@ -86,6 +86,7 @@ impl Job {
         // helpers, proxies or an ssh command from the host must not apply).
         let options = gix::open::Options::isolated();
         if repo_dir.join("HEAD").is_file()
+            && pack_count(repo_dir) <= self.limits.max_packs
             && let Ok(repo) = gix::open_opts(repo_dir, options.clone())
         {
             return Ok(repo);
@@ -352,6 +353,18 @@ impl Job {
             detail,
         }
     }
+}
+
+/// Packs in the repository's object database.
+pub(super) fn pack_count(repo_dir: &Path) -> usize {
+    std::fs::read_dir(repo_dir.join("objects/pack"))
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter(|entry| entry.path().extension().is_some_and(|e| e == "pack"))
+                .count()
+        })
+        .unwrap_or(0)
 }
 
 #[cfg(test)]

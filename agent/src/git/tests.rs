@@ -377,3 +377,31 @@ async fn credentials_are_not_sent_over_plain_http_to_a_remote_host() {
     assert!(remote::is_loopback_for_tests("localhost"));
     assert!(!remote::is_loopback_for_tests("10.0.0.1"));
 }
+
+#[tokio::test]
+async fn a_repository_with_too_many_packs_starts_afresh_and_keeps_working() {
+    let repo = Fixture::new();
+    repo.commit(&[("a.yaml", "v: 1\n")], "first");
+    let limits = GitLimits {
+        max_packs: 2,
+        ..GitLimits::default()
+    };
+    let cache = GitCache::new(repo.cache.clone(), limits);
+    let url = repo.url();
+    let mut most_packs = 0;
+    for round in 2..8 {
+        let commit = repo.commit(&[("a.yaml", &format!("v: {round}\n"))], "next");
+        let checkout = cache.resolve(&url, "main", None).await.unwrap();
+        assert_eq!(checkout.commit, commit);
+        assert_eq!(read(&checkout, "a.yaml"), format!("v: {round}\n"));
+        for entry in std::fs::read_dir(&repo.cache).unwrap() {
+            let packs = remote::pack_count(&entry.unwrap().path().join("repo.git"));
+            most_packs = most_packs.max(packs);
+        }
+    }
+    assert!(
+        (2..=3).contains(&most_packs),
+        "each fetch adds a pack, and they are bounded: saw {most_packs}"
+    );
+    assert_eq!(cache.stats().fetches, 6);
+}
