@@ -405,3 +405,30 @@ async fn a_repository_with_too_many_packs_starts_afresh_and_keeps_working() {
     );
     assert_eq!(cache.stats().fetches, 6);
 }
+
+#[tokio::test]
+async fn a_server_that_never_answers_times_out_naming_the_url() {
+    // Accepts connections and never says a word.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let silent = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let limits = GitLimits {
+        timeout: std::time::Duration::from_millis(500),
+        ..GitLimits::default()
+    };
+    let cache = GitCache::new(dir.path().to_path_buf(), limits);
+    let url = format!("http://{address}/repo.git");
+    let started = std::time::Instant::now();
+    let error = cache.resolve(&url, "main", None).await.unwrap_err();
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    assert!(matches!(error, GitError::Timeout { .. }), "{error:?}");
+    assert!(error.to_string().contains(&url), "{error}");
+    assert!(error.is_retryable());
+    silent.abort();
+}

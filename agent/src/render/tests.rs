@@ -495,3 +495,23 @@ async fn argo_cd_kustomize_options_go_into_a_generated_overlay() {
         "InvalidKustomizeImage"
     );
 }
+
+#[tokio::test]
+async fn a_helm_chart_is_named_as_unsupported_rather_than_read_as_manifests() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "chart/Chart.yaml",
+        "apiVersion: v2\nname: x\nversion: 0.1.0\n",
+    );
+    write(
+        dir.path(),
+        "chart/templates/cm.yaml",
+        &config_map("{{ .Release.Name }}"),
+    );
+    let error = render_dir(dir.path(), "chart", DirectoryOptions::default())
+        .await
+        .unwrap_err();
+    assert_eq!(error.reason(), "UnsupportedSource", "{error}");
+    assert!(error.to_string().contains("Helm"), "{error}");
+}
