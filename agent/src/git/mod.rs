@@ -377,7 +377,6 @@ impl GitCache {
             revision_text: revision.to_string(),
             credentials: credentials.cloned(),
             entry_dir: entry_dir.clone(),
-            current: guard.trees.last().cloned(),
             limits: self.limits.clone(),
             interrupt: Arc::new(AtomicBool::new(false)),
             remote_checks: Arc::clone(&self.remote_checks),
@@ -429,14 +428,24 @@ impl GitCache {
     }
 }
 
-/// Records `commit` as the current tree of the entry and deletes trees older than the kept ones.
+/// Records `commit` as the current tree of the entry and deletes every other tree on disk but
+/// the one before (including trees an earlier process left behind).
 fn remember_tree(entry: &mut Entry, entry_dir: &Path, commit: String) {
     entry.trees.retain(|kept| kept != &commit);
     entry.trees.push(commit);
     while entry.trees.len() > KEPT_TREES {
-        let old = entry.trees.remove(0);
-        if let Err(error) = tree::remove(&tree_dir(entry_dir, &old)) {
-            tracing::warn!(%error, commit = %old, "failed to delete an old checkout");
+        entry.trees.remove(0);
+    }
+    let Ok(on_disk) = std::fs::read_dir(entry_dir.join("trees")) else {
+        return;
+    };
+    for tree in on_disk.filter_map(Result::ok) {
+        let name = tree.file_name().to_string_lossy().into_owned();
+        if entry.trees.contains(&name) {
+            continue;
+        }
+        if let Err(error) = tree::remove(&tree.path()) {
+            tracing::warn!(%error, tree = %name, "failed to delete an old checkout");
         }
     }
 }

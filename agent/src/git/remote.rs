@@ -20,8 +20,6 @@ pub(super) struct Job {
     pub revision_text: String,
     pub credentials: Option<RepoCredentials>,
     pub entry_dir: PathBuf,
-    /// The commit checked out last for this entry, if any.
-    pub current: Option<String>,
     pub limits: GitLimits,
     pub interrupt: Arc<AtomicBool>,
     pub remote_checks: Arc<AtomicU64>,
@@ -193,9 +191,9 @@ impl Job {
         let target = self.target(prepare.ref_map())?;
 
         let target_commit = target.object.to_string();
-        if self.current.as_deref() == Some(target_commit.as_str())
-            && tree_dir(&self.entry_dir, &target_commit).is_dir()
-        {
+        // A tree on disk is complete (written aside, then renamed): this commit needs no pack,
+        // also when an earlier process checked it out.
+        if tree_dir(&self.entry_dir, &target_commit).is_dir() {
             // Dropping `prepare` ends the conversation without asking for a pack.
             return Ok(target_commit);
         }

@@ -432,3 +432,34 @@ async fn a_server_that_never_answers_times_out_naming_the_url() {
     assert!(error.is_retryable());
     silent.abort();
 }
+
+#[tokio::test]
+async fn a_new_process_reuses_the_checkout_on_disk_and_cleans_up_what_it_does_not_need() {
+    let repo = Fixture::new();
+    repo.commit(&[("a.yaml", "v: 1\n")], "first");
+    let url = repo.url();
+    let old = repo.cache().resolve(&url, "main", None).await.unwrap();
+    let second = repo.commit(&[("a.yaml", "v: 2\n")], "second");
+    let current = repo.cache().resolve(&url, "main", None).await.unwrap();
+    assert_eq!(current.commit, second);
+    let third = repo.commit(&[("a.yaml", "v: 3\n")], "third");
+    let newest = repo.cache().resolve(&url, "main", None).await.unwrap();
+    assert_eq!(newest.commit, third);
+    // Each GitCache above is a new process's cache on the same directory.
+    assert!(
+        !old.root.exists(),
+        "a tree an earlier process left is deleted"
+    );
+
+    let restarted = repo.cache();
+    let again = restarted.resolve(&url, "main", None).await.unwrap();
+    assert_eq!(again, newest);
+    assert_eq!(
+        restarted.stats(),
+        GitStats {
+            remote_checks: 1,
+            fetches: 0
+        },
+        "the tree on disk needs no fetch"
+    );
+}
