@@ -171,11 +171,42 @@ fn secret_text(
     Ok(Some(Zeroizing::new(text.to_string())))
 }
 
+/// Argo CD credential keys mooring cannot honour yet: refusing them says why a fetch would
+/// fail, instead of an anonymous attempt ending in "authentication failed".
+const UNSUPPORTED_KEYS: [&str; 8] = [
+    "githubAppID",
+    "githubAppInstallationID",
+    "githubAppPrivateKey",
+    "tlsClientCertData",
+    "tlsClientCertKey",
+    "gcpServiceAccountKey",
+    "bearerToken",
+    "proxy",
+];
+
 fn from_secret(secret: &Secret, namespace: &str) -> Result<RepoCredentials, GitError> {
     let name = format!(
         "{namespace}/{}",
         secret.metadata.name.as_deref().unwrap_or_default()
     );
+    let unsupported: Vec<&str> = UNSUPPORTED_KEYS
+        .into_iter()
+        .filter(|key| {
+            secret
+                .data
+                .as_ref()
+                .is_some_and(|data| data.contains_key(*key))
+        })
+        .collect();
+    if !unsupported.is_empty() {
+        return Err(GitError::InvalidCredentials {
+            secret: name,
+            reason: format!(
+                "mooring does not support the key(s) {} yet; use username/password (https) or sshPrivateKey",
+                unsupported.join(", ")
+            ),
+        });
+    }
     let credentials = RepoCredentials {
         username: secret_text(secret, "username", &name)?,
         password: secret_text(secret, "password", &name)?,
@@ -315,6 +346,24 @@ mod tests {
         assert!(
             !shown.contains("hunter2") && !shown.contains("secret-key") && !shown.contains("bot")
         );
+    }
+
+    #[test]
+    fn unsupported_argo_keys_are_named() {
+        let error = from_secret(
+            &secret(
+                "app",
+                &[("url", "https://x"), ("githubAppPrivateKey", "-----BEGIN")],
+            ),
+            "ns",
+        )
+        .unwrap_err();
+        let message = error.to_string();
+        assert!(
+            message.contains("githubAppPrivateKey") && message.contains("ns/app"),
+            "{message}"
+        );
+        assert!(!message.contains("BEGIN"));
     }
 
     #[test]
