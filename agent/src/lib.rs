@@ -15,6 +15,7 @@ pub mod install;
 pub mod keys;
 pub mod metrics;
 pub mod render;
+pub mod source;
 pub mod telemetry;
 
 use std::future::Future;

@@ -15,6 +15,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{ObjectMeta, PostParams};
 use mooring_agent::git::{GitCache, GitError, GitLimits, RepoCredentials, credentials_for};
 use mooring_agent::render::{Kustomize, KustomizeOptions, RenderLimits, RenderOptions, render};
+use mooring_crds::application::{ApplicationSource, KustomizeSource};
 use mooring_e2e::{RealEnv, TestNamespace};
 use zeroize::Zeroizing;
 
@@ -682,5 +683,70 @@ async fn kustomize_with_a_remote_base_is_refused_and_broken_input_names_the_file
     let error = render(dir.path(), "broken", &options).await.unwrap_err();
     assert_eq!(error.reason(), "KustomizeFailed", "{error}");
     assert!(error.to_string().contains("cm.yaml"), "{error}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_application_source_is_fetched_and_rendered_in_one_call() -> anyhow::Result<()> {
+    let env = RealEnv::load()?;
+    let ns = TestNamespace::create(&env, "git-source").await?;
+    let repo = TestRepo::create(&env, "source")?;
+    let commit = commit_seed(&repo, 2, "seed");
+    let url = repo.http_url(&env);
+    ns.api::<Secret>()
+        .create(
+            &PostParams::default(),
+            &labelled_secret(
+                "repo",
+                ("argocd.argoproj.io/secret-type", "repository"),
+                &[
+                    ("url", &url),
+                    ("username", env.var("GIT_HTTP_USER")?),
+                    ("password", env.var("GIT_HTTP_PASSWORD")?),
+                ],
+            ),
+        )
+        .await?;
+    let cache_dir = tempfile::tempdir()?;
+    let cache = GitCache::new(cache_dir.path().to_path_buf(), GitLimits::default());
+    let limits = RenderLimits {
+        kustomize: real_kustomize(&env)?,
+        ..Default::default()
+    };
+    let source = ApplicationSource {
+        repo_url: url.clone(),
+        target_revision: Some("main".into()),
+        path: Some("apps/platform-api/overlays/staging".into()),
+        kustomize: Some(KustomizeSource {
+            name_suffix: Some("-v2".into()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let rendered =
+        mooring_agent::source::fetch_and_render(&ns.client(), ns.name(), &cache, &source, &limits)
+            .await?;
+    assert_eq!(rendered.checkout.commit, commit);
+    let mut names: Vec<String> = rendered
+        .objects
+        .iter()
+        .map(|o| o.metadata.name.clone().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["staging-platform-api-v2", "staging-platform-api-v2"]
+    );
+
+    let broken = ApplicationSource {
+        path: Some("../outside".into()),
+        ..source.clone()
+    };
+    let error =
+        mooring_agent::source::fetch_and_render(&ns.client(), ns.name(), &cache, &broken, &limits)
+            .await
+            .unwrap_err();
+    assert_eq!(error.reason(), "InvalidSourcePath", "{error}");
+    assert!(!error.is_retryable());
     Ok(())
 }

@@ -1,0 +1,139 @@
+//! An Application's `spec.source` → its commit and objects: the Git cache and the renderers in
+//! one call, for the Application controller.
+
+use kube::api::DynamicObject;
+use mooring_crds::application::ApplicationSource;
+
+use crate::git::{Checkout, GitCache, GitError, credentials_for};
+use crate::render::{DirectoryOptions, KustomizeOptions, RenderError, RenderLimits, RenderOptions};
+
+/// What `spec.source` rendered to at one commit.
+#[derive(Clone, Debug)]
+pub struct Rendered {
+    /// The commit checked out (its `commit` is the full SHA for `status.sync.revision`).
+    pub checkout: Checkout,
+    /// The objects, in render order.
+    pub objects: Vec<DynamicObject>,
+}
+
+/// Why a source could not be fetched or rendered. Nothing may be applied or pruned after it.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// Credentials, fetch or checkout.
+    #[error(transparent)]
+    Git(#[from] GitError),
+    /// Rendering the checked-out path.
+    #[error(transparent)]
+    Render(#[from] RenderError),
+}
+
+impl SourceError {
+    /// Whether retrying soon may help.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            SourceError::Git(error) => error.is_retryable(),
+            SourceError::Render(error) => error.is_retryable(),
+        }
+    }
+
+    /// A CamelCase word for the condition reason, the event and metric labels.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            SourceError::Git(error) => error.reason(),
+            SourceError::Render(error) => error.reason(),
+        }
+    }
+}
+
+/// The render options of `source` (Argo CD's `directory` and `kustomize` fields) with the agent's
+/// limits and kustomize runner.
+pub fn render_options(source: &ApplicationSource, limits: RenderLimits) -> RenderOptions {
+    let directory = source
+        .directory
+        .as_ref()
+        .map(|d| DirectoryOptions {
+            recurse: d.recurse.unwrap_or(false),
+            include: d.include.clone(),
+            exclude: d.exclude.clone(),
+        })
+        .unwrap_or_default();
+    let kustomize = source
+        .kustomize
+        .as_ref()
+        .map(|k| KustomizeOptions {
+            name_prefix: k.name_prefix.clone(),
+            name_suffix: k.name_suffix.clone(),
+            images: k.images.clone(),
+            common_labels: k.common_labels.clone(),
+        })
+        .unwrap_or_default();
+    RenderOptions {
+        directory,
+        kustomize,
+        limits,
+    }
+}
+
+/// Resolves `source.repoURL` at `source.targetRevision` (credentials from the labelled Secrets of
+/// `credentials_namespace`) and renders `source.path` (default: the repository root).
+pub async fn fetch_and_render(
+    client: &kube::Client,
+    credentials_namespace: &str,
+    cache: &GitCache,
+    source: &ApplicationSource,
+    limits: &RenderLimits,
+) -> Result<Rendered, SourceError> {
+    let credentials = credentials_for(client, credentials_namespace, &source.repo_url).await?;
+    let revision = source.target_revision.as_deref().unwrap_or("HEAD");
+    let checkout = cache
+        .resolve(&source.repo_url, revision, credentials.as_ref())
+        .await?;
+    let options = render_options(source, limits.clone());
+    let path = source.path.as_deref().unwrap_or(".");
+    let objects = crate::render::render(&checkout.root, path, &options).await?;
+    Ok(Rendered { checkout, objects })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use mooring_crds::application::{DirectorySource, KustomizeSource};
+
+    use super::*;
+
+    #[test]
+    fn argo_cd_fields_map_onto_render_options() {
+        let source = ApplicationSource {
+            repo_url: "https://git.example.test/repo.git".into(),
+            directory: Some(DirectorySource {
+                recurse: Some(true),
+                include: Some("*.yaml".into()),
+                exclude: Some("skip/*".into()),
+            }),
+            kustomize: Some(KustomizeSource {
+                name_prefix: Some("p-".into()),
+                name_suffix: Some("-s".into()),
+                images: vec!["nginx:1.27".into()],
+                common_labels: BTreeMap::from([("team".into(), "a".into())]),
+            }),
+            ..Default::default()
+        };
+        let options = render_options(&source, RenderLimits::default());
+        assert_eq!(
+            options.directory,
+            DirectoryOptions {
+                recurse: true,
+                include: Some("*.yaml".into()),
+                exclude: Some("skip/*".into()),
+            }
+        );
+        assert_eq!(options.kustomize.name_prefix.as_deref(), Some("p-"));
+        assert_eq!(options.kustomize.name_suffix.as_deref(), Some("-s"));
+        assert_eq!(options.kustomize.images, ["nginx:1.27"]);
+        assert_eq!(options.kustomize.common_labels["team"], "a");
+        let bare = render_options(&ApplicationSource::default(), RenderLimits::default());
+        assert_eq!(bare.directory, DirectoryOptions::default());
+        assert_eq!(bare.kustomize, KustomizeOptions::default());
+    }
+}
