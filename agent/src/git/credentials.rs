@@ -140,9 +140,19 @@ fn is_prefix_at_boundary(prefix: &str, url: &str) -> bool {
     })
 }
 
-/// Lower case, without a trailing `/` or `.git`: how Argo CD compares repository URLs.
+/// Lower case, without a trailing `/` or `.git`, scp-like `git@host:path` as
+/// `ssh://git@host/path`: how Argo CD compares repository URLs.
 fn normalize(url: &str) -> String {
     let url = url.trim().to_ascii_lowercase();
+    let url = match url.split_once(':') {
+        // scp-like: `user@host:path` (no scheme, no port syntax).
+        Some((authority, path))
+            if !url.contains("://") && authority.contains('@') && !path.starts_with('/') =>
+        {
+            format!("ssh://{authority}/{path}")
+        }
+        _ => url,
+    };
     let url = url.trim_end_matches('/');
     url.strip_suffix(".git").unwrap_or(url).to_string()
 }
@@ -281,6 +291,22 @@ mod tests {
             Some("org")
         );
         assert_eq!(pick(&candidates, "https://elsewhere.test/org/x"), None);
+    }
+
+    #[test]
+    fn scp_like_and_ssh_urls_are_the_same_repository() {
+        let candidates = [(
+            "repository",
+            secret("ssh", &[("url", "git@git.example.com:org/app.git")]),
+        )];
+        assert_eq!(
+            pick(&candidates, "ssh://git@git.example.com/org/app").as_deref(),
+            Some("ssh")
+        );
+        assert_eq!(
+            pick(&candidates, "git@git.example.com:org/app.git").as_deref(),
+            Some("ssh")
+        );
     }
 
     #[test]
