@@ -71,6 +71,9 @@ pub struct GitLimits {
     /// Packs one cached repository may collect (each fetch of a new commit adds one) before it
     /// is started afresh, which bounds its disk use: a shallow checkout needs no old objects.
     pub max_packs: usize,
+    /// Accept `file://` URLs and local paths. Off by default: an Application could otherwise
+    /// read any git repository on the agent's file system. Tests and the local demo turn it on.
+    pub allow_file_urls: bool,
 }
 
 impl Default for GitLimits {
@@ -81,6 +84,7 @@ impl Default for GitLimits {
             max_checkout_bytes: 512 * 1024 * 1024,
             max_checkout_entries: 100_000,
             max_packs: 32,
+            allow_file_urls: false,
         }
     }
 }
@@ -347,7 +351,7 @@ impl GitCache {
     ) -> Result<Checkout, GitError> {
         let shown_url = redact_url(url);
         let parsed = Revision::parse(revision);
-        remote::check_url(url, &shown_url)?;
+        remote::check_url(url, &shown_url, self.limits.allow_file_urls)?;
         let key = entry_key(url, &parsed);
         let entry = {
             let mut entries = self

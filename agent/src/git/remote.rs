@@ -28,7 +28,7 @@ pub(super) struct Job {
 
 /// The schemes mooring fetches from. `git://` is unauthenticated and unencrypted; `ext::` runs
 /// commands: both refused.
-pub(super) fn check_url(url: &str, shown_url: &str) -> Result<(), GitError> {
+pub(super) fn check_url(url: &str, shown_url: &str, allow_file: bool) -> Result<(), GitError> {
     let invalid = |reason: &str| GitError::InvalidUrl {
         url: shown_url.to_string(),
         reason: reason.to_string(),
@@ -37,7 +37,10 @@ pub(super) fn check_url(url: &str, shown_url: &str) -> Result<(), GitError> {
         .map_err(|_| invalid("not a git URL (use https://, ssh:// or git@host:path)"))?;
     match parsed.scheme {
         gix::url::Scheme::Https | gix::url::Scheme::Http | gix::url::Scheme::Ssh => Ok(()),
-        gix::url::Scheme::File => Ok(()),
+        gix::url::Scheme::File if allow_file => Ok(()),
+        gix::url::Scheme::File => Err(invalid(
+            "local repositories are off (the agent's --git-allow-file-urls turns them on)",
+        )),
         _ => Err(invalid(
             "unsupported scheme (use https://, ssh:// or git@host:path)",
         )),

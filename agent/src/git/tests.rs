@@ -78,7 +78,15 @@ impl Fixture {
     }
 
     fn cache(&self) -> GitCache {
-        GitCache::new(self.cache.clone(), GitLimits::default())
+        GitCache::new(self.cache.clone(), local())
+    }
+}
+
+/// Limits with `file://` allowed, as the unit tests fetch from local repositories.
+fn local() -> GitLimits {
+    GitLimits {
+        allow_file_urls: true,
+        ..GitLimits::default()
     }
 }
 
@@ -222,11 +230,31 @@ async fn a_missing_revision_names_the_revision_and_the_url() {
 #[tokio::test]
 async fn a_missing_repository_is_unreachable_and_retryable() {
     let dir = tempfile::tempdir().unwrap();
-    let cache = GitCache::new(dir.path().join("cache"), GitLimits::default());
+    let cache = GitCache::new(dir.path().join("cache"), local());
     let url = format!("file://{}/nothing-here.git", dir.path().display());
     let error = cache.resolve(&url, "main", None).await.unwrap_err();
     assert!(error.to_string().contains(&url), "{error}");
     assert!(error.is_retryable(), "{error:?}");
+}
+
+#[tokio::test]
+async fn local_repositories_are_refused_unless_allowed() {
+    let repo = Fixture::new();
+    repo.commit(&[("a.yaml", "v: 1\n")], "first");
+    let strict = GitCache::new(repo.cache.clone(), GitLimits::default());
+    for url in [repo.url(), repo.bare.display().to_string()] {
+        let error = strict.resolve(&url, "main", None).await.unwrap_err();
+        assert_eq!(error.reason(), "InvalidRepositoryURL", "{url}: {error}");
+        assert!(
+            error.to_string().contains("--git-allow-file-urls"),
+            "{error}"
+        );
+    }
+    assert_eq!(strict.stats(), GitStats::default());
+    repo.cache()
+        .resolve(&repo.url(), "main", None)
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -279,7 +307,7 @@ async fn a_checkout_over_the_size_limit_is_refused_naming_the_file() {
     );
     let limits = GitLimits {
         max_checkout_bytes: 1024,
-        ..GitLimits::default()
+        ..local()
     };
     let cache = GitCache::new(repo.cache.clone(), limits);
     let error = cache.resolve(&repo.url(), "main", None).await.unwrap_err();
@@ -384,7 +412,7 @@ async fn a_repository_with_too_many_packs_starts_afresh_and_keeps_working() {
     repo.commit(&[("a.yaml", "v: 1\n")], "first");
     let limits = GitLimits {
         max_packs: 2,
-        ..GitLimits::default()
+        ..local()
     };
     let cache = GitCache::new(repo.cache.clone(), limits);
     let url = repo.url();
@@ -420,7 +448,7 @@ async fn a_server_that_never_answers_times_out_naming_the_url() {
     let dir = tempfile::tempdir().unwrap();
     let limits = GitLimits {
         timeout: std::time::Duration::from_millis(500),
-        ..GitLimits::default()
+        ..local()
     };
     let cache = GitCache::new(dir.path().to_path_buf(), limits);
     let url = format!("http://{address}/repo.git");
