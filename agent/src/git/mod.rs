@@ -366,7 +366,12 @@ impl GitCache {
         let entry_dir = self.dir.join(&key);
         if let Revision::Commit(commit) = &parsed {
             let root = tree_dir(&entry_dir, commit);
-            if guard.trees.contains(commit) && root.is_dir() {
+            // A tree on disk is complete (written aside, then renamed), also one an earlier
+            // process wrote: a commit never changes, so no network is needed.
+            if root.is_dir() {
+                if !guard.trees.contains(commit) {
+                    remember_tree(&mut guard, &entry_dir, commit.clone());
+                }
                 return Ok(Checkout {
                     commit: commit.clone(),
                     root,

@@ -198,6 +198,13 @@ async fn a_pinned_commit_already_checked_out_needs_no_network() {
     let again = cache.resolve(&repo.url(), &first, None).await.unwrap();
     assert_eq!(again.commit, first);
     assert_eq!(cache.stats(), before);
+    // Also for the cache of a restarted agent on the same directory.
+    let restarted = repo.cache();
+    assert_eq!(
+        restarted.resolve(&repo.url(), &first, None).await.unwrap(),
+        again
+    );
+    assert_eq!(restarted.stats(), GitStats::default());
 }
 
 #[tokio::test]
