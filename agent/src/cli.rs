@@ -151,6 +151,10 @@ pub struct RunArgs {
     /// How long one ref check, fetch and checkout of a repository may take (Go duration).
     #[arg(long, default_value = "90s", value_parser = go_duration, env = "MOORING_GIT_TIMEOUT")]
     pub git_timeout: Duration,
+    /// Accept `file://` repository URLs and local paths (the local demo, tests). Off: an
+    /// Application could otherwise read any repository on the agent's file system.
+    #[arg(long, env = "MOORING_GIT_ALLOW_FILE_URLS")]
+    pub git_allow_file_urls: bool,
     /// The kustomize binary that renders Kustomize sources (a pinned release).
     #[arg(long, default_value = "kustomize", env = "MOORING_KUSTOMIZE_PATH")]
     pub kustomize_path: PathBuf,
@@ -181,6 +185,7 @@ impl RunArgs {
             dir,
             crate::git::GitLimits {
                 timeout: self.git_timeout,
+                allow_file_urls: self.git_allow_file_urls,
                 ..Default::default()
             },
         )

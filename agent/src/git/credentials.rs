@@ -1,6 +1,6 @@
 //! Repository credentials from labelled Secrets, as Argo CD's repository and repo-creds Secrets.
 
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::Api;
 use kube::api::ListParams;
 use zeroize::Zeroizing;
@@ -15,7 +15,9 @@ const TYPE_LABELS: [&str; 2] = ["mooring.dev/secret-type", "argocd.argoproj.io/s
 /// repository) or `repo-creds` (a URL prefix, a credential template).
 ///
 /// Keys as Argo CD's: `url`, `username`, `password`, `sshPrivateKey`; plus `known_hosts` (or
-/// `knownHosts`) for ssh, since mooring checks host keys per repository. A `repository` Secret
+/// `knownHosts`) for ssh, since mooring checks host keys per repository; without them, the
+/// `ssh_known_hosts` of ConfigMap `mooring-ssh-known-hosts` or Argo CD's
+/// `argocd-ssh-known-hosts-cm` in the same namespace. A `repository` Secret
 /// whose URL equals `url` (ignoring case, a trailing `/` and `.git`) wins; otherwise the longest
 /// matching prefix. Unlike Argo CD a prefix must end at a path boundary, so credentials for
 /// `https://git.example.com` are never sent to `https://git.example.com.evil.test`.
@@ -46,13 +48,59 @@ pub async fn credentials_for(
             candidates.push((kind, secret));
         }
     }
-    choose(
+    let chosen = choose(
         candidates
             .iter()
             .map(|(kind, secret)| (kind.as_str(), secret)),
         url,
-    )
-    .map(|secret| secret.map(|s| from_secret(s, namespace)).transpose())?
+    )?
+    .map(|secret| from_secret(secret, namespace))
+    .transpose()?;
+    if !is_ssh(url) || chosen.as_ref().is_some_and(|c| c.known_hosts.is_some()) {
+        return Ok(chosen);
+    }
+    // ssh without known_hosts in its Secret: the namespace-wide list, as Argo CD's ConfigMap.
+    let Some(known_hosts) = shared_known_hosts(client, namespace).await? else {
+        return Ok(chosen);
+    };
+    let mut credentials = chosen.unwrap_or_default();
+    credentials.known_hosts = Some(known_hosts);
+    Ok(Some(credentials))
+}
+
+/// ConfigMaps with known_hosts for every ssh repository of a namespace: mooring's own, then
+/// Argo CD's (same key, `ssh_known_hosts`), so an Argo CD installation's list keeps working.
+const KNOWN_HOSTS_CONFIG_MAPS: [&str; 2] = ["mooring-ssh-known-hosts", "argocd-ssh-known-hosts-cm"];
+
+async fn shared_known_hosts(
+    client: &kube::Client,
+    namespace: &str,
+) -> Result<Option<String>, GitError> {
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+    for name in KNOWN_HOSTS_CONFIG_MAPS {
+        let found = config_maps
+            .get_opt(name)
+            .await
+            .map_err(|source| GitError::ReadKnownHosts {
+                config_map: format!("{namespace}/{name}"),
+                source,
+            })?;
+        if let Some(text) = found
+            .and_then(|config_map| config_map.data)
+            .and_then(|mut data| data.remove("ssh_known_hosts"))
+        {
+            return Ok(Some(text));
+        }
+    }
+    Ok(None)
+}
+
+/// `ssh://…`, or the scp-like `user@host:path`.
+fn is_ssh(url: &str) -> bool {
+    let url = url.trim();
+    url.starts_with("ssh://")
+        || url.starts_with("git+ssh://")
+        || (!url.contains("://") && url.contains('@') && url.contains(':'))
 }
 
 /// The Secret for `url`: an exact `repository` match first, then the longest prefix.
@@ -92,9 +140,19 @@ fn is_prefix_at_boundary(prefix: &str, url: &str) -> bool {
     })
 }
 
-/// Lower case, without a trailing `/` or `.git`: how Argo CD compares repository URLs.
+/// Lower case, without a trailing `/` or `.git`, scp-like `git@host:path` as
+/// `ssh://git@host/path`: how Argo CD compares repository URLs.
 fn normalize(url: &str) -> String {
     let url = url.trim().to_ascii_lowercase();
+    let url = match url.split_once(':') {
+        // scp-like: `user@host:path` (no scheme, no port syntax).
+        Some((authority, path))
+            if !url.contains("://") && authority.contains('@') && !path.starts_with('/') =>
+        {
+            format!("ssh://{authority}/{path}")
+        }
+        _ => url,
+    };
     let url = url.trim_end_matches('/');
     url.strip_suffix(".git").unwrap_or(url).to_string()
 }
@@ -123,11 +181,42 @@ fn secret_text(
     Ok(Some(Zeroizing::new(text.to_string())))
 }
 
+/// Argo CD credential keys mooring cannot honour yet: refusing them says why a fetch would
+/// fail, instead of an anonymous attempt ending in "authentication failed".
+const UNSUPPORTED_KEYS: [&str; 8] = [
+    "githubAppID",
+    "githubAppInstallationID",
+    "githubAppPrivateKey",
+    "tlsClientCertData",
+    "tlsClientCertKey",
+    "gcpServiceAccountKey",
+    "bearerToken",
+    "proxy",
+];
+
 fn from_secret(secret: &Secret, namespace: &str) -> Result<RepoCredentials, GitError> {
     let name = format!(
         "{namespace}/{}",
         secret.metadata.name.as_deref().unwrap_or_default()
     );
+    let unsupported: Vec<&str> = UNSUPPORTED_KEYS
+        .into_iter()
+        .filter(|key| {
+            secret
+                .data
+                .as_ref()
+                .is_some_and(|data| data.contains_key(*key))
+        })
+        .collect();
+    if !unsupported.is_empty() {
+        return Err(GitError::InvalidCredentials {
+            secret: name,
+            reason: format!(
+                "mooring does not support the key(s) {} yet; use username/password (https) or sshPrivateKey",
+                unsupported.join(", ")
+            ),
+        });
+    }
     let credentials = RepoCredentials {
         username: secret_text(secret, "username", &name)?,
         password: secret_text(secret, "password", &name)?,
@@ -205,6 +294,22 @@ mod tests {
     }
 
     #[test]
+    fn scp_like_and_ssh_urls_are_the_same_repository() {
+        let candidates = [(
+            "repository",
+            secret("ssh", &[("url", "git@git.example.com:org/app.git")]),
+        )];
+        assert_eq!(
+            pick(&candidates, "ssh://git@git.example.com/org/app").as_deref(),
+            Some("ssh")
+        );
+        assert_eq!(
+            pick(&candidates, "git@git.example.com:org/app.git").as_deref(),
+            Some("ssh")
+        );
+    }
+
+    #[test]
     fn a_prefix_must_end_at_a_path_boundary() {
         let candidates = [(
             "repo-creds",
@@ -267,6 +372,24 @@ mod tests {
         assert!(
             !shown.contains("hunter2") && !shown.contains("secret-key") && !shown.contains("bot")
         );
+    }
+
+    #[test]
+    fn unsupported_argo_keys_are_named() {
+        let error = from_secret(
+            &secret(
+                "app",
+                &[("url", "https://x"), ("githubAppPrivateKey", "-----BEGIN")],
+            ),
+            "ns",
+        )
+        .unwrap_err();
+        let message = error.to_string();
+        assert!(
+            message.contains("githubAppPrivateKey") && message.contains("ns/app"),
+            "{message}"
+        );
+        assert!(!message.contains("BEGIN"));
     }
 
     #[test]

@@ -68,6 +68,12 @@ pub struct GitLimits {
     pub max_checkout_bytes: u64,
     /// Number of files and directories in one checkout.
     pub max_checkout_entries: usize,
+    /// Packs one cached repository may collect (each fetch of a new commit adds one) before it
+    /// is started afresh, which bounds its disk use: a shallow checkout needs no old objects.
+    pub max_packs: usize,
+    /// Accept `file://` URLs and local paths. Off by default: an Application could otherwise
+    /// read any git repository on the agent's file system. Tests and the local demo turn it on.
+    pub allow_file_urls: bool,
 }
 
 impl Default for GitLimits {
@@ -77,6 +83,8 @@ impl Default for GitLimits {
             timeout: Duration::from_secs(90),
             max_checkout_bytes: 512 * 1024 * 1024,
             max_checkout_entries: 100_000,
+            max_packs: 32,
+            allow_file_urls: false,
         }
     }
 }
@@ -188,6 +196,15 @@ pub enum GitError {
         #[source]
         source: kube::Error,
     },
+    /// The shared known_hosts ConfigMap could not be read.
+    #[error("failed to read the ssh known_hosts ConfigMap {config_map}")]
+    ReadKnownHosts {
+        /// `namespace/name` of the ConfigMap.
+        config_map: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
     /// The local cache directory could not be written.
     #[error("failed to {action} {path}")]
     Storage {
@@ -211,6 +228,7 @@ impl GitError {
                 | GitError::Timeout { .. }
                 | GitError::Fetch { .. }
                 | GitError::ListSecrets { .. }
+                | GitError::ReadKnownHosts { .. }
                 | GitError::Storage { .. }
         )
     }
@@ -228,6 +246,7 @@ impl GitError {
             GitError::Jail { .. } => "CheckoutRefused",
             GitError::InvalidCredentials { .. } => "InvalidRepositoryCredentials",
             GitError::ListSecrets { .. } => "RepositoryCredentialsUnavailable",
+            GitError::ReadKnownHosts { .. } => "RepositoryCredentialsUnavailable",
             GitError::Storage { .. } => "GitCacheFailed",
         }
     }
@@ -332,7 +351,7 @@ impl GitCache {
     ) -> Result<Checkout, GitError> {
         let shown_url = redact_url(url);
         let parsed = Revision::parse(revision);
-        remote::check_url(url, &shown_url)?;
+        remote::check_url(url, &shown_url, self.limits.allow_file_urls)?;
         let key = entry_key(url, &parsed);
         let entry = {
             let mut entries = self
@@ -347,7 +366,12 @@ impl GitCache {
         let entry_dir = self.dir.join(&key);
         if let Revision::Commit(commit) = &parsed {
             let root = tree_dir(&entry_dir, commit);
-            if guard.trees.contains(commit) && root.is_dir() {
+            // A tree on disk is complete (written aside, then renamed), also one an earlier
+            // process wrote: a commit never changes, so no network is needed.
+            if root.is_dir() {
+                if !guard.trees.contains(commit) {
+                    remember_tree(&mut guard, &entry_dir, commit.clone());
+                }
                 return Ok(Checkout {
                     commit: commit.clone(),
                     root,
@@ -362,7 +386,6 @@ impl GitCache {
             revision_text: revision.to_string(),
             credentials: credentials.cloned(),
             entry_dir: entry_dir.clone(),
-            current: guard.trees.last().cloned(),
             limits: self.limits.clone(),
             interrupt: Arc::new(AtomicBool::new(false)),
             remote_checks: Arc::clone(&self.remote_checks),
@@ -414,14 +437,24 @@ impl GitCache {
     }
 }
 
-/// Records `commit` as the current tree of the entry and deletes trees older than the kept ones.
+/// Records `commit` as the current tree of the entry and deletes every other tree on disk but
+/// the one before (including trees an earlier process left behind).
 fn remember_tree(entry: &mut Entry, entry_dir: &Path, commit: String) {
     entry.trees.retain(|kept| kept != &commit);
     entry.trees.push(commit);
     while entry.trees.len() > KEPT_TREES {
-        let old = entry.trees.remove(0);
-        if let Err(error) = tree::remove(&tree_dir(entry_dir, &old)) {
-            tracing::warn!(%error, commit = %old, "failed to delete an old checkout");
+        entry.trees.remove(0);
+    }
+    let Ok(on_disk) = std::fs::read_dir(entry_dir.join("trees")) else {
+        return;
+    };
+    for tree in on_disk.filter_map(Result::ok) {
+        let name = tree.file_name().to_string_lossy().into_owned();
+        if entry.trees.contains(&name) {
+            continue;
+        }
+        if let Err(error) = tree::remove(&tree.path()) {
+            tracing::warn!(%error, tree = %name, "failed to delete an old checkout");
         }
     }
 }

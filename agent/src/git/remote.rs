@@ -20,8 +20,6 @@ pub(super) struct Job {
     pub revision_text: String,
     pub credentials: Option<RepoCredentials>,
     pub entry_dir: PathBuf,
-    /// The commit checked out last for this entry, if any.
-    pub current: Option<String>,
     pub limits: GitLimits,
     pub interrupt: Arc<AtomicBool>,
     pub remote_checks: Arc<AtomicU64>,
@@ -30,7 +28,7 @@ pub(super) struct Job {
 
 /// The schemes mooring fetches from. `git://` is unauthenticated and unencrypted; `ext::` runs
 /// commands: both refused.
-pub(super) fn check_url(url: &str, shown_url: &str) -> Result<(), GitError> {
+pub(super) fn check_url(url: &str, shown_url: &str, allow_file: bool) -> Result<(), GitError> {
     let invalid = |reason: &str| GitError::InvalidUrl {
         url: shown_url.to_string(),
         reason: reason.to_string(),
@@ -39,7 +37,10 @@ pub(super) fn check_url(url: &str, shown_url: &str) -> Result<(), GitError> {
         .map_err(|_| invalid("not a git URL (use https://, ssh:// or git@host:path)"))?;
     match parsed.scheme {
         gix::url::Scheme::Https | gix::url::Scheme::Http | gix::url::Scheme::Ssh => Ok(()),
-        gix::url::Scheme::File => Ok(()),
+        gix::url::Scheme::File if allow_file => Ok(()),
+        gix::url::Scheme::File => Err(invalid(
+            "local repositories are off (the agent's --git-allow-file-urls turns them on)",
+        )),
         _ => Err(invalid(
             "unsupported scheme (use https://, ssh:// or git@host:path)",
         )),
@@ -86,6 +87,7 @@ impl Job {
         // helpers, proxies or an ssh command from the host must not apply).
         let options = gix::open::Options::isolated();
         if repo_dir.join("HEAD").is_file()
+            && pack_count(repo_dir) <= self.limits.max_packs
             && let Ok(repo) = gix::open_opts(repo_dir, options.clone())
         {
             return Ok(repo);
@@ -169,7 +171,7 @@ impl Job {
         .map_err(|e| self.classify(&e))?;
         let mut connection = remote.to_connection_with_transport(transport);
         connection.set_transport_options(Box::new(http_options(&self.limits)));
-        if let Some(account) = self.http_account() {
+        if let Some(account) = self.http_account()? {
             connection.set_credentials(move |action| match action {
                 gix::credentials::helper::Action::Get(context) => {
                     Ok(Some(gix::credentials::protocol::Outcome {
@@ -192,9 +194,9 @@ impl Job {
         let target = self.target(prepare.ref_map())?;
 
         let target_commit = target.object.to_string();
-        if self.current.as_deref() == Some(target_commit.as_str())
-            && tree_dir(&self.entry_dir, &target_commit).is_dir()
-        {
+        // A tree on disk is complete (written aside, then renamed): this commit needs no pack,
+        // also when an earlier process checked it out.
+        if tree_dir(&self.entry_dir, &target_commit).is_dir() {
             // Dropping `prepare` ends the conversation without asking for a pack.
             return Ok(target_commit);
         }
@@ -263,20 +265,37 @@ impl Job {
             .ok_or_else(not_found)
     }
 
-    fn http_account(&self) -> Option<gix::sec::identity::Account> {
-        let credentials = self.credentials.as_ref()?;
-        let password = credentials.password.as_ref()?;
+    /// The https account, if the credentials have one. Plain http gets credentials only on a
+    /// loopback host (a test server, a local proxy): anywhere else they would cross the network
+    /// readable by anyone on the path.
+    fn http_account(&self) -> Result<Option<gix::sec::identity::Account>, GitError> {
+        let Some(credentials) = self.credentials.as_ref() else {
+            return Ok(None);
+        };
+        let Some(password) = credentials.password.as_ref() else {
+            return Ok(None);
+        };
+        let url =
+            gix::url::parse(self.url.as_bytes().as_bstr()).map_err(|e| self.invalid_url(e))?;
+        if url.scheme == gix::url::Scheme::Http && !url.host().is_some_and(is_loopback) {
+            return Err(GitError::InvalidUrl {
+                url: self.shown_url.clone(),
+                reason:
+                    "credentials are not sent over plain http (only to a loopback host); use https"
+                        .into(),
+            });
+        }
         let username = credentials
             .username
             .as_ref()
             .map(|u| u.to_string())
             .filter(|u| !u.is_empty())
             .unwrap_or_else(|| "git".to_string());
-        Some(gix::sec::identity::Account {
+        Ok(Some(gix::sec::identity::Account {
             username,
             password: password.to_string(),
             oauth_refresh_token: None,
-        })
+        }))
     }
 
     fn invalid_url(&self, error: impl std::fmt::Display) -> GitError {
@@ -335,6 +354,31 @@ impl Job {
             detail,
         }
     }
+}
+
+/// Packs in the repository's object database.
+pub(super) fn pack_count(repo_dir: &Path) -> usize {
+    std::fs::read_dir(repo_dir.join("objects/pack"))
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter(|entry| entry.path().extension().is_some_and(|e| e == "pack"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+pub(super) fn is_loopback_for_tests(host: &str) -> bool {
+    is_loopback(host)
+}
+
+fn is_loopback(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 fn tree_dir(entry_dir: &Path, commit: &str) -> PathBuf {

@@ -78,7 +78,15 @@ impl Fixture {
     }
 
     fn cache(&self) -> GitCache {
-        GitCache::new(self.cache.clone(), GitLimits::default())
+        GitCache::new(self.cache.clone(), local())
+    }
+}
+
+/// Limits with `file://` allowed, as the unit tests fetch from local repositories.
+fn local() -> GitLimits {
+    GitLimits {
+        allow_file_urls: true,
+        ..GitLimits::default()
     }
 }
 
@@ -190,6 +198,13 @@ async fn a_pinned_commit_already_checked_out_needs_no_network() {
     let again = cache.resolve(&repo.url(), &first, None).await.unwrap();
     assert_eq!(again.commit, first);
     assert_eq!(cache.stats(), before);
+    // Also for the cache of a restarted agent on the same directory.
+    let restarted = repo.cache();
+    assert_eq!(
+        restarted.resolve(&repo.url(), &first, None).await.unwrap(),
+        again
+    );
+    assert_eq!(restarted.stats(), GitStats::default());
 }
 
 #[tokio::test]
@@ -222,11 +237,31 @@ async fn a_missing_revision_names_the_revision_and_the_url() {
 #[tokio::test]
 async fn a_missing_repository_is_unreachable_and_retryable() {
     let dir = tempfile::tempdir().unwrap();
-    let cache = GitCache::new(dir.path().join("cache"), GitLimits::default());
+    let cache = GitCache::new(dir.path().join("cache"), local());
     let url = format!("file://{}/nothing-here.git", dir.path().display());
     let error = cache.resolve(&url, "main", None).await.unwrap_err();
     assert!(error.to_string().contains(&url), "{error}");
     assert!(error.is_retryable(), "{error:?}");
+}
+
+#[tokio::test]
+async fn local_repositories_are_refused_unless_allowed() {
+    let repo = Fixture::new();
+    repo.commit(&[("a.yaml", "v: 1\n")], "first");
+    let strict = GitCache::new(repo.cache.clone(), GitLimits::default());
+    for url in [repo.url(), repo.bare.display().to_string()] {
+        let error = strict.resolve(&url, "main", None).await.unwrap_err();
+        assert_eq!(error.reason(), "InvalidRepositoryURL", "{url}: {error}");
+        assert!(
+            error.to_string().contains("--git-allow-file-urls"),
+            "{error}"
+        );
+    }
+    assert_eq!(strict.stats(), GitStats::default());
+    repo.cache()
+        .resolve(&repo.url(), "main", None)
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -279,7 +314,7 @@ async fn a_checkout_over_the_size_limit_is_refused_naming_the_file() {
     );
     let limits = GitLimits {
         max_checkout_bytes: 1024,
-        ..GitLimits::default()
+        ..local()
     };
     let cache = GitCache::new(repo.cache.clone(), limits);
     let error = cache.resolve(&repo.url(), "main", None).await.unwrap_err();
@@ -350,4 +385,116 @@ fn credentials_debug_shows_no_secret() {
     };
     let shown = format!("{credentials:?}");
     assert!(!shown.contains("robot") && !shown.contains("s3cret") && !shown.contains("BEGIN"));
+}
+
+#[tokio::test]
+async fn credentials_are_not_sent_over_plain_http_to_a_remote_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = GitCache::new(dir.path().to_path_buf(), GitLimits::default());
+    let credentials = RepoCredentials {
+        username: Some(Zeroizing::new("robot".into())),
+        password: Some(Zeroizing::new("s3cret".into())),
+        ..Default::default()
+    };
+    // Refused before any connection: the host does not even need to exist.
+    let error = cache
+        .resolve(
+            "http://git.example.invalid/repo.git",
+            "main",
+            Some(&credentials),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(error.reason(), "InvalidRepositoryURL", "{error}");
+    assert!(error.to_string().contains("https"), "{error}");
+    assert!(remote::is_loopback_for_tests("127.0.0.1"));
+    assert!(remote::is_loopback_for_tests("[::1]"));
+    assert!(remote::is_loopback_for_tests("localhost"));
+    assert!(!remote::is_loopback_for_tests("10.0.0.1"));
+}
+
+#[tokio::test]
+async fn a_repository_with_too_many_packs_starts_afresh_and_keeps_working() {
+    let repo = Fixture::new();
+    repo.commit(&[("a.yaml", "v: 1\n")], "first");
+    let limits = GitLimits {
+        max_packs: 2,
+        ..local()
+    };
+    let cache = GitCache::new(repo.cache.clone(), limits);
+    let url = repo.url();
+    let mut most_packs = 0;
+    for round in 2..8 {
+        let commit = repo.commit(&[("a.yaml", &format!("v: {round}\n"))], "next");
+        let checkout = cache.resolve(&url, "main", None).await.unwrap();
+        assert_eq!(checkout.commit, commit);
+        assert_eq!(read(&checkout, "a.yaml"), format!("v: {round}\n"));
+        for entry in std::fs::read_dir(&repo.cache).unwrap() {
+            let packs = remote::pack_count(&entry.unwrap().path().join("repo.git"));
+            most_packs = most_packs.max(packs);
+        }
+    }
+    assert!(
+        (2..=3).contains(&most_packs),
+        "each fetch adds a pack, and they are bounded: saw {most_packs}"
+    );
+    assert_eq!(cache.stats().fetches, 6);
+}
+
+#[tokio::test]
+async fn a_server_that_never_answers_times_out_naming_the_url() {
+    // Accepts connections and never says a word.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let silent = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let limits = GitLimits {
+        timeout: std::time::Duration::from_millis(500),
+        ..local()
+    };
+    let cache = GitCache::new(dir.path().to_path_buf(), limits);
+    let url = format!("http://{address}/repo.git");
+    let started = std::time::Instant::now();
+    let error = cache.resolve(&url, "main", None).await.unwrap_err();
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    assert!(matches!(error, GitError::Timeout { .. }), "{error:?}");
+    assert!(error.to_string().contains(&url), "{error}");
+    assert!(error.is_retryable());
+    silent.abort();
+}
+
+#[tokio::test]
+async fn a_new_process_reuses_the_checkout_on_disk_and_cleans_up_what_it_does_not_need() {
+    let repo = Fixture::new();
+    repo.commit(&[("a.yaml", "v: 1\n")], "first");
+    let url = repo.url();
+    let old = repo.cache().resolve(&url, "main", None).await.unwrap();
+    let second = repo.commit(&[("a.yaml", "v: 2\n")], "second");
+    let current = repo.cache().resolve(&url, "main", None).await.unwrap();
+    assert_eq!(current.commit, second);
+    let third = repo.commit(&[("a.yaml", "v: 3\n")], "third");
+    let newest = repo.cache().resolve(&url, "main", None).await.unwrap();
+    assert_eq!(newest.commit, third);
+    // Each GitCache above is a new process's cache on the same directory.
+    assert!(
+        !old.root.exists(),
+        "a tree an earlier process left is deleted"
+    );
+
+    let restarted = repo.cache();
+    let again = restarted.resolve(&url, "main", None).await.unwrap();
+    assert_eq!(again, newest);
+    assert_eq!(
+        restarted.stats(),
+        GitStats {
+            remote_checks: 1,
+            fetches: 0
+        },
+        "the tree on disk needs no fetch"
+    );
 }

@@ -27,8 +27,9 @@ use super::{Jail, RenderError, RenderLimits, RenderOptions, yaml};
 /// File names that make a directory a kustomization, as kustomize and Argo CD.
 const KUSTOMIZATION_FILES: [&str; 3] = ["kustomization.yaml", "kustomization.yml", "Kustomization"];
 
-/// The kustomize runner the agent shares between renders: which binary, how long one build may
-/// take, how many run at once, and whether remote bases are allowed.
+/// The kustomize runner the agent shares between renders: which binary (`kustomize`, or
+/// `kubectl`, which then runs `kubectl kustomize`), how long one build may take, how many run at
+/// once, and whether remote bases are allowed.
 #[derive(Clone, Debug)]
 pub struct Kustomize {
     binary: PathBuf,
@@ -80,8 +81,13 @@ impl Kustomize {
             .await
             .map_err(|e| RenderError::Workspace(std::io::Error::other(e.to_string())))?;
         let mut command = tokio::process::Command::new(&self.binary);
+        // `kubectl kustomize DIR` is the same build where kubectl is what the machine has.
+        let is_kubectl = self
+            .binary
+            .file_name()
+            .is_some_and(|name| name == "kubectl");
         command
-            .arg("build")
+            .arg(if is_kubectl { "kustomize" } else { "build" })
             .arg(&prepared.build_dir)
             .args(["--load-restrictor", "LoadRestrictionsRootOnly"])
             .stdin(Stdio::null())

@@ -213,6 +213,14 @@ pub enum RenderError {
         /// Which limit.
         reason: String,
     },
+    /// The source is of a kind mooring does not render yet.
+    #[error("source path {path} holds a {kind}, which mooring does not render yet")]
+    UnsupportedSource {
+        /// The source path.
+        path: String,
+        /// What was found.
+        kind: &'static str,
+    },
     /// A temporary file for kustomize could not be written.
     #[error("failed to prepare the kustomize build")]
     Workspace(#[source] std::io::Error),
@@ -255,6 +263,7 @@ impl RenderError {
             RenderError::Kustomize { .. } => "KustomizeFailed",
             RenderError::KustomizeTimeout { .. } => "KustomizeTimeout",
             RenderError::TooLarge { .. } => "RenderTooLarge",
+            RenderError::UnsupportedSource { .. } => "UnsupportedSource",
             RenderError::Workspace(_) => "RenderFailed",
         }
     }
@@ -286,6 +295,14 @@ pub async fn render(
     if !real.is_dir() {
         return Err(RenderError::PathNotFound {
             path: path.to_string(),
+        });
+    }
+    // Helm (and Jsonnet) are later arms of this dispatch; until then a chart is named as such
+    // rather than read as a directory of broken manifests.
+    if !kustomize::is_kustomization(&source) && source.join("Chart.yaml").is_file() {
+        return Err(RenderError::UnsupportedSource {
+            path: shown,
+            kind: "Helm chart (Chart.yaml)",
         });
     }
     let objects = if kustomize::is_kustomization(&source) {

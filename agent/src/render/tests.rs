@@ -252,7 +252,11 @@ async fn malformed_yaml_names_the_file_and_line() {
 /// A stand-in kustomize: a shell script. It runs with PATH=/nonexistent, as the real one: tools
 /// need absolute paths.
 fn fake_kustomize(dir: &Path, body: &str) -> PathBuf {
-    let path = dir.join("kustomize");
+    fake_tool(dir, "kustomize", body)
+}
+
+fn fake_tool(dir: &Path, name: &str, body: &str) -> PathBuf {
+    let path = dir.join(name);
     std::fs::write(&path, format!("#!/bin/sh\nset -e\n{body}\n")).unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
     path
@@ -494,4 +498,43 @@ async fn argo_cd_kustomize_options_go_into_a_generated_overlay() {
             .reason(),
         "InvalidKustomizeImage"
     );
+}
+
+#[tokio::test]
+async fn a_helm_chart_is_named_as_unsupported_rather_than_read_as_manifests() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "chart/Chart.yaml",
+        "apiVersion: v2\nname: x\nversion: 0.1.0\n",
+    );
+    write(
+        dir.path(),
+        "chart/templates/cm.yaml",
+        &config_map("{{ .Release.Name }}"),
+    );
+    let error = render_dir(dir.path(), "chart", DirectoryOptions::default())
+        .await
+        .unwrap_err();
+    assert_eq!(error.reason(), "UnsupportedSource", "{error}");
+    assert!(error.to_string().contains("Helm"), "{error}");
+}
+
+#[tokio::test]
+async fn kubectl_is_run_as_kubectl_kustomize() {
+    let tools = tempfile::tempdir().unwrap();
+    let binary = fake_tool(
+        tools.path(),
+        "kubectl",
+        r#"printf 'apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: built\ndata:\n  command: "%s"\n' "$1""#,
+    );
+    let dir = kustomization_tree();
+    let objects = render(
+        dir.path(),
+        "overlay",
+        &kustomize_options(binary, Duration::from_secs(30), 1),
+    )
+    .await
+    .unwrap();
+    assert_eq!(objects[0].data["data"]["command"], "kustomize");
 }
