@@ -4,7 +4,8 @@
 //! users asked for: a manually edited or deleted Secret is restored (every Secret change wakes
 //! the SealedSecret of the same name, and a periodic resync catches the rest); events are
 //! published only when something changed; the `Synced` condition carries a `reason`; the key that
-//! opened an object is remembered so a re-unseal costs one RSA operation.
+//! opened an object is remembered so a re-unseal costs one RSA operation; RSA work runs on at
+//! most one thread per core, so a burst of objects queues instead of starting a thread each.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -58,6 +59,10 @@ pub struct Context {
     statuses: Mutex<HashMap<String, WrittenStatus>>,
     /// Reconciles running now; shutdown waits for them, and only them.
     in_flight: tokio::sync::watch::Sender<usize>,
+    /// Permits for RSA work, one per core: a burst of SealedSecrets queues here instead of
+    /// starting a blocking thread per object (RSA is CPU-bound; more threads than cores only
+    /// add memory and context switches).
+    rsa_slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl Context {
@@ -80,8 +85,19 @@ impl Context {
             synced: Mutex::default(),
             statuses: Mutex::default(),
             in_flight: tokio::sync::watch::Sender::new(0),
+            rsa_slots: Arc::new(tokio::sync::Semaphore::new(rsa_parallelism())),
         }
     }
+}
+
+/// How many SealedSecrets are reconciled at once. Most of a reconcile waits on the API server
+/// (read the Secret, write it, write the status), so a few times the RSA parallelism keeps the
+/// cores busy while bounding in-flight requests and memory during a burst.
+const MAX_CONCURRENT_RECONCILES: u16 = 32;
+
+/// RSA operations run at once: the number of cores the process may use.
+fn rsa_parallelism() -> usize {
+    std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get)
 }
 
 /// Why a SealedSecret could not be synced. Messages name keys, never values.
@@ -197,7 +213,9 @@ pub async fn run(
     // the same name, owned or not (managed, patch and skip-owner Secrets are repaired too).
     let shutdown = futures::FutureExt::shared(shutdown);
     let mut in_flight = ctx.in_flight.subscribe();
-    let controller = Controller::new(sealed, watcher::Config::default());
+    let controller = Controller::new(sealed, watcher::Config::default()).with_config(
+        kube::runtime::controller::Config::default().concurrency(MAX_CONCURRENT_RECONCILES),
+    );
     let counting = count_conditions(controller.store(), ctx.metrics.clone());
     let controller = controller
         .watches(secrets, watcher::Config::default(), |secret| {
@@ -364,7 +382,8 @@ async fn sync(sealed: &SealedSecret, ctx: &Context) -> Result<Outcome, Error> {
     Ok(outcome)
 }
 
-/// Opens every value with the key ring, off the async workers (RSA is CPU work).
+/// Opens every value with the key ring, off the async workers (RSA is CPU work), at most one
+/// object per core at a time.
 async fn unseal(sealed: &SealedSecret, ctx: &Context) -> Result<BTreeMap<String, Vec<u8>>, Error> {
     if ctx.keys.is_empty() {
         return Err(Error::NoKeys);
@@ -373,7 +392,14 @@ async fn unseal(sealed: &SealedSecret, ctx: &Context) -> Result<BTreeMap<String,
     let hint = lock(&ctx.opened_with).get(&uid).cloned();
     let keys = Arc::clone(&ctx.keys);
     let object = sealed.clone();
-    let joined = tokio::task::spawn_blocking(move || open_all(&object, &keys, hint)).await;
+    // The semaphore is never closed; should it be, unseal without a permit rather than fail.
+    let permit = Arc::clone(&ctx.rsa_slots).acquire_owned().await.ok();
+    let joined = tokio::task::spawn_blocking(move || {
+        let opened = open_all(&object, &keys, hint);
+        drop(permit);
+        opened
+    })
+    .await;
     let (result, used) = joined.map_err(|_| Error::NoKeys)?;
     if let Some(fingerprint) = used {
         lock(&ctx.opened_with).insert(uid, fingerprint);
