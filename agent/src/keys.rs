@@ -4,11 +4,14 @@
 //!
 //! Better than upstream: key Secrets are watched (an imported or bring-your-own key works without
 //! a restart; a malformed one is skipped with an event, never a crash), and [`KeyRing::open`]
-//! tries the key that opened an object last time first, then the newest key, so an unseal costs
-//! one RSA operation in the common case whatever the number of keys.
+//! tries the key that opened an object last time first, then the keys that most recently opened
+//! anything, then the rest newest first, so an unseal costs one RSA operation in the common case
+//! whatever the number of keys. A sealed value does not say which key sealed it (RSA-OAEP
+//! ciphertexts carry no key identifier): a value of an object never opened before, sealed with
+//! another key than the recently successful ones, still costs one operation per key tried.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
 use aws_lc_rs::encoding::AsDer;
@@ -189,6 +192,37 @@ pub struct KeyRing {
     rsa_operations: Counter,
     /// Bumped whenever the keys change, so results computed with older keys can be told apart.
     version: std::sync::atomic::AtomicU64,
+    /// Fingerprints of the keys that opened a value, most recent first (at most
+    /// [`RECENT_KEYS`]): values sealed together (a burst, a repository sealed with one
+    /// certificate) mostly share their key, so the last successful key is the best first guess
+    /// for a value without a hint.
+    recent: Mutex<Vec<String>>,
+}
+
+/// How many recently successful keys [`KeyRing`] remembers; more than anyone keeps active.
+const RECENT_KEYS: usize = 16;
+
+/// The order to try `keys` (newest first) in: the hinted key, then the recently successful ones
+/// (most recent first), then the others newest first.
+fn trial_order<'k>(
+    keys: &'k [Arc<SealingKey>],
+    hint: Option<&str>,
+    recent: &[String],
+) -> Vec<&'k Arc<SealingKey>> {
+    let rank = |key: &SealingKey| {
+        if Some(key.fingerprint.as_str()) == hint {
+            0
+        } else {
+            recent
+                .iter()
+                .position(|f| *f == key.fingerprint)
+                .map_or(usize::MAX, |p| p + 1)
+        }
+    };
+    let mut ordered: Vec<&Arc<SealingKey>> = keys.iter().collect();
+    // Stable: keys never successful keep their newest-first order.
+    ordered.sort_by_key(|key| rank(key));
+    ordered
 }
 
 impl KeyRing {
@@ -198,7 +232,24 @@ impl KeyRing {
             keys: RwLock::new(Arc::new(Vec::new())),
             rsa_operations: metrics.rsa_operations.clone(),
             version: std::sync::atomic::AtomicU64::new(0),
+            recent: Mutex::default(),
         }
+    }
+
+    fn recent(&self) -> std::sync::MutexGuard<'_, Vec<String>> {
+        // A poisoned lock only means a panic elsewhere; a stale order costs RSA work, not results.
+        self.recent.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Moves `fingerprint` to the front of the recently successful keys.
+    fn opened_with(&self, fingerprint: &str) {
+        let mut recent = self.recent();
+        if recent.first().is_some_and(|f| f == fingerprint) {
+            return;
+        }
+        recent.retain(|f| f != fingerprint);
+        recent.insert(0, fingerprint.to_string());
+        recent.truncate(RECENT_KEYS);
     }
 
     fn snapshot(&self) -> Arc<Vec<Arc<SealingKey>>> {
@@ -264,7 +315,8 @@ impl KeyRing {
     }
 
     /// Opens one sealed value under `label`. Tries the key with fingerprint `hint` first, then
-    /// the others newest first; returns the plaintext and the fingerprint of the key that opened it.
+    /// the keys that most recently opened a value, then the others newest first; returns the
+    /// plaintext and the fingerprint of the key that opened it.
     pub fn open(
         &self,
         label: &[u8],
@@ -272,15 +324,13 @@ impl KeyRing {
         hint: Option<&str>,
     ) -> Result<(Zeroizing<Vec<u8>>, String), EnvelopeError> {
         let keys = self.snapshot();
-        let hinted = hint.and_then(|h| keys.iter().find(|k| k.fingerprint == h));
-        let ordered = hinted
-            .into_iter()
-            .chain(keys.iter().filter(|k| Some(k.fingerprint.as_str()) != hint));
+        let ordered = trial_order(&keys, hint, &self.recent());
         let mut error = EnvelopeError::DecryptSessionKey;
         for key in ordered {
             match mooring_sealing::open(&key.private, label, ciphertext) {
                 Ok(plaintext) => {
                     self.rsa_operations.inc();
+                    self.opened_with(&key.fingerprint);
                     return Ok((plaintext, key.fingerprint.clone()));
                 }
                 // Framing is checked before any RSA work, and is the same for every key.
@@ -602,6 +652,95 @@ mod tests {
             3,
             "with the hint: one operation"
         );
+    }
+
+    /// A 2048-bit key named and fingerprinted `name`, with notBefore `age_rank` seconds after
+    /// the epoch (higher = newer).
+    fn small_key(name: &str, age_rank: u64) -> SealingKey {
+        let private = PrivateDecryptingKey::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
+        SealingKey {
+            secret_name: name.into(),
+            fingerprint: name.into(),
+            public: private.public_key(),
+            private,
+            certificate_pem: String::new(),
+            not_before: SystemTime::UNIX_EPOCH + Duration::from_secs(age_rank),
+        }
+    }
+
+    #[test]
+    fn keys_are_tried_hint_first_then_recently_successful_then_newest_first() {
+        // Newest first, as the ring keeps them.
+        let keys: Vec<Arc<SealingKey>> = [("newest", 3), ("middle", 2), ("oldest", 1)]
+            .into_iter()
+            .map(|(name, rank)| Arc::new(small_key(name, rank)))
+            .collect();
+        let names = |order: Vec<&Arc<SealingKey>>| -> Vec<String> {
+            order.iter().map(|k| k.fingerprint.clone()).collect()
+        };
+        assert_eq!(
+            names(trial_order(&keys, None, &[])),
+            ["newest", "middle", "oldest"]
+        );
+        let recent = ["oldest".to_string()];
+        assert_eq!(
+            names(trial_order(&keys, None, &recent)),
+            ["oldest", "newest", "middle"]
+        );
+        assert_eq!(
+            names(trial_order(&keys, Some("middle"), &recent)),
+            ["middle", "oldest", "newest"],
+            "an object's own hint beats the cluster-wide guess"
+        );
+        assert_eq!(
+            names(trial_order(&keys, Some("gone"), &recent)),
+            ["oldest", "newest", "middle"],
+            "a hint naming a removed key is ignored"
+        );
+    }
+
+    #[test]
+    fn a_burst_sealed_with_an_older_key_costs_one_operation_per_value() {
+        let metrics = SealedSecretMetrics::default();
+        let ring = KeyRing::new(&metrics);
+        let old = small_key("old", 1);
+        let new = small_key("new", 2);
+        let sealed_old: Vec<Vec<u8>> = (0..3)
+            .map(|i| {
+                mooring_sealing::seal(&old.public, b"ns/a", format!("v{i}").as_bytes()).unwrap()
+            })
+            .collect();
+        let sealed_new = mooring_sealing::seal(&new.public, b"ns/a", b"n").unwrap();
+        ring.set(vec![Arc::new(old), Arc::new(new)]);
+
+        let (plaintext, fingerprint) = ring.open(b"ns/a", &sealed_old[0], None).unwrap();
+        assert_eq!(
+            (plaintext.as_slice(), fingerprint.as_str()),
+            (&b"v0"[..], "old")
+        );
+        assert_eq!(
+            metrics.rsa_operations.get(),
+            2,
+            "nothing known: newest first"
+        );
+        for (i, value) in sealed_old.iter().enumerate().skip(1) {
+            let (plaintext, _) = ring.open(b"ns/a", value, None).unwrap();
+            assert_eq!(plaintext.as_slice(), format!("v{i}").as_bytes());
+        }
+        assert_eq!(
+            metrics.rsa_operations.get(),
+            4,
+            "without a hint, the key that opened the last value is tried first"
+        );
+        let (_, fingerprint) = ring.open(b"ns/a", &sealed_new, None).unwrap();
+        assert_eq!(fingerprint, "new");
+        assert_eq!(
+            metrics.rsa_operations.get(),
+            6,
+            "a guess that misses costs one more"
+        );
+        ring.open(b"ns/a", &sealed_new, None).unwrap();
+        assert_eq!(metrics.rsa_operations.get(), 7, "and the guess follows");
     }
 
     #[test]

@@ -4,8 +4,9 @@
 //! users asked for: a manually edited or deleted Secret is restored (every Secret change wakes
 //! the SealedSecret of the same name, and a periodic resync catches the rest); events are
 //! published only when something changed; the `Synced` condition carries a `reason`; the key that
-//! opened an object is remembered so a re-unseal costs one RSA operation; RSA work runs on at
-//! most one thread per core, so a burst of objects queues instead of starting a thread each.
+//! opened an object is remembered (in memory, and on its Secret for restarts) so a re-unseal
+//! costs one RSA operation per value; RSA work runs on at most one thread per core, so a burst
+//! of objects queues instead of starting a thread each.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -333,6 +334,20 @@ struct SyncInput {
     keys: u64,
 }
 
+/// The annotation on a generated Secret naming the key that opened its SealedSecret (the
+/// SHA-256 fingerprint of its public key, hex; public information): the key tried first after
+/// a restart, so re-checking every object costs one RSA operation per value instead of trying
+/// the keys in turn. Only a hint: it is written along with the Secret, never on its own (a
+/// Secret that already matches is not rewritten for it), and is not compared for drift.
+pub const SEALING_KEY_ANNOTATION: &str = "mooring.dev/sealing-key";
+
+/// The annotations compared for drift: all but [`SEALING_KEY_ANNOTATION`]; empty is none.
+fn compared_annotations(secret: &Secret) -> Option<BTreeMap<String, String>> {
+    let mut annotations = secret.metadata.annotations.clone().unwrap_or_default();
+    annotations.remove(SEALING_KEY_ANNOTATION);
+    Some(annotations).filter(|a| !a.is_empty())
+}
+
 /// A digest of the parts of a Secret mooring manages (same fields as [`same_content`]).
 fn content_digest(secret: &Secret) -> [u8; 32] {
     let empty_is_none = |m: &Option<BTreeMap<String, String>>| m.clone().filter(|m| !m.is_empty());
@@ -340,7 +355,7 @@ fn content_digest(secret: &Secret) -> [u8; 32] {
         secret.data.clone().unwrap_or_default(),
         secret.type_,
         empty_is_none(&secret.metadata.labels),
-        empty_is_none(&secret.metadata.annotations),
+        compared_annotations(secret),
         secret.metadata.owner_references.clone().unwrap_or_default(),
     ]);
     let bytes = Zeroizing::new(serde_json::to_vec(&content).unwrap_or_default());
@@ -375,21 +390,38 @@ async fn sync(sealed: &SealedSecret, ctx: &Context) -> Result<Outcome, Error> {
             return Ok(Outcome::Unchanged);
         }
     }
-    let data = unseal(sealed, ctx).await?;
-    let desired = unsealed_secret(sealed, data);
+    let annotated = existing
+        .as_ref()
+        .and_then(|secret| secret.annotations().get(SEALING_KEY_ANNOTATION).cloned());
+    let (data, opened_with) = unseal(sealed, ctx, annotated).await?;
+    let mut desired = unsealed_secret(sealed, data);
+    if let Some(fingerprint) = opened_with {
+        desired
+            .metadata
+            .annotations
+            .get_or_insert_with(BTreeMap::new)
+            .insert(SEALING_KEY_ANNOTATION.into(), fingerprint);
+    }
     let (outcome, written) = write_secret(sealed, existing, desired, &api).await?;
     lock(&ctx.synced).insert(uid, (input, content_digest(&written)));
     Ok(outcome)
 }
 
 /// Opens every value with the key ring, off the async workers (RSA is CPU work), at most one
-/// object per core at a time.
-async fn unseal(sealed: &SealedSecret, ctx: &Context) -> Result<BTreeMap<String, Vec<u8>>, Error> {
+/// object per core at a time. The key tried first is the one that opened this object last time
+/// in this process, else the one recorded on its Secret (`annotated`, which survives restarts).
+/// Returns the values and the fingerprint of the key that opened the last of them.
+async fn unseal(
+    sealed: &SealedSecret,
+    ctx: &Context,
+    annotated: Option<String>,
+) -> Result<(BTreeMap<String, Vec<u8>>, Option<String>), Error> {
     if ctx.keys.is_empty() {
         return Err(Error::NoKeys);
     }
     let uid = sealed.uid().unwrap_or_default();
-    let hint = lock(&ctx.opened_with).get(&uid).cloned();
+    let remembered = lock(&ctx.opened_with).get(&uid).cloned();
+    let hint = remembered.or(annotated);
     let keys = Arc::clone(&ctx.keys);
     let object = sealed.clone();
     // The semaphore is never closed; should it be, unseal without a permit rather than fail.
@@ -401,10 +433,10 @@ async fn unseal(sealed: &SealedSecret, ctx: &Context) -> Result<BTreeMap<String,
     })
     .await;
     let (result, used) = joined.map_err(|_| Error::NoKeys)?;
-    if let Some(fingerprint) = used {
-        lock(&ctx.opened_with).insert(uid, fingerprint);
+    if let Some(fingerprint) = &used {
+        lock(&ctx.opened_with).insert(uid, fingerprint.clone());
     }
-    result
+    result.map(|data| (data, used))
 }
 
 type Opened = (Result<BTreeMap<String, Vec<u8>>, Error>, Option<String>);
@@ -546,7 +578,7 @@ fn same_content(a: &Secret, b: &Secret) -> bool {
     a.data.clone().unwrap_or_default() == b.data.clone().unwrap_or_default()
         && a.type_ == b.type_
         && empty_is_none(&a.metadata.labels) == empty_is_none(&b.metadata.labels)
-        && empty_is_none(&a.metadata.annotations) == empty_is_none(&b.metadata.annotations)
+        && compared_annotations(a) == compared_annotations(b)
         && a.metadata.owner_references.clone().unwrap_or_default()
             == b.metadata.owner_references.clone().unwrap_or_default()
 }
@@ -880,6 +912,44 @@ mod tests {
             .unwrap()
             .insert("password".into(), ByteString(b"edited".to_vec()));
         assert!(!same_content(&drifted, &again));
+    }
+
+    #[test]
+    fn the_sealing_key_annotation_is_a_hint_not_drift() {
+        let ss = sealed(None);
+        let mut desired = unsealed_secret(&ss, data(&[("password", "p")]));
+        desired.metadata.annotations = Some(BTreeMap::from([(
+            SEALING_KEY_ANNOTATION.to_string(),
+            "new-key".to_string(),
+        )]));
+        let current = merged_secret(&existing(&[], Some("uid-1")), desired.clone(), &ss).unwrap();
+        assert_eq!(
+            current.metadata.annotations.as_ref().unwrap()[SEALING_KEY_ANNOTATION],
+            "new-key",
+            "recorded when the Secret is written"
+        );
+        // Written by an older mooring, by upstream, or opened with another key since: the same
+        // Secret, not rewritten for the hint alone.
+        for recorded in [None, Some("old-key")] {
+            let mut other = current.clone();
+            other.metadata.annotations =
+                recorded.map(|k| BTreeMap::from([(SEALING_KEY_ANNOTATION.into(), k.into())]));
+            assert!(same_content(&other, &current), "{recorded:?}");
+            assert_eq!(
+                content_digest(&other),
+                content_digest(&current),
+                "{recorded:?}"
+            );
+        }
+        // Other annotations still count.
+        let mut edited = current.clone();
+        edited
+            .metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .insert("team".into(), "payments".into());
+        assert!(!same_content(&edited, &current));
     }
 
     #[test]
