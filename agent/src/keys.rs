@@ -4,11 +4,15 @@
 //!
 //! Better than upstream: key Secrets are watched (an imported or bring-your-own key works without
 //! a restart; a malformed one is skipped with an event, never a crash), and [`KeyRing::open`]
-//! tries the key that opened an object last time first, then the newest key, so an unseal costs
-//! one RSA operation in the common case whatever the number of keys.
+//! tries the key that opened an object last time first, then the keys that opened the most of
+//! the recent values, then the rest newest first, so an unseal costs one RSA operation in the
+//! common case whatever the number of keys. A sealed value does not say which key sealed it
+//! (RSA-OAEP ciphertexts carry no key identifier): a value of an object never opened before,
+//! sealed with another key than the recently successful ones, still costs one operation per key
+//! tried.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
 use aws_lc_rs::encoding::AsDer;
@@ -189,6 +193,38 @@ pub struct KeyRing {
     rsa_operations: Counter,
     /// Bumped whenever the keys change, so results computed with older keys can be told apart.
     version: std::sync::atomic::AtomicU64,
+    /// The fingerprints of the keys that opened the last [`RECENT_OPENS`] values, most recent
+    /// first. Values sealed together (a burst, a repository sealed with one certificate) mostly
+    /// share their key, and objects arrive in no particular order, so the key that opened the
+    /// most recent values is the best first guess for a value without a hint.
+    recent: Mutex<std::collections::VecDeque<String>>,
+}
+
+/// How many recent successful opens [`KeyRing`] keeps to rank the keys: enough to estimate which
+/// keys are in use, few enough to follow a change within a handful of values.
+const RECENT_OPENS: usize = 32;
+
+/// The order to try `keys` (newest first) in: the hinted key, then the keys by how many of the
+/// `recent` values (most recent first) they opened, ties to the most recent, then the others
+/// newest first.
+fn trial_order<'k>(
+    keys: &'k [Arc<SealingKey>],
+    hint: Option<&str>,
+    recent: &std::collections::VecDeque<String>,
+) -> Vec<&'k Arc<SealingKey>> {
+    let rank = |key: &SealingKey| {
+        let hinted = Some(key.fingerprint.as_str()) != hint;
+        let opened = recent.iter().filter(|f| **f == key.fingerprint).count();
+        let last = recent
+            .iter()
+            .position(|f| *f == key.fingerprint)
+            .unwrap_or(usize::MAX);
+        (hinted, std::cmp::Reverse(opened), last)
+    };
+    let mut ordered: Vec<&Arc<SealingKey>> = keys.iter().collect();
+    // Stable: keys that opened nothing lately keep their newest-first order.
+    ordered.sort_by_key(|key| rank(key));
+    ordered
 }
 
 impl KeyRing {
@@ -198,7 +234,20 @@ impl KeyRing {
             keys: RwLock::new(Arc::new(Vec::new())),
             rsa_operations: metrics.rsa_operations.clone(),
             version: std::sync::atomic::AtomicU64::new(0),
+            recent: Mutex::default(),
         }
+    }
+
+    fn recent(&self) -> std::sync::MutexGuard<'_, std::collections::VecDeque<String>> {
+        // A poisoned lock only means a panic elsewhere; a stale order costs RSA work, not results.
+        self.recent.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records that `fingerprint` opened a value.
+    fn opened_with(&self, fingerprint: &str) {
+        let mut recent = self.recent();
+        recent.push_front(fingerprint.to_string());
+        recent.truncate(RECENT_OPENS);
     }
 
     fn snapshot(&self) -> Arc<Vec<Arc<SealingKey>>> {
@@ -264,7 +313,8 @@ impl KeyRing {
     }
 
     /// Opens one sealed value under `label`. Tries the key with fingerprint `hint` first, then
-    /// the others newest first; returns the plaintext and the fingerprint of the key that opened it.
+    /// the keys that opened the most of the recent values, then the others newest first;
+    /// returns the plaintext and the fingerprint of the key that opened it.
     pub fn open(
         &self,
         label: &[u8],
@@ -272,15 +322,13 @@ impl KeyRing {
         hint: Option<&str>,
     ) -> Result<(Zeroizing<Vec<u8>>, String), EnvelopeError> {
         let keys = self.snapshot();
-        let hinted = hint.and_then(|h| keys.iter().find(|k| k.fingerprint == h));
-        let ordered = hinted
-            .into_iter()
-            .chain(keys.iter().filter(|k| Some(k.fingerprint.as_str()) != hint));
+        let ordered = trial_order(&keys, hint, &self.recent());
         let mut error = EnvelopeError::DecryptSessionKey;
         for key in ordered {
             match mooring_sealing::open(&key.private, label, ciphertext) {
                 Ok(plaintext) => {
                     self.rsa_operations.inc();
+                    self.opened_with(&key.fingerprint);
                     return Ok((plaintext, key.fingerprint.clone()));
                 }
                 // Framing is checked before any RSA work, and is the same for every key.
@@ -612,6 +660,91 @@ mod tests {
             metrics.rsa_operations.get(),
             3,
             "with the hint: one operation"
+        );
+    }
+
+    /// A 2048-bit key named and fingerprinted `name`, with notBefore `age_rank` seconds after
+    /// the epoch (higher = newer).
+    fn small_key(name: &str, age_rank: u64) -> SealingKey {
+        let private = PrivateDecryptingKey::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
+        SealingKey {
+            secret_name: name.into(),
+            fingerprint: name.into(),
+            public: private.public_key(),
+            private,
+            certificate_pem: String::new(),
+            not_before: SystemTime::UNIX_EPOCH + Duration::from_secs(age_rank),
+        }
+    }
+
+    #[test]
+    fn keys_are_tried_hint_first_then_by_recent_successes_then_newest_first() {
+        // Newest first, as the ring keeps them.
+        let keys: Vec<Arc<SealingKey>> = [("newest", 3), ("middle", 2), ("oldest", 1)]
+            .into_iter()
+            .map(|(name, rank)| Arc::new(small_key(name, rank)))
+            .collect();
+        let order = |hint: Option<&str>, recent: &[&str]| -> Vec<String> {
+            let recent = recent.iter().map(|f| f.to_string()).collect();
+            trial_order(&keys, hint, &recent)
+                .iter()
+                .map(|k| k.fingerprint.clone())
+                .collect()
+        };
+        assert_eq!(order(None, &[]), ["newest", "middle", "oldest"]);
+        assert_eq!(order(None, &["oldest"]), ["oldest", "newest", "middle"]);
+        assert_eq!(
+            order(None, &["middle", "oldest", "oldest"]),
+            ["oldest", "middle", "newest"],
+            "the key that opened the most recent values first"
+        );
+        assert_eq!(
+            order(None, &["oldest", "middle"]),
+            ["oldest", "middle", "newest"],
+            "a tie goes to the most recent"
+        );
+        assert_eq!(
+            order(Some("middle"), &["oldest", "oldest"]),
+            ["middle", "oldest", "newest"],
+            "an object's own hint beats the cluster-wide guess"
+        );
+        assert_eq!(
+            order(Some("gone"), &["oldest"]),
+            ["oldest", "newest", "middle"],
+            "a hint naming a removed key is ignored"
+        );
+    }
+
+    #[test]
+    fn a_burst_sealed_with_one_key_costs_one_operation_per_value_once_the_key_is_known() {
+        let metrics = SealedSecretMetrics::default();
+        let ring = KeyRing::new(&metrics);
+        let old = small_key("old", 1);
+        let new = small_key("new", 2);
+        let seal = |key: &SealingKey, n: usize| -> Vec<Vec<u8>> {
+            (0..n)
+                .map(|i| mooring_sealing::seal(&key.public, b"ns/a", &[i as u8]).unwrap())
+                .collect()
+        };
+        let (sealed_old, sealed_new) = (seal(&old, 3), seal(&new, 5));
+        ring.set(vec![Arc::new(old), Arc::new(new)]);
+        let mut spent = Vec::new();
+        let mut last = 0;
+        for (value, expected) in sealed_old
+            .iter()
+            .map(|v| (v, "old"))
+            .chain(sealed_new.iter().map(|v| (v, "new")))
+        {
+            let (_, fingerprint) = ring.open(b"ns/a", value, None).unwrap();
+            assert_eq!(fingerprint, expected);
+            spent.push(metrics.rsa_operations.get() - last);
+            last = metrics.rsa_operations.get();
+        }
+        assert_eq!(
+            spent,
+            [2, 1, 1, 2, 2, 2, 1, 1],
+            "nothing known: newest first; then the key that opened the most recent values: the \
+             old one until the new one has opened as many"
         );
     }
 

@@ -513,4 +513,54 @@ async fn after_a_forced_renewal_old_objects_still_unseal_and_new_seals_use_the_n
         .unwrap();
     assert_eq!(verify.status(), 200);
     agent.stop().await.unwrap();
+
+    // A restart re-checks every object, one RSA operation per value: the key that opened it is
+    // recorded on its Secret (without it, "old" would first be tried with the newest key), and
+    // Secrets that match are not rewritten.
+    let secrets: Api<Secret> = ns.api();
+    let (old_secret, new_secret) = (
+        secrets.get("old").await.unwrap(),
+        secrets.get("new").await.unwrap(),
+    );
+    let annotation = |secret: &Secret| {
+        secret.metadata.annotations.as_ref().unwrap()["mooring.dev/sealing-key"].clone()
+    };
+    assert_eq!(
+        annotation(&old_secret).len(),
+        64,
+        "a SHA-256 fingerprint, hex"
+    );
+    assert_ne!(annotation(&old_secret), annotation(&new_secret));
+    let restarted = RunningAgent::start(&env, ns.name()).await.unwrap();
+    wait_for("both objects re-checked", Duration::from_secs(60), || {
+        let restarted = &restarted;
+        async move {
+            let unseals = restarted
+                .metric("mooring_sealedsecret_unseals_total")
+                .await
+                .ok()?;
+            (unseals >= 2.0).then_some(())
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        restarted
+            .metric("mooring_sealedsecret_rsa_operations_total")
+            .await
+            .unwrap(),
+        2.0,
+        "one value each, opened by the recorded key"
+    );
+    for before in [old_secret, new_secret] {
+        let after = secrets
+            .get(&before.metadata.name.clone().unwrap())
+            .await
+            .unwrap();
+        assert_eq!(
+            after.metadata.resource_version, before.metadata.resource_version,
+            "not rewritten"
+        );
+    }
+    restarted.stop().await.unwrap();
 }

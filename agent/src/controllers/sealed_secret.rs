@@ -4,7 +4,9 @@
 //! users asked for: a manually edited or deleted Secret is restored (every Secret change wakes
 //! the SealedSecret of the same name, and a periodic resync catches the rest); events are
 //! published only when something changed; the `Synced` condition carries a `reason`; the key that
-//! opened an object is remembered so a re-unseal costs one RSA operation.
+//! opened an object is remembered (in memory, and on its Secret for restarts) so a re-unseal
+//! costs one RSA operation per value; RSA work runs on at most one thread per core, so a burst
+//! of objects queues instead of starting a thread each.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -58,6 +60,10 @@ pub struct Context {
     statuses: Mutex<HashMap<String, WrittenStatus>>,
     /// Reconciles running now; shutdown waits for them, and only them.
     in_flight: tokio::sync::watch::Sender<usize>,
+    /// Permits for RSA work, one per core: a burst of SealedSecrets queues here instead of
+    /// starting a blocking thread per object (RSA is CPU-bound; more threads than cores only
+    /// add memory and context switches).
+    rsa_slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl Context {
@@ -80,8 +86,19 @@ impl Context {
             synced: Mutex::default(),
             statuses: Mutex::default(),
             in_flight: tokio::sync::watch::Sender::new(0),
+            rsa_slots: Arc::new(tokio::sync::Semaphore::new(rsa_parallelism())),
         }
     }
+}
+
+/// How many SealedSecrets are reconciled at once. Most of a reconcile waits on the API server
+/// (read the Secret, write it, write the status), so a few times the RSA parallelism keeps the
+/// cores busy while bounding in-flight requests and memory during a burst.
+const MAX_CONCURRENT_RECONCILES: u16 = 32;
+
+/// RSA operations run at once: the number of cores the process may use.
+fn rsa_parallelism() -> usize {
+    std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get)
 }
 
 /// Why a SealedSecret could not be synced. Messages name keys, never values.
@@ -202,7 +219,9 @@ pub async fn run(
     // the same name, owned or not (managed, patch and skip-owner Secrets are repaired too).
     let shutdown = futures::FutureExt::shared(shutdown);
     let mut in_flight = ctx.in_flight.subscribe();
-    let controller = Controller::new(sealed, watcher::Config::default());
+    let controller = Controller::new(sealed, watcher::Config::default()).with_config(
+        kube::runtime::controller::Config::default().concurrency(MAX_CONCURRENT_RECONCILES),
+    );
     let counting = count_conditions(controller.store(), ctx.metrics.clone());
     let controller = controller
         .watches(secrets, watcher::Config::default(), |secret| {
@@ -320,6 +339,20 @@ struct SyncInput {
     keys: u64,
 }
 
+/// The annotation on a generated Secret naming the key that opened its SealedSecret (the
+/// SHA-256 fingerprint of its public key, hex; public information): the key tried first after
+/// a restart, so re-checking every object costs one RSA operation per value instead of trying
+/// the keys in turn. Only a hint: it is written along with the Secret, never on its own (a
+/// Secret that already matches is not rewritten for it), and is not compared for drift.
+pub const SEALING_KEY_ANNOTATION: &str = "mooring.dev/sealing-key";
+
+/// The annotations compared for drift: all but [`SEALING_KEY_ANNOTATION`]; empty is none.
+fn compared_annotations(secret: &Secret) -> Option<BTreeMap<String, String>> {
+    let mut annotations = secret.metadata.annotations.clone().unwrap_or_default();
+    annotations.remove(SEALING_KEY_ANNOTATION);
+    Some(annotations).filter(|a| !a.is_empty())
+}
+
 /// A digest of the parts of a Secret mooring manages (same fields as [`same_content`]).
 fn content_digest(secret: &Secret) -> [u8; 32] {
     let empty_is_none = |m: &Option<BTreeMap<String, String>>| m.clone().filter(|m| !m.is_empty());
@@ -327,7 +360,7 @@ fn content_digest(secret: &Secret) -> [u8; 32] {
         secret.data.clone().unwrap_or_default(),
         secret.type_,
         empty_is_none(&secret.metadata.labels),
-        empty_is_none(&secret.metadata.annotations),
+        compared_annotations(secret),
         secret.metadata.owner_references.clone().unwrap_or_default(),
     ]);
     let bytes = Zeroizing::new(serde_json::to_vec(&content).unwrap_or_default());
@@ -362,28 +395,53 @@ async fn sync(sealed: &SealedSecret, ctx: &Context) -> Result<Outcome, Error> {
             return Ok(Outcome::Unchanged);
         }
     }
-    let data = unseal(sealed, ctx).await?;
-    let desired = unsealed_secret(sealed, data);
+    let annotated = existing
+        .as_ref()
+        .and_then(|secret| secret.annotations().get(SEALING_KEY_ANNOTATION).cloned());
+    let (data, opened_with) = unseal(sealed, ctx, annotated).await?;
+    let mut desired = unsealed_secret(sealed, data);
+    if let Some(fingerprint) = opened_with {
+        desired
+            .metadata
+            .annotations
+            .get_or_insert_with(BTreeMap::new)
+            .insert(SEALING_KEY_ANNOTATION.into(), fingerprint);
+    }
     let (outcome, written) = write_secret(sealed, existing, desired, &api).await?;
     lock(&ctx.synced).insert(uid, (input, content_digest(&written)));
     Ok(outcome)
 }
 
-/// Opens every value with the key ring, off the async workers (RSA is CPU work).
-async fn unseal(sealed: &SealedSecret, ctx: &Context) -> Result<BTreeMap<String, Vec<u8>>, Error> {
+/// Opens every value with the key ring, off the async workers (RSA is CPU work), at most one
+/// object per core at a time. The key tried first is the one that opened this object last time
+/// in this process, else the one recorded on its Secret (`annotated`, which survives restarts).
+/// Returns the values and the fingerprint of the key that opened the last of them.
+async fn unseal(
+    sealed: &SealedSecret,
+    ctx: &Context,
+    annotated: Option<String>,
+) -> Result<(BTreeMap<String, Vec<u8>>, Option<String>), Error> {
     if ctx.keys.is_empty() {
         return Err(Error::NoKeys);
     }
     let uid = sealed.uid().unwrap_or_default();
-    let hint = lock(&ctx.opened_with).get(&uid).cloned();
+    let remembered = lock(&ctx.opened_with).get(&uid).cloned();
+    let hint = remembered.or(annotated);
     let keys = Arc::clone(&ctx.keys);
     let object = sealed.clone();
-    let joined = tokio::task::spawn_blocking(move || open_all(&object, &keys, hint)).await;
+    // The semaphore is never closed; should it be, unseal without a permit rather than fail.
+    let permit = Arc::clone(&ctx.rsa_slots).acquire_owned().await.ok();
+    let joined = tokio::task::spawn_blocking(move || {
+        let opened = open_all(&object, &keys, hint);
+        drop(permit);
+        opened
+    })
+    .await;
     let (result, used) = joined.map_err(|_| Error::NoKeys)?;
-    if let Some(fingerprint) = used {
-        lock(&ctx.opened_with).insert(uid, fingerprint);
+    if let Some(fingerprint) = &used {
+        lock(&ctx.opened_with).insert(uid, fingerprint.clone());
     }
-    result
+    result.map(|data| (data, used))
 }
 
 type Opened = (Result<BTreeMap<String, Vec<u8>>, Error>, Option<String>);
@@ -525,7 +583,7 @@ fn same_content(a: &Secret, b: &Secret) -> bool {
     a.data.clone().unwrap_or_default() == b.data.clone().unwrap_or_default()
         && a.type_ == b.type_
         && empty_is_none(&a.metadata.labels) == empty_is_none(&b.metadata.labels)
-        && empty_is_none(&a.metadata.annotations) == empty_is_none(&b.metadata.annotations)
+        && compared_annotations(a) == compared_annotations(b)
         && a.metadata.owner_references.clone().unwrap_or_default()
             == b.metadata.owner_references.clone().unwrap_or_default()
 }
@@ -859,6 +917,44 @@ mod tests {
             .unwrap()
             .insert("password".into(), ByteString(b"edited".to_vec()));
         assert!(!same_content(&drifted, &again));
+    }
+
+    #[test]
+    fn the_sealing_key_annotation_is_a_hint_not_drift() {
+        let ss = sealed(None);
+        let mut desired = unsealed_secret(&ss, data(&[("password", "p")]));
+        desired.metadata.annotations = Some(BTreeMap::from([(
+            SEALING_KEY_ANNOTATION.to_string(),
+            "new-key".to_string(),
+        )]));
+        let current = merged_secret(&existing(&[], Some("uid-1")), desired.clone(), &ss).unwrap();
+        assert_eq!(
+            current.metadata.annotations.as_ref().unwrap()[SEALING_KEY_ANNOTATION],
+            "new-key",
+            "recorded when the Secret is written"
+        );
+        // Written by an older mooring, by upstream, or opened with another key since: the same
+        // Secret, not rewritten for the hint alone.
+        for recorded in [None, Some("old-key")] {
+            let mut other = current.clone();
+            other.metadata.annotations =
+                recorded.map(|k| BTreeMap::from([(SEALING_KEY_ANNOTATION.into(), k.into())]));
+            assert!(same_content(&other, &current), "{recorded:?}");
+            assert_eq!(
+                content_digest(&other),
+                content_digest(&current),
+                "{recorded:?}"
+            );
+        }
+        // Other annotations still count.
+        let mut edited = current.clone();
+        edited
+            .metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .insert("team".into(), "payments".into());
+        assert!(!same_content(&edited, &current));
     }
 
     #[test]
