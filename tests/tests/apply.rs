@@ -836,3 +836,89 @@ async fn a_foreign_destination_and_unsupported_fields_get_conditions() {
     );
     let _ = stop.send(());
 }
+
+#[tokio::test]
+async fn a_later_sync_wave_waits_until_the_earlier_one_is_healthy() {
+    let env = RealEnv::load().unwrap();
+    let ns = TestNamespace::create(&env, "apply-wave").await.unwrap();
+    let engine = Engine::new(ns.client());
+    let app = AppId {
+        namespace: ns.name().into(),
+        name: "waves".into(),
+    };
+    // The test cluster has no nodes: this Job's pod never runs, so the Job stays Progressing.
+    let job = object(json!({
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {"name": "migrate", "namespace": ns.name(),
+            "annotations": {"argocd.argoproj.io/sync-wave": "-1"}},
+        "spec": {"backoffLimit": 0, "template": {"spec": {"restartPolicy": "Never",
+            "containers": [{"name": "migrate", "image": "registry.invalid/migrate:1"}]}}}
+    }));
+    let mut after = config_map("after-migration", ns.name(), "x");
+    after.metadata.annotations = Some(BTreeMap::from([(
+        "mooring.dev/sync-wave".into(),
+        "1".into(),
+    )]));
+    let same_wave = config_map("same-wave", ns.name(), "y");
+    let same_wave = {
+        let mut o = same_wave;
+        o.metadata.annotations = Some(BTreeMap::from([(
+            "argocd.argoproj.io/sync-wave".into(),
+            "-1".into(),
+        )]));
+        o
+    };
+
+    let report = engine
+        .sync(&request(
+            &app,
+            ns.name(),
+            vec![after.clone(), job.clone(), same_wave.clone()],
+            &SyncReport::default(),
+        ))
+        .await
+        .unwrap();
+    let waiting = report
+        .waiting
+        .clone()
+        .expect("the sync must wait for the Job");
+    assert!(
+        waiting.contains("Job.batch") && waiting.contains("migrate"),
+        "{waiting}"
+    );
+    assert!(
+        ns.api::<ConfigMap>()
+            .get_opt("same-wave")
+            .await
+            .unwrap()
+            .is_some(),
+        "the Job's own wave applies"
+    );
+    assert!(
+        ns.api::<ConfigMap>()
+            .get_opt("after-migration")
+            .await
+            .unwrap()
+            .is_none(),
+        "wave 1 must wait"
+    );
+    assert_eq!(report.sync, SyncState::OutOfSync);
+
+    // Without the Job the later wave proceeds (and the Job, still in the inventory, is pruned).
+    let report = engine
+        .sync(&request(&app, ns.name(), vec![after, same_wave], &report))
+        .await
+        .unwrap();
+    assert_eq!(report.waiting, None);
+    assert!(
+        ns.api::<ConfigMap>()
+            .get_opt("after-migration")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert_eq!(
+        report.pruned,
+        vec![key("batch", "Job", Some(ns.name()), "migrate")]
+    );
+}

@@ -98,6 +98,10 @@ pub struct SyncReport {
     pub health: HealthStatus,
     /// The kinds of the objects in the inventory, for the drift watches.
     pub kinds: Vec<ApiResource>,
+    /// Why the sync stopped before a later sync wave: an object of an earlier wave is not
+    /// healthy yet (as Argo CD, a wave starts when the previous one is healthy). Nothing is
+    /// pruned; the caller looks again shortly.
+    pub waiting: Option<String>,
 }
 
 /// A managed object that someone else changed or deleted.
@@ -240,20 +244,16 @@ impl Engine {
         keyed.sort_by(|a, b| a.0.cmp(&b.0));
         let mut outcomes: Vec<(Desired, Outcome)> = Vec::new();
         let mut failed_step = !report.failures.is_empty();
-        for step in order::steps(keyed) {
-            if failed_step {
-                // Later steps may depend on what failed: compare them only.
-                for item in step {
-                    outcomes.push((
-                        item,
-                        Outcome::OutOfSync {
-                            live: None,
-                            drift: None,
-                        },
-                    ));
-                }
-                continue;
-            }
+        let steps = order::steps(keyed);
+        let last_step = steps.len().saturating_sub(1);
+        for (index, step) in steps.into_iter().enumerate() {
+            // After a failure or a wave that is not healthy yet, later steps are only compared:
+            // they may depend on what is missing, but their status is still reported.
+            let mode = if failed_step || report.waiting.is_some() {
+                Mode::Compare
+            } else {
+                request.mode
+            };
             for item in &step {
                 if let Some(served) = &item.served {
                     remember_kind(&mut report.kinds, &served.resource);
@@ -263,7 +263,9 @@ impl Engine {
             let results: Vec<(Desired, Outcome)> = futures::stream::iter(step)
                 .map(|item| async move {
                     let was_applied = inventory_keys.contains(&item.key);
-                    let outcome = self.sync_object(request, &item, crds, was_applied).await;
+                    let outcome = self
+                        .sync_object(request, mode, &item, crds, was_applied)
+                        .await;
                     (item, outcome)
                 })
                 .buffered(CONCURRENCY)
@@ -275,7 +277,7 @@ impl Engine {
                     failed_step = true;
                 }
             }
-            if request.mode == Mode::Apply && !failed_step {
+            if mode == Mode::Apply && !failed_step {
                 let mut results = results;
                 for (item, outcome) in &mut results {
                     if item.key.group != "apiextensions.k8s.io"
@@ -297,6 +299,9 @@ impl Engine {
                         }
                     }
                 }
+                if index < last_step && !failed_step {
+                    report.waiting = wave_not_ready(&results);
+                }
                 outcomes.extend(results);
                 continue;
             }
@@ -305,7 +310,8 @@ impl Engine {
 
         // Prune: only after every object applied (deferred ones are not failures).
         let mut still_owned: Vec<ResourceStatus> = Vec::new();
-        let prunable = request.mode == Mode::Apply && report.failures.is_empty();
+        let prunable =
+            request.mode == Mode::Apply && report.failures.is_empty() && report.waiting.is_none();
         let plan = prune::plan(&in_inventory, &desired_keys, &request.prune);
         if !plan.candidates.is_empty() {
             let refusal = if prunable {
@@ -558,6 +564,7 @@ impl Engine {
     async fn sync_object(
         &self,
         request: &SyncRequest,
+        mode: Mode,
         item: &Desired,
         crds_in_set: &BTreeMap<(String, String), String>,
         was_applied: bool,
@@ -671,7 +678,7 @@ impl Engine {
                 deleted: true,
             });
         }
-        if request.mode == Mode::Compare {
+        if mode == Mode::Compare {
             return Outcome::OutOfSync { live, drift };
         }
         let params = PatchParams::apply(FIELD_MANAGER).force();
@@ -819,7 +826,10 @@ impl Engine {
                 ..DeleteParams::default()
             };
             match api.delete(&key.name, &params).await {
-                Ok(_) => report.pruned.push(key),
+                Ok(_) => {
+                    lock(&self.verified).remove(&(request.app.clone(), key.clone()));
+                    report.pruned.push(key);
+                }
                 Err(kube::Error::Api(status)) if status.code == 404 => report.pruned.push(key),
                 Err(error) => {
                     report
@@ -865,6 +875,37 @@ fn crds_in_set(objects: &[DynamicObject]) -> BTreeMap<(String, String), String> 
             ))
         })
         .collect()
+}
+
+/// Whether a step's objects are healthy enough for the next wave to start; if not, the
+/// sentence that says which are not.
+fn wave_not_ready(results: &[(Desired, Outcome)]) -> Option<String> {
+    let pending: Vec<String> = results
+        .iter()
+        .filter_map(|(item, outcome)| {
+            let live = match outcome {
+                Outcome::InSync(live) | Outcome::Written { live, .. } => live,
+                // Deferred objects wait for their CRD, not for a wave.
+                _ => return None,
+            };
+            let health = health::assess(&item.key.group, &item.key.kind, live);
+            matches!(
+                health.status,
+                HealthState::Progressing | HealthState::Degraded | HealthState::Missing
+            )
+            .then(|| {
+                format!(
+                    "{} (wave {}) is {:?}{}",
+                    item.key,
+                    item.wave,
+                    health.status,
+                    health.message.map(|m| format!(": {m}")).unwrap_or_default()
+                )
+            })
+        })
+        .collect();
+    (!pending.is_empty())
+        .then(|| format!("waiting before the next sync wave: {}", pending.join("; ")))
 }
 
 fn remember_kind(kinds: &mut Vec<ApiResource>, resource: &ApiResource) {

@@ -39,6 +39,8 @@ use crate::install::FIELD_MANAGER;
 /// The destinations that mean "this cluster" (Argo CD's in-cluster server URL and name).
 const IN_CLUSTER_SERVER: &str = "https://kubernetes.default.svc";
 const IN_CLUSTER_NAME: &str = "in-cluster";
+/// How soon an Application waiting for a sync wave to become healthy is looked at again.
+const WAVE_RECHECK: Duration = Duration::from_secs(5);
 /// `status.history` length when `spec.revisionHistoryLimit` is unset, as Argo CD.
 const DEFAULT_HISTORY: usize = 10;
 
@@ -320,8 +322,10 @@ async fn reconcile(app: Arc<Application>, ctx: Arc<Context>) -> Result<Action, E
     let mut history = previous.history.clone();
     // A revision counts as deployed once all of it is applied: while a custom resource waits
     // for its CRD the Application stays in apply mode, so the CR follows when the CRD arrives.
-    let applied_cleanly =
-        mode == Mode::Apply && report.failures.is_empty() && report.deferred.is_empty();
+    let applied_cleanly = mode == Mode::Apply
+        && report.failures.is_empty()
+        && report.deferred.is_empty()
+        && report.waiting.is_none();
     if applied_cleanly
         && history.last().map(|h| h.revision.as_str()) != Some(desired.revision.as_str())
     {
@@ -359,6 +363,10 @@ async fn reconcile(app: Arc<Application>, ctx: Arc<Context>) -> Result<Action, E
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
         .remove(&app.uid().unwrap_or_default());
+    if report.waiting.is_some() {
+        // The next wave starts once this one is healthy: look again soon.
+        return Ok(Action::requeue(WAVE_RECHECK.min(poll)));
+    }
     Ok(Action::requeue(poll))
 }
 
@@ -497,6 +505,12 @@ fn condition(type_: &str, status: ConditionStatus, reason: &str, message: String
 fn report_conditions(report: &SyncReport, mode: Mode) -> Vec<Condition> {
     let mut conditions = Vec::new();
     let synced = match (report.failures.first(), report.sync, mode) {
+        (None, _, Mode::Apply) if report.waiting.is_some() => condition(
+            names::SYNCED,
+            ConditionStatus::False,
+            "SyncWaveNotHealthy",
+            report.waiting.clone().unwrap_or_default(),
+        ),
         (Some((key, message)), _, _) => condition(
             names::SYNCED,
             ConditionStatus::False,
