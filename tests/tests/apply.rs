@@ -922,3 +922,84 @@ async fn a_later_sync_wave_waits_until_the_earlier_one_is_healthy() {
         vec![key("batch", "Job", Some(ns.name()), "migrate")]
     );
 }
+
+/// Many objects of one kind in one namespace are read with one LIST: the no-op and drift
+/// decisions must be the same as with one GET per object.
+#[tokio::test]
+async fn many_objects_of_one_kind_resync_without_writes_and_drift_is_still_seen() {
+    let env = RealEnv::load().unwrap();
+    let ns = TestNamespace::create(&env, "apply-many").await.unwrap();
+    let engine = Engine::new(ns.client());
+    let app = AppId {
+        namespace: ns.name().into(),
+        name: "many".into(),
+    };
+    let objects: Vec<_> = (0..40)
+        .map(|i| config_map(&format!("config-{i}"), ns.name(), "v"))
+        .collect();
+    let first = engine
+        .sync(&request(
+            &app,
+            ns.name(),
+            objects.clone(),
+            &SyncReport::default(),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(first.written.len(), 40);
+    let versions = |list: Vec<ConfigMap>| -> BTreeMap<String, String> {
+        list.into_iter()
+            .map(|c| {
+                (
+                    c.metadata.name.unwrap(),
+                    c.metadata.resource_version.unwrap(),
+                )
+            })
+            .collect()
+    };
+    let before = versions(
+        ns.api::<ConfigMap>()
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items,
+    );
+    let second = Engine::new(ns.client())
+        .sync(&request(&app, ns.name(), objects.clone(), &first))
+        .await
+        .unwrap();
+    assert!(second.written.is_empty(), "{:?}", second.written);
+    assert_eq!(
+        versions(
+            ns.api::<ConfigMap>()
+                .list(&ListParams::default())
+                .await
+                .unwrap()
+                .items
+        ),
+        before
+    );
+
+    let edit = json!({"data": {"greeting": "changed"}});
+    ns.api::<ConfigMap>()
+        .patch(
+            "config-7",
+            &PatchParams {
+                field_manager: Some("kubectl-edit".into()),
+                ..Default::default()
+            },
+            &Patch::Merge(&edit),
+        )
+        .await
+        .unwrap();
+    let third = engine
+        .sync(&request(&app, ns.name(), objects, &second))
+        .await
+        .unwrap();
+    assert_eq!(
+        third.written,
+        vec![key("", "ConfigMap", Some(ns.name()), "config-7")]
+    );
+    assert_eq!(third.drift.len(), 1);
+    assert_eq!(third.drift[0].managers, vec!["kubectl-edit".to_string()]);
+}

@@ -42,7 +42,20 @@ use self::prune::{Keep, PruneSettings, Refusal};
 use crate::install::FIELD_MANAGER;
 
 /// How many objects of one step are compared or applied at once.
-const CONCURRENCY: usize = 8;
+const CONCURRENCY: usize = 16;
+/// From how many objects of one kind in one namespace a step LISTs them instead of GETting each.
+const LIST_THRESHOLD: usize = 4;
+
+/// Live objects listed ahead of a step: (resource, namespace) → name → object.
+type Prefetched = HashMap<(String, Option<String>), HashMap<String, Value>>;
+
+/// `group/version/plural`: one key per listable resource.
+fn resource_id(resource: &ApiResource) -> String {
+    format!(
+        "{}/{}/{}",
+        resource.group, resource.version, resource.plural
+    )
+}
 
 /// Whether a sync writes or only compares.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -259,12 +272,13 @@ impl Engine {
                     remember_kind(&mut report.kinds, &served.resource);
                 }
             }
-            let (crds, inventory_keys) = (&crds_in_set, &in_inventory);
+            let prefetched = self.prefetch(&step).await;
+            let (crds, inventory_keys, prefetched) = (&crds_in_set, &in_inventory, &prefetched);
             let results: Vec<(Desired, Outcome)> = futures::stream::iter(step)
                 .map(|item| async move {
                     let was_applied = inventory_keys.contains(&item.key);
                     let outcome = self
-                        .sync_object(request, mode, &item, crds, was_applied)
+                        .sync_object(request, mode, &item, prefetched, crds, was_applied)
                         .await;
                     (item, outcome)
                 })
@@ -566,6 +580,7 @@ impl Engine {
         request: &SyncRequest,
         mode: Mode,
         item: &Desired,
+        prefetched: &Prefetched,
         crds_in_set: &BTreeMap<(String, String), String>,
         was_applied: bool,
     ) -> Outcome {
@@ -601,16 +616,15 @@ impl Engine {
             }
         };
         let api = self.api(&served, item.key.namespace.as_deref());
-        let live = match api.get_opt(&item.key.name).await {
-            Ok(live) => live,
-            Err(error) => return Outcome::Failed(format!("failed to read {}: {error}", item.key)),
-        };
-        let live = match live.map(|l| serde_json::to_value(&l)) {
-            Some(Ok(live)) => Some(live),
-            Some(Err(error)) => {
-                return Outcome::Failed(format!("failed to decode {}: {error}", item.key));
-            }
-            None => None,
+        let listed = prefetched.get(&(resource_id(&served.resource), item.key.namespace.clone()));
+        let live = match listed {
+            Some(listed) => listed.get(&item.key.name).cloned(),
+            None => match api.get_opt(&item.key.name).await {
+                Ok(live) => live.map(|l| serde_json::to_value(&l).unwrap_or_default()),
+                Err(error) => {
+                    return Outcome::Failed(format!("failed to read {}: {error}", item.key));
+                }
+            },
         };
         let cache_key = (request.app.clone(), item.key.clone());
         let mut drift = None;
@@ -701,6 +715,54 @@ impl Engine {
             }
             Err(error) => Outcome::Failed(format!("failed to apply {}: {error}", item.key)),
         }
+    }
+
+    /// Lists, once per kind and namespace, the live objects of a step where it has at least
+    /// [`LIST_THRESHOLD`] objects of that kind there: one LIST instead of one GET per object
+    /// keeps a no-op resync of a large set well under a second.
+    async fn prefetch(&self, step: &[Desired]) -> Prefetched {
+        let mut groups: HashMap<(String, Option<String>), (ApiResource, bool, usize)> =
+            HashMap::new();
+        for item in step {
+            if let Some(served) = &item.served {
+                let entry = groups
+                    .entry((resource_id(&served.resource), item.key.namespace.clone()))
+                    .or_insert((served.resource.clone(), served.namespaced, 0));
+                entry.2 += 1;
+            }
+        }
+        let mut prefetched = Prefetched::new();
+        for ((id, namespace), (resource, namespaced, count)) in groups {
+            if count < LIST_THRESHOLD {
+                continue;
+            }
+            let served = Served {
+                resource: resource.clone(),
+                namespaced,
+            };
+            let api = self.api(&served, namespace.as_deref());
+            // A failed LIST (RBAC may allow get but not list) falls back to one GET per object.
+            let Ok(list) = api.list(&kube::api::ListParams::default()).await else {
+                continue;
+            };
+            let objects = list
+                .items
+                .into_iter()
+                .filter_map(|mut object| {
+                    // List items carry no apiVersion/kind; the comparisons expect them.
+                    if object.types.is_none() {
+                        object.types = Some(kube::api::TypeMeta {
+                            api_version: resource.api_version.clone(),
+                            kind: resource.kind.clone(),
+                        });
+                    }
+                    let name = object.metadata.name.clone()?;
+                    Some((name, serde_json::to_value(&object).ok()?))
+                })
+                .collect();
+            prefetched.insert((id, namespace), objects);
+        }
+        prefetched
     }
 
     /// Looks `gvk` up; when its CRD is in the set (and so was just Established), gives the
