@@ -253,7 +253,31 @@ async fn apply_resync_prune_and_guards() {
         .unwrap();
     assert_eq!(crd_health.status, HealthState::Healthy);
 
-    // Second sync of the same set: nothing written, no resourceVersion changed.
+    // Second sync of the same set: nothing written, no resourceVersion changed. The
+    // controller-manager writes the Deployment's status and revision annotation after it is
+    // created: let it settle first so only mooring could change a resourceVersion.
+    wait_for(
+        "the Deployment to be rolled out",
+        Duration::from_secs(30),
+        || async {
+            let live = ns.api::<Deployment>().get("web").await.ok()?;
+            let revised = live
+                .metadata
+                .annotations
+                .as_ref()
+                .is_some_and(|a| a.contains_key("deployment.kubernetes.io/revision"));
+            let status = live.status?;
+            let available = status
+                .conditions
+                .unwrap_or_default()
+                .iter()
+                .any(|c| c.type_ == "Available");
+            (revised && available && status.observed_generation == live.metadata.generation)
+                .then_some(())
+        },
+    )
+    .await
+    .unwrap();
     let before = resource_versions(&client, ns.name(), &extra_ns, &group).await;
     let started = std::time::Instant::now();
     let second = engine
@@ -1009,4 +1033,52 @@ async fn many_objects_of_one_kind_resync_without_writes_and_drift_is_still_seen(
     );
     assert_eq!(third.drift.len(), 1);
     assert_eq!(third.drift[0].managers, vec!["kubectl-edit".to_string()]);
+}
+
+#[tokio::test]
+async fn prune_false_keeps_an_object_that_left_git() {
+    let env = RealEnv::load().unwrap();
+    let ns = TestNamespace::create(&env, "apply-keep").await.unwrap();
+    let engine = Engine::new(ns.client());
+    let app = AppId {
+        namespace: ns.name().into(),
+        name: "keep".into(),
+    };
+    let mut keep = config_map("keep", ns.name(), "k");
+    keep.metadata.annotations = Some(BTreeMap::from([(
+        "argocd.argoproj.io/sync-options".into(),
+        "Prune=false".into(),
+    )]));
+    let set = vec![
+        keep,
+        config_map("a", ns.name(), "a"),
+        config_map("b", ns.name(), "b"),
+        config_map("c", ns.name(), "c"),
+    ];
+    let first = engine
+        .sync(&request(
+            &app,
+            ns.name(),
+            set.clone(),
+            &SyncReport::default(),
+        ))
+        .await
+        .unwrap();
+    let second = engine
+        .sync(&request(&app, ns.name(), set[1..].to_vec(), &first))
+        .await
+        .unwrap();
+    assert!(second.pruned.is_empty(), "{:?}", second.pruned);
+    assert_eq!(second.kept.len(), 1);
+    assert_eq!(second.kept[0].0.name, "keep");
+    assert!(
+        ns.api::<ConfigMap>()
+            .get_opt("keep")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    let entry = second.resources.iter().find(|r| r.name == "keep").unwrap();
+    assert_eq!(entry.requires_pruning, Some(true));
+    assert_eq!(second.sync, SyncState::OutOfSync);
 }

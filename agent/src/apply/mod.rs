@@ -864,7 +864,15 @@ impl Engine {
                     continue;
                 }
             };
-            if let Err(keep) = prune::may_prune(&request.app, key, &live.metadata) {
+            let decision = prune::may_prune(&request.app, key, &live.metadata).and_then(|()| {
+                // `Prune=false` in the Application's own syncOptions protects every object.
+                if has_option(&request.sync_options, "Prune", "false") {
+                    Err(Keep::PruneDisabled)
+                } else {
+                    Ok(())
+                }
+            });
+            if let Err(keep) = decision {
                 // Not ours (any more): drop it from the inventory unless only a guard keeps it.
                 if keep != Keep::NotOwned {
                     still_owned.push(requires_pruning(entry));
