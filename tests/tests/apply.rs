@@ -1082,3 +1082,116 @@ async fn prune_false_keeps_an_object_that_left_git() {
     assert_eq!(entry.requires_pruning, Some(true));
     assert_eq!(second.sync, SyncState::OutOfSync);
 }
+
+/// A source per Application name, for app-of-apps.
+struct SourcePerApp(BTreeMap<String, Desired>);
+
+impl Source for SourcePerApp {
+    fn desired<'a>(&'a self, app: &'a Application) -> BoxFuture<'a, Result<Desired, SourceError>> {
+        let found = self
+            .0
+            .get(&app.metadata.name.clone().unwrap_or_default())
+            .cloned();
+        Box::pin(async move {
+            found.ok_or(SourceError {
+                reason: "RenderFailed",
+                message: "no such path".into(),
+                retryable: false,
+            })
+        })
+    }
+}
+
+#[tokio::test]
+async fn app_of_apps_creates_and_syncs_children_and_rolls_up_their_health() {
+    let env = RealEnv::load().unwrap();
+    let ns = TestNamespace::create(&env, "apply-apps").await.unwrap();
+    let client = ns.client();
+    let mut child = serde_json::to_value(application(ns.name(), true)).unwrap();
+    child["metadata"]["name"] = json!("child");
+    child["spec"]["source"]["path"] = json!("apps/child");
+    let revision = "5555555555555555555555555555555555555555".to_string();
+    let source = SourcePerApp(BTreeMap::from([
+        (
+            "platform-api".to_string(),
+            Desired {
+                revision: revision.clone(),
+                objects: vec![object(child)],
+            },
+        ),
+        (
+            "child".to_string(),
+            Desired {
+                revision,
+                objects: vec![config_map("from-child", ns.name(), "hi")],
+            },
+        ),
+    ]));
+    mooring_agent::install::apply_crds(&client, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let ctx = Arc::new(application::Context::new(
+        client.clone(),
+        Arc::new(source),
+        mooring_agent::events::EventSink::new(client.clone()),
+        0.5,
+        Duration::from_secs(180),
+    ));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(application::run(
+        ctx,
+        Some(ns.name().to_string()),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    ns.api::<Application>()
+        .create(&PostParams::default(), &application(ns.name(), true))
+        .await
+        .unwrap();
+
+    wait_for("the child's ConfigMap", Duration::from_secs(60), || async {
+        ns.api::<ConfigMap>()
+            .get_opt("from-child")
+            .await
+            .ok()?
+            .map(|_| ())
+    })
+    .await
+    .unwrap();
+    let root = wait_for_app(&ns, "the root to be Healthy and Synced", |app| {
+        synced(app)
+            && app
+                .status
+                .as_ref()
+                .and_then(|s| s.health.as_ref())
+                .is_some_and(|h| h.status == HealthState::Healthy)
+    })
+    .await;
+    let resources = root.status.unwrap().resources;
+    assert_eq!(resources.len(), 1);
+    assert_eq!(
+        (resources[0].kind.as_str(), resources[0].name.as_str()),
+        ("Application", "child")
+    );
+    let child = ns.api::<Application>().get("child").await.unwrap();
+    assert_eq!(
+        child
+            .metadata
+            .annotations
+            .clone()
+            .unwrap()
+            .get(TRACKING_ID_ANNOTATION)
+            .map(String::as_str),
+        Some(
+            format!(
+                "{}/platform-api:mooring.dev/Application:{}/child",
+                ns.name(),
+                ns.name()
+            )
+            .as_str()
+        )
+    );
+    assert!(synced(&child));
+    let _ = stop.send(());
+}
