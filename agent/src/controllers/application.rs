@@ -67,6 +67,13 @@ pub struct SourceError {
 }
 
 /// Fetch and render: the Git cache and renderers behind one call.
+///
+/// The agent's implementation resolves `spec.source.repoURL`/`targetRevision` with the Git cache
+/// (credentials from repository Secrets) and renders `spec.source.path` with the renderers; map
+/// their errors to [`SourceError`] with reasons such as `FetchFailed`, `AuthFailed` or
+/// `RenderFailed`. Wire it in `Agent::run` as
+/// `Context::new(client, Arc::new(source), events, max_prune_fraction, default_poll_interval)`
+/// and spawn [`run`]. Tests supply a fixed list of objects instead.
 pub trait Source: Send + Sync + 'static {
     /// The desired objects of `app` at its `targetRevision`.
     fn desired<'a>(&'a self, app: &'a Application) -> BoxFuture<'a, Result<Desired, SourceError>>;
@@ -591,7 +598,22 @@ fn report_conditions(report: &SyncReport, mode: Mode) -> Vec<Condition> {
 
 /// Events, only for what changed: drift (naming who), writes, prunes.
 async fn announce(ctx: &Context, app: &Application, report: &SyncReport, mode: Mode) {
+    // Drift that is only reported stays until someone acts: announce it once, not on every
+    // reconcile (the DriftDetected condition keeps saying it).
+    let reported_before = app
+        .status
+        .as_ref()
+        .and_then(|s| {
+            s.conditions
+                .iter()
+                .find(|c| c.type_ == names::DRIFT_DETECTED)
+        })
+        .map(|c| c.message.clone())
+        .unwrap_or_default();
     for drift in &report.drift {
+        if mode == Mode::Compare && reported_before.contains(&drift.describe()) {
+            continue;
+        }
         let (reason, note) = match mode {
             Mode::Apply => (
                 "DriftReverted",
