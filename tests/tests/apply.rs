@@ -1195,3 +1195,162 @@ async fn app_of_apps_creates_and_syncs_children_and_rolls_up_their_health() {
     assert!(synced(&child));
     let _ = stop.send(());
 }
+
+#[tokio::test]
+async fn create_namespace_creates_the_destination_namespace() {
+    let env = RealEnv::load().unwrap();
+    let ns = TestNamespace::create(&env, "apply-createns").await.unwrap();
+    let client = ns.client();
+    let destination = format!("{}-dest", ns.name());
+    let app = AppId {
+        namespace: ns.name().into(),
+        name: "createns".into(),
+    };
+    let mut sync = request(
+        &app,
+        &destination,
+        vec![config_map("settings", &destination, "x")],
+        &SyncReport::default(),
+    );
+    let without = Engine::new(client.clone()).sync(&sync).await.unwrap();
+    assert_eq!(
+        without.failures.len(),
+        1,
+        "without CreateNamespace the namespace is missing"
+    );
+    assert!(
+        without.failures[0].1.contains("not found"),
+        "{:?}",
+        without.failures
+    );
+
+    sync.sync_options = vec!["CreateNamespace=true".into()];
+    let with = Engine::new(client.clone()).sync(&sync).await.unwrap();
+    assert!(with.failures.is_empty(), "{:?}", with.failures);
+    let configs: Api<ConfigMap> = Api::namespaced(client.clone(), &destination);
+    assert!(configs.get_opt("settings").await.unwrap().is_some());
+    // The created namespace is not part of the inventory: it is never pruned with the app.
+    assert!(with.resources.iter().all(|r| r.kind != "Namespace"));
+    Api::<Namespace>::all(client)
+        .delete(&destination, &DeleteParams::default())
+        .await
+        .unwrap();
+}
+
+/// A source whose answer the test switches between objects and a render error.
+struct SwitchSource(Mutex<Option<Desired>>);
+
+impl Source for SwitchSource {
+    fn desired<'a>(&'a self, _app: &'a Application) -> BoxFuture<'a, Result<Desired, SourceError>> {
+        let answer = self.0.lock().unwrap().clone();
+        Box::pin(async move {
+            answer.ok_or(SourceError {
+                reason: "RenderFailed",
+                message: "apps/platform-api/deployment.yaml:3: mapping values are not allowed here"
+                    .into(),
+                retryable: false,
+            })
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_failed_render_or_a_suspended_app_prunes_nothing() {
+    let env = RealEnv::load().unwrap();
+    let ns = TestNamespace::create(&env, "apply-norender").await.unwrap();
+    let client = ns.client();
+    let source = Arc::new(SwitchSource(Mutex::new(Some(Desired {
+        revision: "6666666666666666666666666666666666666666".into(),
+        objects: vec![
+            config_map("a", ns.name(), "a"),
+            config_map("b", ns.name(), "b"),
+        ],
+    }))));
+    mooring_agent::install::apply_crds(&client, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let ctx = Arc::new(application::Context::new(
+        client.clone(),
+        Arc::clone(&source) as Arc<dyn Source>,
+        mooring_agent::events::EventSink::new(client.clone()),
+        0.5,
+        Duration::from_secs(180),
+    ));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(application::run(
+        ctx,
+        Some(ns.name().to_string()),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    ns.api::<Application>()
+        .create(&PostParams::default(), &application(ns.name(), true))
+        .await
+        .unwrap();
+    wait_for_app(&ns, "the Application to sync", synced).await;
+
+    // The render breaks: a condition says where, the inventory and the objects stay.
+    *source.0.lock().unwrap() = None;
+    let api: Api<Application> = ns.api();
+    api.patch(
+        "platform-api",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": {"mooring.dev/refresh": "1"}}})),
+    )
+    .await
+    .unwrap();
+    let app = wait_for_app(&ns, "a RenderFailed condition", |app| {
+        app.status
+            .as_ref()
+            .is_some_and(|s| s.conditions.iter().any(|c| c.reason == "RenderFailed"))
+    })
+    .await;
+    let status = app.status.unwrap();
+    assert_eq!(status.resources.len(), 2, "the inventory is kept");
+    let failed = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Synced")
+        .unwrap();
+    assert!(
+        failed.message.contains("deployment.yaml:3"),
+        "{}",
+        failed.message
+    );
+    for name in ["a", "b"] {
+        assert!(
+            ns.api::<ConfigMap>().get_opt(name).await.unwrap().is_some(),
+            "{name} was pruned"
+        );
+    }
+
+    // Suspended: an empty render with allowEmpty would prune everything, but nothing happens.
+    *source.0.lock().unwrap() = Some(Desired {
+        revision: "7777777777777777777777777777777777777777".into(),
+        objects: Vec::new(),
+    });
+    api.patch(
+        "platform-api",
+        &PatchParams::default(),
+        &Patch::Merge(
+            json!({"spec": {"suspend": true, "syncPolicy": {"automated": {"allowEmpty": true}}}}),
+        ),
+    )
+    .await
+    .unwrap();
+    wait_for_app(&ns, "health Suspended", |app| {
+        app.status
+            .as_ref()
+            .and_then(|s| s.health.as_ref())
+            .is_some_and(|h| h.status == HealthState::Suspended)
+    })
+    .await;
+    for name in ["a", "b"] {
+        assert!(
+            ns.api::<ConfigMap>().get_opt(name).await.unwrap().is_some(),
+            "{name} was pruned while suspended"
+        );
+    }
+    let _ = stop.send(());
+}
