@@ -96,6 +96,9 @@ pub struct Context {
     watches: Watches,
     triggers: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<AppId>>>,
     failures: Mutex<HashMap<String, u32>>,
+    /// Application uid → self-heals in a row and when the last one happened: a controller
+    /// fighting mooring over a field is slowed down, not fought in a tight loop.
+    heals: Mutex<HashMap<String, (u32, tokio::time::Instant)>>,
 }
 
 impl Context {
@@ -118,6 +121,7 @@ impl Context {
             watches,
             triggers: Mutex::new(Some(triggers)),
             failures: Mutex::default(),
+            heals: Mutex::default(),
         }
     }
 }
@@ -299,10 +303,21 @@ async fn reconcile(app: Arc<Application>, ctx: Arc<Context>) -> Result<Action, E
         .unwrap_or(false);
     let last_synced = previous.history.last().map(|h| h.revision.as_str());
     // Without selfHeal, automated sync applies each revision once (Argo CD's semantics).
-    let mode = match &automated {
-        Some(_) if self_heal || last_synced != Some(desired.revision.as_str()) => Mode::Apply,
+    let new_revision = last_synced != Some(desired.revision.as_str());
+    let mut mode = match &automated {
+        Some(_) if self_heal || new_revision => Mode::Apply,
         _ => Mode::Compare,
     };
+    // Self-heal only (Git unchanged) right after another heal: compare now, heal later.
+    let uid = app.uid().unwrap_or_default();
+    let heal_wait = if mode == Mode::Apply && !new_revision {
+        heal_backoff(&ctx.heals, &uid, tokio::time::Instant::now())
+    } else {
+        None
+    };
+    if heal_wait.is_some() {
+        mode = Mode::Compare;
+    }
     let request = SyncRequest {
         app: id.clone(),
         objects: desired.objects,
@@ -320,10 +335,13 @@ async fn reconcile(app: Arc<Application>, ctx: Arc<Context>) -> Result<Action, E
         mode,
     };
     let report = ctx.engine.sync(&request).await?;
+    if mode == Mode::Apply && !new_revision && !report.drift.is_empty() {
+        record_heal(&ctx.heals, &uid, tokio::time::Instant::now());
+    }
     for kind in &report.kinds {
         ctx.watches.ensure(kind);
     }
-    announce(&ctx, &app, &report, mode).await;
+    announce(&ctx, &app, &report, mode, heal_wait.is_some()).await;
 
     conditions.extend(report_conditions(&report, mode));
     let mut history = previous.history.clone();
@@ -370,6 +388,9 @@ async fn reconcile(app: Arc<Application>, ctx: Arc<Context>) -> Result<Action, E
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
         .remove(&app.uid().unwrap_or_default());
+    if let Some(wait) = heal_wait.filter(|_| !report.drift.is_empty()) {
+        return Ok(Action::requeue(wait));
+    }
     if report.waiting.is_some() {
         // The next wave starts once this one is healthy: look again soon.
         return Ok(Action::requeue(WAVE_RECHECK.min(poll)));
@@ -389,6 +410,49 @@ fn error_policy(app: Arc<Application>, error: &Error, ctx: Arc<Context>) -> Acti
         *count
     };
     Action::requeue(retry_delay(&app, attempts, error.is_retryable()))
+}
+
+/// The first self-heal waits this long after the previous one; each next one three times as
+/// long, up to [`HEAL_BACKOFF_CAP`] (Argo CD's `--self-heal-backoff-*` defaults). A quiet period
+/// as long as the cap starts over.
+const HEAL_BACKOFF_FIRST: Duration = Duration::from_secs(2);
+const HEAL_BACKOFF_CAP: Duration = Duration::from_secs(300);
+
+/// How long to wait before healing again, when the last heal was too recent.
+fn heal_backoff(
+    heals: &Mutex<HashMap<String, (u32, tokio::time::Instant)>>,
+    uid: &str,
+    now: tokio::time::Instant,
+) -> Option<Duration> {
+    let heals = heals
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let (count, last) = heals.get(uid)?;
+    let since = now.saturating_duration_since(*last);
+    if since >= HEAL_BACKOFF_CAP {
+        return None;
+    }
+    let exponent = count.saturating_sub(1).min(10);
+    let delay = HEAL_BACKOFF_FIRST
+        .saturating_mul(3u32.saturating_pow(exponent))
+        .min(HEAL_BACKOFF_CAP);
+    delay.checked_sub(since).filter(|d| !d.is_zero())
+}
+
+fn record_heal(
+    heals: &Mutex<HashMap<String, (u32, tokio::time::Instant)>>,
+    uid: &str,
+    now: tokio::time::Instant,
+) {
+    let mut heals = heals
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let entry = heals.entry(uid.to_string()).or_insert((0, now));
+    if now.saturating_duration_since(entry.1) >= HEAL_BACKOFF_CAP {
+        entry.0 = 0;
+    }
+    entry.0 = entry.0.saturating_add(1);
+    entry.1 = now;
 }
 
 /// `syncPolicy.retry.backoff` (default 5s × 2, at most 3m, as Argo CD), per attempt.
@@ -597,7 +661,13 @@ fn report_conditions(report: &SyncReport, mode: Mode) -> Vec<Condition> {
 }
 
 /// Events, only for what changed: drift (naming who), writes, prunes.
-async fn announce(ctx: &Context, app: &Application, report: &SyncReport, mode: Mode) {
+async fn announce(
+    ctx: &Context,
+    app: &Application,
+    report: &SyncReport,
+    mode: Mode,
+    healing_later: bool,
+) {
     // Drift that is only reported stays until someone acts: announce it once, not on every
     // reconcile (the DriftDetected condition keeps saying it).
     let reported_before = app
@@ -618,6 +688,13 @@ async fn announce(ctx: &Context, app: &Application, report: &SyncReport, mode: M
             Mode::Apply => (
                 "DriftReverted",
                 format!("{}; reverted (selfHeal)", drift.describe()),
+            ),
+            Mode::Compare if healing_later => (
+                "DriftDetected",
+                format!(
+                    "{}; selfHeal reverts it after a backoff (it was reverted moments ago)",
+                    drift.describe()
+                ),
             ),
             Mode::Compare => (
                 "DriftDetected",
@@ -763,6 +840,46 @@ mod tests {
             ]
         );
         assert!(unsupported_fields(&app(ApplicationSpec::default())).is_empty());
+    }
+
+    #[test]
+    fn self_heal_backs_off_when_it_keeps_reverting() {
+        let heals = Mutex::default();
+        let start = tokio::time::Instant::now();
+        assert_eq!(
+            heal_backoff(&heals, "u", start),
+            None,
+            "the first heal is immediate"
+        );
+        record_heal(&heals, "u", start);
+        let after = |s| start + Duration::from_secs(s);
+        assert_eq!(
+            heal_backoff(&heals, "u", after(0)),
+            Some(Duration::from_secs(2))
+        );
+        assert_eq!(
+            heal_backoff(&heals, "u", after(1)),
+            Some(Duration::from_secs(1))
+        );
+        assert_eq!(heal_backoff(&heals, "u", after(2)), None);
+        record_heal(&heals, "u", after(2));
+        assert_eq!(
+            heal_backoff(&heals, "u", after(2)),
+            Some(Duration::from_secs(6))
+        );
+        record_heal(&heals, "u", after(8));
+        assert_eq!(
+            heal_backoff(&heals, "u", after(8)),
+            Some(Duration::from_secs(18))
+        );
+        // Quiet for the cap: start over.
+        assert_eq!(heal_backoff(&heals, "u", after(8 + 300)), None);
+        record_heal(&heals, "u", after(8 + 300));
+        assert_eq!(
+            heal_backoff(&heals, "u", after(8 + 300)),
+            Some(Duration::from_secs(2))
+        );
+        assert_eq!(heal_backoff(&heals, "other", after(8 + 300)), None);
     }
 
     #[test]
