@@ -622,6 +622,15 @@ async fn wait_for_app(
     .unwrap()
 }
 
+async fn app_status_condition(ns: &TestNamespace, type_: &str) -> String {
+    let app = ns.api::<Application>().get("platform-api").await.unwrap();
+    let status = app.status.unwrap_or_default();
+    let found = status.conditions.into_iter().find(|c| c.type_ == type_);
+    found
+        .map(|c| c.message)
+        .unwrap_or_else(|| panic!("no {type_} condition"))
+}
+
 fn synced(app: &Application) -> bool {
     app.status
         .as_ref()
@@ -764,7 +773,14 @@ async fn without_self_heal_a_manual_edit_is_reported_out_of_sync() {
     let client = ns.client();
     let source = Arc::new(FixedSource(Mutex::new(Desired {
         revision: "3333333333333333333333333333333333333333".into(),
-        objects: vec![config_map("settings", ns.name(), "hello")],
+        objects: vec![config_map("settings", ns.name(), "hello"), {
+            let mut hook = config_map("pre-sync", ns.name(), "h");
+            hook.metadata.annotations = Some(BTreeMap::from([(
+                "argocd.argoproj.io/hook".into(),
+                "PreSync".into(),
+            )]));
+            hook
+        }],
     })));
     let stop = start_controller(client.clone(), ns.name(), source).await;
     ns.api::<Application>()
@@ -800,6 +816,8 @@ async fn without_self_heal_a_manual_edit_is_reported_out_of_sync() {
         .find(|c| c.type_ == "DriftDetected")
         .expect("a DriftDetected condition");
     assert!(drift.message.contains("kubectl-edit"), "{}", drift.message);
+    let unsupported = app_status_condition(&ns, "UnsupportedFields").await;
+    assert!(unsupported.contains("ConfigMap pre-sync"), "{unsupported}");
     let live = ns.api::<ConfigMap>().get("settings").await.unwrap();
     assert_eq!(
         live.data.unwrap().get("greeting").map(String::as_str),

@@ -101,9 +101,15 @@ impl Refusal {
 
 /// At most five object names, then a count of the rest.
 pub fn summarize(keys: &[ObjectKey]) -> String {
-    let mut text: Vec<String> = keys.iter().take(5).map(ToString::to_string).collect();
-    if keys.len() > 5 {
-        text.push(format!("and {} more", keys.len() - 5));
+    let names: Vec<String> = keys.iter().map(ToString::to_string).collect();
+    summarize_names(&names)
+}
+
+/// At most five names, then a count of the rest: messages stay short for big sets.
+pub fn summarize_names(names: &[String]) -> String {
+    let mut text: Vec<String> = names.iter().take(5).cloned().collect();
+    if names.len() > 5 {
+        text.push(format!("and {} more", names.len() - 5));
     }
     text.join(", ")
 }

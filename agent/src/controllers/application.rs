@@ -39,6 +39,11 @@ use crate::install::FIELD_MANAGER;
 /// The destinations that mean "this cluster" (Argo CD's in-cluster server URL and name).
 const IN_CLUSTER_SERVER: &str = "https://kubernetes.default.svc";
 const IN_CLUSTER_NAME: &str = "in-cluster";
+/// How many Applications sync at once (Flux's default is 4).
+const SYNC_CONCURRENCY: u16 = 4;
+/// Annotations of Argo CD and Helm hooks: mooring has no hook phases, so such objects are
+/// applied like any other and a condition says so.
+const HOOK_ANNOTATIONS: &[&str] = &["argocd.argoproj.io/hook", "helm.sh/hook"];
 /// How soon an Application waiting for a sync wave to become healthy is looked at again.
 const WAVE_RECHECK: Duration = Duration::from_secs(5);
 /// `status.history` length when `spec.revisionHistoryLimit` is unset, as Argo CD.
@@ -198,6 +203,9 @@ pub async fn run(
         ))
     });
     Controller::new(api, watcher::Config::default())
+        // Each sync already runs 16 requests at once: a few Applications at a time keep the
+        // API server (and a cold start with hundreds of Applications) responsive.
+        .with_config(kube::runtime::controller::Config::default().concurrency(SYNC_CONCURRENCY))
         .reconcile_on(drift)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
@@ -317,6 +325,43 @@ async fn reconcile(app: Arc<Application>, ctx: Arc<Context>) -> Result<Action, E
     };
     if heal_wait.is_some() {
         mode = Mode::Compare;
+    }
+    let hooks: Vec<String> = desired
+        .objects
+        .iter()
+        .filter(|o| {
+            o.metadata
+                .annotations
+                .as_ref()
+                .is_some_and(|a| HOOK_ANNOTATIONS.iter().any(|h| a.contains_key(*h)))
+        })
+        .filter_map(|o| {
+            Some(format!(
+                "{} {}",
+                o.types.as_ref()?.kind,
+                o.metadata.name.as_deref()?
+            ))
+        })
+        .collect();
+    if !hooks.is_empty() {
+        let listed = crate::apply::prune::summarize_names(&hooks);
+        match conditions
+            .iter_mut()
+            .find(|c| c.type_ == names::UNSUPPORTED_FIELDS)
+        {
+            Some(existing) => {
+                existing.message = format!(
+                    "{}; sync hooks on {listed} are applied as plain resources",
+                    existing.message
+                );
+            }
+            None => conditions.push(condition(
+                names::UNSUPPORTED_FIELDS,
+                ConditionStatus::True,
+                "UnsupportedFields",
+                format!("sync hooks are not implemented: {listed} are applied as plain resources"),
+            )),
+        }
     }
     let request = SyncRequest {
         app: id.clone(),
