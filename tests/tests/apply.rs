@@ -1372,3 +1372,73 @@ async fn a_failed_render_or_a_suspended_app_prunes_nothing() {
     }
     let _ = stop.send(());
 }
+
+#[tokio::test]
+async fn deleting_an_application_with_argo_resources_finalizer_deletes_its_objects() {
+    let env = RealEnv::load().unwrap();
+    let ns = TestNamespace::create(&env, "apply-finalizer")
+        .await
+        .unwrap();
+    let client = ns.client();
+    let source = Arc::new(FixedSource(Mutex::new(Desired {
+        revision: "8888888888888888888888888888888888888888".into(),
+        objects: vec![
+            config_map("a", ns.name(), "a"),
+            config_map("b", ns.name(), "b"),
+        ],
+    })));
+    let stop = start_controller(client.clone(), ns.name(), source).await;
+    let mut app = application(ns.name(), true);
+    app.metadata.finalizers = Some(vec!["resources-finalizer.argocd.argoproj.io".into()]);
+    ns.api::<Application>()
+        .create(&PostParams::default(), &app)
+        .await
+        .unwrap();
+    wait_for_app(&ns, "the Application to sync", synced).await;
+    // Not in Git, not ours: must survive the cascade.
+    ns.api::<ConfigMap>()
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "bystander"}})).unwrap(),
+        )
+        .await
+        .unwrap();
+
+    ns.api::<Application>()
+        .delete("platform-api", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_for(
+        "the Application to be gone",
+        Duration::from_secs(30),
+        || async {
+            ns.api::<Application>()
+                .get_opt("platform-api")
+                .await
+                .ok()?
+                .is_none()
+                .then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    wait_for(
+        "its ConfigMaps to be deleted",
+        Duration::from_secs(30),
+        || async {
+            let a = ns.api::<ConfigMap>().get_opt("a").await.ok()?;
+            let b = ns.api::<ConfigMap>().get_opt("b").await.ok()?;
+            (a.is_none() && b.is_none()).then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    assert!(
+        ns.api::<ConfigMap>()
+            .get_opt("bystander")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    let _ = stop.send(());
+}

@@ -822,6 +822,24 @@ impl Engine {
         Ok(())
     }
 
+    /// Deletes everything in an Application's inventory (the Application is being deleted with
+    /// Argo CD's resources finalizer). The per-object guards still hold: only objects whose
+    /// tracking id names the Application, never `Prune=false` ones, CRDs, Namespaces or PVCs
+    /// without the opt-in, or generated Secrets. `request.objects` is ignored.
+    pub async fn delete_all(&self, request: &SyncRequest) -> SyncReport {
+        let mut report = SyncReport::default();
+        let entries: HashMap<ObjectKey, &ResourceStatus> = request
+            .inventory
+            .iter()
+            .map(|entry| (ObjectKey::of_status(entry), entry))
+            .collect();
+        let candidates: Vec<ObjectKey> = entries.keys().cloned().collect();
+        report.resources = self
+            .prune(request, &candidates, &entries, &mut report)
+            .await;
+        report
+    }
+
     /// Deletes the candidates that pass the per-object guards, in reverse apply order
     /// (`PruneLast` ones at the very end). Returns the inventory entries still owned: kept and
     /// failed objects stay tracked so the next sync retries them.

@@ -148,6 +148,15 @@ pub enum Error {
         /// The first failure.
         first: String,
     },
+    /// The resources finalizer could not be removed after the objects were deleted.
+    #[error("failed to remove the resources finalizer of Application {name}")]
+    Finalizer {
+        /// The Application.
+        name: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
     /// The status could not be written.
     #[error("failed to update the status of Application {name}")]
     Status {
@@ -167,6 +176,7 @@ impl Error {
             Error::Sync(_) => "SyncFailed",
             Error::Objects { .. } => "SyncFailed",
             Error::Status { .. } => "StatusUpdateFailed",
+            Error::Finalizer { .. } => "FinalizerUpdateFailed",
         }
     }
 
@@ -214,13 +224,13 @@ pub async fn run(
 }
 
 async fn reconcile(app: Arc<Application>, ctx: Arc<Context>) -> Result<Action, Error> {
-    if app.metadata.deletion_timestamp.is_some() {
-        return Ok(Action::await_change());
-    }
     let id = AppId {
         namespace: app.namespace().unwrap_or_default(),
         name: app.name_any(),
     };
+    if app.metadata.deletion_timestamp.is_some() {
+        return finalize(&ctx, &app, &id).await;
+    }
     let poll = poll_interval(&app, ctx.default_poll_interval);
     let mut conditions = Vec::new();
     let unsupported = unsupported_fields(&app);
@@ -441,6 +451,81 @@ async fn reconcile(app: Arc<Application>, ctx: Arc<Context>) -> Result<Action, E
         return Ok(Action::requeue(WAVE_RECHECK.min(poll)));
     }
     Ok(Action::requeue(poll))
+}
+
+/// Argo CD's finalizers that ask for the Application's resources to be deleted with it
+/// (foreground, or background for the `/background` variant).
+const RESOURCES_FINALIZER: &str = "resources-finalizer.argocd.argoproj.io";
+const RESOURCES_FINALIZER_BACKGROUND: &str = "resources-finalizer.argocd.argoproj.io/background";
+
+/// An Application being deleted: with a resources finalizer, delete its objects (guarded) and
+/// then release the finalizer; without one, leave the objects in place (Argo CD's default).
+async fn finalize(ctx: &Context, app: &Application, id: &AppId) -> Result<Action, Error> {
+    let finalizers = app.metadata.finalizers.clone().unwrap_or_default();
+    let ours: Vec<&String> = finalizers
+        .iter()
+        .filter(|f| *f == RESOURCES_FINALIZER || *f == RESOURCES_FINALIZER_BACKGROUND)
+        .collect();
+    if ours.is_empty() {
+        return Ok(Action::await_change());
+    }
+    let background = ours.iter().any(|f| *f == RESOURCES_FINALIZER_BACKGROUND);
+    let status = app.status.clone().unwrap_or_default();
+    let mut sync_options = app
+        .spec
+        .sync_policy
+        .as_ref()
+        .map(|p| p.sync_options.clone())
+        .unwrap_or_default();
+    if background {
+        sync_options.push("PrunePropagationPolicy=background".into());
+    }
+    let request = SyncRequest {
+        app: id.clone(),
+        objects: Vec::new(),
+        destination_namespace: app.spec.destination.namespace.clone(),
+        sync_options,
+        inventory: status.resources.clone(),
+        prune: PruneSettings::default(),
+        mode: Mode::Apply,
+    };
+    let report = ctx.engine.delete_all(&request).await;
+    if !report.pruned.is_empty() {
+        let note = format!(
+            "deleted with the Application: {}",
+            crate::apply::prune::summarize(&report.pruned)
+        );
+        publish(ctx, app, EventType::Normal, "ResourcesDeleted", &note).await;
+    }
+    if let Some((key, message)) = report.failures.first() {
+        return Err(Error::Objects {
+            count: report.failures.len(),
+            first: format!("{key}: {message}"),
+        });
+    }
+    let remaining: Vec<String> = finalizers
+        .into_iter()
+        .filter(|f| f != RESOURCES_FINALIZER && f != RESOURCES_FINALIZER_BACKGROUND)
+        .collect();
+    let api: Api<Application> = Api::namespaced(ctx.client.clone(), &id.namespace);
+    // A JSON patch that tests the list first: another controller's finalizer change in between
+    // makes it fail and retry instead of being overwritten.
+    let patch = serde_json::json!([
+        {"op": "test", "path": "/metadata/finalizers", "value": app.metadata.finalizers},
+        {"op": "replace", "path": "/metadata/finalizers", "value": remaining},
+    ]);
+    let patch: json_patch::Patch =
+        serde_json::from_value(patch).map_err(|error| Error::Objects {
+            count: 1,
+            first: format!("failed to build the finalizer patch: {error}"),
+        })?;
+    api.patch(&id.name, &PatchParams::default(), &Patch::<()>::Json(patch))
+        .await
+        .map_err(|source| Error::Finalizer {
+            name: id.name.clone(),
+            source,
+        })?;
+    Ok(Action::await_change())
 }
 
 fn error_policy(app: Arc<Application>, error: &Error, ctx: Arc<Context>) -> Action {
