@@ -1035,6 +1035,90 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 mod tests {
     use super::*;
 
+    fn desired(kind: &str, group: &str, name: &str, wave: i64) -> Desired {
+        Desired {
+            key: ObjectKey {
+                group: group.into(),
+                kind: kind.into(),
+                namespace: Some("ns".into()),
+                name: name.into(),
+            },
+            version: "v1".into(),
+            served: None,
+            manifest: Value::Null,
+            hash: String::new(),
+            wave,
+        }
+    }
+
+    #[test]
+    fn a_wave_waits_for_progressing_objects_but_not_for_deferred_ones() {
+        let running_job = serde_json::json!({"status": {"active": 1}});
+        let done_job =
+            serde_json::json!({"status": {"conditions": [{"type": "Complete", "status": "True"}]}});
+        let waiting = wave_not_ready(&[
+            (
+                desired("Job", "batch", "migrate", -1),
+                Outcome::Written {
+                    live: running_job,
+                    drift: None,
+                },
+            ),
+            (
+                desired("ConfigMap", "", "settings", -1),
+                Outcome::InSync(serde_json::json!({})),
+            ),
+            (
+                desired("Widget", "example.com", "w", -1),
+                Outcome::Deferred("no CRD".into()),
+            ),
+        ])
+        .unwrap();
+        assert!(
+            waiting.contains("Job.batch ns/migrate (wave -1) is Progressing"),
+            "{waiting}"
+        );
+        assert!(
+            !waiting.contains("settings") && !waiting.contains("Widget"),
+            "{waiting}"
+        );
+        assert_eq!(
+            wave_not_ready(&[(
+                desired("Job", "batch", "migrate", -1),
+                Outcome::InSync(done_job)
+            )]),
+            None
+        );
+    }
+
+    #[test]
+    fn an_object_tracked_by_another_application_is_foreign() {
+        let app = AppId {
+            namespace: "argocd".into(),
+            name: "web".into(),
+        };
+        let other = AppId {
+            namespace: "argocd".into(),
+            name: "api".into(),
+        };
+        let key = ObjectKey {
+            group: String::new(),
+            kind: "ConfigMap".into(),
+            namespace: Some("ns".into()),
+            name: "c".into(),
+        };
+        let live = |id: String| serde_json::json!({"metadata": {"annotations": {TRACKING_ID_ANNOTATION: id}}});
+        assert_eq!(
+            foreign_owner(&live(key.tracking_id(&other)), &app),
+            Some(other)
+        );
+        assert_eq!(foreign_owner(&live(key.tracking_id(&app)), &app), None);
+        assert_eq!(
+            foreign_owner(&serde_json::json!({"metadata": {}}), &app),
+            None
+        );
+    }
+
     #[test]
     fn propagation_defaults_to_foreground() {
         assert!(matches!(
