@@ -535,6 +535,20 @@ async fn custom_resource_is_deferred_until_its_crd_arrives() {
     .await
     .unwrap()
     .unwrap();
+    // Established comes a moment before the API server's discovery serves the new kind.
+    let gvk = GroupVersionKind::gvk(&group, "v1", "Widget");
+    wait_for(
+        "discovery to serve Widget",
+        Duration::from_secs(30),
+        || async {
+            kube::discovery::pinned_kind(&client, &gvk)
+                .await
+                .ok()
+                .map(|_| ())
+        },
+    )
+    .await
+    .unwrap();
     let second = engine
         .sync(&request(
             &app,
@@ -704,6 +718,7 @@ async fn self_heal_reverts_a_manual_edit_and_names_who_made_it() {
     .unwrap();
     let note = reverted.message.unwrap_or_default();
     assert!(note.contains("kubectl-edit"), "{note}");
+    assert!(note.contains("(data.greeting)"), "{note}");
     assert!(
         note.contains("ConfigMap settings")
             || note.contains(&format!("ConfigMap {}/settings", ns.name())),

@@ -122,8 +122,10 @@ pub struct SyncReport {
 pub struct Drift {
     /// The object.
     pub key: ObjectKey,
-    /// The field managers other than mooring that wrote it, newest first (empty when deleted).
+    /// The field managers other than mooring that changed it (empty when deleted).
     pub managers: Vec<String>,
+    /// The fields that differ from Git (`spec.replicas`), at most five.
+    pub fields: Vec<String>,
     /// It was deleted.
     pub deleted: bool,
 }
@@ -132,16 +134,16 @@ impl Drift {
     /// A sentence for the event: what changed, and who changed it.
     pub fn describe(&self) -> String {
         if self.deleted {
-            format!("{} was deleted outside mooring", self.key)
-        } else if self.managers.is_empty() {
-            format!("{} was changed outside mooring", self.key)
-        } else {
-            format!(
-                "{} was changed outside mooring by field manager {}",
-                self.key,
-                self.managers.join(", ")
-            )
+            return format!("{} was deleted outside mooring", self.key);
         }
+        let mut text = format!("{} was changed outside mooring", self.key);
+        if !self.fields.is_empty() {
+            text.push_str(&format!(" ({})", self.fields.join(", ")));
+        }
+        if !self.managers.is_empty() {
+            text.push_str(&format!(" by field manager {}", self.managers.join(", ")));
+        }
+        text
     }
 }
 
@@ -679,9 +681,23 @@ impl Engine {
                 }
             }
             if unchanged_in_git {
+                // Who changed what: the drifted paths and the managers that own them now.
+                let fields = compare::differences(&item.manifest, live, 5);
+                let mut managers: Vec<String> = Vec::new();
+                for field in &fields {
+                    for manager in compare::managers_of(live, field) {
+                        if !managers.contains(&manager) {
+                            managers.push(manager);
+                        }
+                    }
+                }
+                if managers.is_empty() {
+                    managers = compare::other_managers(live);
+                }
                 drift = Some(Drift {
                     key: item.key.clone(),
-                    managers: compare::other_managers(live),
+                    managers,
+                    fields,
                     deleted: false,
                 });
             }
@@ -689,6 +705,7 @@ impl Engine {
             drift = Some(Drift {
                 key: item.key.clone(),
                 managers: Vec::new(),
+                fields: Vec::new(),
                 deleted: true,
             });
         }
@@ -1163,11 +1180,12 @@ mod tests {
         let drift = Drift {
             key,
             managers: vec!["kubectl-edit".into()],
+            fields: vec!["spec.replicas".into()],
             deleted: false,
         };
         assert_eq!(
             drift.describe(),
-            "Deployment.apps ns/web was changed outside mooring by field manager kubectl-edit"
+            "Deployment.apps ns/web was changed outside mooring (spec.replicas) by field manager kubectl-edit"
         );
     }
 }

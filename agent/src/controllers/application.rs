@@ -148,6 +148,15 @@ pub enum Error {
         /// The first failure.
         first: String,
     },
+    /// The Application could not be read.
+    #[error("failed to read Application {name}")]
+    Read {
+        /// The Application.
+        name: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
     /// The resources finalizer could not be removed after the objects were deleted.
     #[error("failed to remove the resources finalizer of Application {name}")]
     Finalizer {
@@ -177,6 +186,7 @@ impl Error {
             Error::Objects { .. } => "SyncFailed",
             Error::Status { .. } => "StatusUpdateFailed",
             Error::Finalizer { .. } => "FinalizerUpdateFailed",
+            Error::Read { .. } => "ApiError",
         }
     }
 
@@ -223,10 +233,24 @@ pub async fn run(
         .await;
 }
 
-async fn reconcile(app: Arc<Application>, ctx: Arc<Context>) -> Result<Action, Error> {
+async fn reconcile(cached: Arc<Application>, ctx: Arc<Context>) -> Result<Action, Error> {
     let id = AppId {
-        namespace: app.namespace().unwrap_or_default(),
-        name: app.name_any(),
+        namespace: cached.namespace().unwrap_or_default(),
+        name: cached.name_any(),
+    };
+    // The watch cache may not show the status this agent wrote a moment ago (a reconcile woken
+    // by a drift watch right after a sync): the inventory, the history and "was this revision
+    // applied already" must come from the current object, so read it.
+    let api: Api<Application> = Api::namespaced(ctx.client.clone(), &id.namespace);
+    let app = match api.get_opt(&id.name).await {
+        Ok(Some(app)) => app,
+        Ok(None) => return Ok(Action::await_change()),
+        Err(source) => {
+            return Err(Error::Read {
+                name: id.name.clone(),
+                source,
+            });
+        }
     };
     if app.metadata.deletion_timestamp.is_some() {
         return finalize(&ctx, &app, &id).await;
