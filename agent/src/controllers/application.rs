@@ -44,6 +44,8 @@ const SYNC_CONCURRENCY: u16 = 4;
 /// Annotations of Argo CD and Helm hooks: mooring has no hook phases, so such objects are
 /// applied like any other and a condition says so.
 const HOOK_ANNOTATIONS: &[&str] = &["argocd.argoproj.io/hook", "helm.sh/hook"];
+/// How soon an Application with deferred custom resources looks for their CRDs again.
+const DEFERRED_RECHECK: Duration = Duration::from_secs(15);
 /// How soon an Application waiting for a sync wave to become healthy is looked at again.
 const WAVE_RECHECK: Duration = Duration::from_secs(5);
 /// `status.history` length when `spec.revisionHistoryLimit` is unset, as Argo CD.
@@ -473,6 +475,10 @@ async fn reconcile(cached: Arc<Application>, ctx: Arc<Context>) -> Result<Action
     if report.waiting.is_some() {
         // The next wave starts once this one is healthy: look again soon.
         return Ok(Action::requeue(WAVE_RECHECK.min(poll)));
+    }
+    if !report.deferred.is_empty() {
+        // A CRD from elsewhere (another Application, an operator) may arrive any moment.
+        return Ok(Action::requeue(DEFERRED_RECHECK.min(poll)));
     }
     Ok(Action::requeue(poll))
 }
