@@ -568,6 +568,47 @@ async fn custom_resource_is_deferred_until_its_crd_arrives() {
     );
     assert_eq!(second.sync, SyncState::Synced);
 
+    // The CRD goes away again (the engine still has the kind cached): deferred, not failed.
+    crds.delete(&name, &DeleteParams::default()).await.unwrap();
+    wait_for(
+        "discovery to stop serving Widget",
+        Duration::from_secs(60),
+        || async {
+            let gone = crds.get_opt(&name).await.ok()?.is_none();
+            let unserved = kube::discovery::pinned_kind(&client, &gvk).await.is_err();
+            (gone && unserved).then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    let third = engine
+        .sync(&request(
+            &app,
+            ns.name(),
+            vec![
+                widget(&group, ns.name()),
+                config_map("settings", ns.name(), "a"),
+            ],
+            &second,
+        ))
+        .await
+        .unwrap();
+    assert!(third.failures.is_empty(), "{:?}", third.failures);
+    assert_eq!(third.deferred.len(), 1, "{:?}", third.deferred);
+    // Dropped from Git while its kind is gone: nothing to delete, and no failure either.
+    let fourth = engine
+        .sync(&request(
+            &app,
+            ns.name(),
+            vec![config_map("settings", ns.name(), "a")],
+            &third,
+        ))
+        .await
+        .unwrap();
+    assert!(fourth.failures.is_empty(), "{:?}", fourth.failures);
+    assert_eq!(fourth.resources.len(), 1, "{:?}", fourth.resources);
+    assert_eq!(fourth.sync, SyncState::Synced);
+
     cleanup(&client, &name, None).await;
 }
 

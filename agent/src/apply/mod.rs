@@ -207,7 +207,7 @@ impl Engine {
         }
     }
 
-    /// The discovery cache (shared with the drift watches).
+    /// The discovery cache.
     pub fn discovery(&self) -> &Discovery {
         &self.discovery
     }
@@ -624,6 +624,9 @@ impl Engine {
             None => match api.get_opt(&item.key.name).await {
                 Ok(live) => live.map(|l| serde_json::to_value(&l).unwrap_or_default()),
                 Err(error) => {
+                    if let Some(deferred) = self.kind_gone(item, &error).await {
+                        return deferred;
+                    }
                     return Outcome::Failed(format!("failed to read {}: {error}", item.key));
                 }
             },
@@ -730,7 +733,12 @@ impl Engine {
                     drift,
                 }
             }
-            Err(error) => Outcome::Failed(format!("failed to apply {}: {error}", item.key)),
+            Err(error) => {
+                if let Some(deferred) = self.kind_gone(item, &error).await {
+                    return deferred;
+                }
+                Outcome::Failed(format!("failed to apply {}: {error}", item.key))
+            }
         }
     }
 
@@ -799,6 +807,23 @@ impl Engine {
             }
         }
         Ok(None)
+    }
+
+    /// After a 404 for a kind discovery had cached: when its CRD was deleted, forget the kind
+    /// and defer the object instead of failing it on every sync.
+    async fn kind_gone(&self, item: &Desired, error: &kube::Error) -> Option<Outcome> {
+        if !matches!(error, kube::Error::Api(status) if status.code == 404) {
+            return None;
+        }
+        let gvk = GroupVersionKind::gvk(&item.key.group, &item.version, &item.key.kind);
+        self.discovery.forget(&gvk);
+        match self.discovery.resolve(&gvk).await {
+            Ok(None) => Some(Outcome::Deferred(format!(
+                "no CustomResourceDefinition serves {}/{} {} any more",
+                item.key.group, item.version, item.key.kind
+            ))),
+            _ => None,
+        }
     }
 
     /// Waits until CRD `name` is Established and returns it as JSON.
@@ -891,6 +916,19 @@ impl Engine {
             let live = match api.get_opt(&key.name).await {
                 Ok(Some(live)) => live,
                 Ok(None) => continue,
+                Err(kube::Error::Api(status)) if status.code == 404 => {
+                    // The kind may be gone with its CRD, and the object with it.
+                    self.discovery.forget(&gvk);
+                    if let Ok(None) = self.discovery.resolve(&gvk).await {
+                        continue;
+                    }
+                    report.failures.push((
+                        key.clone(),
+                        format!("failed to read {key}: {}", status.message),
+                    ));
+                    still_owned.push(requires_pruning(entry));
+                    continue;
+                }
                 Err(error) => {
                     report
                         .failures
