@@ -955,12 +955,7 @@ impl Engine {
             }
             let last = prune::prune_last(&request.sync_options, &live.metadata);
             let wave = order::sync_wave(&live.metadata);
-            targets.push((
-                (last, std::cmp::Reverse(order::order_key(key, wave))),
-                key.clone(),
-                api,
-                *entry,
-            ));
+            targets.push((order::prune_key(key, wave, last), key.clone(), api, *entry));
         }
         targets.sort_by(|a, b| a.0.cmp(&b.0));
         for (_, key, api, entry) in targets {
