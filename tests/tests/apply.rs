@@ -1242,7 +1242,14 @@ async fn app_of_apps_creates_and_syncs_children_and_rolls_up_their_health() {
                 .is_some_and(|h| h.status == HealthState::Healthy)
     })
     .await;
-    let resources = root.status.unwrap().resources;
+    let root_status = root.status.unwrap();
+    let ready = root_status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap();
+    assert_eq!(format!("{:?}", ready.status), "True", "{ready:?}");
+    let resources = root_status.resources;
     assert_eq!(resources.len(), 1);
     assert_eq!(
         (resources[0].kind.as_str(), resources[0].name.as_str()),

@@ -283,6 +283,12 @@ async fn reconcile(cached: Arc<Application>, ctx: Arc<Context>) -> Result<Action
             names::SYNCED,
             ConditionStatus::False,
             "InvalidDestination",
+            message.clone(),
+        ));
+        conditions.push(condition(
+            names::READY,
+            ConditionStatus::False,
+            "InvalidDestination",
             message,
         ));
         let status = ApplicationStatus {
@@ -303,6 +309,12 @@ async fn reconcile(cached: Arc<Application>, ctx: Arc<Context>) -> Result<Action
             "Suspended",
             "spec.suspend is true: nothing is applied or pruned".into(),
         ));
+        conditions.push(condition(
+            names::READY,
+            ConditionStatus::False,
+            "Suspended",
+            "the Application is suspended".into(),
+        ));
         let status = ApplicationStatus {
             health: Some(HealthStatus {
                 status: HealthState::Suspended,
@@ -321,6 +333,12 @@ async fn reconcile(cached: Arc<Application>, ctx: Arc<Context>) -> Result<Action
         Err(error) => {
             conditions.push(condition(
                 names::SYNCED,
+                ConditionStatus::False,
+                error.reason,
+                error.message.clone(),
+            ));
+            conditions.push(condition(
+                names::READY,
                 ConditionStatus::False,
                 error.reason,
                 error.message.clone(),
@@ -425,6 +443,7 @@ async fn reconcile(cached: Arc<Application>, ctx: Arc<Context>) -> Result<Action
     announce(&ctx, &app, &report, mode, heal_wait.is_some()).await;
 
     conditions.extend(report_conditions(&report, mode));
+    conditions.push(ready_condition(&report));
     let mut history = previous.history.clone();
     // A revision counts as deployed once all of it is applied: while a custom resource waits
     // for its CRD the Application stays in apply mode, so the CR follows when the CRD arrives.
@@ -818,6 +837,35 @@ fn report_conditions(report: &SyncReport, mode: Mode) -> Vec<Condition> {
         ));
     }
     conditions
+}
+
+/// kstatus `Ready`: in sync with Git and healthy, so `kubectl wait --for=condition=Ready` and
+/// dependants can gate on an Application.
+fn ready_condition(report: &SyncReport) -> Condition {
+    match (report.sync, report.health.status) {
+        (SyncState::Synced, HealthState::Healthy) => condition(
+            names::READY,
+            ConditionStatus::True,
+            "Healthy",
+            "in sync with Git and healthy".into(),
+        ),
+        (SyncState::Synced, state) => condition(
+            names::READY,
+            ConditionStatus::False,
+            &format!("{state:?}"),
+            report
+                .health
+                .message
+                .clone()
+                .unwrap_or_else(|| format!("health is {state:?}")),
+        ),
+        (_, _) => condition(
+            names::READY,
+            ConditionStatus::False,
+            "OutOfSync",
+            "the cluster differs from Git".into(),
+        ),
+    }
 }
 
 /// Events, only for what changed: drift (naming who), writes, prunes.
