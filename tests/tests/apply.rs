@@ -785,6 +785,47 @@ async fn self_heal_reverts_a_manual_edit_and_names_who_made_it() {
     .await
     .unwrap();
 
+    // `kubectl scale` goes through the scale subresource; reverted too (after the self-heal
+    // backoff, as this is the third heal in a row), and the event names it and the field.
+    ns.api::<Deployment>()
+        .patch_scale(
+            "web",
+            &PatchParams {
+                field_manager: Some("kubectl-scale".into()),
+                ..Default::default()
+            },
+            &Patch::Merge(json!({"spec": {"replicas": 3}})),
+        )
+        .await
+        .unwrap();
+    wait_for(
+        "the scale to be reverted",
+        Duration::from_secs(30),
+        || async {
+            let live = ns.api::<Deployment>().get("web").await.ok()?;
+            (live.spec?.replicas == Some(0)).then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    let scaled = wait_for(
+        "a DriftReverted event naming kubectl-scale",
+        Duration::from_secs(20),
+        || async {
+            let list = events.list(&ListParams::default()).await.ok()?;
+            list.items.into_iter().find(|e| {
+                e.reason.as_deref() == Some("DriftReverted")
+                    && e.message
+                        .as_deref()
+                        .is_some_and(|m| m.contains("kubectl-scale"))
+            })
+        },
+    )
+    .await
+    .unwrap();
+    let note = scaled.message.unwrap_or_default();
+    assert!(note.contains("(spec.replicas)"), "{note}");
+
     // A new revision that drops the Deployment prunes it (2 → 1 is exactly half).
     *source.0.lock().unwrap() = Desired {
         revision: "2222222222222222222222222222222222222222".into(),

@@ -102,6 +102,27 @@ pub fn differences(desired: &Value, live: &Value, limit: usize) -> Vec<String> {
     found
 }
 
+/// `source` cut to the shape of `shape`: the fields `shape` sets, with `source`'s values (a
+/// dry-run answer cut to what Git sets, with the API server's normalised spellings).
+pub fn project(shape: &Value, source: &Value) -> Value {
+    match (shape, source) {
+        (Value::Object(shape), Value::Object(source)) => Value::Object(
+            shape
+                .iter()
+                .map(|(k, v)| (k.clone(), project(v, source.get(k).unwrap_or(&Value::Null))))
+                .collect(),
+        ),
+        (Value::Array(shape), Value::Array(source)) if shape.len() == source.len() => Value::Array(
+            shape
+                .iter()
+                .zip(source)
+                .map(|(s, v)| project(s, v))
+                .collect(),
+        ),
+        (_, source) => source.clone(),
+    }
+}
+
 fn walk(desired: &Value, live: &Value, path: &str, limit: usize, found: &mut Vec<String>) {
     if found.len() >= limit || value_is_subset(desired, live) {
         return;
@@ -322,6 +343,24 @@ mod tests {
         let relabelled =
             json!({"metadata": {"labels": {"app": "other"}}, "spec": live["spec"].clone()});
         assert!(differences(&desired, &relabelled, 5).contains(&"metadata.labels.app".to_string()));
+    }
+
+    #[test]
+    fn projection_keeps_the_desired_shape_with_the_server_values() {
+        let desired =
+            json!({"spec": {"containers": [{"name": "web", "resources": {"cpu": "0.5"}}]}});
+        let dry_run = json!({"spec": {"containers": [{"name": "web", "resources": {"cpu": "500m"},
+            "imagePullPolicy": "Always"}], "dnsPolicy": "ClusterFirst"}, "status": {}});
+        assert_eq!(
+            project(&desired, &dry_run),
+            json!({"spec": {"containers": [{"name": "web", "resources": {"cpu": "500m"}}]}})
+        );
+        let live = dry_run.clone();
+        assert!(differences(&project(&desired, &dry_run), &live, 5).is_empty());
+        assert_eq!(
+            differences(&desired, &live, 5),
+            ["spec.containers[0].resources.cpu"]
+        );
     }
 
     #[test]

@@ -662,7 +662,7 @@ impl Engine {
             }
             // The field check failed or Git changed: ask the API server what an apply would do.
             let dry_run = PatchParams::apply(FIELD_MANAGER).force().dry_run();
-            match api
+            let would_be = match api
                 .patch(&item.key.name, &dry_run, &Patch::Apply(&item.manifest))
                 .await
             {
@@ -675,6 +675,7 @@ impl Engine {
                         );
                         return Outcome::InSync(live.clone());
                     }
+                    result
                 }
                 Err(error) => {
                     return Outcome::Failed(format!(
@@ -682,10 +683,12 @@ impl Engine {
                         item.key
                     ));
                 }
-            }
+            };
             if unchanged_in_git {
                 // Who changed what: the drifted paths and the managers that own them now.
-                let fields = compare::differences(&item.manifest, live, 5);
+                // Compared on the dry-run's (normalised) values, so `0.5` vs `500m` is no drift.
+                let normalised = compare::project(&item.manifest, &would_be);
+                let fields = compare::differences(&normalised, live, 5);
                 let mut managers: Vec<String> = Vec::new();
                 for field in &fields {
                     for manager in compare::managers_of(live, field) {

@@ -909,7 +909,15 @@ async fn announce(
                 format!("{}; OutOfSync (selfHeal is off)", drift.describe()),
             ),
         };
-        publish(ctx, app, EventType::Warning, reason, &note).await;
+        let reference: ObjectReference = app.object_ref(&());
+        let event = Event {
+            type_: EventType::Warning,
+            reason: reason.into(),
+            note: Some(note.chars().take(1000).collect()),
+            action: "SelfHeal".into(),
+            secondary: None,
+        };
+        ctx.events.publish_distinct(&reference, event).await;
     }
     let drifted: Vec<_> = report.drift.iter().map(|d| &d.key).collect();
     let written: Vec<_> = report
