@@ -1546,3 +1546,143 @@ async fn deleting_an_application_with_argo_resources_finalizer_deletes_its_objec
     );
     let _ = stop.send(());
 }
+
+#[tokio::test]
+async fn an_object_moved_between_applications_is_taken_over_in_place() {
+    let env = RealEnv::load().unwrap();
+    let ns = TestNamespace::create(&env, "apply-move").await.unwrap();
+    let client = ns.client();
+    mooring_agent::install::apply_crds(&client, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let engine = Engine::new(client.clone());
+    let (a, b) = (
+        AppId {
+            namespace: ns.name().into(),
+            name: "a".into(),
+        },
+        AppId {
+            namespace: ns.name().into(),
+            name: "b".into(),
+        },
+    );
+    // Application `a` exists (its controller is not running here; the test writes its status).
+    let mut app_a = application(ns.name(), false);
+    app_a.metadata.name = Some("a".into());
+    ns.api::<Application>()
+        .create(&PostParams::default(), &app_a)
+        .await
+        .unwrap();
+    let publish_inventory = |report: SyncReport| {
+        let api: Api<Application> = ns.api();
+        async move {
+            let status = json!({"status": {"resources": report.resources}});
+            api.patch_status("a", &PatchParams::default(), &Patch::Merge(&status))
+                .await
+                .unwrap();
+        }
+    };
+
+    let first = engine
+        .sync(&request(
+            &a,
+            ns.name(),
+            vec![
+                config_map("moved", ns.name(), "m"),
+                config_map("stays", ns.name(), "s"),
+            ],
+            &SyncReport::default(),
+        ))
+        .await
+        .unwrap();
+    publish_inventory(first.clone()).await;
+    let moved_uid = ns
+        .api::<ConfigMap>()
+        .get("moved")
+        .await
+        .unwrap()
+        .metadata
+        .uid;
+
+    // `b` cannot take what `a` still wants.
+    let conflict = engine
+        .sync(&request(
+            &b,
+            ns.name(),
+            vec![config_map("stays", ns.name(), "s")],
+            &SyncReport::default(),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(conflict.failures.len(), 1, "{:?}", conflict.failures);
+    assert!(
+        conflict.failures[0]
+            .1
+            .contains(&format!("already managed by Application {}/a", ns.name()))
+    );
+
+    // The commit moves `moved` from a to b; a's prune is off, so a keeps it as requiresPruning.
+    let mut keep = request(
+        &a,
+        ns.name(),
+        vec![config_map("stays", ns.name(), "s")],
+        &first,
+    );
+    keep.prune.enabled = false;
+    let released = engine.sync(&keep).await.unwrap();
+    assert!(
+        released
+            .resources
+            .iter()
+            .any(|r| r.name == "moved" && r.requires_pruning == Some(true))
+    );
+    publish_inventory(released.clone()).await;
+
+    let taken = engine
+        .sync(&request(
+            &b,
+            ns.name(),
+            vec![config_map("moved", ns.name(), "m")],
+            &SyncReport::default(),
+        ))
+        .await
+        .unwrap();
+    assert!(taken.failures.is_empty(), "{:?}", taken.failures);
+    let live = ns.api::<ConfigMap>().get("moved").await.unwrap();
+    assert_eq!(
+        live.metadata.uid, moved_uid,
+        "taken over in place, not re-created"
+    );
+    assert_eq!(
+        live.metadata
+            .annotations
+            .unwrap()
+            .get(TRACKING_ID_ANNOTATION)
+            .map(String::as_str),
+        Some(format!("{}/b:/ConfigMap:{}/moved", ns.name(), ns.name()).as_str())
+    );
+
+    // a, now with prune on, no longer owns it: dropped from its inventory, not deleted.
+    let after = engine
+        .sync(&request(
+            &a,
+            ns.name(),
+            vec![config_map("stays", ns.name(), "s")],
+            &released,
+        ))
+        .await
+        .unwrap();
+    assert!(after.pruned.is_empty(), "{:?}", after.pruned);
+    assert!(
+        after.resources.iter().all(|r| r.name != "moved"),
+        "{:?}",
+        after.resources
+    );
+    assert!(
+        ns.api::<ConfigMap>()
+            .get_opt("moved")
+            .await
+            .unwrap()
+            .is_some()
+    );
+}

@@ -634,7 +634,9 @@ impl Engine {
         let cache_key = (request.app.clone(), item.key.clone());
         let mut drift = None;
         if let Some(live) = &live {
-            if let Some(owner) = foreign_owner(live, &request.app) {
+            if let Some(owner) = foreign_owner(live, &request.app)
+                && !self.released_by(&owner, &item.key).await
+            {
                 return Outcome::Failed(format!(
                     "{} is already managed by Application {owner}; remove it from one of them",
                     item.key
@@ -810,6 +812,25 @@ impl Engine {
             }
         }
         Ok(None)
+    }
+
+    /// Whether Application `owner` has let go of `key`, so another Application may take it over
+    /// in place (no delete and re-create): `owner` no longer exists, or its inventory lists the
+    /// object as left Git (`requiresPruning`, kept because its prune is off or refused). Once
+    /// taken over, the object's tracking id names the new owner and `owner`'s prune skips it.
+    async fn released_by(&self, owner: &AppId, key: &ObjectKey) -> bool {
+        let api: Api<mooring_crds::Application> =
+            Api::namespaced(self.client.clone(), &owner.namespace);
+        match api.get_opt(&owner.name).await {
+            Ok(None) => true,
+            Ok(Some(app)) => app.status.is_some_and(|status| {
+                status.resources.iter().any(|entry| {
+                    ObjectKey::of_status(entry) == *key && entry.requires_pruning == Some(true)
+                })
+            }),
+            // Unknown: keep the conflict; the next sync asks again.
+            Err(_) => false,
+        }
     }
 
     /// After a 404 for a kind discovery had cached: when its CRD was deleted, forget the kind
