@@ -7,6 +7,8 @@ use kube::runtime::events::{Event, Recorder, Reporter};
 #[derive(Clone)]
 pub struct EventSink {
     recorder: Recorder,
+    client: kube::Client,
+    reporter: Reporter,
 }
 
 impl EventSink {
@@ -17,7 +19,19 @@ impl EventSink {
             instance: std::env::var("POD_NAME").ok(),
         };
         EventSink {
-            recorder: Recorder::new(client, reporter),
+            recorder: Recorder::new(client.clone(), reporter.clone()),
+            client,
+            reporter,
+        }
+    }
+
+    /// Publishes `event` about `object` as an Event of its own. [`EventSink::publish`] folds an
+    /// event into an earlier one of the same reason (a series keeps the first note); use this
+    /// when each note matters, such as which field manager changed which object.
+    pub async fn publish_distinct(&self, object: &ObjectReference, event: Event) {
+        let recorder = Recorder::new(self.client.clone(), self.reporter.clone());
+        if let Err(error) = recorder.publish(&event, object).await {
+            tracing::warn!(%error, reason = %event.reason, "failed to publish an event");
         }
     }
 

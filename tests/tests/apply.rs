@@ -253,7 +253,31 @@ async fn apply_resync_prune_and_guards() {
         .unwrap();
     assert_eq!(crd_health.status, HealthState::Healthy);
 
-    // Second sync of the same set: nothing written, no resourceVersion changed.
+    // Second sync of the same set: nothing written, no resourceVersion changed. The
+    // controller-manager writes the Deployment's status and revision annotation after it is
+    // created: let it settle first so only mooring could change a resourceVersion.
+    wait_for(
+        "the Deployment to be rolled out",
+        Duration::from_secs(30),
+        || async {
+            let live = ns.api::<Deployment>().get("web").await.ok()?;
+            let revised = live
+                .metadata
+                .annotations
+                .as_ref()
+                .is_some_and(|a| a.contains_key("deployment.kubernetes.io/revision"));
+            let status = live.status?;
+            let available = status
+                .conditions
+                .unwrap_or_default()
+                .iter()
+                .any(|c| c.type_ == "Available");
+            (revised && available && status.observed_generation == live.metadata.generation)
+                .then_some(())
+        },
+    )
+    .await
+    .unwrap();
     let before = resource_versions(&client, ns.name(), &extra_ns, &group).await;
     let started = std::time::Instant::now();
     let second = engine
@@ -511,6 +535,20 @@ async fn custom_resource_is_deferred_until_its_crd_arrives() {
     .await
     .unwrap()
     .unwrap();
+    // Established comes a moment before the API server's discovery serves the new kind.
+    let gvk = GroupVersionKind::gvk(&group, "v1", "Widget");
+    wait_for(
+        "discovery to serve Widget",
+        Duration::from_secs(30),
+        || async {
+            kube::discovery::pinned_kind(&client, &gvk)
+                .await
+                .ok()
+                .map(|_| ())
+        },
+    )
+    .await
+    .unwrap();
     let second = engine
         .sync(&request(
             &app,
@@ -529,6 +567,47 @@ async fn custom_resource_is_deferred_until_its_crd_arrives() {
         vec![key(&group, "Widget", Some(ns.name()), "gadget")]
     );
     assert_eq!(second.sync, SyncState::Synced);
+
+    // The CRD goes away again (the engine still has the kind cached): deferred, not failed.
+    crds.delete(&name, &DeleteParams::default()).await.unwrap();
+    wait_for(
+        "discovery to stop serving Widget",
+        Duration::from_secs(60),
+        || async {
+            let gone = crds.get_opt(&name).await.ok()?.is_none();
+            let unserved = kube::discovery::pinned_kind(&client, &gvk).await.is_err();
+            (gone && unserved).then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    let third = engine
+        .sync(&request(
+            &app,
+            ns.name(),
+            vec![
+                widget(&group, ns.name()),
+                config_map("settings", ns.name(), "a"),
+            ],
+            &second,
+        ))
+        .await
+        .unwrap();
+    assert!(third.failures.is_empty(), "{:?}", third.failures);
+    assert_eq!(third.deferred.len(), 1, "{:?}", third.deferred);
+    // Dropped from Git while its kind is gone: nothing to delete, and no failure either.
+    let fourth = engine
+        .sync(&request(
+            &app,
+            ns.name(),
+            vec![config_map("settings", ns.name(), "a")],
+            &third,
+        ))
+        .await
+        .unwrap();
+    assert!(fourth.failures.is_empty(), "{:?}", fourth.failures);
+    assert_eq!(fourth.resources.len(), 1, "{:?}", fourth.resources);
+    assert_eq!(fourth.sync, SyncState::Synced);
 
     cleanup(&client, &name, None).await;
 }
@@ -596,6 +675,15 @@ async fn wait_for_app(
     })
     .await
     .unwrap()
+}
+
+async fn app_status_condition(ns: &TestNamespace, type_: &str) -> String {
+    let app = ns.api::<Application>().get("platform-api").await.unwrap();
+    let status = app.status.unwrap_or_default();
+    let found = status.conditions.into_iter().find(|c| c.type_ == type_);
+    found
+        .map(|c| c.message)
+        .unwrap_or_else(|| panic!("no {type_} condition"))
 }
 
 fn synced(app: &Application) -> bool {
@@ -671,6 +759,7 @@ async fn self_heal_reverts_a_manual_edit_and_names_who_made_it() {
     .unwrap();
     let note = reverted.message.unwrap_or_default();
     assert!(note.contains("kubectl-edit"), "{note}");
+    assert!(note.contains("(data.greeting)"), "{note}");
     assert!(
         note.contains("ConfigMap settings")
             || note.contains(&format!("ConfigMap {}/settings", ns.name())),
@@ -695,6 +784,47 @@ async fn self_heal_reverts_a_manual_edit_and_names_who_made_it() {
     )
     .await
     .unwrap();
+
+    // `kubectl scale` goes through the scale subresource; reverted too (after the self-heal
+    // backoff, as this is the third heal in a row), and the event names it and the field.
+    ns.api::<Deployment>()
+        .patch_scale(
+            "web",
+            &PatchParams {
+                field_manager: Some("kubectl-scale".into()),
+                ..Default::default()
+            },
+            &Patch::Merge(json!({"spec": {"replicas": 3}})),
+        )
+        .await
+        .unwrap();
+    wait_for(
+        "the scale to be reverted",
+        Duration::from_secs(30),
+        || async {
+            let live = ns.api::<Deployment>().get("web").await.ok()?;
+            (live.spec?.replicas == Some(0)).then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    let scaled = wait_for(
+        "a DriftReverted event naming kubectl-scale",
+        Duration::from_secs(20),
+        || async {
+            let list = events.list(&ListParams::default()).await.ok()?;
+            list.items.into_iter().find(|e| {
+                e.reason.as_deref() == Some("DriftReverted")
+                    && e.message
+                        .as_deref()
+                        .is_some_and(|m| m.contains("kubectl-scale"))
+            })
+        },
+    )
+    .await
+    .unwrap();
+    let note = scaled.message.unwrap_or_default();
+    assert!(note.contains("(spec.replicas)"), "{note}");
 
     // A new revision that drops the Deployment prunes it (2 → 1 is exactly half).
     *source.0.lock().unwrap() = Desired {
@@ -740,7 +870,14 @@ async fn without_self_heal_a_manual_edit_is_reported_out_of_sync() {
     let client = ns.client();
     let source = Arc::new(FixedSource(Mutex::new(Desired {
         revision: "3333333333333333333333333333333333333333".into(),
-        objects: vec![config_map("settings", ns.name(), "hello")],
+        objects: vec![config_map("settings", ns.name(), "hello"), {
+            let mut hook = config_map("pre-sync", ns.name(), "h");
+            hook.metadata.annotations = Some(BTreeMap::from([(
+                "argocd.argoproj.io/hook".into(),
+                "PreSync".into(),
+            )]));
+            hook
+        }],
     })));
     let stop = start_controller(client.clone(), ns.name(), source).await;
     ns.api::<Application>()
@@ -776,6 +913,8 @@ async fn without_self_heal_a_manual_edit_is_reported_out_of_sync() {
         .find(|c| c.type_ == "DriftDetected")
         .expect("a DriftDetected condition");
     assert!(drift.message.contains("kubectl-edit"), "{}", drift.message);
+    let unsupported = app_status_condition(&ns, "UnsupportedFields").await;
+    assert!(unsupported.contains("ConfigMap pre-sync"), "{unsupported}");
     let live = ns.api::<ConfigMap>().get("settings").await.unwrap();
     assert_eq!(
         live.data.unwrap().get("greeting").map(String::as_str),
@@ -835,4 +974,715 @@ async fn a_foreign_destination_and_unsupported_fields_get_conditions() {
         "nothing may be applied"
     );
     let _ = stop.send(());
+}
+
+#[tokio::test]
+async fn a_later_sync_wave_waits_until_the_earlier_one_is_healthy() {
+    let env = RealEnv::load().unwrap();
+    let ns = TestNamespace::create(&env, "apply-wave").await.unwrap();
+    let engine = Engine::new(ns.client());
+    let app = AppId {
+        namespace: ns.name().into(),
+        name: "waves".into(),
+    };
+    // The test cluster has no nodes: this Job's pod never runs, so the Job stays Progressing.
+    let job = object(json!({
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {"name": "migrate", "namespace": ns.name(),
+            "annotations": {"argocd.argoproj.io/sync-wave": "-1"}},
+        "spec": {"backoffLimit": 0, "template": {"spec": {"restartPolicy": "Never",
+            "containers": [{"name": "migrate", "image": "registry.invalid/migrate:1"}]}}}
+    }));
+    let mut after = config_map("after-migration", ns.name(), "x");
+    after.metadata.annotations = Some(BTreeMap::from([(
+        "mooring.dev/sync-wave".into(),
+        "1".into(),
+    )]));
+    let same_wave = config_map("same-wave", ns.name(), "y");
+    let same_wave = {
+        let mut o = same_wave;
+        o.metadata.annotations = Some(BTreeMap::from([(
+            "argocd.argoproj.io/sync-wave".into(),
+            "-1".into(),
+        )]));
+        o
+    };
+
+    let report = engine
+        .sync(&request(
+            &app,
+            ns.name(),
+            vec![after.clone(), job.clone(), same_wave.clone()],
+            &SyncReport::default(),
+        ))
+        .await
+        .unwrap();
+    let waiting = report
+        .waiting
+        .clone()
+        .expect("the sync must wait for the Job");
+    assert!(
+        waiting.contains("Job.batch") && waiting.contains("migrate"),
+        "{waiting}"
+    );
+    assert!(
+        ns.api::<ConfigMap>()
+            .get_opt("same-wave")
+            .await
+            .unwrap()
+            .is_some(),
+        "the Job's own wave applies"
+    );
+    assert!(
+        ns.api::<ConfigMap>()
+            .get_opt("after-migration")
+            .await
+            .unwrap()
+            .is_none(),
+        "wave 1 must wait"
+    );
+    assert_eq!(report.sync, SyncState::OutOfSync);
+
+    // Without the Job the later wave proceeds (and the Job, still in the inventory, is pruned).
+    let report = engine
+        .sync(&request(&app, ns.name(), vec![after, same_wave], &report))
+        .await
+        .unwrap();
+    assert_eq!(report.waiting, None);
+    assert!(
+        ns.api::<ConfigMap>()
+            .get_opt("after-migration")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert_eq!(
+        report.pruned,
+        vec![key("batch", "Job", Some(ns.name()), "migrate")]
+    );
+}
+
+/// Many objects of one kind in one namespace are read with one LIST: the no-op and drift
+/// decisions must be the same as with one GET per object.
+#[tokio::test]
+async fn many_objects_of_one_kind_resync_without_writes_and_drift_is_still_seen() {
+    let env = RealEnv::load().unwrap();
+    let ns = TestNamespace::create(&env, "apply-many").await.unwrap();
+    let engine = Engine::new(ns.client());
+    let app = AppId {
+        namespace: ns.name().into(),
+        name: "many".into(),
+    };
+    let objects: Vec<_> = (0..40)
+        .map(|i| config_map(&format!("config-{i}"), ns.name(), "v"))
+        .collect();
+    let first = engine
+        .sync(&request(
+            &app,
+            ns.name(),
+            objects.clone(),
+            &SyncReport::default(),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(first.written.len(), 40);
+    let versions = |list: Vec<ConfigMap>| -> BTreeMap<String, String> {
+        // Only ours: kube-root-ca.crt appears whenever the controller-manager gets to it.
+        list.into_iter()
+            .filter(|c| {
+                c.metadata
+                    .name
+                    .as_deref()
+                    .is_some_and(|n| n.starts_with("config-"))
+            })
+            .map(|c| {
+                (
+                    c.metadata.name.unwrap(),
+                    c.metadata.resource_version.unwrap(),
+                )
+            })
+            .collect()
+    };
+    let before = versions(
+        ns.api::<ConfigMap>()
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items,
+    );
+    let second = Engine::new(ns.client())
+        .sync(&request(&app, ns.name(), objects.clone(), &first))
+        .await
+        .unwrap();
+    assert!(second.written.is_empty(), "{:?}", second.written);
+    assert_eq!(
+        versions(
+            ns.api::<ConfigMap>()
+                .list(&ListParams::default())
+                .await
+                .unwrap()
+                .items
+        ),
+        before
+    );
+
+    let edit = json!({"data": {"greeting": "changed"}});
+    ns.api::<ConfigMap>()
+        .patch(
+            "config-7",
+            &PatchParams {
+                field_manager: Some("kubectl-edit".into()),
+                ..Default::default()
+            },
+            &Patch::Merge(&edit),
+        )
+        .await
+        .unwrap();
+    let third = engine
+        .sync(&request(&app, ns.name(), objects, &second))
+        .await
+        .unwrap();
+    assert_eq!(
+        third.written,
+        vec![key("", "ConfigMap", Some(ns.name()), "config-7")]
+    );
+    assert_eq!(third.drift.len(), 1);
+    assert_eq!(third.drift[0].managers, vec!["kubectl-edit".to_string()]);
+}
+
+#[tokio::test]
+async fn prune_false_keeps_an_object_that_left_git() {
+    let env = RealEnv::load().unwrap();
+    let ns = TestNamespace::create(&env, "apply-keep").await.unwrap();
+    let engine = Engine::new(ns.client());
+    let app = AppId {
+        namespace: ns.name().into(),
+        name: "keep".into(),
+    };
+    let mut keep = config_map("keep", ns.name(), "k");
+    keep.metadata.annotations = Some(BTreeMap::from([(
+        "argocd.argoproj.io/sync-options".into(),
+        "Prune=false".into(),
+    )]));
+    let set = vec![
+        keep,
+        config_map("a", ns.name(), "a"),
+        config_map("b", ns.name(), "b"),
+        config_map("c", ns.name(), "c"),
+    ];
+    let first = engine
+        .sync(&request(
+            &app,
+            ns.name(),
+            set.clone(),
+            &SyncReport::default(),
+        ))
+        .await
+        .unwrap();
+    let second = engine
+        .sync(&request(&app, ns.name(), set[1..].to_vec(), &first))
+        .await
+        .unwrap();
+    assert!(second.pruned.is_empty(), "{:?}", second.pruned);
+    assert_eq!(second.kept.len(), 1);
+    assert_eq!(second.kept[0].0.name, "keep");
+    assert!(
+        ns.api::<ConfigMap>()
+            .get_opt("keep")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    let entry = second.resources.iter().find(|r| r.name == "keep").unwrap();
+    assert_eq!(entry.requires_pruning, Some(true));
+    assert_eq!(second.sync, SyncState::OutOfSync);
+}
+
+/// A source per Application name, for app-of-apps.
+struct SourcePerApp(BTreeMap<String, Desired>);
+
+impl Source for SourcePerApp {
+    fn desired<'a>(&'a self, app: &'a Application) -> BoxFuture<'a, Result<Desired, SourceError>> {
+        let found = self
+            .0
+            .get(&app.metadata.name.clone().unwrap_or_default())
+            .cloned();
+        Box::pin(async move {
+            found.ok_or(SourceError {
+                reason: "RenderFailed",
+                message: "no such path".into(),
+                retryable: false,
+            })
+        })
+    }
+}
+
+#[tokio::test]
+async fn app_of_apps_creates_and_syncs_children_and_rolls_up_their_health() {
+    let env = RealEnv::load().unwrap();
+    let ns = TestNamespace::create(&env, "apply-apps").await.unwrap();
+    let client = ns.client();
+    let mut child = serde_json::to_value(application(ns.name(), true)).unwrap();
+    child["metadata"]["name"] = json!("child");
+    child["spec"]["source"]["path"] = json!("apps/child");
+    let revision = "5555555555555555555555555555555555555555".to_string();
+    let source = SourcePerApp(BTreeMap::from([
+        (
+            "platform-api".to_string(),
+            Desired {
+                revision: revision.clone(),
+                objects: vec![object(child)],
+            },
+        ),
+        (
+            "child".to_string(),
+            Desired {
+                revision,
+                objects: vec![config_map("from-child", ns.name(), "hi")],
+            },
+        ),
+    ]));
+    mooring_agent::install::apply_crds(&client, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let ctx = Arc::new(application::Context::new(
+        client.clone(),
+        Arc::new(source),
+        mooring_agent::events::EventSink::new(client.clone()),
+        0.5,
+        Duration::from_secs(180),
+    ));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(application::run(
+        ctx,
+        Some(ns.name().to_string()),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    ns.api::<Application>()
+        .create(&PostParams::default(), &application(ns.name(), true))
+        .await
+        .unwrap();
+
+    wait_for("the child's ConfigMap", Duration::from_secs(60), || async {
+        ns.api::<ConfigMap>()
+            .get_opt("from-child")
+            .await
+            .ok()?
+            .map(|_| ())
+    })
+    .await
+    .unwrap();
+    let root = wait_for_app(&ns, "the root to be Healthy and Synced", |app| {
+        synced(app)
+            && app
+                .status
+                .as_ref()
+                .and_then(|s| s.health.as_ref())
+                .is_some_and(|h| h.status == HealthState::Healthy)
+    })
+    .await;
+    let root_status = root.status.unwrap();
+    let ready = root_status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap();
+    assert_eq!(format!("{:?}", ready.status), "True", "{ready:?}");
+    let resources = root_status.resources;
+    assert_eq!(resources.len(), 1);
+    assert_eq!(
+        (resources[0].kind.as_str(), resources[0].name.as_str()),
+        ("Application", "child")
+    );
+    let child = ns.api::<Application>().get("child").await.unwrap();
+    assert_eq!(
+        child
+            .metadata
+            .annotations
+            .clone()
+            .unwrap()
+            .get(TRACKING_ID_ANNOTATION)
+            .map(String::as_str),
+        Some(
+            format!(
+                "{}/platform-api:mooring.dev/Application:{}/child",
+                ns.name(),
+                ns.name()
+            )
+            .as_str()
+        )
+    );
+    assert!(synced(&child));
+    let _ = stop.send(());
+}
+
+#[tokio::test]
+async fn create_namespace_creates_the_destination_namespace() {
+    let env = RealEnv::load().unwrap();
+    let ns = TestNamespace::create(&env, "apply-createns").await.unwrap();
+    let client = ns.client();
+    let destination = format!("{}-dest", ns.name());
+    let app = AppId {
+        namespace: ns.name().into(),
+        name: "createns".into(),
+    };
+    let mut sync = request(
+        &app,
+        &destination,
+        vec![config_map("settings", &destination, "x")],
+        &SyncReport::default(),
+    );
+    let without = Engine::new(client.clone()).sync(&sync).await.unwrap();
+    assert_eq!(
+        without.failures.len(),
+        1,
+        "without CreateNamespace the namespace is missing"
+    );
+    assert!(
+        without.failures[0].1.contains("not found"),
+        "{:?}",
+        without.failures
+    );
+
+    sync.sync_options = vec!["CreateNamespace=true".into()];
+    let with = Engine::new(client.clone()).sync(&sync).await.unwrap();
+    assert!(with.failures.is_empty(), "{:?}", with.failures);
+    let configs: Api<ConfigMap> = Api::namespaced(client.clone(), &destination);
+    assert!(configs.get_opt("settings").await.unwrap().is_some());
+    // The created namespace is not part of the inventory: it is never pruned with the app.
+    assert!(with.resources.iter().all(|r| r.kind != "Namespace"));
+    Api::<Namespace>::all(client)
+        .delete(&destination, &DeleteParams::default())
+        .await
+        .unwrap();
+}
+
+/// A source whose answer the test switches between objects and a render error.
+struct SwitchSource(Mutex<Option<Desired>>);
+
+impl Source for SwitchSource {
+    fn desired<'a>(&'a self, _app: &'a Application) -> BoxFuture<'a, Result<Desired, SourceError>> {
+        let answer = self.0.lock().unwrap().clone();
+        Box::pin(async move {
+            answer.ok_or(SourceError {
+                reason: "RenderFailed",
+                message: "apps/platform-api/deployment.yaml:3: mapping values are not allowed here"
+                    .into(),
+                retryable: false,
+            })
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_failed_render_or_a_suspended_app_prunes_nothing() {
+    let env = RealEnv::load().unwrap();
+    let ns = TestNamespace::create(&env, "apply-norender").await.unwrap();
+    let client = ns.client();
+    let source = Arc::new(SwitchSource(Mutex::new(Some(Desired {
+        revision: "6666666666666666666666666666666666666666".into(),
+        objects: vec![
+            config_map("a", ns.name(), "a"),
+            config_map("b", ns.name(), "b"),
+        ],
+    }))));
+    mooring_agent::install::apply_crds(&client, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let ctx = Arc::new(application::Context::new(
+        client.clone(),
+        Arc::clone(&source) as Arc<dyn Source>,
+        mooring_agent::events::EventSink::new(client.clone()),
+        0.5,
+        Duration::from_secs(180),
+    ));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(application::run(
+        ctx,
+        Some(ns.name().to_string()),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    ns.api::<Application>()
+        .create(&PostParams::default(), &application(ns.name(), true))
+        .await
+        .unwrap();
+    wait_for_app(&ns, "the Application to sync", synced).await;
+
+    // The render breaks: a condition says where, the inventory and the objects stay.
+    *source.0.lock().unwrap() = None;
+    let api: Api<Application> = ns.api();
+    api.patch(
+        "platform-api",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": {"mooring.dev/refresh": "1"}}})),
+    )
+    .await
+    .unwrap();
+    let app = wait_for_app(&ns, "a RenderFailed condition", |app| {
+        app.status
+            .as_ref()
+            .is_some_and(|s| s.conditions.iter().any(|c| c.reason == "RenderFailed"))
+    })
+    .await;
+    let status = app.status.unwrap();
+    assert_eq!(status.resources.len(), 2, "the inventory is kept");
+    let failed = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Synced")
+        .unwrap();
+    assert!(
+        failed.message.contains("deployment.yaml:3"),
+        "{}",
+        failed.message
+    );
+    for name in ["a", "b"] {
+        assert!(
+            ns.api::<ConfigMap>().get_opt(name).await.unwrap().is_some(),
+            "{name} was pruned"
+        );
+    }
+
+    // Suspended: an empty render with allowEmpty would prune everything, but nothing happens.
+    *source.0.lock().unwrap() = Some(Desired {
+        revision: "7777777777777777777777777777777777777777".into(),
+        objects: Vec::new(),
+    });
+    api.patch(
+        "platform-api",
+        &PatchParams::default(),
+        &Patch::Merge(
+            json!({"spec": {"suspend": true, "syncPolicy": {"automated": {"allowEmpty": true}}}}),
+        ),
+    )
+    .await
+    .unwrap();
+    wait_for_app(&ns, "health Suspended", |app| {
+        app.status
+            .as_ref()
+            .and_then(|s| s.health.as_ref())
+            .is_some_and(|h| h.status == HealthState::Suspended)
+    })
+    .await;
+    for name in ["a", "b"] {
+        assert!(
+            ns.api::<ConfigMap>().get_opt(name).await.unwrap().is_some(),
+            "{name} was pruned while suspended"
+        );
+    }
+    let _ = stop.send(());
+}
+
+#[tokio::test]
+async fn deleting_an_application_with_argo_resources_finalizer_deletes_its_objects() {
+    let env = RealEnv::load().unwrap();
+    let ns = TestNamespace::create(&env, "apply-finalizer")
+        .await
+        .unwrap();
+    let client = ns.client();
+    let source = Arc::new(FixedSource(Mutex::new(Desired {
+        revision: "8888888888888888888888888888888888888888".into(),
+        objects: vec![
+            config_map("a", ns.name(), "a"),
+            config_map("b", ns.name(), "b"),
+        ],
+    })));
+    let stop = start_controller(client.clone(), ns.name(), source).await;
+    let mut app = application(ns.name(), true);
+    app.metadata.finalizers = Some(vec!["resources-finalizer.argocd.argoproj.io".into()]);
+    ns.api::<Application>()
+        .create(&PostParams::default(), &app)
+        .await
+        .unwrap();
+    wait_for_app(&ns, "the Application to sync", synced).await;
+    // Not in Git, not ours: must survive the cascade.
+    ns.api::<ConfigMap>()
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "bystander"}})).unwrap(),
+        )
+        .await
+        .unwrap();
+
+    ns.api::<Application>()
+        .delete("platform-api", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_for(
+        "the Application to be gone",
+        Duration::from_secs(30),
+        || async {
+            ns.api::<Application>()
+                .get_opt("platform-api")
+                .await
+                .ok()?
+                .is_none()
+                .then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    wait_for(
+        "its ConfigMaps to be deleted",
+        Duration::from_secs(30),
+        || async {
+            let a = ns.api::<ConfigMap>().get_opt("a").await.ok()?;
+            let b = ns.api::<ConfigMap>().get_opt("b").await.ok()?;
+            (a.is_none() && b.is_none()).then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    assert!(
+        ns.api::<ConfigMap>()
+            .get_opt("bystander")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    let _ = stop.send(());
+}
+
+#[tokio::test]
+async fn an_object_moved_between_applications_is_taken_over_in_place() {
+    let env = RealEnv::load().unwrap();
+    let ns = TestNamespace::create(&env, "apply-move").await.unwrap();
+    let client = ns.client();
+    mooring_agent::install::apply_crds(&client, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let engine = Engine::new(client.clone());
+    let (a, b) = (
+        AppId {
+            namespace: ns.name().into(),
+            name: "a".into(),
+        },
+        AppId {
+            namespace: ns.name().into(),
+            name: "b".into(),
+        },
+    );
+    // Application `a` exists (its controller is not running here; the test writes its status).
+    let mut app_a = application(ns.name(), false);
+    app_a.metadata.name = Some("a".into());
+    ns.api::<Application>()
+        .create(&PostParams::default(), &app_a)
+        .await
+        .unwrap();
+    let publish_inventory = |report: SyncReport| {
+        let api: Api<Application> = ns.api();
+        async move {
+            let status = json!({"status": {"resources": report.resources}});
+            api.patch_status("a", &PatchParams::default(), &Patch::Merge(&status))
+                .await
+                .unwrap();
+        }
+    };
+
+    let first = engine
+        .sync(&request(
+            &a,
+            ns.name(),
+            vec![
+                config_map("moved", ns.name(), "m"),
+                config_map("stays", ns.name(), "s"),
+            ],
+            &SyncReport::default(),
+        ))
+        .await
+        .unwrap();
+    publish_inventory(first.clone()).await;
+    let moved_uid = ns
+        .api::<ConfigMap>()
+        .get("moved")
+        .await
+        .unwrap()
+        .metadata
+        .uid;
+
+    // `b` cannot take what `a` still wants.
+    let conflict = engine
+        .sync(&request(
+            &b,
+            ns.name(),
+            vec![config_map("stays", ns.name(), "s")],
+            &SyncReport::default(),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(conflict.failures.len(), 1, "{:?}", conflict.failures);
+    assert!(
+        conflict.failures[0]
+            .1
+            .contains(&format!("already managed by Application {}/a", ns.name()))
+    );
+
+    // The commit moves `moved` from a to b; a's prune is off, so a keeps it as requiresPruning.
+    let mut keep = request(
+        &a,
+        ns.name(),
+        vec![config_map("stays", ns.name(), "s")],
+        &first,
+    );
+    keep.prune.enabled = false;
+    let released = engine.sync(&keep).await.unwrap();
+    assert!(
+        released
+            .resources
+            .iter()
+            .any(|r| r.name == "moved" && r.requires_pruning == Some(true))
+    );
+    publish_inventory(released.clone()).await;
+
+    let taken = engine
+        .sync(&request(
+            &b,
+            ns.name(),
+            vec![config_map("moved", ns.name(), "m")],
+            &SyncReport::default(),
+        ))
+        .await
+        .unwrap();
+    assert!(taken.failures.is_empty(), "{:?}", taken.failures);
+    let live = ns.api::<ConfigMap>().get("moved").await.unwrap();
+    assert_eq!(
+        live.metadata.uid, moved_uid,
+        "taken over in place, not re-created"
+    );
+    assert_eq!(
+        live.metadata
+            .annotations
+            .unwrap()
+            .get(TRACKING_ID_ANNOTATION)
+            .map(String::as_str),
+        Some(format!("{}/b:/ConfigMap:{}/moved", ns.name(), ns.name()).as_str())
+    );
+
+    // a, now with prune on, no longer owns it: dropped from its inventory, not deleted.
+    let after = engine
+        .sync(&request(
+            &a,
+            ns.name(),
+            vec![config_map("stays", ns.name(), "s")],
+            &released,
+        ))
+        .await
+        .unwrap();
+    assert!(after.pruned.is_empty(), "{:?}", after.pruned);
+    assert!(
+        after.resources.iter().all(|r| r.name != "moved"),
+        "{:?}",
+        after.resources
+    );
+    assert!(
+        ns.api::<ConfigMap>()
+            .get_opt("moved")
+            .await
+            .unwrap()
+            .is_some()
+    );
 }

@@ -63,6 +63,131 @@ fn value_is_subset(desired: &Value, live: &Value) -> bool {
     }
 }
 
+/// The paths (`data.greeting`, `spec.template.spec.containers[0].image`) where `live` no longer
+/// holds what `desired` sets, at most `limit` of them: what a manual change touched.
+pub fn differences(desired: &Value, live: &Value, limit: usize) -> Vec<String> {
+    let mut found = Vec::new();
+    let (Some(desired), Some(live)) = (desired.as_object(), live.as_object()) else {
+        return found;
+    };
+    for (field, value) in desired {
+        match field.as_str() {
+            "status" | "apiVersion" | "kind" => {}
+            "metadata" => {
+                for part in ["labels", "annotations"] {
+                    let (Some(d), l) = (
+                        value.get(part),
+                        live.get("metadata").and_then(|m| m.get(part)),
+                    ) else {
+                        continue;
+                    };
+                    walk(
+                        d,
+                        l.unwrap_or(&Value::Null),
+                        &format!("metadata.{part}"),
+                        limit,
+                        &mut found,
+                    );
+                }
+            }
+            _ => walk(
+                value,
+                live.get(field).unwrap_or(&Value::Null),
+                field,
+                limit,
+                &mut found,
+            ),
+        }
+    }
+    found
+}
+
+/// `source` cut to the shape of `shape`: the fields `shape` sets, with `source`'s values (a
+/// dry-run answer cut to what Git sets, with the API server's normalised spellings).
+pub fn project(shape: &Value, source: &Value) -> Value {
+    match (shape, source) {
+        (Value::Object(shape), Value::Object(source)) => Value::Object(
+            shape
+                .iter()
+                .map(|(k, v)| (k.clone(), project(v, source.get(k).unwrap_or(&Value::Null))))
+                .collect(),
+        ),
+        (Value::Array(shape), Value::Array(source)) if shape.len() == source.len() => Value::Array(
+            shape
+                .iter()
+                .zip(source)
+                .map(|(s, v)| project(s, v))
+                .collect(),
+        ),
+        (_, source) => source.clone(),
+    }
+}
+
+fn walk(desired: &Value, live: &Value, path: &str, limit: usize, found: &mut Vec<String>) {
+    if found.len() >= limit || value_is_subset(desired, live) {
+        return;
+    }
+    match (desired, live) {
+        (Value::Object(d), Value::Object(l)) => {
+            for (k, v) in d {
+                walk(
+                    v,
+                    l.get(k).unwrap_or(&Value::Null),
+                    &format!("{path}.{k}"),
+                    limit,
+                    found,
+                );
+            }
+        }
+        (Value::Array(d), Value::Array(l)) if d.len() == l.len() => {
+            for (i, (d, l)) in d.iter().zip(l).enumerate() {
+                walk(d, l, &format!("{path}[{i}]"), limit, found);
+            }
+        }
+        _ => found.push(path.to_string()),
+    }
+}
+
+/// The field managers other than mooring that own `path` (as [`differences`] spells it) in
+/// `live`'s `managedFields`: who made that change. List items are matched down to the list.
+pub fn managers_of(live: &Value, path: &str) -> Vec<String> {
+    let Some(entries) = live
+        .pointer("/metadata/managedFields")
+        .and_then(Value::as_array)
+    else {
+        return Vec::new();
+    };
+    // `spec.containers[0].image` → ["spec", "containers"]: ownership inside lists is keyed by
+    // merge keys, which the path does not carry; the list itself is enough to name a manager.
+    let mut segments: Vec<&str> = Vec::new();
+    for segment in path.split('.') {
+        match segment.split_once('[') {
+            Some((list, _)) => {
+                segments.push(list);
+                break;
+            }
+            None => segments.push(segment),
+        }
+    }
+    let mut owners = Vec::new();
+    for entry in entries {
+        let Some(manager) = entry.get("manager").and_then(Value::as_str) else {
+            continue;
+        };
+        if manager == FIELD_MANAGER || owners.iter().any(|o| o == manager) {
+            continue;
+        }
+        let mut node = entry.get("fieldsV1");
+        for segment in &segments {
+            node = node.and_then(|n| n.get(format!("f:{segment}")));
+        }
+        if node.is_some() {
+            owners.push(manager.to_string());
+        }
+    }
+    owners
+}
+
 /// Whether a server-side dry-run apply of the desired manifest left the object as it is live:
 /// then applying would change nothing. Compared without `status` (another controller's) and
 /// without the bookkeeping metadata the API server rewrites on every write.
@@ -193,6 +318,49 @@ mod tests {
         assert!(dry_run_matches_live(&same, &live));
         let changed = json!({"metadata": {"name": "c"}, "data": {"a": "2"}});
         assert!(!dry_run_matches_live(&changed, &live));
+    }
+
+    #[test]
+    fn differences_name_the_changed_paths_and_their_managers() {
+        let desired = json!({"kind": "Deployment", "metadata": {"labels": {"app": "web"}},
+            "spec": {"replicas": 1, "template": {"spec": {"containers": [{"name": "web", "image": "web:1"}]}}}});
+        let live = json!({"kind": "Deployment",
+            "metadata": {"labels": {"app": "web"}, "managedFields": [
+                {"manager": "mooring", "operation": "Apply", "fieldsV1": {"f:spec": {"f:template": {}}}},
+                {"manager": "kubectl-scale", "operation": "Update", "fieldsV1": {"f:spec": {"f:replicas": {}}}},
+                {"manager": "kubectl-set", "operation": "Update", "fieldsV1": {"f:spec": {"f:template": {"f:spec": {"f:containers": {}}}}}}
+            ]},
+            "spec": {"replicas": 5, "template": {"spec": {"containers": [{"name": "web", "image": "web:2"}]}}}});
+        let paths = differences(&desired, &live, 5);
+        assert_eq!(
+            paths,
+            ["spec.replicas", "spec.template.spec.containers[0].image"]
+        );
+        assert_eq!(managers_of(&live, "spec.replicas"), ["kubectl-scale"]);
+        assert_eq!(managers_of(&live, &paths[1]), ["kubectl-set"]);
+        assert!(managers_of(&live, "metadata.labels.app").is_empty());
+        assert_eq!(differences(&desired, &live, 1).len(), 1);
+        let relabelled =
+            json!({"metadata": {"labels": {"app": "other"}}, "spec": live["spec"].clone()});
+        assert!(differences(&desired, &relabelled, 5).contains(&"metadata.labels.app".to_string()));
+    }
+
+    #[test]
+    fn projection_keeps_the_desired_shape_with_the_server_values() {
+        let desired =
+            json!({"spec": {"containers": [{"name": "web", "resources": {"cpu": "0.5"}}]}});
+        let dry_run = json!({"spec": {"containers": [{"name": "web", "resources": {"cpu": "500m"},
+            "imagePullPolicy": "Always"}], "dnsPolicy": "ClusterFirst"}, "status": {}});
+        assert_eq!(
+            project(&desired, &dry_run),
+            json!({"spec": {"containers": [{"name": "web", "resources": {"cpu": "500m"}}]}})
+        );
+        let live = dry_run.clone();
+        assert!(differences(&project(&desired, &dry_run), &live, 5).is_empty());
+        assert_eq!(
+            differences(&desired, &live, 5),
+            ["spec.containers[0].resources.cpu"]
+        );
     }
 
     #[test]

@@ -42,7 +42,20 @@ use self::prune::{Keep, PruneSettings, Refusal};
 use crate::install::FIELD_MANAGER;
 
 /// How many objects of one step are compared or applied at once.
-const CONCURRENCY: usize = 8;
+const CONCURRENCY: usize = 16;
+/// From how many objects of one kind in one namespace a step LISTs them instead of GETting each.
+const LIST_THRESHOLD: usize = 4;
+
+/// Live objects listed ahead of a step: (resource, namespace) → name → object.
+type Prefetched = HashMap<(String, Option<String>), HashMap<String, Value>>;
+
+/// `group/version/plural`: one key per listable resource.
+fn resource_id(resource: &ApiResource) -> String {
+    format!(
+        "{}/{}/{}",
+        resource.group, resource.version, resource.plural
+    )
+}
 
 /// Whether a sync writes or only compares.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -98,6 +111,10 @@ pub struct SyncReport {
     pub health: HealthStatus,
     /// The kinds of the objects in the inventory, for the drift watches.
     pub kinds: Vec<ApiResource>,
+    /// Why the sync stopped before a later sync wave: an object of an earlier wave is not
+    /// healthy yet (as Argo CD, a wave starts when the previous one is healthy). Nothing is
+    /// pruned; the caller looks again shortly.
+    pub waiting: Option<String>,
 }
 
 /// A managed object that someone else changed or deleted.
@@ -105,8 +122,10 @@ pub struct SyncReport {
 pub struct Drift {
     /// The object.
     pub key: ObjectKey,
-    /// The field managers other than mooring that wrote it, newest first (empty when deleted).
+    /// The field managers other than mooring that changed it (empty when deleted).
     pub managers: Vec<String>,
+    /// The fields that differ from Git (`spec.replicas`), at most five.
+    pub fields: Vec<String>,
     /// It was deleted.
     pub deleted: bool,
 }
@@ -115,16 +134,16 @@ impl Drift {
     /// A sentence for the event: what changed, and who changed it.
     pub fn describe(&self) -> String {
         if self.deleted {
-            format!("{} was deleted outside mooring", self.key)
-        } else if self.managers.is_empty() {
-            format!("{} was changed outside mooring", self.key)
-        } else {
-            format!(
-                "{} was changed outside mooring by field manager {}",
-                self.key,
-                self.managers.join(", ")
-            )
+            return format!("{} was deleted outside mooring", self.key);
         }
+        let mut text = format!("{} was changed outside mooring", self.key);
+        if !self.fields.is_empty() {
+            text.push_str(&format!(" ({})", self.fields.join(", ")));
+        }
+        if !self.managers.is_empty() {
+            text.push_str(&format!(" by field manager {}", self.managers.join(", ")));
+        }
+        text
     }
 }
 
@@ -188,7 +207,7 @@ impl Engine {
         }
     }
 
-    /// The discovery cache (shared with the drift watches).
+    /// The discovery cache.
     pub fn discovery(&self) -> &Discovery {
         &self.discovery
     }
@@ -240,30 +259,29 @@ impl Engine {
         keyed.sort_by(|a, b| a.0.cmp(&b.0));
         let mut outcomes: Vec<(Desired, Outcome)> = Vec::new();
         let mut failed_step = !report.failures.is_empty();
-        for step in order::steps(keyed) {
-            if failed_step {
-                // Later steps may depend on what failed: compare them only.
-                for item in step {
-                    outcomes.push((
-                        item,
-                        Outcome::OutOfSync {
-                            live: None,
-                            drift: None,
-                        },
-                    ));
-                }
-                continue;
-            }
+        let steps = order::steps(keyed);
+        let last_step = steps.len().saturating_sub(1);
+        for (index, step) in steps.into_iter().enumerate() {
+            // After a failure or a wave that is not healthy yet, later steps are only compared:
+            // they may depend on what is missing, but their status is still reported.
+            let mode = if failed_step || report.waiting.is_some() {
+                Mode::Compare
+            } else {
+                request.mode
+            };
             for item in &step {
                 if let Some(served) = &item.served {
                     remember_kind(&mut report.kinds, &served.resource);
                 }
             }
-            let (crds, inventory_keys) = (&crds_in_set, &in_inventory);
+            let prefetched = self.prefetch(&step).await;
+            let (crds, inventory_keys, prefetched) = (&crds_in_set, &in_inventory, &prefetched);
             let results: Vec<(Desired, Outcome)> = futures::stream::iter(step)
                 .map(|item| async move {
                     let was_applied = inventory_keys.contains(&item.key);
-                    let outcome = self.sync_object(request, &item, crds, was_applied).await;
+                    let outcome = self
+                        .sync_object(request, mode, &item, prefetched, crds, was_applied)
+                        .await;
                     (item, outcome)
                 })
                 .buffered(CONCURRENCY)
@@ -275,7 +293,7 @@ impl Engine {
                     failed_step = true;
                 }
             }
-            if request.mode == Mode::Apply && !failed_step {
+            if mode == Mode::Apply && !failed_step {
                 let mut results = results;
                 for (item, outcome) in &mut results {
                     if item.key.group != "apiextensions.k8s.io"
@@ -297,6 +315,9 @@ impl Engine {
                         }
                     }
                 }
+                if index < last_step && !failed_step {
+                    report.waiting = wave_not_ready(&results);
+                }
                 outcomes.extend(results);
                 continue;
             }
@@ -305,7 +326,8 @@ impl Engine {
 
         // Prune: only after every object applied (deferred ones are not failures).
         let mut still_owned: Vec<ResourceStatus> = Vec::new();
-        let prunable = request.mode == Mode::Apply && report.failures.is_empty();
+        let prunable =
+            request.mode == Mode::Apply && report.failures.is_empty() && report.waiting.is_none();
         let plan = prune::plan(&in_inventory, &desired_keys, &request.prune);
         if !plan.candidates.is_empty() {
             let refusal = if prunable {
@@ -558,7 +580,9 @@ impl Engine {
     async fn sync_object(
         &self,
         request: &SyncRequest,
+        mode: Mode,
         item: &Desired,
+        prefetched: &Prefetched,
         crds_in_set: &BTreeMap<(String, String), String>,
         was_applied: bool,
     ) -> Outcome {
@@ -594,21 +618,25 @@ impl Engine {
             }
         };
         let api = self.api(&served, item.key.namespace.as_deref());
-        let live = match api.get_opt(&item.key.name).await {
-            Ok(live) => live,
-            Err(error) => return Outcome::Failed(format!("failed to read {}: {error}", item.key)),
-        };
-        let live = match live.map(|l| serde_json::to_value(&l)) {
-            Some(Ok(live)) => Some(live),
-            Some(Err(error)) => {
-                return Outcome::Failed(format!("failed to decode {}: {error}", item.key));
-            }
-            None => None,
+        let listed = prefetched.get(&(resource_id(&served.resource), item.key.namespace.clone()));
+        let live = match listed {
+            Some(listed) => listed.get(&item.key.name).cloned(),
+            None => match api.get_opt(&item.key.name).await {
+                Ok(live) => live.map(|l| serde_json::to_value(&l).unwrap_or_default()),
+                Err(error) => {
+                    if let Some(deferred) = self.kind_gone(item, &error).await {
+                        return deferred;
+                    }
+                    return Outcome::Failed(format!("failed to read {}: {error}", item.key));
+                }
+            },
         };
         let cache_key = (request.app.clone(), item.key.clone());
         let mut drift = None;
         if let Some(live) = &live {
-            if let Some(owner) = foreign_owner(live, &request.app) {
+            if let Some(owner) = foreign_owner(live, &request.app)
+                && !self.released_by(&owner, &item.key).await
+            {
                 return Outcome::Failed(format!(
                     "{} is already managed by Application {owner}; remove it from one of them",
                     item.key
@@ -636,7 +664,7 @@ impl Engine {
             }
             // The field check failed or Git changed: ask the API server what an apply would do.
             let dry_run = PatchParams::apply(FIELD_MANAGER).force().dry_run();
-            match api
+            let would_be = match api
                 .patch(&item.key.name, &dry_run, &Patch::Apply(&item.manifest))
                 .await
             {
@@ -649,6 +677,7 @@ impl Engine {
                         );
                         return Outcome::InSync(live.clone());
                     }
+                    result
                 }
                 Err(error) => {
                     return Outcome::Failed(format!(
@@ -656,11 +685,27 @@ impl Engine {
                         item.key
                     ));
                 }
-            }
+            };
             if unchanged_in_git {
+                // Who changed what: the drifted paths and the managers that own them now.
+                // Compared on the dry-run's (normalised) values, so `0.5` vs `500m` is no drift.
+                let normalised = compare::project(&item.manifest, &would_be);
+                let fields = compare::differences(&normalised, live, 5);
+                let mut managers: Vec<String> = Vec::new();
+                for field in &fields {
+                    for manager in compare::managers_of(live, field) {
+                        if !managers.contains(&manager) {
+                            managers.push(manager);
+                        }
+                    }
+                }
+                if managers.is_empty() {
+                    managers = compare::other_managers(live);
+                }
                 drift = Some(Drift {
                     key: item.key.clone(),
-                    managers: compare::other_managers(live),
+                    managers,
+                    fields,
                     deleted: false,
                 });
             }
@@ -668,10 +713,11 @@ impl Engine {
             drift = Some(Drift {
                 key: item.key.clone(),
                 managers: Vec::new(),
+                fields: Vec::new(),
                 deleted: true,
             });
         }
-        if request.mode == Mode::Compare {
+        if mode == Mode::Compare {
             return Outcome::OutOfSync { live, drift };
         }
         let params = PatchParams::apply(FIELD_MANAGER).force();
@@ -692,8 +738,61 @@ impl Engine {
                     drift,
                 }
             }
-            Err(error) => Outcome::Failed(format!("failed to apply {}: {error}", item.key)),
+            Err(error) => {
+                if let Some(deferred) = self.kind_gone(item, &error).await {
+                    return deferred;
+                }
+                Outcome::Failed(format!("failed to apply {}: {error}", item.key))
+            }
         }
+    }
+
+    /// Lists, once per kind and namespace, the live objects of a step where it has at least
+    /// [`LIST_THRESHOLD`] objects of that kind there: one LIST instead of one GET per object
+    /// keeps a no-op resync of a large set well under a second.
+    async fn prefetch(&self, step: &[Desired]) -> Prefetched {
+        let mut groups: HashMap<(String, Option<String>), (ApiResource, bool, usize)> =
+            HashMap::new();
+        for item in step {
+            if let Some(served) = &item.served {
+                let entry = groups
+                    .entry((resource_id(&served.resource), item.key.namespace.clone()))
+                    .or_insert((served.resource.clone(), served.namespaced, 0));
+                entry.2 += 1;
+            }
+        }
+        let mut prefetched = Prefetched::new();
+        for ((id, namespace), (resource, namespaced, count)) in groups {
+            if count < LIST_THRESHOLD {
+                continue;
+            }
+            let served = Served {
+                resource: resource.clone(),
+                namespaced,
+            };
+            let api = self.api(&served, namespace.as_deref());
+            // A failed LIST (RBAC may allow get but not list) falls back to one GET per object.
+            let Ok(list) = api.list(&kube::api::ListParams::default()).await else {
+                continue;
+            };
+            let objects = list
+                .items
+                .into_iter()
+                .filter_map(|mut object| {
+                    // List items carry no apiVersion/kind; the comparisons expect them.
+                    if object.types.is_none() {
+                        object.types = Some(kube::api::TypeMeta {
+                            api_version: resource.api_version.clone(),
+                            kind: resource.kind.clone(),
+                        });
+                    }
+                    let name = object.metadata.name.clone()?;
+                    Some((name, serde_json::to_value(&object).ok()?))
+                })
+                .collect();
+            prefetched.insert((id, namespace), objects);
+        }
+        prefetched
     }
 
     /// Looks `gvk` up; when its CRD is in the set (and so was just Established), gives the
@@ -713,6 +812,42 @@ impl Engine {
             }
         }
         Ok(None)
+    }
+
+    /// Whether Application `owner` has let go of `key`, so another Application may take it over
+    /// in place (no delete and re-create): `owner` no longer exists, or its inventory lists the
+    /// object as left Git (`requiresPruning`, kept because its prune is off or refused). Once
+    /// taken over, the object's tracking id names the new owner and `owner`'s prune skips it.
+    async fn released_by(&self, owner: &AppId, key: &ObjectKey) -> bool {
+        let api: Api<mooring_crds::Application> =
+            Api::namespaced(self.client.clone(), &owner.namespace);
+        match api.get_opt(&owner.name).await {
+            Ok(None) => true,
+            Ok(Some(app)) => app.status.is_some_and(|status| {
+                status.resources.iter().any(|entry| {
+                    ObjectKey::of_status(entry) == *key && entry.requires_pruning == Some(true)
+                })
+            }),
+            // Unknown: keep the conflict; the next sync asks again.
+            Err(_) => false,
+        }
+    }
+
+    /// After a 404 for a kind discovery had cached: when its CRD was deleted, forget the kind
+    /// and defer the object instead of failing it on every sync.
+    async fn kind_gone(&self, item: &Desired, error: &kube::Error) -> Option<Outcome> {
+        if !matches!(error, kube::Error::Api(status) if status.code == 404) {
+            return None;
+        }
+        let gvk = GroupVersionKind::gvk(&item.key.group, &item.version, &item.key.kind);
+        self.discovery.forget(&gvk);
+        match self.discovery.resolve(&gvk).await {
+            Ok(None) => Some(Outcome::Deferred(format!(
+                "no CustomResourceDefinition serves {}/{} {} any more",
+                item.key.group, item.version, item.key.kind
+            ))),
+            _ => None,
+        }
     }
 
     /// Waits until CRD `name` is Established and returns it as JSON.
@@ -753,6 +888,24 @@ impl Engine {
         Ok(())
     }
 
+    /// Deletes everything in an Application's inventory (the Application is being deleted with
+    /// Argo CD's resources finalizer). The per-object guards still hold: only objects whose
+    /// tracking id names the Application, never `Prune=false` ones, CRDs, Namespaces or PVCs
+    /// without the opt-in, or generated Secrets. `request.objects` is ignored.
+    pub async fn delete_all(&self, request: &SyncRequest) -> SyncReport {
+        let mut report = SyncReport::default();
+        let entries: HashMap<ObjectKey, &ResourceStatus> = request
+            .inventory
+            .iter()
+            .map(|entry| (ObjectKey::of_status(entry), entry))
+            .collect();
+        let candidates: Vec<ObjectKey> = entries.keys().cloned().collect();
+        report.resources = self
+            .prune(request, &candidates, &entries, &mut report)
+            .await;
+        report
+    }
+
     /// Deletes the candidates that pass the per-object guards, in reverse apply order
     /// (`PruneLast` ones at the very end). Returns the inventory entries still owned: kept and
     /// failed objects stay tracked so the next sync retries them.
@@ -787,6 +940,19 @@ impl Engine {
             let live = match api.get_opt(&key.name).await {
                 Ok(Some(live)) => live,
                 Ok(None) => continue,
+                Err(kube::Error::Api(status)) if status.code == 404 => {
+                    // The kind may be gone with its CRD, and the object with it.
+                    self.discovery.forget(&gvk);
+                    if let Ok(None) = self.discovery.resolve(&gvk).await {
+                        continue;
+                    }
+                    report.failures.push((
+                        key.clone(),
+                        format!("failed to read {key}: {}", status.message),
+                    ));
+                    still_owned.push(requires_pruning(entry));
+                    continue;
+                }
                 Err(error) => {
                     report
                         .failures
@@ -795,7 +961,15 @@ impl Engine {
                     continue;
                 }
             };
-            if let Err(keep) = prune::may_prune(&request.app, key, &live.metadata) {
+            let decision = prune::may_prune(&request.app, key, &live.metadata).and_then(|()| {
+                // `Prune=false` in the Application's own syncOptions protects every object.
+                if has_option(&request.sync_options, "Prune", "false") {
+                    Err(Keep::PruneDisabled)
+                } else {
+                    Ok(())
+                }
+            });
+            if let Err(keep) = decision {
                 // Not ours (any more): drop it from the inventory unless only a guard keeps it.
                 if keep != Keep::NotOwned {
                     still_owned.push(requires_pruning(entry));
@@ -805,12 +979,7 @@ impl Engine {
             }
             let last = prune::prune_last(&request.sync_options, &live.metadata);
             let wave = order::sync_wave(&live.metadata);
-            targets.push((
-                (last, std::cmp::Reverse(order::order_key(key, wave))),
-                key.clone(),
-                api,
-                *entry,
-            ));
+            targets.push((order::prune_key(key, wave, last), key.clone(), api, *entry));
         }
         targets.sort_by(|a, b| a.0.cmp(&b.0));
         for (_, key, api, entry) in targets {
@@ -819,7 +988,10 @@ impl Engine {
                 ..DeleteParams::default()
             };
             match api.delete(&key.name, &params).await {
-                Ok(_) => report.pruned.push(key),
+                Ok(_) => {
+                    lock(&self.verified).remove(&(request.app.clone(), key.clone()));
+                    report.pruned.push(key);
+                }
                 Err(kube::Error::Api(status)) if status.code == 404 => report.pruned.push(key),
                 Err(error) => {
                     report
@@ -867,6 +1039,37 @@ fn crds_in_set(objects: &[DynamicObject]) -> BTreeMap<(String, String), String> 
         .collect()
 }
 
+/// Whether a step's objects are healthy enough for the next wave to start; if not, the
+/// sentence that says which are not.
+fn wave_not_ready(results: &[(Desired, Outcome)]) -> Option<String> {
+    let pending: Vec<String> = results
+        .iter()
+        .filter_map(|(item, outcome)| {
+            let live = match outcome {
+                Outcome::InSync(live) | Outcome::Written { live, .. } => live,
+                // Deferred objects wait for their CRD, not for a wave.
+                _ => return None,
+            };
+            let health = health::assess(&item.key.group, &item.key.kind, live);
+            matches!(
+                health.status,
+                HealthState::Progressing | HealthState::Degraded | HealthState::Missing
+            )
+            .then(|| {
+                format!(
+                    "{} (wave {}) is {:?}{}",
+                    item.key,
+                    item.wave,
+                    health.status,
+                    health.message.map(|m| format!(": {m}")).unwrap_or_default()
+                )
+            })
+        })
+        .collect();
+    (!pending.is_empty())
+        .then(|| format!("waiting before the next sync wave: {}", pending.join("; ")))
+}
+
 fn remember_kind(kinds: &mut Vec<ApiResource>, resource: &ApiResource) {
     if !kinds.iter().any(|k| {
         k.group == resource.group && k.version == resource.version && k.kind == resource.kind
@@ -905,6 +1108,90 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn desired(kind: &str, group: &str, name: &str, wave: i64) -> Desired {
+        Desired {
+            key: ObjectKey {
+                group: group.into(),
+                kind: kind.into(),
+                namespace: Some("ns".into()),
+                name: name.into(),
+            },
+            version: "v1".into(),
+            served: None,
+            manifest: Value::Null,
+            hash: String::new(),
+            wave,
+        }
+    }
+
+    #[test]
+    fn a_wave_waits_for_progressing_objects_but_not_for_deferred_ones() {
+        let running_job = serde_json::json!({"status": {"active": 1}});
+        let done_job =
+            serde_json::json!({"status": {"conditions": [{"type": "Complete", "status": "True"}]}});
+        let waiting = wave_not_ready(&[
+            (
+                desired("Job", "batch", "migrate", -1),
+                Outcome::Written {
+                    live: running_job,
+                    drift: None,
+                },
+            ),
+            (
+                desired("ConfigMap", "", "settings", -1),
+                Outcome::InSync(serde_json::json!({})),
+            ),
+            (
+                desired("Widget", "example.com", "w", -1),
+                Outcome::Deferred("no CRD".into()),
+            ),
+        ])
+        .unwrap();
+        assert!(
+            waiting.contains("Job.batch ns/migrate (wave -1) is Progressing"),
+            "{waiting}"
+        );
+        assert!(
+            !waiting.contains("settings") && !waiting.contains("Widget"),
+            "{waiting}"
+        );
+        assert_eq!(
+            wave_not_ready(&[(
+                desired("Job", "batch", "migrate", -1),
+                Outcome::InSync(done_job)
+            )]),
+            None
+        );
+    }
+
+    #[test]
+    fn an_object_tracked_by_another_application_is_foreign() {
+        let app = AppId {
+            namespace: "argocd".into(),
+            name: "web".into(),
+        };
+        let other = AppId {
+            namespace: "argocd".into(),
+            name: "api".into(),
+        };
+        let key = ObjectKey {
+            group: String::new(),
+            kind: "ConfigMap".into(),
+            namespace: Some("ns".into()),
+            name: "c".into(),
+        };
+        let live = |id: String| serde_json::json!({"metadata": {"annotations": {TRACKING_ID_ANNOTATION: id}}});
+        assert_eq!(
+            foreign_owner(&live(key.tracking_id(&other)), &app),
+            Some(other)
+        );
+        assert_eq!(foreign_owner(&live(key.tracking_id(&app)), &app), None);
+        assert_eq!(
+            foreign_owner(&serde_json::json!({"metadata": {}}), &app),
+            None
+        );
+    }
 
     #[test]
     fn propagation_defaults_to_foreground() {
@@ -950,11 +1237,12 @@ mod tests {
         let drift = Drift {
             key,
             managers: vec!["kubectl-edit".into()],
+            fields: vec!["spec.replicas".into()],
             deleted: false,
         };
         assert_eq!(
             drift.describe(),
-            "Deployment.apps ns/web was changed outside mooring by field manager kubectl-edit"
+            "Deployment.apps ns/web was changed outside mooring (spec.replicas) by field manager kubectl-edit"
         );
     }
 }

@@ -99,6 +99,12 @@ pub fn order_key(key: &ObjectKey, wave: i64) -> OrderKey {
     )
 }
 
+/// The sort key of a prune: the apply order reversed (webhook configurations first, CRDs and
+/// Namespaces last), and objects marked `PruneLast` after all others.
+pub fn prune_key(key: &ObjectKey, wave: i64, last: bool) -> (bool, std::cmp::Reverse<OrderKey>) {
+    (last, std::cmp::Reverse(order_key(key, wave)))
+}
+
 /// Groups items already sorted by [`order_key`] into steps that must finish before the next
 /// starts: the first stage, then one step per wave.
 pub fn steps<T>(sorted: Vec<(OrderKey, T)>) -> Vec<Vec<T>> {
@@ -235,6 +241,53 @@ mod tests {
         );
         assert_eq!(sync_wave(&meta(&[(SYNC_WAVE_ANNOTATION, "soon")])), 0);
         assert_eq!(sync_wave(&ObjectMeta::default()), 0);
+    }
+
+    #[test]
+    fn prune_runs_in_reverse_with_prune_last_at_the_end() {
+        let items = [
+            (key("", "Namespace", "ns"), 0, false),
+            (key("apps", "Deployment", "web"), 0, false),
+            (key("", "ConfigMap", "kept-for-last"), 0, true),
+            (key("", "ConfigMap", "config"), 0, false),
+            (
+                key(
+                    "apiextensions.k8s.io",
+                    "CustomResourceDefinition",
+                    "widgets.example.com",
+                ),
+                0,
+                false,
+            ),
+            (
+                key(
+                    "admissionregistration.k8s.io",
+                    "ValidatingWebhookConfiguration",
+                    "v",
+                ),
+                0,
+                false,
+            ),
+            (key("", "ConfigMap", "late-wave"), 3, false),
+        ];
+        let mut keyed: Vec<_> = items
+            .iter()
+            .map(|(k, wave, last)| (prune_key(k, *wave, *last), format!("{}/{}", k.kind, k.name)))
+            .collect();
+        keyed.sort();
+        let order: Vec<_> = keyed.into_iter().map(|(_, name)| name).collect();
+        assert_eq!(
+            order,
+            [
+                "ConfigMap/late-wave",
+                "ValidatingWebhookConfiguration/v",
+                "Deployment/web",
+                "ConfigMap/config",
+                "CustomResourceDefinition/widgets.example.com",
+                "Namespace/ns",
+                "ConfigMap/kept-for-last",
+            ]
+        );
     }
 
     #[test]

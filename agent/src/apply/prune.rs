@@ -101,9 +101,15 @@ impl Refusal {
 
 /// At most five object names, then a count of the rest.
 pub fn summarize(keys: &[ObjectKey]) -> String {
-    let mut text: Vec<String> = keys.iter().take(5).map(ToString::to_string).collect();
-    if keys.len() > 5 {
-        text.push(format!("and {} more", keys.len() - 5));
+    let names: Vec<String> = keys.iter().map(ToString::to_string).collect();
+    summarize_names(&names)
+}
+
+/// At most five names, then a count of the rest: messages stay short for big sets.
+pub fn summarize_names(names: &[String]) -> String {
+    let mut text: Vec<String> = names.iter().take(5).cloned().collect();
+    if names.len() > 5 {
+        text.push(format!("and {} more", names.len() - 5));
     }
     text.join(", ")
 }
@@ -122,7 +128,11 @@ pub fn plan(
         Some(Refusal::Disabled)
     } else if desired.is_empty() {
         (!settings.allow_empty).then_some(Refusal::EmptyRender)
-    } else if candidates.len() as f64 > settings.max_fraction * inventory.len() as f64 {
+    } else if candidates.len() > 1
+        && candidates.len() as f64 > settings.max_fraction * inventory.len() as f64
+    {
+        // One object is never a mass deletion: renaming the only object of a small
+        // Application must not need the limit raised.
         Some(Refusal::TooMany {
             candidates: candidates.len(),
             inventory: inventory.len(),
@@ -263,6 +273,18 @@ mod tests {
         );
         assert_eq!(allowed.refused, None);
         assert_eq!(allowed.candidates.len(), 2);
+    }
+
+    #[test]
+    fn one_object_may_always_go() {
+        let renamed = plan(&keys(&["old"]), &keys(&["new"]), &on());
+        assert_eq!(renamed.refused, None);
+        assert_eq!(renamed.candidates, vec![key("ConfigMap", "old")]);
+        let two_of_three = plan(&keys(&["a", "b", "c"]), &keys(&["c"]), &on());
+        assert!(matches!(
+            two_of_three.refused,
+            Some(Refusal::TooMany { .. })
+        ));
     }
 
     #[test]

@@ -39,6 +39,15 @@ use crate::install::FIELD_MANAGER;
 /// The destinations that mean "this cluster" (Argo CD's in-cluster server URL and name).
 const IN_CLUSTER_SERVER: &str = "https://kubernetes.default.svc";
 const IN_CLUSTER_NAME: &str = "in-cluster";
+/// How many Applications sync at once (Flux's default is 4).
+const SYNC_CONCURRENCY: u16 = 4;
+/// Annotations of Argo CD and Helm hooks: mooring has no hook phases, so such objects are
+/// applied like any other and a condition says so.
+const HOOK_ANNOTATIONS: &[&str] = &["argocd.argoproj.io/hook", "helm.sh/hook"];
+/// How soon an Application with deferred custom resources looks for their CRDs again.
+const DEFERRED_RECHECK: Duration = Duration::from_secs(15);
+/// How soon an Application waiting for a sync wave to become healthy is looked at again.
+const WAVE_RECHECK: Duration = Duration::from_secs(5);
 /// `status.history` length when `spec.revisionHistoryLimit` is unset, as Argo CD.
 const DEFAULT_HISTORY: usize = 10;
 
@@ -65,6 +74,13 @@ pub struct SourceError {
 }
 
 /// Fetch and render: the Git cache and renderers behind one call.
+///
+/// The agent's implementation resolves `spec.source.repoURL`/`targetRevision` with the Git cache
+/// (credentials from repository Secrets) and renders `spec.source.path` with the renderers; map
+/// their errors to [`SourceError`] with reasons such as `FetchFailed`, `AuthFailed` or
+/// `RenderFailed`. Wire it in `Agent::run` as
+/// `Context::new(client, Arc::new(source), events, max_prune_fraction, default_poll_interval)`
+/// and spawn [`run`]. Tests supply a fixed list of objects instead.
 pub trait Source: Send + Sync + 'static {
     /// The desired objects of `app` at its `targetRevision`.
     fn desired<'a>(&'a self, app: &'a Application) -> BoxFuture<'a, Result<Desired, SourceError>>;
@@ -87,6 +103,9 @@ pub struct Context {
     watches: Watches,
     triggers: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<AppId>>>,
     failures: Mutex<HashMap<String, u32>>,
+    /// Application uid → self-heals in a row and when the last one happened: a controller
+    /// fighting mooring over a field is slowed down, not fought in a tight loop.
+    heals: Mutex<HashMap<String, (u32, tokio::time::Instant)>>,
 }
 
 impl Context {
@@ -109,6 +128,7 @@ impl Context {
             watches,
             triggers: Mutex::new(Some(triggers)),
             failures: Mutex::default(),
+            heals: Mutex::default(),
         }
     }
 }
@@ -130,6 +150,24 @@ pub enum Error {
         /// The first failure.
         first: String,
     },
+    /// The Application could not be read.
+    #[error("failed to read Application {name}")]
+    Read {
+        /// The Application.
+        name: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
+    /// The resources finalizer could not be removed after the objects were deleted.
+    #[error("failed to remove the resources finalizer of Application {name}")]
+    Finalizer {
+        /// The Application.
+        name: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
     /// The status could not be written.
     #[error("failed to update the status of Application {name}")]
     Status {
@@ -149,6 +187,8 @@ impl Error {
             Error::Sync(_) => "SyncFailed",
             Error::Objects { .. } => "SyncFailed",
             Error::Status { .. } => "StatusUpdateFailed",
+            Error::Finalizer { .. } => "FinalizerUpdateFailed",
+            Error::Read { .. } => "ApiError",
         }
     }
 
@@ -185,6 +225,9 @@ pub async fn run(
         ))
     });
     Controller::new(api, watcher::Config::default())
+        // Each sync already runs 16 requests at once: a few Applications at a time keep the
+        // API server (and a cold start with hundreds of Applications) responsive.
+        .with_config(kube::runtime::controller::Config::default().concurrency(SYNC_CONCURRENCY))
         .reconcile_on(drift)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
@@ -192,14 +235,28 @@ pub async fn run(
         .await;
 }
 
-async fn reconcile(app: Arc<Application>, ctx: Arc<Context>) -> Result<Action, Error> {
-    if app.metadata.deletion_timestamp.is_some() {
-        return Ok(Action::await_change());
-    }
+async fn reconcile(cached: Arc<Application>, ctx: Arc<Context>) -> Result<Action, Error> {
     let id = AppId {
-        namespace: app.namespace().unwrap_or_default(),
-        name: app.name_any(),
+        namespace: cached.namespace().unwrap_or_default(),
+        name: cached.name_any(),
     };
+    // The watch cache may not show the status this agent wrote a moment ago (a reconcile woken
+    // by a drift watch right after a sync): the inventory, the history and "was this revision
+    // applied already" must come from the current object, so read it.
+    let api: Api<Application> = Api::namespaced(ctx.client.clone(), &id.namespace);
+    let app = match api.get_opt(&id.name).await {
+        Ok(Some(app)) => app,
+        Ok(None) => return Ok(Action::await_change()),
+        Err(source) => {
+            return Err(Error::Read {
+                name: id.name.clone(),
+                source,
+            });
+        }
+    };
+    if app.metadata.deletion_timestamp.is_some() {
+        return finalize(&ctx, &app, &id).await;
+    }
     let poll = poll_interval(&app, ctx.default_poll_interval);
     let mut conditions = Vec::new();
     let unsupported = unsupported_fields(&app);
@@ -226,6 +283,12 @@ async fn reconcile(app: Arc<Application>, ctx: Arc<Context>) -> Result<Action, E
             names::SYNCED,
             ConditionStatus::False,
             "InvalidDestination",
+            message.clone(),
+        ));
+        conditions.push(condition(
+            names::READY,
+            ConditionStatus::False,
+            "InvalidDestination",
             message,
         ));
         let status = ApplicationStatus {
@@ -246,6 +309,12 @@ async fn reconcile(app: Arc<Application>, ctx: Arc<Context>) -> Result<Action, E
             "Suspended",
             "spec.suspend is true: nothing is applied or pruned".into(),
         ));
+        conditions.push(condition(
+            names::READY,
+            ConditionStatus::False,
+            "Suspended",
+            "the Application is suspended".into(),
+        ));
         let status = ApplicationStatus {
             health: Some(HealthStatus {
                 status: HealthState::Suspended,
@@ -264,6 +333,12 @@ async fn reconcile(app: Arc<Application>, ctx: Arc<Context>) -> Result<Action, E
         Err(error) => {
             conditions.push(condition(
                 names::SYNCED,
+                ConditionStatus::False,
+                error.reason,
+                error.message.clone(),
+            ));
+            conditions.push(condition(
+                names::READY,
                 ConditionStatus::False,
                 error.reason,
                 error.message.clone(),
@@ -290,10 +365,58 @@ async fn reconcile(app: Arc<Application>, ctx: Arc<Context>) -> Result<Action, E
         .unwrap_or(false);
     let last_synced = previous.history.last().map(|h| h.revision.as_str());
     // Without selfHeal, automated sync applies each revision once (Argo CD's semantics).
-    let mode = match &automated {
-        Some(_) if self_heal || last_synced != Some(desired.revision.as_str()) => Mode::Apply,
+    let new_revision = last_synced != Some(desired.revision.as_str());
+    let mut mode = match &automated {
+        Some(_) if self_heal || new_revision => Mode::Apply,
         _ => Mode::Compare,
     };
+    // Self-heal only (Git unchanged) right after another heal: compare now, heal later.
+    let uid = app.uid().unwrap_or_default();
+    let heal_wait = if mode == Mode::Apply && !new_revision {
+        heal_backoff(&ctx.heals, &uid, tokio::time::Instant::now())
+    } else {
+        None
+    };
+    if heal_wait.is_some() {
+        mode = Mode::Compare;
+    }
+    let hooks: Vec<String> = desired
+        .objects
+        .iter()
+        .filter(|o| {
+            o.metadata
+                .annotations
+                .as_ref()
+                .is_some_and(|a| HOOK_ANNOTATIONS.iter().any(|h| a.contains_key(*h)))
+        })
+        .filter_map(|o| {
+            Some(format!(
+                "{} {}",
+                o.types.as_ref()?.kind,
+                o.metadata.name.as_deref()?
+            ))
+        })
+        .collect();
+    if !hooks.is_empty() {
+        let listed = crate::apply::prune::summarize_names(&hooks);
+        match conditions
+            .iter_mut()
+            .find(|c| c.type_ == names::UNSUPPORTED_FIELDS)
+        {
+            Some(existing) => {
+                existing.message = format!(
+                    "{}; sync hooks on {listed} are applied as plain resources",
+                    existing.message
+                );
+            }
+            None => conditions.push(condition(
+                names::UNSUPPORTED_FIELDS,
+                ConditionStatus::True,
+                "UnsupportedFields",
+                format!("sync hooks are not implemented: {listed} are applied as plain resources"),
+            )),
+        }
+    }
     let request = SyncRequest {
         app: id.clone(),
         objects: desired.objects,
@@ -311,17 +434,23 @@ async fn reconcile(app: Arc<Application>, ctx: Arc<Context>) -> Result<Action, E
         mode,
     };
     let report = ctx.engine.sync(&request).await?;
+    if mode == Mode::Apply && !new_revision && !report.drift.is_empty() {
+        record_heal(&ctx.heals, &uid, tokio::time::Instant::now());
+    }
     for kind in &report.kinds {
         ctx.watches.ensure(kind);
     }
-    announce(&ctx, &app, &report, mode).await;
+    announce(&ctx, &app, &report, mode, heal_wait.is_some()).await;
 
     conditions.extend(report_conditions(&report, mode));
+    conditions.push(ready_condition(&report));
     let mut history = previous.history.clone();
     // A revision counts as deployed once all of it is applied: while a custom resource waits
     // for its CRD the Application stays in apply mode, so the CR follows when the CRD arrives.
-    let applied_cleanly =
-        mode == Mode::Apply && report.failures.is_empty() && report.deferred.is_empty();
+    let applied_cleanly = mode == Mode::Apply
+        && report.failures.is_empty()
+        && report.deferred.is_empty()
+        && report.waiting.is_none();
     if applied_cleanly
         && history.last().map(|h| h.revision.as_str()) != Some(desired.revision.as_str())
     {
@@ -359,7 +488,93 @@ async fn reconcile(app: Arc<Application>, ctx: Arc<Context>) -> Result<Action, E
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
         .remove(&app.uid().unwrap_or_default());
+    if let Some(wait) = heal_wait.filter(|_| !report.drift.is_empty()) {
+        return Ok(Action::requeue(wait));
+    }
+    if report.waiting.is_some() {
+        // The next wave starts once this one is healthy: look again soon.
+        return Ok(Action::requeue(WAVE_RECHECK.min(poll)));
+    }
+    if !report.deferred.is_empty() {
+        // A CRD from elsewhere (another Application, an operator) may arrive any moment.
+        return Ok(Action::requeue(DEFERRED_RECHECK.min(poll)));
+    }
     Ok(Action::requeue(poll))
+}
+
+/// Argo CD's finalizers that ask for the Application's resources to be deleted with it
+/// (foreground, or background for the `/background` variant).
+const RESOURCES_FINALIZER: &str = "resources-finalizer.argocd.argoproj.io";
+const RESOURCES_FINALIZER_BACKGROUND: &str = "resources-finalizer.argocd.argoproj.io/background";
+
+/// An Application being deleted: with a resources finalizer, delete its objects (guarded) and
+/// then release the finalizer; without one, leave the objects in place (Argo CD's default).
+async fn finalize(ctx: &Context, app: &Application, id: &AppId) -> Result<Action, Error> {
+    let finalizers = app.metadata.finalizers.clone().unwrap_or_default();
+    let ours: Vec<&String> = finalizers
+        .iter()
+        .filter(|f| *f == RESOURCES_FINALIZER || *f == RESOURCES_FINALIZER_BACKGROUND)
+        .collect();
+    if ours.is_empty() {
+        return Ok(Action::await_change());
+    }
+    let background = ours.iter().any(|f| *f == RESOURCES_FINALIZER_BACKGROUND);
+    let status = app.status.clone().unwrap_or_default();
+    let mut sync_options = app
+        .spec
+        .sync_policy
+        .as_ref()
+        .map(|p| p.sync_options.clone())
+        .unwrap_or_default();
+    if background {
+        sync_options.push("PrunePropagationPolicy=background".into());
+    }
+    let request = SyncRequest {
+        app: id.clone(),
+        objects: Vec::new(),
+        destination_namespace: app.spec.destination.namespace.clone(),
+        sync_options,
+        inventory: status.resources.clone(),
+        prune: PruneSettings::default(),
+        mode: Mode::Apply,
+    };
+    let report = ctx.engine.delete_all(&request).await;
+    if !report.pruned.is_empty() {
+        let note = format!(
+            "deleted with the Application: {}",
+            crate::apply::prune::summarize(&report.pruned)
+        );
+        publish(ctx, app, EventType::Normal, "ResourcesDeleted", &note).await;
+    }
+    if let Some((key, message)) = report.failures.first() {
+        return Err(Error::Objects {
+            count: report.failures.len(),
+            first: format!("{key}: {message}"),
+        });
+    }
+    let remaining: Vec<String> = finalizers
+        .into_iter()
+        .filter(|f| f != RESOURCES_FINALIZER && f != RESOURCES_FINALIZER_BACKGROUND)
+        .collect();
+    let api: Api<Application> = Api::namespaced(ctx.client.clone(), &id.namespace);
+    // A JSON patch that tests the list first: another controller's finalizer change in between
+    // makes it fail and retry instead of being overwritten.
+    let patch = serde_json::json!([
+        {"op": "test", "path": "/metadata/finalizers", "value": app.metadata.finalizers},
+        {"op": "replace", "path": "/metadata/finalizers", "value": remaining},
+    ]);
+    let patch: json_patch::Patch =
+        serde_json::from_value(patch).map_err(|error| Error::Objects {
+            count: 1,
+            first: format!("failed to build the finalizer patch: {error}"),
+        })?;
+    api.patch(&id.name, &PatchParams::default(), &Patch::<()>::Json(patch))
+        .await
+        .map_err(|source| Error::Finalizer {
+            name: id.name.clone(),
+            source,
+        })?;
+    Ok(Action::await_change())
 }
 
 fn error_policy(app: Arc<Application>, error: &Error, ctx: Arc<Context>) -> Action {
@@ -374,6 +589,49 @@ fn error_policy(app: Arc<Application>, error: &Error, ctx: Arc<Context>) -> Acti
         *count
     };
     Action::requeue(retry_delay(&app, attempts, error.is_retryable()))
+}
+
+/// The first self-heal waits this long after the previous one; each next one three times as
+/// long, up to [`HEAL_BACKOFF_CAP`] (Argo CD's `--self-heal-backoff-*` defaults). A quiet period
+/// as long as the cap starts over.
+const HEAL_BACKOFF_FIRST: Duration = Duration::from_secs(2);
+const HEAL_BACKOFF_CAP: Duration = Duration::from_secs(300);
+
+/// How long to wait before healing again, when the last heal was too recent.
+fn heal_backoff(
+    heals: &Mutex<HashMap<String, (u32, tokio::time::Instant)>>,
+    uid: &str,
+    now: tokio::time::Instant,
+) -> Option<Duration> {
+    let heals = heals
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let (count, last) = heals.get(uid)?;
+    let since = now.saturating_duration_since(*last);
+    if since >= HEAL_BACKOFF_CAP {
+        return None;
+    }
+    let exponent = count.saturating_sub(1).min(10);
+    let delay = HEAL_BACKOFF_FIRST
+        .saturating_mul(3u32.saturating_pow(exponent))
+        .min(HEAL_BACKOFF_CAP);
+    delay.checked_sub(since).filter(|d| !d.is_zero())
+}
+
+fn record_heal(
+    heals: &Mutex<HashMap<String, (u32, tokio::time::Instant)>>,
+    uid: &str,
+    now: tokio::time::Instant,
+) {
+    let mut heals = heals
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let entry = heals.entry(uid.to_string()).or_insert((0, now));
+    if now.saturating_duration_since(entry.1) >= HEAL_BACKOFF_CAP {
+        entry.0 = 0;
+    }
+    entry.0 = entry.0.saturating_add(1);
+    entry.1 = now;
 }
 
 /// `syncPolicy.retry.backoff` (default 5s × 2, at most 3m, as Argo CD), per attempt.
@@ -497,6 +755,12 @@ fn condition(type_: &str, status: ConditionStatus, reason: &str, message: String
 fn report_conditions(report: &SyncReport, mode: Mode) -> Vec<Condition> {
     let mut conditions = Vec::new();
     let synced = match (report.failures.first(), report.sync, mode) {
+        (None, _, Mode::Apply) if report.waiting.is_some() => condition(
+            names::SYNCED,
+            ConditionStatus::False,
+            "SyncWaveNotHealthy",
+            report.waiting.clone().unwrap_or_default(),
+        ),
         (Some((key, message)), _, _) => condition(
             names::SYNCED,
             ConditionStatus::False,
@@ -575,20 +839,85 @@ fn report_conditions(report: &SyncReport, mode: Mode) -> Vec<Condition> {
     conditions
 }
 
+/// kstatus `Ready`: in sync with Git and healthy, so `kubectl wait --for=condition=Ready` and
+/// dependants can gate on an Application.
+fn ready_condition(report: &SyncReport) -> Condition {
+    match (report.sync, report.health.status) {
+        (SyncState::Synced, HealthState::Healthy) => condition(
+            names::READY,
+            ConditionStatus::True,
+            "Healthy",
+            "in sync with Git and healthy".into(),
+        ),
+        (SyncState::Synced, state) => condition(
+            names::READY,
+            ConditionStatus::False,
+            &format!("{state:?}"),
+            report
+                .health
+                .message
+                .clone()
+                .unwrap_or_else(|| format!("health is {state:?}")),
+        ),
+        (_, _) => condition(
+            names::READY,
+            ConditionStatus::False,
+            "OutOfSync",
+            "the cluster differs from Git".into(),
+        ),
+    }
+}
+
 /// Events, only for what changed: drift (naming who), writes, prunes.
-async fn announce(ctx: &Context, app: &Application, report: &SyncReport, mode: Mode) {
+async fn announce(
+    ctx: &Context,
+    app: &Application,
+    report: &SyncReport,
+    mode: Mode,
+    healing_later: bool,
+) {
+    // Drift that is only reported stays until someone acts: announce it once, not on every
+    // reconcile (the DriftDetected condition keeps saying it).
+    let reported_before = app
+        .status
+        .as_ref()
+        .and_then(|s| {
+            s.conditions
+                .iter()
+                .find(|c| c.type_ == names::DRIFT_DETECTED)
+        })
+        .map(|c| c.message.clone())
+        .unwrap_or_default();
     for drift in &report.drift {
+        if mode == Mode::Compare && reported_before.contains(&drift.describe()) {
+            continue;
+        }
         let (reason, note) = match mode {
             Mode::Apply => (
                 "DriftReverted",
                 format!("{}; reverted (selfHeal)", drift.describe()),
+            ),
+            Mode::Compare if healing_later => (
+                "DriftDetected",
+                format!(
+                    "{}; selfHeal reverts it after a backoff (it was reverted moments ago)",
+                    drift.describe()
+                ),
             ),
             Mode::Compare => (
                 "DriftDetected",
                 format!("{}; OutOfSync (selfHeal is off)", drift.describe()),
             ),
         };
-        publish(ctx, app, EventType::Warning, reason, &note).await;
+        let reference: ObjectReference = app.object_ref(&());
+        let event = Event {
+            type_: EventType::Warning,
+            reason: reason.into(),
+            note: Some(note.chars().take(1000).collect()),
+            action: "SelfHeal".into(),
+            secondary: None,
+        };
+        ctx.events.publish_distinct(&reference, event).await;
     }
     let drifted: Vec<_> = report.drift.iter().map(|d| &d.key).collect();
     let written: Vec<_> = report
@@ -727,6 +1056,46 @@ mod tests {
             ]
         );
         assert!(unsupported_fields(&app(ApplicationSpec::default())).is_empty());
+    }
+
+    #[test]
+    fn self_heal_backs_off_when_it_keeps_reverting() {
+        let heals = Mutex::default();
+        let start = tokio::time::Instant::now();
+        assert_eq!(
+            heal_backoff(&heals, "u", start),
+            None,
+            "the first heal is immediate"
+        );
+        record_heal(&heals, "u", start);
+        let after = |s| start + Duration::from_secs(s);
+        assert_eq!(
+            heal_backoff(&heals, "u", after(0)),
+            Some(Duration::from_secs(2))
+        );
+        assert_eq!(
+            heal_backoff(&heals, "u", after(1)),
+            Some(Duration::from_secs(1))
+        );
+        assert_eq!(heal_backoff(&heals, "u", after(2)), None);
+        record_heal(&heals, "u", after(2));
+        assert_eq!(
+            heal_backoff(&heals, "u", after(2)),
+            Some(Duration::from_secs(6))
+        );
+        record_heal(&heals, "u", after(8));
+        assert_eq!(
+            heal_backoff(&heals, "u", after(8)),
+            Some(Duration::from_secs(18))
+        );
+        // Quiet for the cap: start over.
+        assert_eq!(heal_backoff(&heals, "u", after(8 + 300)), None);
+        record_heal(&heals, "u", after(8 + 300));
+        assert_eq!(
+            heal_backoff(&heals, "u", after(8 + 300)),
+            Some(Duration::from_secs(2))
+        );
+        assert_eq!(heal_backoff(&heals, "other", after(8 + 300)), None);
     }
 
     #[test]
