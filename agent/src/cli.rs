@@ -83,6 +83,9 @@ pub struct RunArgs {
     /// How often each SealedSecret is checked again even without a change (Go duration).
     #[arg(long, default_value = "5m", value_parser = go_duration, env = "MOORING_RESYNC_PERIOD")]
     pub resync_period: Duration,
+    /// An endpoint for every AWS store (VPC endpoints, tests against moto or LocalStack).
+    #[arg(long, env = "MOORING_AWS_ENDPOINT_URL")]
+    pub aws_endpoint_url: Option<String>,
 }
 
 fn go_duration(text: &str) -> Result<Duration, String> {

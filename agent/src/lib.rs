@@ -13,6 +13,7 @@ pub mod http;
 pub mod install;
 pub mod keys;
 pub mod metrics;
+pub mod providers;
 pub mod telemetry;
 
 use std::future::Future;
@@ -219,6 +220,35 @@ impl Agent {
         ));
         tasks.spawn(controllers::sealed_secret::run(
             context,
+            self.args.watch_namespace.clone(),
+            stop_signal(),
+        ));
+
+        // One provider cache for both controllers: validating a store and reading from it share
+        // one login.
+        let provider_cache = Arc::new(providers::ProviderCache::default());
+        let provider_settings = providers::ProviderSettings {
+            aws_endpoint_url: self.args.aws_endpoint_url.clone(),
+        };
+        tasks.spawn(controllers::secret_store::run(
+            Arc::new(controllers::secret_store::Context {
+                client: self.client.clone(),
+                providers: Arc::clone(&provider_cache),
+                settings: provider_settings.clone(),
+                metrics: metrics.external_secrets.clone(),
+            }),
+            self.args.watch_namespace.clone(),
+            stop_signal(),
+        ));
+        let external_secrets = Arc::new(controllers::external_secret::Context::new(
+            self.client.clone(),
+            provider_cache,
+            provider_settings,
+            metrics.external_secrets.clone(),
+            events::EventSink::new(self.client.clone()),
+        ));
+        tasks.spawn(controllers::external_secret::run(
+            external_secrets,
             self.args.watch_namespace.clone(),
             stop_signal(),
         ));

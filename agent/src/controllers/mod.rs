@@ -1,3 +1,5 @@
 //! One module per controller; each has a `run` that drives it until shutdown.
 
+pub mod external_secret;
 pub mod sealed_secret;
+pub mod secret_store;
