@@ -5,6 +5,7 @@
 
 pub mod cli;
 pub mod cluster;
+pub mod coalesce;
 pub mod controllers;
 pub mod demo;
 pub mod duration;
@@ -244,6 +245,11 @@ impl Agent {
             self.client.clone(),
             provider_cache,
             provider_settings,
+            Arc::new(coalesce::SharedReads::new(
+                self.args.provider_read_window,
+                self.args.provider_qps,
+                self.args.provider_burst,
+            )),
             metrics.external_secrets.clone(),
             events::EventSink::new(self.client.clone()),
         ));

@@ -1003,3 +1003,200 @@ async fn openbao_kubernetes_auth_with_a_requested_service_account_token() {
         .await;
     agent.stop().await.unwrap();
 }
+
+/// Identical reads from several ExternalSecrets reach the provider once; a ClusterSecretStore's
+/// conditions are enforced on every use; creationPolicy Merge/Orphan and deletionPolicy Delete
+/// behave as ESO's.
+#[tokio::test]
+async fn shared_reads_cluster_store_conditions_and_policies() {
+    use kube::api::DeleteParams;
+    use mooring_crds::secret_store::ClusterSecretStore;
+    let env = RealEnv::load().unwrap();
+    crds_installed(&env).await;
+    let ns = TestNamespace::create(&env, "es-css").await.unwrap();
+    let vault = root_vault(&env);
+    let path = format!("mooring-e2e/{}/shared", ns.name());
+    let gone = format!("mooring-e2e/{}/gone", ns.name());
+    let data = BTreeMap::from([("password", "shared-password")]);
+    vaultrs::kv2::set(&vault, "secret", &path, &data)
+        .await
+        .unwrap();
+    vaultrs::kv2::set(&vault, "secret", &gone, &data)
+        .await
+        .unwrap();
+    create_secret(
+        &ns,
+        "bao-token",
+        &[("token", env.var("VAULT_TOKEN").unwrap())],
+    )
+    .await;
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(ns.client());
+    let label = |value: Option<&str>| serde_json::json!({"metadata": {"labels": {"e2e.mooring.dev/css-allowed": value}}});
+    namespaces
+        .patch(
+            ns.name(),
+            &PatchParams::default(),
+            &Patch::Merge(&label(Some("yes"))),
+        )
+        .await
+        .unwrap();
+    let css_name = format!("e2e-{}", ns.name());
+    let css: ClusterSecretStore = serde_json::from_value(serde_json::json!({
+        "apiVersion": "external-secrets.io/v1",
+        "kind": "ClusterSecretStore",
+        "metadata": {"name": css_name},
+        "spec": {
+            "conditions": [{"namespaceSelector": {"matchLabels": {"e2e.mooring.dev/css-allowed": "yes"}}}],
+            "provider": {"vault": {
+                "server": env.var("VAULT_ADDR").unwrap(),
+                "path": "secret",
+                "auth": {"tokenSecretRef": {"name": "bao-token", "key": "token", "namespace": ns.name()}},
+            }},
+        },
+    }))
+    .unwrap();
+    let stores: Api<ClusterSecretStore> = Api::all(ns.client());
+    stores.create(&PostParams::default(), &css).await.unwrap();
+    create_store(
+        &ns,
+        "store",
+        serde_json::json!({"vault": {
+            "server": env.var("VAULT_ADDR").unwrap(),
+            "path": "secret",
+            "auth": {"tokenSecretRef": {"name": "bao-token", "key": "token"}},
+        }}),
+    )
+    .await;
+    let agent = RunningAgent::start_with(agent_args(&env, ns.name()))
+        .await
+        .unwrap();
+
+    // Two ExternalSecrets, one remote read.
+    for name in ["a", "b"] {
+        create_external_secret(
+            &ns,
+            name,
+            serde_json::json!({"secretStoreRef": {"name": css_name, "kind": "ClusterSecretStore"},
+                "data": [{"secretKey": "password", "remoteRef": {"key": path, "property": "password"}}]}),
+        )
+        .await;
+    }
+    ns.wait_for_secret("a", "password", b"shared-password")
+        .await
+        .unwrap();
+    ns.wait_for_secret("b", "password", b"shared-password")
+        .await
+        .unwrap();
+    let calls = |call: &str| {
+        format!(
+            "mooring_externalsecret_provider_calls_total{{store=\"ClusterSecretStore {css_name}\",call=\"{call}\",outcome=\"ok\"}}"
+        )
+    };
+    assert_eq!(
+        agent.metric(&calls("get")).await.unwrap(),
+        1.0,
+        "one provider read"
+    );
+    assert!(
+        agent.metric(&calls("coalesced")).await.unwrap() >= 1.0,
+        "the second ExternalSecret reused the first one's read"
+    );
+
+    // The namespace loses the label: the next use is denied, the Secret stays.
+    namespaces
+        .patch(
+            ns.name(),
+            &PatchParams::default(),
+            &Patch::Merge(&label(None)),
+        )
+        .await
+        .unwrap();
+    let force = serde_json::json!({"metadata": {"annotations": {"force-sync": "1"}}});
+    ns.api::<ExternalSecret>()
+        .patch("a", &PatchParams::default(), &Patch::Merge(&force))
+        .await
+        .unwrap();
+    let denied = wait_for_condition(&ns, "a", "Ready", "False", "SecretSyncedError").await;
+    assert!(
+        denied.message.contains("not allowed from namespace"),
+        "{}",
+        denied.message
+    );
+    assert!(
+        ns.api::<Secret>().get_opt("a").await.unwrap().is_some(),
+        "Secret kept"
+    );
+
+    // creationPolicy Merge: keys go into an existing Secret, whose other keys and owner stay.
+    create_secret(&ns, "existing", &[("keep", "theirs")]).await;
+    create_external_secret(
+        &ns,
+        "merge",
+        serde_json::json!({"secretStoreRef": {"name": "store"},
+            "target": {"name": "existing", "creationPolicy": "Merge"},
+            "data": [{"secretKey": "password", "remoteRef": {"key": path, "property": "password"}}]}),
+    )
+    .await;
+    let merged = ns
+        .wait_for_secret("existing", "password", b"shared-password")
+        .await
+        .unwrap();
+    assert_eq!(merged.data.as_ref().unwrap()["keep"].0, b"theirs");
+    assert!(merged.metadata.owner_references.is_none());
+    // ... and never creates one.
+    create_external_secret(
+        &ns,
+        "merge-missing",
+        serde_json::json!({"secretStoreRef": {"name": "store"},
+            "target": {"name": "absent", "creationPolicy": "Merge"},
+            "data": [{"secretKey": "password", "remoteRef": {"key": path, "property": "password"}}]}),
+    )
+    .await;
+    wait_for_condition(&ns, "merge-missing", "Ready", "True", "SecretMissing").await;
+    assert!(
+        ns.api::<Secret>()
+            .get_opt("absent")
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // creationPolicy Orphan: no owner reference.
+    create_external_secret(
+        &ns,
+        "orphan",
+        serde_json::json!({"secretStoreRef": {"name": "store"},
+            "target": {"creationPolicy": "Orphan"},
+            "data": [{"secretKey": "password", "remoteRef": {"key": path, "property": "password"}}]}),
+    )
+    .await;
+    let orphan = ns
+        .wait_for_secret("orphan", "password", b"shared-password")
+        .await
+        .unwrap();
+    assert!(orphan.metadata.owner_references.is_none());
+
+    // deletionPolicy Delete: the Secret goes when the remote data is gone.
+    create_external_secret(
+        &ns,
+        "gone",
+        serde_json::json!({"secretStoreRef": {"name": "store"}, "refreshInterval": "1s",
+            "target": {"deletionPolicy": "Delete"},
+            "data": [{"secretKey": "password", "remoteRef": {"key": gone, "property": "password"}}]}),
+    )
+    .await;
+    ns.wait_for_secret("gone", "password", b"shared-password")
+        .await
+        .unwrap();
+    vaultrs::kv2::delete_metadata(&vault, "secret", &gone)
+        .await
+        .unwrap();
+    wait_for_condition(&ns, "gone", "Ready", "False", "SecretDeleted").await;
+    assert!(
+        ns.api::<Secret>().get_opt("gone").await.unwrap().is_none(),
+        "Secret deleted"
+    );
+
+    agent.stop().await.unwrap();
+    let _ = stores.delete(&css_name, &DeleteParams::default()).await;
+}

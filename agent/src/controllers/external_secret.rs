@@ -37,6 +37,7 @@ use mooring_crds::secret_store::{ClusterSecretStore, SecretStore, SecretStoreSpe
 use mooring_provider::{ProviderError, RemoteRef, SecretProvider, SecretValue};
 use zeroize::Zeroizing;
 
+use crate::coalesce::{ReadKey, Served, SharedReads};
 use crate::events::EventSink;
 use crate::install::FIELD_MANAGER;
 use crate::metrics::{
@@ -63,6 +64,8 @@ pub struct Context {
     pub providers: Arc<ProviderCache>,
     /// Agent-wide provider settings.
     pub settings: ProviderSettings,
+    /// Reads shared across ExternalSecrets, and per-store budgets.
+    pub reads: Arc<SharedReads>,
     /// Metrics.
     pub metrics: ExternalSecretMetrics,
     /// Events.
@@ -83,6 +86,7 @@ impl Context {
         client: kube::Client,
         providers: Arc<ProviderCache>,
         settings: ProviderSettings,
+        reads: Arc<SharedReads>,
         metrics: ExternalSecretMetrics,
         events: EventSink,
     ) -> Context {
@@ -90,6 +94,7 @@ impl Context {
             client,
             providers,
             settings,
+            reads,
             metrics,
             events,
             last: Mutex::default(),
@@ -404,7 +409,7 @@ async fn reconcile_counted(es: &ExternalSecret, ctx: &Context) -> Result<Action,
         Ok(outcome) => {
             status?;
             lock(&ctx.failures).remove(&uid);
-            Ok(next_refresh(es, outcome))
+            Ok(next_refresh(&with_latest_status(es, ctx), outcome))
         }
         Err(error) => Err(error),
     }
@@ -613,7 +618,29 @@ fn refresh_due(es: &ExternalSecret, policies: &Policies, synced_version: &str) -
     }
 }
 
+/// The object with the status this agent wrote last when the watch cache has not caught up
+/// yet (a reconcile woken by our own Secret write), so a sync just done is not repeated.
+fn with_latest_status(es: &ExternalSecret, ctx: &Context) -> ExternalSecret {
+    let uid = es.uid().unwrap_or_default();
+    let written = lock(&ctx.statuses).get(&uid).cloned();
+    let time = |status: Option<&ExternalSecretStatus>| {
+        status
+            .and_then(|s| s.refresh_time.as_deref())
+            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+    };
+    let cached = time(es.status.as_ref());
+    match written {
+        Some(written) if time(Some(&written)) > cached => {
+            let mut newer = es.clone();
+            newer.status = Some(written);
+            newer
+        }
+        _ => es.clone(),
+    }
+}
+
 async fn sync(es: &ExternalSecret, ctx: &Context) -> SyncResult {
+    let es = &with_latest_status(es, ctx);
     let unsupported = unknown_fields(&es.spec);
     if !unsupported.is_empty() {
         return Err(Error::Unsupported(unsupported));
@@ -657,7 +684,13 @@ async fn sync(es: &ExternalSecret, ctx: &Context) -> SyncResult {
 
     let (store_id, spec) = resolve_store(es, ctx).await?;
     let provider = provider_for(ctx, &store_id, &spec, &namespace).await?;
-    let fetched = fetch(es, &policies, &store_id, provider.as_ref(), ctx).await;
+    let source = Source {
+        provider: provider.as_ref(),
+        store: &store_id,
+        consumer: consumer_of(&store_id, &spec, &namespace),
+        max_age: policies.interval,
+    };
+    let fetched = fetch(es, &policies, &source, ctx).await;
     let fetched = match fetched {
         Ok(fetched) => fetched,
         Err(error) => {
@@ -674,7 +707,8 @@ async fn sync(es: &ExternalSecret, ctx: &Context) -> SyncResult {
     };
     let existing = read_secret(&api, &target_name).await?;
     let Some(values) = fetched else {
-        // deletionPolicy Delete and every remote value is gone.
+        // deletionPolicy Delete and every remote value is gone; nothing is left to repair.
+        lock(&ctx.last).remove(&uid);
         return delete_target(es, existing.as_ref(), &api).await;
     };
     if policies.creation == Creation::None {
@@ -898,10 +932,10 @@ pub fn count_provider_call(
 async fn fetch(
     es: &ExternalSecret,
     policies: &Policies,
-    store: &StoreId,
-    provider: &dyn SecretProvider,
+    source: &Source<'_>,
     ctx: &Context,
 ) -> Result<Option<BTreeMap<String, Zeroizing<Vec<u8>>>>, Error> {
+    let store = source.store;
     let mut documents: HashMap<(String, Option<String>), Result<SecretValue, ProviderError>> =
         HashMap::new();
     let mut values: BTreeMap<String, Zeroizing<Vec<u8>>> = BTreeMap::new();
@@ -912,7 +946,7 @@ async fn fetch(
             continue;
         };
         entries += 1;
-        let document = read_document(&mut documents, provider, store, extract, ctx).await;
+        let document = read_document(&mut documents, source, extract, ctx).await;
         let map =
             document.and_then(|doc| mooring_provider::json_properties(&extract.key, doc.expose()));
         match map {
@@ -929,7 +963,7 @@ async fn fetch(
     for data in es.spec.data.iter().flatten() {
         entries += 1;
         let reference = &data.remote_ref;
-        let document = read_document(&mut documents, provider, store, reference, ctx).await;
+        let document = read_document(&mut documents, source, reference, ctx).await;
         let value = document.and_then(|doc| {
             let remote = RemoteRef {
                 key: reference.key.clone(),
@@ -961,62 +995,62 @@ async fn fetch(
     Ok(Some(values))
 }
 
-/// Reads `(key, version)` once per reconcile; counts the call.
+/// Where one sync reads from.
+#[derive(Clone, Copy)]
+struct Source<'a> {
+    provider: &'a dyn SecretProvider,
+    store: &'a StoreId,
+    consumer: Option<&'a str>,
+    /// The ExternalSecret's refresh interval: a shared read older than this is not reused.
+    max_age: Duration,
+}
+
+/// Reads `(key, version)` once per reconcile (and shares it with other ExternalSecrets within
+/// the read window); counts the call.
 async fn read_document(
     documents: &mut HashMap<(String, Option<String>), Result<SecretValue, ProviderError>>,
-    provider: &dyn SecretProvider,
-    store: &StoreId,
+    source: &Source<'_>,
     reference: &ExternalSecretDataRemoteRef,
     ctx: &Context,
 ) -> Result<SecretValue, ProviderError> {
+    let Source {
+        provider,
+        store,
+        consumer,
+        max_age,
+    } = *source;
     let version = reference.version.clone().filter(|v| !v.is_empty());
     let cache_key = (reference.key.clone(), version.clone());
     if let Some(found) = documents.get(&cache_key) {
-        return clone_result(found);
+        return crate::coalesce::copy_result(found);
     }
     let remote = RemoteRef {
         key: reference.key.clone(),
         property: None,
+        version: version.clone(),
+    };
+    let shared_key = ReadKey {
+        store: store.clone(),
+        consumer: consumer.map(str::to_string),
+        key: reference.key.clone(),
         version,
     };
-    let result = provider.get(&remote).await;
+    let (result, served) = ctx
+        .reads
+        .get(shared_key, max_age, provider.get(&remote))
+        .await;
     let outcome = match &result {
         Ok(_) => "ok",
         Err(error) => fetched_reason(error),
     };
-    count_call(ctx, store, "get", outcome);
-    let copy = clone_result(&result);
+    let call = match served {
+        Served::Provider => "get",
+        Served::Coalesced => "coalesced",
+    };
+    count_call(ctx, store, call, outcome);
+    let copy = crate::coalesce::copy_result(&result);
     documents.insert(cache_key, result);
     copy
-}
-
-fn clone_result(result: &Result<SecretValue, ProviderError>) -> Result<SecretValue, ProviderError> {
-    match result {
-        Ok(value) => Ok(value.clone()),
-        Err(error) => Err(copy_error(error)),
-    }
-}
-
-/// A copy of a provider error (the source, if any, is reduced to its message).
-fn copy_error(error: &ProviderError) -> ProviderError {
-    match error {
-        ProviderError::NotFound { key, detail } => ProviderError::NotFound {
-            key: key.clone(),
-            detail: detail.clone(),
-        },
-        ProviderError::PermissionDenied { key, detail } => ProviderError::PermissionDenied {
-            key: key.clone(),
-            detail: detail.clone(),
-        },
-        ProviderError::InvalidConfig(message) => ProviderError::InvalidConfig(message.clone()),
-        ProviderError::Unavailable { detail, source } => ProviderError::Unavailable {
-            detail: match source {
-                Some(source) => format!("{detail}: {}", crate::error_chain(source.as_ref())),
-                None => detail.clone(),
-            },
-            source: None,
-        },
-    }
 }
 
 /// A missing remote value is tolerated (counted) when `deletionPolicy` is Delete or Merge;
