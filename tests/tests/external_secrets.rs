@@ -1200,3 +1200,131 @@ async fn shared_reads_cluster_store_conditions_and_policies() {
     agent.stop().await.unwrap();
     let _ = stores.delete(&css_name, &DeleteParams::default()).await;
 }
+
+/// A TCP forwarder to a real server that a test can take down and bring back.
+struct Outage {
+    addr: std::net::SocketAddr,
+    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    connections: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Outage {
+    async fn forward_to(target: String) -> Outage {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let connections: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>> =
+            std::sync::Arc::default();
+        let (flag, tasks) = (up.clone(), connections.clone());
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !flag.load(Ordering::SeqCst) {
+                    continue; // dropped: the client sees the connection closed
+                }
+                let target = target.clone();
+                let task = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                tasks.lock().unwrap().push(task);
+            }
+        });
+        Outage {
+            addr,
+            up,
+            connections,
+            accept,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn down(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        for task in self.connections.lock().unwrap().drain(..) {
+            task.abort();
+        }
+    }
+
+    fn up(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for Outage {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.down();
+    }
+}
+
+/// The store's server goes away: the Secret is kept, the status says Unavailable; when the
+/// server returns, the ExternalSecret recovers by itself.
+#[tokio::test]
+async fn server_outage_keeps_the_secret_reports_unavailable_and_recovers() {
+    let env = RealEnv::load().unwrap();
+    crds_installed(&env).await;
+    let ns = TestNamespace::create(&env, "es-outage").await.unwrap();
+    let vault = root_vault(&env);
+    let path = format!("mooring-e2e/{}/outage", ns.name());
+    let data = BTreeMap::from([("password", "outage-password")]);
+    vaultrs::kv2::set(&vault, "secret", &path, &data)
+        .await
+        .unwrap();
+    let target = env
+        .var("VAULT_ADDR")
+        .unwrap()
+        .trim_start_matches("http://")
+        .to_string();
+    let outage = Outage::forward_to(target).await;
+    create_secret(
+        &ns,
+        "bao-token",
+        &[("token", env.var("VAULT_TOKEN").unwrap())],
+    )
+    .await;
+    create_store(
+        &ns,
+        "store",
+        serde_json::json!({"vault": {
+            "server": outage.url(),
+            "path": "secret",
+            "auth": {"tokenSecretRef": {"name": "bao-token", "key": "token"}},
+        }}),
+    )
+    .await;
+    let agent = RunningAgent::start_with(agent_args(&env, ns.name()))
+        .await
+        .unwrap();
+    create_external_secret(
+        &ns,
+        "db",
+        serde_json::json!({"secretStoreRef": {"name": "store"}, "refreshInterval": "1s",
+            "data": [{"secretKey": "password", "remoteRef": {"key": path, "property": "password"}}]}),
+    )
+    .await;
+    ns.wait_for_secret("db", "password", b"outage-password")
+        .await
+        .unwrap();
+
+    outage.down();
+    let fetched = wait_for_condition(&ns, "db", "Fetched", "False", "Unavailable").await;
+    assert!(fetched.message.contains(&path), "{}", fetched.message);
+    wait_for_condition(&ns, "db", "Ready", "False", "SecretSyncedError").await;
+    let kept = ns.api::<Secret>().get("db").await.unwrap();
+    assert_eq!(
+        kept.data.unwrap()["password"].0,
+        b"outage-password",
+        "Secret kept as it was"
+    );
+
+    outage.up();
+    wait_for_condition(&ns, "db", "Ready", "True", "SecretSynced").await;
+    wait_for_condition(&ns, "db", "Fetched", "True", "Fetched").await;
+    agent.stop().await.unwrap();
+}
