@@ -60,8 +60,15 @@ pub async fn run(
         .graceful_shutdown_on(shutdown.clone())
         .run(reconcile_namespaced, error_policy, Arc::clone(&ctx))
         .for_each(|_| std::future::ready(()));
+    // A validation is one short request: on shutdown, stop at once rather than wait for kube's
+    // graceful shutdown, which also waits for the first list of every watch (never, while the
+    // API server is unreachable or the CRDs are not installed).
+    let stop = shutdown.clone();
     if namespace.is_some() {
-        namespaced.await;
+        tokio::select! {
+            () = namespaced => {},
+            () = stop => {},
+        }
         return;
     }
     let cluster = Controller::new(
@@ -71,7 +78,10 @@ pub async fn run(
     .graceful_shutdown_on(shutdown)
     .run(reconcile_cluster, error_policy, ctx)
     .for_each(|_| std::future::ready(()));
-    futures::join!(namespaced, cluster);
+    tokio::select! {
+        _ = futures::future::join(namespaced, cluster) => {},
+        () = stop => {},
+    }
 }
 
 fn error_policy<K>(_: Arc<K>, _: &Error, _: Arc<Context>) -> Action {
