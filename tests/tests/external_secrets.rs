@@ -532,8 +532,23 @@ async fn secret_bytes_never_reach_status_events_or_logs() {
     );
     wait_for_condition(&ns, "decode", "Ready", "False", "SecretSyncedError").await;
     wait_for_condition(&ns, "property", "Fetched", "False", "NotFound").await;
-    // Let a few refreshes and failure retries go by.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Let more refreshes and failure retries go by: wait for two more refreshes of "ok".
+    let refreshed = |es: ExternalSecret| es.status.and_then(|s| s.refresh_time);
+    let first = refreshed(ns.api::<ExternalSecret>().get("ok").await.unwrap());
+    for _ in 0..2 {
+        let before = refreshed(ns.api::<ExternalSecret>().get("ok").await.unwrap());
+        let api: Api<ExternalSecret> = ns.api();
+        wait_for("another refresh", Duration::from_secs(30), || {
+            let (api, before) = (api.clone(), before.clone());
+            async move { (refreshed(api.get("ok").await.ok()?) != before).then_some(()) }
+        })
+        .await
+        .unwrap();
+    }
+    assert_ne!(
+        first,
+        refreshed(ns.api::<ExternalSecret>().get("ok").await.unwrap())
+    );
 
     let _ = child.start_kill();
     let _ = child.wait().await;
@@ -841,6 +856,93 @@ async fn openbao_approle_auth_with_kv_v1() {
     assert_eq!(
         logins, 1.0,
         "one AppRole login for the store validation and every refresh"
+    );
+
+    // A token that expires after 6 s: the agent logs in again before it does (two thirds of
+    // the lease), and no read is ever refused.
+    bao(
+        &env,
+        reqwest::Method::POST,
+        &format!("auth/approle-{}/role/short", ns.name()),
+        Some(
+            serde_json::json!({"token_policies": [format!("e2e-{}", ns.name())],
+            "token_ttl": "6s", "token_max_ttl": "6s"}),
+        ),
+    )
+    .await;
+    let short_role = bao(
+        &env,
+        reqwest::Method::GET,
+        &format!("auth/approle-{}/role/short/role-id", ns.name()),
+        None,
+    )
+    .await["data"]["role_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let short_secret = bao(
+        &env,
+        reqwest::Method::POST,
+        &format!("auth/approle-{}/role/short/secret-id", ns.name()),
+        None,
+    )
+    .await["data"]["secret_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    create_secret(&ns, "short", &[("secret-id", &short_secret)]).await;
+    create_store(
+        &ns,
+        "short",
+        serde_json::json!({"vault": {
+            "server": env.var("VAULT_ADDR").unwrap(),
+            "path": format!("kv1-{}", ns.name()),
+            "version": "v1",
+            "auth": {"appRole": {"path": format!("approle-{}", ns.name()), "roleId": short_role,
+                                 "secretRef": {"name": "short", "key": "secret-id"}}},
+        }}),
+    )
+    .await;
+    create_external_secret(
+        &ns,
+        "short",
+        serde_json::json!({"secretStoreRef": {"name": "short"}, "refreshInterval": "1s",
+            "dataFrom": [{"extract": {"key": "db"}}]}),
+    )
+    .await;
+    ns.wait_for_secret("short", "password", b"approle-password")
+        .await
+        .unwrap();
+    let short_calls = |call: &str, outcome: &str| {
+        format!(
+            "mooring_externalsecret_provider_calls_total{{store=\"SecretStore {}/short\",call=\"{call}\",outcome=\"{outcome}\"}}",
+            ns.name()
+        )
+    };
+    wait_for(
+        "a second login before the first token expires",
+        Duration::from_secs(30),
+        || {
+            let (agent, metric) = (&agent, short_calls("login", "ok"));
+            async move { (agent.metric(&metric).await.ok()? >= 2.0).then_some(()) }
+        },
+    )
+    .await
+    .unwrap();
+    // Reads continue past the first token's end (6 s) without a refusal.
+    let reads_before = agent.metric(&short_calls("get", "ok")).await.unwrap();
+    wait_for("four more reads", Duration::from_secs(30), || {
+        let (agent, metric) = (&agent, short_calls("get", "ok"));
+        async move { (agent.metric(&metric).await.ok()? >= reads_before + 4.0).then_some(()) }
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        agent
+            .metric(&short_calls("get", "Forbidden"))
+            .await
+            .unwrap(),
+        0.0
     );
 
     // A wrong secret id: the store says ValidationFailed (a real round trip, not a config check).
