@@ -485,11 +485,8 @@ async fn vault_connection(
             )));
         }
     };
-    let mount = vault
-        .path
-        .clone()
-        .filter(|p| !p.is_empty())
-        .ok_or_else(|| invalid("spec.provider.vault.path (the KV mount) is required".into()))?;
+    // Without `path`, ESO takes the mount from each key's first segment; so does mooring.
+    let mount = vault.path.clone().unwrap_or_default();
     if vault.ca_bundle.is_some() || vault.ca_provider.is_some() {
         return Err(invalid(
             "spec.provider.vault.caBundle and caProvider are not supported yet".into(),

@@ -594,7 +594,7 @@ async fn drift_is_repaired_without_a_provider_call_and_unsupported_fields_are_na
     let ns = TestNamespace::create(&env, "es-drift").await.unwrap();
     let vault = root_vault(&env);
     let path = format!("mooring-e2e/{}/drift", ns.name());
-    let data = BTreeMap::from([("password", "drift-password")]);
+    let data = serde_json::json!({"password": "drift-password", "db": {"user": "nested-user"}});
     vaultrs::kv2::set(&vault, "secret", &path, &data)
         .await
         .unwrap();
@@ -652,6 +652,28 @@ async fn drift_is_repaired_without_a_provider_call_and_unsupported_fields_are_na
         reads,
         "no provider call for drift"
     );
+
+    // A store without `path` (the mount is the key's first segment, `data/` tolerated, as ESO)
+    // and a nested property.
+    create_store(
+        &ns,
+        "nopath",
+        serde_json::json!({"vault": {
+            "server": env.var("VAULT_ADDR").unwrap(),
+            "auth": {"tokenSecretRef": {"name": "bao-token", "key": "token"}},
+        }}),
+    )
+    .await;
+    create_external_secret(
+        &ns,
+        "nested",
+        serde_json::json!({"secretStoreRef": {"name": "nopath"},
+            "data": [{"secretKey": "user", "remoteRef": {"key": format!("secret/data/{path}"), "property": "db.user"}}]}),
+    )
+    .await;
+    ns.wait_for_secret("nested", "user", b"nested-user")
+        .await
+        .unwrap();
 
     create_external_secret(
         &ns,

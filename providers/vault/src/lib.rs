@@ -26,7 +26,7 @@ pub enum KvVersion {
 pub struct VaultConfig {
     /// The server URL (`https://vault.example:8200`).
     pub server: String,
-    /// The KV mount (ESO's `path`, for example `secret`).
+    /// The KV mount (ESO's `path`, for example `secret`); empty: the first segment of each key.
     pub mount: String,
     /// The KV engine version.
     pub version: KvVersion,
@@ -138,8 +138,8 @@ impl VaultProvider {
         &self,
         reference: &RemoteRef,
     ) -> Result<BTreeMap<String, serde_json::Value>, ProviderError> {
-        let mount = &self.config.mount;
-        let key = &reference.key;
+        let (mount, key) = mount_and_path(&self.config, &reference.key);
+        let (mount, key) = (&mount, &key);
         let result = match (self.config.version, &reference.version) {
             (KvVersion::V2, None) => vaultrs::kv2::read(&self.client, mount, key).await,
             (KvVersion::V2, Some(version)) => {
@@ -159,6 +159,30 @@ impl VaultProvider {
         };
         result.map_err(|error| classify(key, error))
     }
+}
+
+/// The mount and the path inside it for `key`, as ESO builds them: without a configured mount
+/// the key's first segment is the mount; a key that repeats the mount, or on KV v2 includes the
+/// `data/` segment, is accepted too.
+fn mount_and_path(config: &VaultConfig, key: &str) -> (String, String) {
+    let key = key.trim_start_matches('/');
+    let (mount, rest) = if config.mount.is_empty() {
+        match key.split_once('/') {
+            Some((mount, rest)) => (mount.to_string(), rest),
+            None => (String::new(), key),
+        }
+    } else {
+        let prefix = format!("{}/", config.mount);
+        (
+            config.mount.clone(),
+            key.strip_prefix(prefix.as_str()).unwrap_or(key),
+        )
+    };
+    let rest = match config.version {
+        KvVersion::V2 => rest.strip_prefix("data/").unwrap_or(rest),
+        KvVersion::V1 => rest,
+    };
+    (mount, rest.to_string())
 }
 
 /// Maps a vaultrs error to the provider contract's classes.
@@ -255,5 +279,39 @@ impl SecretProvider for VaultProvider {
                 },
                 other => classify("", other),
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(mount: &str, version: KvVersion) -> VaultConfig {
+        VaultConfig {
+            server: "http://vault".into(),
+            mount: mount.into(),
+            version,
+            namespace: None,
+        }
+    }
+
+    #[test]
+    fn paths_are_built_as_eso_builds_them() {
+        let v2 = config("secret", KvVersion::V2);
+        let split = |c: &VaultConfig, key: &str| mount_and_path(c, key);
+        assert_eq!(split(&v2, "db/prod"), ("secret".into(), "db/prod".into()));
+        assert_eq!(
+            split(&v2, "secret/db/prod"),
+            ("secret".into(), "db/prod".into())
+        );
+        assert_eq!(
+            split(&v2, "secret/data/db/prod"),
+            ("secret".into(), "db/prod".into())
+        );
+        let no_mount = config("", KvVersion::V2);
+        assert_eq!(split(&no_mount, "kv/data/app"), ("kv".into(), "app".into()));
+        assert_eq!(split(&no_mount, "kv/app"), ("kv".into(), "app".into()));
+        let v1 = config("kv1", KvVersion::V1);
+        assert_eq!(split(&v1, "data/x"), ("kv1".into(), "data/x".into()));
     }
 }
