@@ -274,6 +274,9 @@ pub enum Outcome {
     Missing,
     /// `deletionPolicy: Delete` and the remote data is gone: the Secret was deleted.
     Deleted,
+    /// The store belongs to another controller class (ESO running next to mooring): nothing
+    /// was done and nothing is reported.
+    OtherController,
 }
 
 impl Outcome {
@@ -286,6 +289,7 @@ impl Outcome {
             Outcome::Unchanged => "unchanged",
             Outcome::Missing => "missing",
             Outcome::Deleted => "deleted",
+            Outcome::OtherController => "other_controller",
         }
     }
 
@@ -402,6 +406,9 @@ async fn reconcile(es: Arc<ExternalSecret>, ctx: Arc<Context>) -> Result<Action,
 
 async fn reconcile_counted(es: &ExternalSecret, ctx: &Context) -> Result<Action, Error> {
     let result = sync(es, ctx).await;
+    if matches!(result, Ok(Outcome::OtherController)) {
+        return Ok(Action::await_change());
+    }
     record(es, ctx, &result).await;
     let status = write_status(es, ctx, &result).await;
     let uid = es.uid().unwrap_or_default();
@@ -683,6 +690,9 @@ async fn sync(es: &ExternalSecret, ctx: &Context) -> SyncResult {
     }
 
     let (store_id, spec) = resolve_store(es, ctx).await?;
+    if !is_handled_here(&spec) {
+        return Ok(Outcome::OtherController);
+    }
     let provider = provider_for(ctx, &store_id, &spec, &namespace).await?;
     let source = Source {
         provider: provider.as_ref(),
@@ -874,6 +884,14 @@ fn selector_matches(
         }
     });
     by_labels && by_expressions
+}
+
+/// Whether mooring handles stores of this controller class: no class, or `mooring` (ESO's
+/// `spec.controller`, so both can run side by side during a migration).
+pub fn is_handled_here(spec: &SecretStoreSpec) -> bool {
+    spec.controller
+        .as_deref()
+        .is_none_or(|class| class.is_empty() || class == "mooring")
 }
 
 /// The consuming namespace that keys the provider cache: set for referent ClusterSecretStores.
@@ -1364,7 +1382,10 @@ async fn record(es: &ExternalSecret, ctx: &Context, result: &SyncResult) {
                     "Deleted",
                     "secret deleted: every remote value is gone (deletionPolicy Delete)",
                 ),
-                Outcome::Refreshed | Outcome::Unchanged | Outcome::Missing => {
+                Outcome::Refreshed
+                | Outcome::Unchanged
+                | Outcome::Missing
+                | Outcome::OtherController => {
                     if previous.is_some_and(|c| c.status == ConditionStatus::True)
                         || previous.is_none()
                     {
@@ -1736,6 +1757,20 @@ mod tests {
         );
         let edited = secret_with(&[("password", "edited")], &[(DATA_HASH_ANNOTATION, hash)]);
         assert!(!matches_desired(&edited, &desired));
+    }
+
+    #[test]
+    fn stores_of_another_controller_class_are_left_alone() {
+        let with = |class: Option<&str>| {
+            let mut spec: SecretStoreSpec =
+                serde_json::from_value(serde_json::json!({"provider": {}})).unwrap();
+            spec.controller = class.map(str::to_string);
+            is_handled_here(&spec)
+        };
+        assert!(with(None));
+        assert!(with(Some("")));
+        assert!(with(Some("mooring")));
+        assert!(!with(Some("eso")));
     }
 
     #[test]

@@ -95,6 +95,10 @@ async fn reconcile_namespaced(store: Arc<SecretStore>, ctx: Arc<Context>) -> Res
         namespace: Some(namespace.clone()),
         name: store.name_any(),
     };
+    if !crate::controllers::external_secret::is_handled_here(&store.spec) {
+        // Another controller class (ESO side by side): its status is not ours to write.
+        return Ok(Action::await_change());
+    }
     let ready = validate(&ctx, &id, &store.spec, Some(&namespace)).await;
     let api: Api<SecretStore> = Api::namespaced(ctx.client.clone(), &namespace);
     let current = store.status.clone().unwrap_or_default();
@@ -122,6 +126,9 @@ async fn reconcile_cluster(
         name: store.name_any(),
     };
     let spec = store.spec.as_store_spec();
+    if !crate::controllers::external_secret::is_handled_here(&spec) {
+        return Ok(Action::await_change());
+    }
     let ready = if crate::providers::is_referent(&spec) {
         // Credentials resolve in each consuming namespace: nothing to validate here (ESO's
         // ValidationUnknown); each ExternalSecret reports its own outcome.
