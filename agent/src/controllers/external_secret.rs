@@ -565,18 +565,64 @@ fn synced_resource_version(es: &ExternalSecret) -> String {
     format!("{}-{hex}", es.metadata.generation.unwrap_or_default())
 }
 
-/// A per-object phase in [0, interval/10), at most 5 minutes: objects created together spread
-/// their refreshes instead of hitting the provider in lockstep (ESO's #4231).
-fn jitter(uid: &str, interval: Duration) -> Duration {
-    let window = (interval / 10).min(Duration::from_secs(300));
-    if window.is_zero() {
-        return Duration::ZERO;
+/// Where in each refresh interval an ExternalSecret refreshes: a phase in [0, interval) from the
+/// store and the keys it reads. ExternalSecrets reading the same keys of the same store refresh
+/// together, so their reads are shared; different keys spread over the interval, so nothing
+/// refreshes in lockstep after a restart or a bulk create (ESO's #4231).
+fn refresh_phase(es: &ExternalSecret, interval: Duration) -> Duration {
+    let mut identity: Vec<String> = Vec::new();
+    if let Some(store) = &es.spec.secret_store_ref {
+        let kind = store.kind.clone().unwrap_or_else(|| "SecretStore".into());
+        if kind != "ClusterSecretStore" {
+            identity.push(es.namespace().unwrap_or_default());
+        }
+        identity.push(kind);
+        identity.push(store.name.clone());
     }
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, uid.as_bytes());
+    let mut keys: Vec<String> = es
+        .spec
+        .data
+        .iter()
+        .flatten()
+        .map(|d| &d.remote_ref)
+        .chain(
+            es.spec
+                .data_from
+                .iter()
+                .flatten()
+                .filter_map(|f| f.extract.as_ref()),
+        )
+        .map(|r| format!("{}@{}", r.key, r.version.as_deref().unwrap_or_default()))
+        .collect();
+    keys.sort();
+    keys.dedup();
+    identity.extend(keys);
+    let digest =
+        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, identity.join("\n").as_bytes());
     let mut first = [0u8; 8];
     first.copy_from_slice(&digest.as_ref()[..8]);
     let fraction = u64::from_be_bytes(first) as f64 / u64::MAX as f64;
-    window.mul_f64(fraction)
+    interval.mul_f64(fraction.min(0.999_999))
+}
+
+/// The next refresh after one at `last`: the first time, at least half an interval later, whose
+/// wall-clock position in the interval is `phase`. The first period is between half and one and
+/// a half intervals; every later one is exactly the interval.
+fn scheduled_refresh(
+    last: jiff::Timestamp,
+    interval: Duration,
+    phase: Duration,
+) -> jiff::Timestamp {
+    let interval_ns = i128::try_from(interval.as_nanos())
+        .unwrap_or(i128::MAX)
+        .max(1);
+    let phase_ns = i128::try_from(phase.as_nanos()).unwrap_or(0);
+    let earliest = last.as_nanosecond() + interval_ns / 2;
+    let mut slot = (earliest - phase_ns).div_euclid(interval_ns) * interval_ns + phase_ns;
+    if slot < earliest {
+        slot += interval_ns;
+    }
+    jiff::Timestamp::from_nanosecond(slot).unwrap_or(last)
 }
 
 /// When to look again after a successful sync.
@@ -590,22 +636,25 @@ fn next_refresh(es: &ExternalSecret, outcome: Outcome) -> Action {
     if outcome == Outcome::Missing {
         return Action::requeue(policies.interval);
     }
-    let elapsed = if outcome.fetched() {
-        Duration::ZERO
+    let now = jiff::Timestamp::now();
+    let last = if outcome.fetched() {
+        now
     } else {
-        since_refresh(es).unwrap_or_default()
+        last_refresh(es).unwrap_or(now)
     };
-    let uid = es.uid().unwrap_or_default();
-    let remaining = policies.interval.saturating_sub(elapsed);
-    Action::requeue(remaining + jitter(&uid, policies.interval))
+    let due = scheduled_refresh(
+        last,
+        policies.interval,
+        refresh_phase(es, policies.interval),
+    );
+    let wait = Duration::try_from(due.duration_since(now)).unwrap_or_default();
+    // A few milliseconds late rather than early: an early wake-up would find nothing due.
+    Action::requeue(wait + Duration::from_millis(5))
 }
 
-/// Time since `status.refreshTime`, when there is one.
-fn since_refresh(es: &ExternalSecret) -> Option<Duration> {
-    let text = es.status.as_ref()?.refresh_time.as_deref()?;
-    let then: jiff::Timestamp = text.parse().ok()?;
-    let elapsed = jiff::Timestamp::now().duration_since(then);
-    Duration::try_from(elapsed).ok()
+/// `status.refreshTime`, when there is one.
+fn last_refresh(es: &ExternalSecret) -> Option<jiff::Timestamp> {
+    es.status.as_ref()?.refresh_time.as_deref()?.parse().ok()
 }
 
 /// Whether the provider must be read now (reference §4.3, with `CreatedOnce` final).
@@ -620,7 +669,10 @@ fn refresh_due(es: &ExternalSecret, policies: &Policies, synced_version: &str) -
             never_synced
                 || spec_changed
                 || (!policies.interval.is_zero()
-                    && since_refresh(es).is_none_or(|elapsed| elapsed >= policies.interval))
+                    && last_refresh(es).is_none_or(|last| {
+                        let phase = refresh_phase(es, policies.interval);
+                        jiff::Timestamp::now() >= scheduled_refresh(last, policies.interval, phase)
+                    }))
         }
     }
 }
@@ -1649,15 +1701,26 @@ mod tests {
     }
 
     #[test]
-    fn jitter_is_stable_per_object_and_bounded() {
-        let hour = Duration::from_secs(3600);
-        assert_eq!(jitter("a", hour), jitter("a", hour));
-        assert_ne!(jitter("a", hour), jitter("b", hour));
-        for uid in ["a", "b", "c", "d"] {
-            assert!(jitter(uid, hour) < Duration::from_secs(300));
-            assert!(jitter(uid, Duration::from_secs(10)) < Duration::from_secs(1));
-        }
-        assert_eq!(jitter("a", Duration::ZERO), Duration::ZERO);
+    fn refreshes_share_a_phase_per_store_and_keys_and_keep_the_interval() {
+        let minute = Duration::from_secs(60);
+        let spec = |key: &str| {
+            serde_json::json!({"secretStoreRef": {"name": "vault"},
+                "data": [{"secretKey": "p", "remoteRef": {"key": key}}]})
+        };
+        let (mut a, b, other) = (es(spec("db")), es(spec("db")), es(spec("cache")));
+        a.metadata.uid = Some("another-uid".into());
+        assert_eq!(refresh_phase(&a, minute), refresh_phase(&b, minute));
+        assert_ne!(refresh_phase(&a, minute), refresh_phase(&other, minute));
+        let last: jiff::Timestamp = "2026-11-28T12:00:00Z".parse().unwrap();
+        let phase = refresh_phase(&a, minute);
+        let first = scheduled_refresh(last, minute, phase);
+        let after = Duration::try_from(first.duration_since(last)).unwrap();
+        assert!(after >= minute / 2 && after < minute * 3 / 2, "{after:?}");
+        let second = scheduled_refresh(first, minute, phase);
+        assert_eq!(
+            Duration::try_from(second.duration_since(first)).unwrap(),
+            minute
+        );
     }
 
     #[test]
