@@ -252,6 +252,33 @@ async fn create_update_delete(
         .unwrap();
     assert!(reads >= 2.0, "{store_label}: {reads} reads");
 
+    // Events only on change: one Created, one Updated (the remote change), one UpdateFailed
+    // (the key gone), however many refreshes and retries happened (a repeat would show as a
+    // series on the Event).
+    let events = ns
+        .api::<Event>()
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items;
+    let about_db: Vec<&Event> = events
+        .iter()
+        .filter(|e| e.involved_object.kind.as_deref() == Some("ExternalSecret"))
+        .filter(|e| e.involved_object.name.as_deref() == Some("db"))
+        .collect();
+    for reason in ["Created", "Updated", "UpdateFailed"] {
+        let matching: Vec<&&Event> = about_db
+            .iter()
+            .filter(|e| e.reason.as_deref() == Some(reason))
+            .collect();
+        assert_eq!(matching.len(), 1, "{store_label}: one {reason} event");
+        assert!(
+            matching[0].series.is_none() && matching[0].count.unwrap_or(1) == 1,
+            "{store_label}: {reason} published once: {:?}",
+            matching[0]
+        );
+    }
+
     // Nothing secret in the status or the events.
     let status =
         serde_json::to_string(&ns.api::<ExternalSecret>().get("db").await.unwrap().status).unwrap();

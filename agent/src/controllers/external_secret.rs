@@ -1698,6 +1698,25 @@ mod tests {
         assert!(refresh_due(&periodic, &p, &version), "spec changed");
         periodic.status.as_mut().unwrap().synced_resource_version = Some(version.clone());
         assert!(!refresh_due(&periodic, &p, &version), "fresh and unchanged");
+        let mut on_change = periodic.clone();
+        on_change.spec.refresh_policy = Some("OnChange".into());
+        on_change.status.as_mut().unwrap().refresh_time = Some("2020-01-01T00:00:00Z".into());
+        let p = policies(&on_change.spec).unwrap();
+        assert!(
+            !refresh_due(&on_change, &p, &version),
+            "OnChange ignores time"
+        );
+        assert!(
+            refresh_due(&on_change, &p, "2-other"),
+            "OnChange follows the spec"
+        );
+        let mut stale = periodic.clone();
+        stale.status.as_mut().unwrap().refresh_time = Some("2020-01-01T00:00:00Z".into());
+        let p = policies(&stale.spec).unwrap();
+        assert!(
+            refresh_due(&stale, &p, &version),
+            "Periodic after the interval"
+        );
     }
 
     #[test]
