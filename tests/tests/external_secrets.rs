@@ -1479,3 +1479,67 @@ async fn server_outage_keeps_the_secret_reports_unavailable_and_recovers() {
     wait_for_condition(&ns, "db", "Fetched", "True", "Fetched").await;
     agent.stop().await.unwrap();
 }
+
+/// `target.immutable`: the Secret is created immutable; a later remote change is reported and
+/// the Secret is left as it is.
+#[tokio::test]
+async fn an_immutable_target_is_never_rewritten() {
+    let env = RealEnv::load().unwrap();
+    crds_installed(&env).await;
+    let ns = TestNamespace::create(&env, "es-immutable").await.unwrap();
+    let vault = root_vault(&env);
+    let path = format!("mooring-e2e/{}/immutable", ns.name());
+    vaultrs::kv2::set(
+        &vault,
+        "secret",
+        &path,
+        &BTreeMap::from([("password", "v1")]),
+    )
+    .await
+    .unwrap();
+    create_secret(
+        &ns,
+        "bao-token",
+        &[("token", env.var("VAULT_TOKEN").unwrap())],
+    )
+    .await;
+    create_store(
+        &ns,
+        "store",
+        serde_json::json!({"vault": {
+            "server": env.var("VAULT_ADDR").unwrap(),
+            "path": "secret",
+            "auth": {"tokenSecretRef": {"name": "bao-token", "key": "token"}},
+        }}),
+    )
+    .await;
+    let agent = RunningAgent::start_with(agent_args(&env, ns.name()))
+        .await
+        .unwrap();
+    create_external_secret(
+        &ns,
+        "frozen",
+        serde_json::json!({"secretStoreRef": {"name": "store"}, "refreshInterval": "1s",
+            "target": {"immutable": true},
+            "data": [{"secretKey": "password", "remoteRef": {"key": path, "property": "password"}}]}),
+    )
+    .await;
+    let secret = ns
+        .wait_for_secret("frozen", "password", b"v1")
+        .await
+        .unwrap();
+    assert_eq!(secret.immutable, Some(true));
+    vaultrs::kv2::set(
+        &vault,
+        "secret",
+        &path,
+        &BTreeMap::from([("password", "v2")]),
+    )
+    .await
+    .unwrap();
+    let failed = wait_for_condition(&ns, "frozen", "Ready", "False", "SecretSyncedError").await;
+    assert!(failed.message.contains("immutable"), "{}", failed.message);
+    let kept = ns.api::<Secret>().get("frozen").await.unwrap();
+    assert_eq!(kept.data.unwrap()["password"].0, b"v1");
+    agent.stop().await.unwrap();
+}
