@@ -117,6 +117,19 @@ pub struct RunArgs {
     /// How often each SealedSecret is checked again even without a change (Go duration).
     #[arg(long, default_value = "5m", value_parser = go_duration, env = "MOORING_RESYNC_PERIOD")]
     pub resync_period: Duration,
+    /// An endpoint for every AWS store (VPC endpoints, tests against moto or LocalStack).
+    #[arg(long, env = "MOORING_AWS_ENDPOINT_URL")]
+    pub aws_endpoint_url: Option<String>,
+    /// How long one provider read is shared by every ExternalSecret asking for the same
+    /// (store, key, version); never longer than an ExternalSecret's own refreshInterval.
+    #[arg(long, default_value = "10s", value_parser = go_duration, env = "MOORING_PROVIDER_READ_WINDOW")]
+    pub provider_read_window: Duration,
+    /// Provider reads per second per store (0: no limit).
+    #[arg(long, default_value_t = 10.0, env = "MOORING_PROVIDER_QPS")]
+    pub provider_qps: f64,
+    /// Burst size of that limit.
+    #[arg(long, default_value_t = 20, env = "MOORING_PROVIDER_BURST")]
+    pub provider_burst: u32,
     /// Which controllers run, comma-separated.
     #[arg(
         long,

@@ -6,6 +6,7 @@
 pub mod apply;
 pub mod cli;
 pub mod cluster;
+pub mod coalesce;
 pub mod controllers;
 pub mod demo;
 pub mod duration;
@@ -16,6 +17,7 @@ pub mod install;
 pub mod keys;
 pub mod leader;
 pub mod metrics;
+pub mod providers;
 pub mod render;
 pub mod source;
 pub mod telemetry;
@@ -290,6 +292,41 @@ impl Agent {
             ));
             controllers.push(Box::pin(controllers::application::run(
                 context,
+                self.args.watch_namespace.clone(),
+                stop_signal(),
+            )));
+        }
+        if self.args.runs(ControllerKind::ExternalSecrets) {
+            // One provider cache for both controllers: validating a store and reading from it share
+            // one login.
+            let provider_cache = Arc::new(providers::ProviderCache::default());
+            let provider_settings = providers::ProviderSettings {
+                aws_endpoint_url: self.args.aws_endpoint_url.clone(),
+            };
+            controllers.push(Box::pin(controllers::secret_store::run(
+                Arc::new(controllers::secret_store::Context {
+                    client: self.client.clone(),
+                    providers: Arc::clone(&provider_cache),
+                    settings: provider_settings.clone(),
+                    metrics: metrics.external_secrets.clone(),
+                }),
+                self.args.watch_namespace.clone(),
+                stop_signal(),
+            )));
+            let external_secrets = Arc::new(controllers::external_secret::Context::new(
+                self.client.clone(),
+                provider_cache,
+                provider_settings,
+                Arc::new(coalesce::SharedReads::new(
+                    self.args.provider_read_window,
+                    self.args.provider_qps,
+                    self.args.provider_burst,
+                )),
+                metrics.external_secrets.clone(),
+                events.clone(),
+            ));
+            controllers.push(Box::pin(controllers::external_secret::run(
+                external_secrets,
                 self.args.watch_namespace.clone(),
                 stop_signal(),
             )));

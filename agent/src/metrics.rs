@@ -38,6 +38,40 @@ pub struct SealedSecretMetrics {
     pub newest_key_age_seconds: Gauge,
 }
 
+/// An `outcome` label (`created`, `updated`, `unchanged`…).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// What a sync did.
+    pub outcome: String,
+}
+
+/// A provider call: which store, which call (`login`, `get`), and its outcome (`ok` or the
+/// provider's reason). Stores are few, so naming them is cheap.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StoreCallLabels {
+    /// `SecretStore <namespace>/<name>` or `ClusterSecretStore <name>`.
+    pub store: String,
+    /// `login` or `get`.
+    pub call: String,
+    /// `ok`, `NotFound`, `Forbidden`, `Unavailable`, `InvalidConfig`…
+    pub outcome: String,
+}
+
+/// The ExternalSecret and SecretStore controllers' metrics.
+#[derive(Clone, Debug, Default)]
+pub struct ExternalSecretMetrics {
+    /// Successful syncs by outcome.
+    pub syncs: Family<OutcomeLabels, Counter>,
+    /// Failed syncs by reason.
+    pub errors: Family<ReasonLabels, Counter>,
+    /// Calls to providers by store, call and outcome.
+    pub provider_calls: Family<StoreCallLabels, Counter>,
+    /// ExternalSecrets by `Ready` status, as last reconciled.
+    pub conditions: Family<StatusLabels, Gauge>,
+    /// Time spent reconciling, in seconds.
+    pub reconcile_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
+}
+
 /// Every metric of the agent, and the registry that exposes them.
 #[derive(Debug)]
 pub struct Metrics {
@@ -45,6 +79,8 @@ pub struct Metrics {
     pub registry: Registry,
     /// SealedSecret metrics.
     pub sealed_secrets: SealedSecretMetrics,
+    /// ExternalSecret metrics.
+    pub external_secrets: ExternalSecretMetrics,
 }
 
 impl Default for Metrics {
@@ -78,9 +114,37 @@ impl Default for Metrics {
             "Age of the newest sealing key",
             s.newest_key_age_seconds.clone(),
         );
+        let external_secrets = ExternalSecretMetrics::default();
+        let e = &external_secrets;
+        registry.register(
+            "externalsecret_syncs",
+            "ExternalSecret syncs by outcome",
+            e.syncs.clone(),
+        );
+        registry.register(
+            "externalsecret_errors",
+            "ExternalSecret sync errors by reason",
+            e.errors.clone(),
+        );
+        registry.register(
+            "externalsecret_provider_calls",
+            "Provider calls by store, call and outcome",
+            e.provider_calls.clone(),
+        );
+        registry.register(
+            "externalsecret_condition",
+            "ExternalSecrets by Ready status",
+            e.conditions.clone(),
+        );
+        registry.register(
+            "externalsecret_reconcile_seconds",
+            "Time spent reconciling ExternalSecrets",
+            e.reconcile_seconds.clone(),
+        );
         Metrics {
             registry,
             sealed_secrets,
+            external_secrets,
         }
     }
 }

@@ -5,13 +5,17 @@
 
 pub mod application;
 pub mod conditions;
+pub mod external_secret;
 pub mod sealed_secret;
+pub mod secret_store;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
 pub use application::Application;
+pub use external_secret::ExternalSecret;
 pub use sealed_secret::SealedSecret;
+pub use secret_store::{ClusterSecretStore, SecretStore};
 
 /// A CRD manifest as written to `crds/manifests/`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -38,7 +42,13 @@ pub enum Error {
 
 /// Every CRD this project defines, in the order they are listed in the kustomization.
 pub fn definitions() -> Vec<CustomResourceDefinition> {
-    vec![Application::crd(), SealedSecret::crd()]
+    vec![
+        Application::crd(),
+        SealedSecret::crd(),
+        ExternalSecret::crd(),
+        SecretStore::crd(),
+        ClusterSecretStore::crd(),
+    ]
 }
 
 /// The files of `crds/manifests/`: one YAML per CRD plus a `kustomization.yaml` listing them.

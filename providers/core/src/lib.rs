@@ -169,12 +169,36 @@ pub fn select_property(
     };
     let document = Zeroizing::new(document);
     let mut properties = json_properties(&reference.key, &document)?;
-    properties
-        .remove(property)
-        .ok_or_else(|| ProviderError::NotFound {
-            key: reference.key.clone(),
-            detail: format!("property {property:?} is not in the secret"),
-        })
+    if let Some(value) = properties.remove(property) {
+        return Ok(value);
+    }
+    // Not a top-level field: a dotted path into nested objects (`db.password`, `hosts.0`), as
+    // ESO's gjson lookup resolves it.
+    nested_property(&document, property).ok_or_else(|| ProviderError::NotFound {
+        key: reference.key.clone(),
+        detail: format!("property {property:?} is not in the secret"),
+    })
+}
+
+/// Walks `path` (dot-separated object fields or array indexes) through a JSON document.
+fn nested_property(document: &[u8], path: &str) -> Option<SecretValue> {
+    if !path.contains('.') {
+        return None;
+    }
+    let parsed: serde_json::Value = serde_json::from_slice(document).ok()?;
+    let mut current = &parsed;
+    for segment in path.split('.') {
+        current = match current {
+            serde_json::Value::Object(map) => map.get(segment)?,
+            serde_json::Value::Array(items) => items.get(segment.parse::<usize>().ok()?)?,
+            _ => return None,
+        };
+    }
+    let bytes = match current {
+        serde_json::Value::String(s) => s.clone().into_bytes(),
+        other => other.to_string().into_bytes(),
+    };
+    Some(SecretValue::new(bytes))
 }
 
 #[cfg(test)]
@@ -216,7 +240,14 @@ mod tests {
         let map = json_properties("db", &doc).unwrap();
         assert_eq!(map["port"].expose(), b"5432");
         assert_eq!(map["tls"].expose(), br#"{"on":true}"#);
-        let missing = select_property(&RemoteRef::key("db").with_property("password"), doc);
+        let nested = select_property(&RemoteRef::key("db").with_property("tls.on"), doc.clone());
+        assert_eq!(nested.unwrap().expose(), b"true");
+        let listed = br#"{"hosts":["a","b"]}"#.to_vec();
+        let second = select_property(&RemoteRef::key("db").with_property("hosts.1"), listed);
+        assert_eq!(second.unwrap().expose(), b"b");
+        let missing = select_property(&RemoteRef::key("db").with_property("password"), doc.clone());
+        assert_eq!(missing.unwrap_err().reason(), "NotFound");
+        let missing = select_property(&RemoteRef::key("db").with_property("tls.off"), doc);
         assert_eq!(missing.unwrap_err().reason(), "NotFound");
     }
 

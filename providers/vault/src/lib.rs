@@ -1,10 +1,11 @@
 //! Vault and OpenBao KV secrets (v1 and v2), through vaultrs.
 //!
-//! One [`VaultProvider`] holds one authenticated client for a store and reuses it for every read.
-//! This first version authenticates with a token; AppRole and Kubernetes auth arrive with the
-//! ExternalSecrets work.
+//! One [`VaultProvider`] holds one authenticated client for a store and reuses it for every read:
+//! it logs in once (token, AppRole or Kubernetes auth) and the agent keeps it until shortly
+//! before the token's lease ends, so there is no login per reconcile (ESO's #376).
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use mooring_provider::{ProviderError, RemoteRef, SecretProvider, SecretValue, json_properties};
 use vaultrs::client::{VaultClient, VaultClientSettingsBuilder};
@@ -25,7 +26,7 @@ pub enum KvVersion {
 pub struct VaultConfig {
     /// The server URL (`https://vault.example:8200`).
     pub server: String,
-    /// The KV mount (ESO's `path`, for example `secret`).
+    /// The KV mount (ESO's `path`, for example `secret`); empty: the first segment of each key.
     pub mount: String,
     /// The KV engine version.
     pub version: KvVersion,
@@ -33,13 +34,85 @@ pub struct VaultConfig {
     pub namespace: Option<String>,
 }
 
+/// How to log in. Credentials are held only until the login is done.
+#[derive(Clone)]
+pub enum VaultAuth {
+    /// A static token.
+    Token(String),
+    /// AppRole: `auth/<mount>/login` with a role id and a secret id.
+    AppRole {
+        /// The auth mount (`approle`).
+        mount: String,
+        /// The role id.
+        role_id: String,
+        /// The secret id.
+        secret_id: String,
+    },
+    /// Kubernetes: `auth/<mount>/login` with a ServiceAccount token (JWT).
+    Kubernetes {
+        /// The auth mount (`kubernetes`).
+        mount: String,
+        /// The Vault role.
+        role: String,
+        /// The ServiceAccount token.
+        jwt: String,
+    },
+}
+
+impl std::fmt::Debug for VaultAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            VaultAuth::Token(_) => f.write_str("Token(<redacted>)"),
+            VaultAuth::AppRole { mount, .. } => write!(f, "AppRole {{ mount: {mount:?} }}"),
+            VaultAuth::Kubernetes { mount, role, .. } => {
+                write!(f, "Kubernetes {{ mount: {mount:?}, role: {role:?} }}")
+            }
+        }
+    }
+}
+
 /// A Vault or OpenBao store.
 pub struct VaultProvider {
     client: VaultClient,
     config: VaultConfig,
+    lease: Option<Duration>,
 }
 
 impl VaultProvider {
+    /// Logs in with `auth` and returns a provider holding the resulting token.
+    pub async fn login(config: VaultConfig, auth: &VaultAuth) -> Result<Self, ProviderError> {
+        let (mount, info) = match auth {
+            VaultAuth::Token(token) => return Self::with_token(config, token),
+            VaultAuth::AppRole {
+                mount,
+                role_id,
+                secret_id,
+            } => {
+                let anonymous = Self::with_token(config.clone(), "")?;
+                let info =
+                    vaultrs::auth::approle::login(&anonymous.client, mount, role_id, secret_id)
+                        .await;
+                (mount, info)
+            }
+            VaultAuth::Kubernetes { mount, role, jwt } => {
+                let anonymous = Self::with_token(config.clone(), "")?;
+                let info =
+                    vaultrs::auth::kubernetes::login(&anonymous.client, mount, role, jwt).await;
+                (mount, info)
+            }
+        };
+        let info = info.map_err(|error| classify_login(mount, error))?;
+        let mut provider = Self::with_token(config, &info.client_token)?;
+        provider.lease =
+            (info.lease_duration > 0).then(|| Duration::from_secs(info.lease_duration));
+        Ok(provider)
+    }
+
+    /// How long the login's token lives, if it expires (static tokens: `None`).
+    pub fn lease(&self) -> Option<Duration> {
+        self.lease
+    }
+
     /// A provider that authenticates with `token`.
     pub fn with_token(config: VaultConfig, token: &str) -> Result<Self, ProviderError> {
         let mut settings = VaultClientSettingsBuilder::default();
@@ -53,7 +126,11 @@ impl VaultProvider {
         let client = VaultClient::new(settings).map_err(|e| {
             ProviderError::InvalidConfig(format!("vault server {:?}: {e}", config.server))
         })?;
-        Ok(VaultProvider { client, config })
+        Ok(VaultProvider {
+            client,
+            config,
+            lease: None,
+        })
     }
 
     /// Reads the secret at `reference.key` as its map of fields.
@@ -61,8 +138,8 @@ impl VaultProvider {
         &self,
         reference: &RemoteRef,
     ) -> Result<BTreeMap<String, serde_json::Value>, ProviderError> {
-        let mount = &self.config.mount;
-        let key = &reference.key;
+        let (mount, key) = mount_and_path(&self.config, &reference.key);
+        let (mount, key) = (&mount, &key);
         let result = match (self.config.version, &reference.version) {
             (KvVersion::V2, None) => vaultrs::kv2::read(&self.client, mount, key).await,
             (KvVersion::V2, Some(version)) => {
@@ -84,6 +161,30 @@ impl VaultProvider {
     }
 }
 
+/// The mount and the path inside it for `key`, as ESO builds them: without a configured mount
+/// the key's first segment is the mount; a key that repeats the mount, or on KV v2 includes the
+/// `data/` segment, is accepted too.
+fn mount_and_path(config: &VaultConfig, key: &str) -> (String, String) {
+    let key = key.trim_start_matches('/');
+    let (mount, rest) = if config.mount.is_empty() {
+        match key.split_once('/') {
+            Some((mount, rest)) => (mount.to_string(), rest),
+            None => (String::new(), key),
+        }
+    } else {
+        let prefix = format!("{}/", config.mount);
+        (
+            config.mount.clone(),
+            key.strip_prefix(prefix.as_str()).unwrap_or(key),
+        )
+    };
+    let rest = match config.version {
+        KvVersion::V2 => rest.strip_prefix("data/").unwrap_or(rest),
+        KvVersion::V1 => rest,
+    };
+    (mount, rest.to_string())
+}
+
 /// Maps a vaultrs error to the provider contract's classes.
 fn classify(key: &str, error: ClientError) -> ProviderError {
     match error {
@@ -100,6 +201,25 @@ fn classify(key: &str, error: ClientError) -> ProviderError {
         }
         other => ProviderError::Unavailable {
             detail: format!("failed to read {key:?} from vault"),
+            source: Some(Box::new(other)),
+        },
+    }
+}
+
+/// Maps a failed login: 400/403 from an auth mount mean the credentials were refused.
+fn classify_login(mount: &str, error: ClientError) -> ProviderError {
+    match error {
+        ClientError::APIError { code, .. } if (400..500).contains(&code) && code != 404 => {
+            ProviderError::PermissionDenied {
+                key: String::new(),
+                detail: format!("vault refused the login at auth/{mount} ({code})"),
+            }
+        }
+        ClientError::APIError { code: 404, .. } => {
+            ProviderError::InvalidConfig(format!("vault has no auth method mounted at {mount:?}"))
+        }
+        other => ProviderError::Unavailable {
+            detail: format!("failed to log in to vault at auth/{mount}"),
             source: Some(Box::new(other)),
         },
     }
@@ -159,5 +279,39 @@ impl SecretProvider for VaultProvider {
                 },
                 other => classify("", other),
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(mount: &str, version: KvVersion) -> VaultConfig {
+        VaultConfig {
+            server: "http://vault".into(),
+            mount: mount.into(),
+            version,
+            namespace: None,
+        }
+    }
+
+    #[test]
+    fn paths_are_built_as_eso_builds_them() {
+        let v2 = config("secret", KvVersion::V2);
+        let split = |c: &VaultConfig, key: &str| mount_and_path(c, key);
+        assert_eq!(split(&v2, "db/prod"), ("secret".into(), "db/prod".into()));
+        assert_eq!(
+            split(&v2, "secret/db/prod"),
+            ("secret".into(), "db/prod".into())
+        );
+        assert_eq!(
+            split(&v2, "secret/data/db/prod"),
+            ("secret".into(), "db/prod".into())
+        );
+        let no_mount = config("", KvVersion::V2);
+        assert_eq!(split(&no_mount, "kv/data/app"), ("kv".into(), "app".into()));
+        assert_eq!(split(&no_mount, "kv/app"), ("kv".into(), "app".into()));
+        let v1 = config("kv1", KvVersion::V1);
+        assert_eq!(split(&v1, "data/x"), ("kv1".into(), "data/x".into()));
     }
 }

@@ -1,0 +1,278 @@
+//! The SecretStore and ClusterSecretStore controller: a store is `Ready` only after a real
+//! authenticated round trip to its provider (ESO's `Validate`), through the same provider cache
+//! the ExternalSecret controller uses, so validating costs no extra login.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::watcher;
+use kube::{Api, ResourceExt};
+use mooring_crds::conditions::{Condition, ConditionStatus};
+use mooring_crds::external_secret::reasons::READY;
+use mooring_crds::secret_store::{
+    ClusterSecretStore, SecretStore, SecretStoreSpec, SecretStoreStatus, reasons, unknown_fields,
+};
+
+use crate::providers::{ProviderCache, ProviderSettings, StoreId, StoreKind};
+
+/// What the controller needs.
+pub struct Context {
+    /// The API client.
+    pub client: kube::Client,
+    /// Connected providers, shared with the ExternalSecret controller.
+    pub providers: Arc<ProviderCache>,
+    /// Agent-wide provider settings.
+    pub settings: ProviderSettings,
+    /// Provider call counters (shared with the ExternalSecret controller).
+    pub metrics: crate::metrics::ExternalSecretMetrics,
+}
+
+/// Why a store's status could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The status patch failed.
+    #[error("failed to update the status of {store}")]
+    Status {
+        /// The store.
+        store: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
+}
+
+/// Runs the controllers until `shutdown`. With `namespace`, only SecretStores of that namespace
+/// are validated (ClusterSecretStores are left to an agent that watches every namespace).
+pub async fn run(
+    ctx: Arc<Context>,
+    namespace: Option<String>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let shutdown = futures::FutureExt::shared(shutdown);
+    let stores: Api<SecretStore> = match &namespace {
+        Some(ns) => Api::namespaced(ctx.client.clone(), ns),
+        None => Api::all(ctx.client.clone()),
+    };
+    let namespaced = Controller::new(stores, watcher::Config::default())
+        .graceful_shutdown_on(shutdown.clone())
+        .run(reconcile_namespaced, error_policy, Arc::clone(&ctx))
+        .for_each(|_| std::future::ready(()));
+    // A validation is one short request: on shutdown, stop at once rather than wait for kube's
+    // graceful shutdown, which also waits for the first list of every watch (never, while the
+    // API server is unreachable or the CRDs are not installed).
+    let stop = shutdown.clone();
+    if namespace.is_some() {
+        tokio::select! {
+            () = namespaced => {},
+            () = stop => {},
+        }
+        return;
+    }
+    let cluster = Controller::new(
+        Api::<ClusterSecretStore>::all(ctx.client.clone()),
+        watcher::Config::default(),
+    )
+    .graceful_shutdown_on(shutdown)
+    .run(reconcile_cluster, error_policy, ctx)
+    .for_each(|_| std::future::ready(()));
+    tokio::select! {
+        _ = futures::future::join(namespaced, cluster) => {},
+        () = stop => {},
+    }
+}
+
+fn error_policy<K>(_: Arc<K>, _: &Error, _: Arc<Context>) -> Action {
+    Action::requeue(Duration::from_secs(30))
+}
+
+async fn reconcile_namespaced(store: Arc<SecretStore>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let namespace = store.namespace().unwrap_or_default();
+    let id = StoreId {
+        kind: StoreKind::SecretStore,
+        namespace: Some(namespace.clone()),
+        name: store.name_any(),
+    };
+    if !crate::controllers::external_secret::is_handled_here(&store.spec) {
+        // Another controller class (ESO side by side): its status is not ours to write.
+        return Ok(Action::await_change());
+    }
+    let ready = validate(&ctx, &id, &store.spec, Some(&namespace)).await;
+    let api: Api<SecretStore> = Api::namespaced(ctx.client.clone(), &namespace);
+    let current = store.status.clone().unwrap_or_default();
+    write_status(
+        &api,
+        &id,
+        &store.name_any(),
+        &current,
+        ready,
+        store.metadata.generation,
+    )
+    .await?;
+    Ok(Action::requeue(crate::providers::store_refresh_interval(
+        &store.spec,
+    )))
+}
+
+async fn reconcile_cluster(
+    store: Arc<ClusterSecretStore>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    let id = StoreId {
+        kind: StoreKind::ClusterSecretStore,
+        namespace: None,
+        name: store.name_any(),
+    };
+    let spec = store.spec.as_store_spec();
+    if !crate::controllers::external_secret::is_handled_here(&spec) {
+        return Ok(Action::await_change());
+    }
+    let ready = if crate::providers::is_referent(&spec) {
+        // Credentials resolve in each consuming namespace: nothing to validate here (ESO's
+        // ValidationUnknown); each ExternalSecret reports its own outcome.
+        condition(
+            ConditionStatus::True,
+            "ValidationUnknown",
+            "credentials are resolved in each consuming namespace; validated on use".into(),
+        )
+    } else {
+        validate(&ctx, &id, &spec, None).await
+    };
+    let api: Api<ClusterSecretStore> = Api::all(ctx.client.clone());
+    let current = store.status.clone().unwrap_or_default();
+    write_status(
+        &api,
+        &id,
+        &store.name_any(),
+        &current,
+        ready,
+        store.metadata.generation,
+    )
+    .await?;
+    Ok(Action::requeue(crate::providers::store_refresh_interval(
+        &spec,
+    )))
+}
+
+fn condition(status: ConditionStatus, reason: &str, message: String) -> Condition {
+    Condition {
+        type_: READY.into(),
+        status,
+        reason: reason.into(),
+        message,
+        last_transition_time: None,
+        observed_generation: None,
+    }
+}
+
+/// Resolves the store's credentials, connects (through the cache), and makes one authenticated
+/// request.
+async fn validate(
+    ctx: &Context,
+    id: &StoreId,
+    spec: &SecretStoreSpec,
+    namespace: Option<&str>,
+) -> Condition {
+    let unsupported = unknown_fields(spec, "spec");
+    if !unsupported.is_empty() {
+        return condition(
+            ConditionStatus::False,
+            reasons::INVALID_PROVIDER_CONFIG,
+            format!("mooring does not implement: {}", unsupported.join(", ")),
+        );
+    }
+    let connection =
+        match crate::providers::resolve(&ctx.client, id, spec, namespace, &ctx.settings).await {
+            Ok(connection) => connection,
+            Err(error) => {
+                return condition(
+                    ConditionStatus::False,
+                    reasons::INVALID_PROVIDER_CONFIG,
+                    crate::error_chain(&error),
+                );
+            }
+        };
+    let count = |call: &str, outcome: &str| {
+        crate::controllers::external_secret::count_provider_call(&ctx.metrics, id, call, outcome)
+    };
+    let outcome_of = |error: &mooring_provider::ProviderError| {
+        crate::controllers::external_secret::provider_outcome(error)
+    };
+    let validated = match ctx.providers.get(&ctx.client, id, None, connection).await {
+        Ok(handle) => {
+            if handle.fresh {
+                count("login", "ok");
+            }
+            let result = handle.provider.validate().await;
+            count("validate", result.as_ref().err().map_or("ok", outcome_of));
+            result.map_err(|source| crate::providers::StoreError::Provider {
+                store: id.to_string(),
+                source,
+            })
+        }
+        Err(error) => {
+            count(
+                "login",
+                error.provider_error().map_or("StoreError", outcome_of),
+            );
+            Err(error)
+        }
+    };
+    match validated {
+        Ok(()) => condition(
+            ConditionStatus::True,
+            reasons::VALID,
+            "store validated".into(),
+        ),
+        Err(error) => {
+            if matches!(
+                error.provider_error(),
+                Some(mooring_provider::ProviderError::PermissionDenied { .. })
+            ) {
+                ctx.providers.forget(id, None);
+            }
+            condition(
+                ConditionStatus::False,
+                reasons::VALIDATION_FAILED,
+                crate::error_chain(&error),
+            )
+        }
+    }
+}
+
+/// Patches the status when the condition changed.
+async fn write_status<K>(
+    api: &Api<K>,
+    id: &StoreId,
+    name: &str,
+    current: &SecretStoreStatus,
+    mut ready: Condition,
+    generation: Option<i64>,
+) -> Result<(), Error>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    ready.observed_generation = generation;
+    let previous = current.conditions.iter().find(|c| c.type_ == READY);
+    ready.last_transition_time = match previous {
+        Some(p) if p.status == ready.status => p.last_transition_time.clone(),
+        _ => Some(jiff::Timestamp::now().to_string()),
+    };
+    let new = SecretStoreStatus {
+        conditions: vec![ready],
+        capabilities: Some("ReadOnly".into()),
+    };
+    if &new == current {
+        return Ok(());
+    }
+    let patch = serde_json::json!({ "status": new });
+    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map_err(|source| Error::Status {
+            store: id.to_string(),
+            source,
+        })?;
+    Ok(())
+}

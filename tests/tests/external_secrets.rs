@@ -1,0 +1,1545 @@
+//! ExternalSecrets end to end: the agent runs against the real API server and reads from the real
+//! OpenBao and moto servers of the realenv; every test has its own namespace and its own paths in
+//! the shared servers.
+
+// Test helpers outside #[test] functions may unwrap: a failure is a test failure.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeMap;
+use std::process::Stdio;
+use std::time::Duration;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{Event, Secret};
+use kube::Api;
+use kube::api::{ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use mooring_crds::conditions::Condition;
+use mooring_crds::external_secret::ExternalSecret;
+use mooring_crds::secret_store::SecretStore;
+use mooring_e2e::{RealEnv, RunningAgent, TestNamespace, wait_for};
+use tokio::io::AsyncReadExt;
+
+async fn crds_installed(env: &RealEnv) {
+    let client = env.admin_client().await.unwrap();
+    mooring_agent::install::apply_crds(&client, Duration::from_secs(60))
+        .await
+        .unwrap();
+}
+
+/// Arguments for an agent watching `namespace`, with the realenv's AWS endpoint.
+fn agent_args(env: &RealEnv, namespace: &str) -> mooring_agent::cli::RunArgs {
+    let mut args = mooring_e2e::agent(env, namespace).unwrap();
+    args.aws_endpoint_url = Some(env.var("AWS_ENDPOINT_URL").unwrap().into());
+    args
+}
+
+fn root_vault(env: &RealEnv) -> vaultrs::client::VaultClient {
+    let settings = vaultrs::client::VaultClientSettingsBuilder::default()
+        .address(env.var("VAULT_ADDR").unwrap())
+        .token(env.var("VAULT_TOKEN").unwrap())
+        .build()
+        .unwrap();
+    vaultrs::client::VaultClient::new(settings).unwrap()
+}
+
+async fn create_secret(ns: &TestNamespace, name: &str, values: &[(&str, &str)]) {
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        data: Some(
+            values
+                .iter()
+                .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
+                .collect(),
+        ),
+        ..Default::default()
+    };
+    ns.api::<Secret>()
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+}
+
+async fn create_store(ns: &TestNamespace, name: &str, provider: serde_json::Value) {
+    let store: SecretStore = serde_json::from_value(serde_json::json!({
+        "apiVersion": "external-secrets.io/v1",
+        "kind": "SecretStore",
+        "metadata": {"name": name},
+        "spec": {"provider": provider},
+    }))
+    .unwrap();
+    ns.api::<SecretStore>()
+        .create(&PostParams::default(), &store)
+        .await
+        .unwrap();
+}
+
+async fn create_external_secret(ns: &TestNamespace, name: &str, spec: serde_json::Value) {
+    let es: ExternalSecret = serde_json::from_value(serde_json::json!({
+        "apiVersion": "external-secrets.io/v1",
+        "kind": "ExternalSecret",
+        "metadata": {"name": name},
+        "spec": spec,
+    }))
+    .unwrap();
+    ns.api::<ExternalSecret>()
+        .create(&PostParams::default(), &es)
+        .await
+        .unwrap();
+}
+
+/// Waits until condition `type_` of ExternalSecret `name` has `status` and `reason`.
+async fn wait_for_condition(
+    ns: &TestNamespace,
+    name: &str,
+    type_: &str,
+    status: &str,
+    reason: &str,
+) -> Condition {
+    let api: Api<ExternalSecret> = ns.api();
+    wait_for(
+        &format!("ExternalSecret {name} {type_}={status} ({reason})"),
+        Duration::from_secs(60),
+        || {
+            let api = api.clone();
+            async move {
+                let es = api.get(name).await.ok()?;
+                let condition = es
+                    .status?
+                    .conditions
+                    .into_iter()
+                    .find(|c| c.type_ == type_)?;
+                let status_text = serde_json::to_value(condition.status).ok()?;
+                (status_text == status && condition.reason == reason).then_some(condition)
+            }
+        },
+    )
+    .await
+    .unwrap()
+}
+
+async fn wait_for_store_ready(ns: &TestNamespace, name: &str) -> Condition {
+    let api: Api<SecretStore> = ns.api();
+    wait_for(
+        &format!("SecretStore {name} Ready"),
+        Duration::from_secs(60),
+        || {
+            let api = api.clone();
+            async move {
+                let store = api.get(name).await.ok()?;
+                let ready = store
+                    .status?
+                    .conditions
+                    .into_iter()
+                    .find(|c| c.type_ == "Ready")?;
+                (ready.reason == "Valid").then_some(ready)
+            }
+        },
+    )
+    .await
+    .unwrap()
+}
+
+/// Every Event of the namespace, as text.
+async fn events_text(ns: &TestNamespace) -> String {
+    let events = ns
+        .api::<Event>()
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+    serde_json::to_string(&events.items).unwrap()
+}
+
+/// The shared trio for one provider: create → the Secret has the right bytes; the remote value
+/// changes → the Secret follows within the refresh interval; the remote key is deleted → the
+/// Secret is kept and the status says NotFound. Also: one login for all of it.
+async fn create_update_delete(
+    ns: &TestNamespace,
+    agent: &RunningAgent,
+    store_label: &str,
+    remote: &dyn RemoteStore,
+) {
+    create_external_secret(
+        ns,
+        "db",
+        serde_json::json!({
+            "secretStoreRef": {"name": "store", "kind": "SecretStore"},
+            "refreshInterval": "2s",
+            "target": {
+                "name": "db-creds",
+                "template": {
+                    "mergePolicy": "Merge",
+                    "data": {"dsn": "postgres://{{ .username }}:{{ .password }}@db/app"}
+                }
+            },
+            "data": [{"secretKey": "password", "remoteRef": {"key": remote.key(), "property": "password"}}],
+            "dataFrom": [{"extract": {"key": remote.key()}}],
+        }),
+    )
+    .await;
+    let secret = ns
+        .wait_for_secret("db-creds", "password", b"first-password")
+        .await
+        .unwrap();
+    let data = secret.data.as_ref().unwrap();
+    assert_eq!(data["username"].0, b"app");
+    assert_eq!(data["dsn"].0, b"postgres://app:first-password@db/app");
+    let owner = &secret.metadata.owner_references.as_ref().unwrap()[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.controller),
+        ("ExternalSecret", Some(true))
+    );
+    let managers: Vec<_> = secret
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter_map(|m| Some((m.manager.clone()?, m.operation.clone()?)))
+        .collect();
+    assert!(
+        managers.contains(&("mooring".into(), "Apply".into())),
+        "written by server-side apply as mooring: {managers:?}"
+    );
+    wait_for_condition(ns, "db", "Ready", "True", "SecretSynced").await;
+    wait_for_store_ready(ns, "store").await;
+
+    // The remote value changes: the Secret follows within the refresh interval (2 s + jitter).
+    remote
+        .put(r#"{"username":"app","password":"second-password"}"#)
+        .await;
+    let started = std::time::Instant::now();
+    ns.wait_for_secret("db-creds", "password", b"second-password")
+        .await
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "updated after {:?}",
+        started.elapsed()
+    );
+
+    // The remote key is deleted: the Secret is kept, the status says NotFound.
+    remote.delete().await;
+    let fetched = wait_for_condition(ns, "db", "Fetched", "False", "NotFound").await;
+    assert!(
+        fetched.message.contains(remote.key()),
+        "{}",
+        fetched.message
+    );
+    wait_for_condition(ns, "db", "Ready", "False", "SecretSyncedError").await;
+    let kept = ns.api::<Secret>().get("db-creds").await.unwrap();
+    assert_eq!(
+        kept.data.as_ref().unwrap()["password"].0,
+        b"second-password"
+    );
+
+    // Many reconciles, one login (the store validation and every refresh share the client).
+    let logins = agent
+        .metric(&format!(
+            "mooring_externalsecret_provider_calls_total{{store=\"SecretStore {}/store\",call=\"login\",outcome=\"ok\"}}",
+            ns.name()
+        ))
+        .await
+        .unwrap();
+    assert_eq!(logins, 1.0, "{store_label}: one login");
+    let reads = agent
+        .metric(&format!(
+            "mooring_externalsecret_provider_calls_total{{store=\"SecretStore {}/store\",call=\"get\",outcome=\"ok\"}}",
+            ns.name()
+        ))
+        .await
+        .unwrap();
+    assert!(reads >= 2.0, "{store_label}: {reads} reads");
+
+    // Events only on change: one Created, one Updated (the remote change), one UpdateFailed
+    // (the key gone), however many refreshes and retries happened (a repeat would show as a
+    // series on the Event).
+    let events = ns
+        .api::<Event>()
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items;
+    let about_db: Vec<&Event> = events
+        .iter()
+        .filter(|e| e.involved_object.kind.as_deref() == Some("ExternalSecret"))
+        .filter(|e| e.involved_object.name.as_deref() == Some("db"))
+        .collect();
+    for reason in ["Created", "Updated", "UpdateFailed"] {
+        let matching: Vec<&&Event> = about_db
+            .iter()
+            .filter(|e| e.reason.as_deref() == Some(reason))
+            .collect();
+        assert_eq!(matching.len(), 1, "{store_label}: one {reason} event");
+        assert!(
+            matching[0].series.is_none() && matching[0].count.unwrap_or(1) == 1,
+            "{store_label}: {reason} published once: {:?}",
+            matching[0]
+        );
+    }
+
+    // Nothing secret in the status or the events.
+    let status =
+        serde_json::to_string(&ns.api::<ExternalSecret>().get("db").await.unwrap().status).unwrap();
+    let events = events_text(ns).await;
+    for value in ["first-password", "second-password"] {
+        assert!(!status.contains(value), "status leaks {value}: {status}");
+        assert!(!events.contains(value), "events leak {value}");
+    }
+}
+
+/// A remote secret in one of the real servers.
+#[async_trait::async_trait]
+trait RemoteStore: Sync {
+    fn key(&self) -> &str;
+    async fn put(&self, json: &str);
+    async fn delete(&self);
+}
+
+struct OpenBaoKv2 {
+    client: vaultrs::client::VaultClient,
+    path: String,
+}
+
+#[async_trait::async_trait]
+impl RemoteStore for OpenBaoKv2 {
+    fn key(&self) -> &str {
+        &self.path
+    }
+
+    async fn put(&self, json: &str) {
+        let data: BTreeMap<String, String> = serde_json::from_str(json).unwrap();
+        vaultrs::kv2::set(&self.client, "secret", &self.path, &data)
+            .await
+            .unwrap();
+    }
+
+    async fn delete(&self) {
+        vaultrs::kv2::delete_metadata(&self.client, "secret", &self.path)
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn openbao_kv2_token_auth_create_update_and_not_found() {
+    let env = RealEnv::load().unwrap();
+    crds_installed(&env).await;
+    let ns = TestNamespace::create(&env, "es-bao").await.unwrap();
+    let remote = OpenBaoKv2 {
+        client: root_vault(&env),
+        path: format!("mooring-e2e/{}/db", ns.name()),
+    };
+    remote
+        .put(r#"{"username":"app","password":"first-password"}"#)
+        .await;
+    create_secret(
+        &ns,
+        "bao-token",
+        &[("token", env.var("VAULT_TOKEN").unwrap())],
+    )
+    .await;
+    create_store(
+        &ns,
+        "store",
+        serde_json::json!({"vault": {
+            "server": env.var("VAULT_ADDR").unwrap(),
+            "path": "secret",
+            "version": "v2",
+            "auth": {"tokenSecretRef": {"name": "bao-token", "key": "token"}},
+        }}),
+    )
+    .await;
+    let agent = RunningAgent::start_with(agent_args(&env, ns.name()))
+        .await
+        .unwrap();
+    create_update_delete(&ns, &agent, "openbao", &remote).await;
+    agent.stop().await.unwrap();
+}
+
+struct MotoSecret {
+    client: aws_sdk_secretsmanager::Client,
+    name: String,
+}
+
+#[async_trait::async_trait]
+impl RemoteStore for MotoSecret {
+    fn key(&self) -> &str {
+        &self.name
+    }
+
+    async fn put(&self, json: &str) {
+        let updated = self
+            .client
+            .put_secret_value()
+            .secret_id(&self.name)
+            .secret_string(json)
+            .send()
+            .await;
+        if updated.is_err() {
+            self.client
+                .create_secret()
+                .name(&self.name)
+                .secret_string(json)
+                .send()
+                .await
+                .unwrap();
+        }
+    }
+
+    async fn delete(&self) {
+        self.client
+            .delete_secret()
+            .secret_id(&self.name)
+            .force_delete_without_recovery(true)
+            .send()
+            .await
+            .unwrap();
+    }
+}
+
+async fn moto(env: &RealEnv) -> aws_sdk_secretsmanager::Client {
+    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new(
+            env.var("AWS_REGION").unwrap().to_string(),
+        ))
+        .endpoint_url(env.var("AWS_ENDPOINT_URL").unwrap())
+        .credentials_provider(aws_sdk_secretsmanager::config::Credentials::new(
+            env.var("AWS_ACCESS_KEY_ID").unwrap(),
+            env.var("AWS_SECRET_ACCESS_KEY").unwrap(),
+            None,
+            None,
+            "e2e",
+        ))
+        .load()
+        .await;
+    aws_sdk_secretsmanager::Client::new(&sdk)
+}
+
+#[tokio::test]
+async fn aws_secrets_manager_static_keys_create_update_and_not_found() {
+    let env = RealEnv::load().unwrap();
+    crds_installed(&env).await;
+    let ns = TestNamespace::create(&env, "es-aws").await.unwrap();
+    let remote = MotoSecret {
+        client: moto(&env).await,
+        name: format!("mooring-e2e/{}/db", ns.name()),
+    };
+    remote
+        .put(r#"{"username":"app","password":"first-password"}"#)
+        .await;
+    create_secret(
+        &ns,
+        "aws-keys",
+        &[
+            ("access-key", env.var("AWS_ACCESS_KEY_ID").unwrap()),
+            (
+                "secret-access-key",
+                env.var("AWS_SECRET_ACCESS_KEY").unwrap(),
+            ),
+        ],
+    )
+    .await;
+    create_store(
+        &ns,
+        "store",
+        serde_json::json!({"aws": {
+            "service": "SecretsManager",
+            "region": env.var("AWS_REGION").unwrap(),
+            "auth": {"secretRef": {
+                "accessKeyIDSecretRef": {"name": "aws-keys", "key": "access-key"},
+                "secretAccessKeySecretRef": {"name": "aws-keys", "key": "secret-access-key"},
+            }},
+        }}),
+    )
+    .await;
+    let agent = RunningAgent::start_with(agent_args(&env, ns.name()))
+        .await
+        .unwrap();
+    create_update_delete(&ns, &agent, "aws", &remote).await;
+    agent.stop().await.unwrap();
+}
+
+/// Secret bytes appear nowhere but in the Secret: not in statuses, events or the agent's logs
+/// (at debug level), on success and on failures that involve the values (a template that
+/// fails on them, a decoding that fails on them, a missing property).
+#[tokio::test]
+async fn secret_bytes_never_reach_status_events_or_logs() {
+    let env = RealEnv::load().unwrap();
+    crds_installed(&env).await;
+    let ns = TestNamespace::create(&env, "es-leak").await.unwrap();
+    let vault = root_vault(&env);
+    let path = format!("mooring-e2e/{}/leak", ns.name());
+    const VALUE: &str = "Zq9-leak-canary-7Hx";
+    let data = BTreeMap::from([("password", VALUE), ("user", "app")]);
+    vaultrs::kv2::set(&vault, "secret", &path, &data)
+        .await
+        .unwrap();
+    create_secret(
+        &ns,
+        "bao-token",
+        &[("token", env.var("VAULT_TOKEN").unwrap())],
+    )
+    .await;
+    create_store(
+        &ns,
+        "store",
+        serde_json::json!({"vault": {
+            "server": env.var("VAULT_ADDR").unwrap(),
+            "path": "secret",
+            "auth": {"tokenSecretRef": {"name": "bao-token", "key": "token"}},
+        }}),
+    )
+    .await;
+
+    // The agent binary, as deployed, with debug logs captured.
+    let mut child = tokio::process::Command::new(mooring_e2e::binary("mooring").unwrap())
+        .args([
+            "run",
+            "--kubeconfig",
+            env.var("KUBECONFIG").unwrap(),
+            "--http-addr",
+            "127.0.0.1:0",
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--namespace",
+            ns.name(),
+            "--watch-namespace",
+            ns.name(),
+            "--key-renew-period",
+            "0",
+        ])
+        .env(
+            "RUST_LOG",
+            "debug,hyper=info,h2=info,tower=info,rustls=info",
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // Read both pipes while the agent runs, so a full pipe never blocks it.
+    let mut stderr = child.stderr.take().unwrap();
+    let mut stdout_pipe = child.stdout.take().unwrap();
+    let stderr_reader = tokio::spawn(async move {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text).await;
+        text
+    });
+    let stdout_reader = tokio::spawn(async move {
+        let mut text = String::new();
+        let _ = stdout_pipe.read_to_string(&mut text).await;
+        text
+    });
+
+    let ok = serde_json::json!({"secretStoreRef": {"name": "store"}, "refreshInterval": "1s",
+        "data": [{"secretKey": "password", "remoteRef": {"key": path, "property": "password"}}]});
+    create_external_secret(&ns, "ok", ok).await;
+    let template = serde_json::json!({"secretStoreRef": {"name": "store"}, "refreshInterval": "1s",
+        "target": {"template": {"data": {"x": "{{ .password | b64dec }}"}}},
+        "data": [{"secretKey": "password", "remoteRef": {"key": path, "property": "password"}}]});
+    create_external_secret(&ns, "template", template).await;
+    let decode = serde_json::json!({"secretStoreRef": {"name": "store"}, "refreshInterval": "1s",
+        "data": [{"secretKey": "password", "remoteRef": {"key": path, "property": "password", "decodingStrategy": "Base64"}}]});
+    create_external_secret(&ns, "decode", decode).await;
+    let property = serde_json::json!({"secretStoreRef": {"name": "store"}, "refreshInterval": "1s",
+        "data": [{"secretKey": "p", "remoteRef": {"key": path, "property": "nope"}}]});
+    create_external_secret(&ns, "property", property).await;
+
+    ns.wait_for_secret("ok", "password", VALUE.as_bytes())
+        .await
+        .unwrap();
+    let template_failed =
+        wait_for_condition(&ns, "template", "Ready", "False", "SecretSyncedError").await;
+    assert!(
+        template_failed.message.contains("\"x\""),
+        "{}",
+        template_failed.message
+    );
+    wait_for_condition(&ns, "decode", "Ready", "False", "SecretSyncedError").await;
+    wait_for_condition(&ns, "property", "Fetched", "False", "NotFound").await;
+    // Let more refreshes and failure retries go by: wait for two more refreshes of "ok".
+    let refreshed = |es: ExternalSecret| es.status.and_then(|s| s.refresh_time);
+    let first = refreshed(ns.api::<ExternalSecret>().get("ok").await.unwrap());
+    for _ in 0..2 {
+        let before = refreshed(ns.api::<ExternalSecret>().get("ok").await.unwrap());
+        let api: Api<ExternalSecret> = ns.api();
+        wait_for("another refresh", Duration::from_secs(30), || {
+            let (api, before) = (api.clone(), before.clone());
+            async move { (refreshed(api.get("ok").await.ok()?) != before).then_some(()) }
+        })
+        .await
+        .unwrap();
+    }
+    assert_ne!(
+        first,
+        refreshed(ns.api::<ExternalSecret>().get("ok").await.unwrap())
+    );
+
+    let _ = child.start_kill();
+    let _ = child.wait().await;
+    let logs = stderr_reader.await.unwrap();
+    let stdout = stdout_reader.await.unwrap();
+    assert!(
+        logs.contains("failed to sync ExternalSecret"),
+        "the logs are captured"
+    );
+
+    let statuses = serde_json::to_string(
+        &ns.api::<ExternalSecret>()
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .map(|es| es.status.clone())
+            .collect::<Vec<_>>(),
+    )
+    .unwrap();
+    let events = events_text(&ns).await;
+    for (place, text) in [
+        ("status", &statuses),
+        ("events", &events),
+        ("logs", &logs),
+        ("stdout", &stdout),
+    ] {
+        assert!(!text.contains(VALUE), "the value leaked into {place}");
+        assert!(
+            !text.contains("Zq9-leak"),
+            "part of the value leaked into {place}"
+        );
+    }
+}
+
+/// A drifted Secret is repaired from the last read values without a provider call, and an
+/// unsupported field is named in a condition instead of being ignored.
+#[tokio::test]
+async fn drift_is_repaired_without_a_provider_call_and_unsupported_fields_are_named() {
+    let env = RealEnv::load().unwrap();
+    crds_installed(&env).await;
+    let ns = TestNamespace::create(&env, "es-drift").await.unwrap();
+    let vault = root_vault(&env);
+    let path = format!("mooring-e2e/{}/drift", ns.name());
+    let data = serde_json::json!({"password": "drift-password", "db": {"user": "nested-user"}});
+    vaultrs::kv2::set(&vault, "secret", &path, &data)
+        .await
+        .unwrap();
+    create_secret(
+        &ns,
+        "bao-token",
+        &[("token", env.var("VAULT_TOKEN").unwrap())],
+    )
+    .await;
+    create_store(
+        &ns,
+        "store",
+        serde_json::json!({"vault": {
+            "server": env.var("VAULT_ADDR").unwrap(),
+            "path": "secret",
+            "auth": {"tokenSecretRef": {"name": "bao-token", "key": "token"}},
+        }}),
+    )
+    .await;
+    let agent = RunningAgent::start_with(agent_args(&env, ns.name()))
+        .await
+        .unwrap();
+    create_external_secret(
+        &ns,
+        "drift",
+        serde_json::json!({"secretStoreRef": {"name": "store"}, "refreshInterval": "1h",
+            "data": [{"secretKey": "password", "remoteRef": {"key": path, "property": "password"}}]}),
+    )
+    .await;
+    ns.wait_for_secret("drift", "password", b"drift-password")
+        .await
+        .unwrap();
+    wait_for_condition(&ns, "drift", "Ready", "True", "SecretSynced").await;
+    let reads_metric = format!(
+        "mooring_externalsecret_provider_calls_total{{store=\"SecretStore {}/store\",call=\"get\"",
+        ns.name()
+    );
+    let reads = agent.metric(&reads_metric).await.unwrap();
+
+    let secrets: Api<Secret> = ns.api();
+    let edit = serde_json::json!({"data": {"password": "ZWRpdGVk"}});
+    secrets
+        .patch("drift", &PatchParams::default(), &Patch::Merge(&edit))
+        .await
+        .unwrap();
+    ns.wait_for_secret("drift", "password", b"drift-password")
+        .await
+        .unwrap();
+    secrets.delete("drift", &Default::default()).await.unwrap();
+    ns.wait_for_secret("drift", "password", b"drift-password")
+        .await
+        .unwrap();
+    assert_eq!(
+        agent.metric(&reads_metric).await.unwrap(),
+        reads,
+        "no provider call for drift"
+    );
+
+    // A store without `path` (the mount is the key's first segment, `data/` tolerated, as ESO)
+    // and a nested property.
+    create_store(
+        &ns,
+        "nopath",
+        serde_json::json!({"vault": {
+            "server": env.var("VAULT_ADDR").unwrap(),
+            "auth": {"tokenSecretRef": {"name": "bao-token", "key": "token"}},
+        }}),
+    )
+    .await;
+    create_external_secret(
+        &ns,
+        "nested",
+        serde_json::json!({"secretStoreRef": {"name": "nopath"},
+            "data": [{"secretKey": "user", "remoteRef": {"key": format!("secret/data/{path}"), "property": "db.user"}}]}),
+    )
+    .await;
+    ns.wait_for_secret("nested", "user", b"nested-user")
+        .await
+        .unwrap();
+
+    create_external_secret(
+        &ns,
+        "find",
+        serde_json::json!({"secretStoreRef": {"name": "store"},
+            "dataFrom": [{"find": {"name": {"regexp": ".*"}}}]}),
+    )
+    .await;
+    let unsupported = wait_for_condition(
+        &ns,
+        "find",
+        "UnsupportedFields",
+        "True",
+        "UnsupportedFields",
+    )
+    .await;
+    assert!(
+        unsupported.message.contains("spec.dataFrom[0].find"),
+        "{}",
+        unsupported.message
+    );
+    agent.stop().await.unwrap();
+}
+
+/// A raw OpenBao API call as root (mounts, policies and auth methods are test set-up, and not
+/// all of them are in vaultrs).
+async fn bao(
+    env: &RealEnv,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> serde_json::Value {
+    let url = format!("{}/v1/{path}", env.var("VAULT_ADDR").unwrap());
+    let mut request = reqwest::Client::new()
+        .request(method.clone(), &url)
+        .header("X-Vault-Token", env.var("VAULT_TOKEN").unwrap());
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status();
+    let text = response.text().await.unwrap();
+    assert!(status.is_success(), "{method} {path}: {status} {text}");
+    if text.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap()
+    }
+}
+
+/// Mounts and auth methods of one test in the shared OpenBao, removed when dropped.
+struct BaoMounts {
+    env: RealEnv,
+    paths: Vec<String>,
+}
+
+impl Drop for BaoMounts {
+    fn drop(&mut self) {
+        let env = self.env.clone();
+        let paths = std::mem::take(&mut self.paths);
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let client = reqwest::Client::new();
+                for path in paths {
+                    let _ = client
+                        .delete(format!("{}/v1/{path}", env.var("VAULT_ADDR").unwrap()))
+                        .header("X-Vault-Token", env.var("VAULT_TOKEN").unwrap())
+                        .send()
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// A policy reading this test's paths only.
+async fn bao_policy(env: &RealEnv, ns: &TestNamespace, kv1: &str) -> String {
+    let name = format!("e2e-{}", ns.name());
+    let policy = format!(
+        "path \"{kv1}/*\" {{ capabilities = [\"read\"] }}\n\
+         path \"secret/data/mooring-e2e/{ns}/*\" {{ capabilities = [\"read\"] }}\n",
+        ns = ns.name()
+    );
+    bao(
+        env,
+        reqwest::Method::PUT,
+        &format!("sys/policies/acl/{name}"),
+        Some(serde_json::json!({"policy": policy})),
+    )
+    .await;
+    name
+}
+
+#[tokio::test]
+async fn openbao_approle_auth_with_kv_v1() {
+    let env = RealEnv::load().unwrap();
+    crds_installed(&env).await;
+    let ns = TestNamespace::create(&env, "es-approle").await.unwrap();
+    let kv1 = format!("kv1-{}", ns.name());
+    let approle = format!("approle-{}", ns.name());
+    let _mounts = BaoMounts {
+        env: env.clone(),
+        paths: vec![format!("sys/mounts/{kv1}"), format!("sys/auth/{approle}")],
+    };
+    bao(
+        &env,
+        reqwest::Method::POST,
+        &format!("sys/mounts/{kv1}"),
+        Some(serde_json::json!({"type": "kv", "options": {"version": "1"}})),
+    )
+    .await;
+    bao(
+        &env,
+        reqwest::Method::POST,
+        &format!("{kv1}/db"),
+        Some(serde_json::json!({"username": "app", "password": "approle-password"})),
+    )
+    .await;
+    let policy = bao_policy(&env, &ns, &kv1).await;
+    bao(
+        &env,
+        reqwest::Method::POST,
+        &format!("sys/auth/{approle}"),
+        Some(serde_json::json!({"type": "approle"})),
+    )
+    .await;
+    bao(
+        &env,
+        reqwest::Method::POST,
+        &format!("auth/{approle}/role/app"),
+        Some(serde_json::json!({"token_policies": [policy], "token_ttl": "1h"})),
+    )
+    .await;
+    let role_id = bao(
+        &env,
+        reqwest::Method::GET,
+        &format!("auth/{approle}/role/app/role-id"),
+        None,
+    )
+    .await["data"]["role_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let secret_id = bao(
+        &env,
+        reqwest::Method::POST,
+        &format!("auth/{approle}/role/app/secret-id"),
+        None,
+    )
+    .await["data"]["secret_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    create_secret(&ns, "approle", &[("secret-id", &secret_id)]).await;
+    create_store(
+        &ns,
+        "store",
+        serde_json::json!({"vault": {
+            "server": env.var("VAULT_ADDR").unwrap(),
+            "path": kv1,
+            "version": "v1",
+            "auth": {"appRole": {"path": approle, "roleId": role_id,
+                                 "secretRef": {"name": "approle", "key": "secret-id"}}},
+        }}),
+    )
+    .await;
+    let agent = RunningAgent::start_with(agent_args(&env, ns.name()))
+        .await
+        .unwrap();
+    let ready = wait_for_store_ready(&ns, "store").await;
+    assert_eq!(ready.message, "store validated");
+    create_external_secret(
+        &ns,
+        "db",
+        serde_json::json!({"secretStoreRef": {"name": "store"}, "refreshInterval": "1s",
+            "dataFrom": [{"extract": {"key": "db"}}]}),
+    )
+    .await;
+    ns.wait_for_secret("db", "password", b"approle-password")
+        .await
+        .unwrap();
+    // Several refreshes later, still the one login.
+    let refreshes = "mooring_externalsecret_syncs_total{outcome=\"refreshed\"}";
+    wait_for("three refreshes", Duration::from_secs(30), || {
+        let agent = &agent;
+        async move { (agent.metric(refreshes).await.ok()? >= 3.0).then_some(()) }
+    })
+    .await
+    .unwrap();
+    let logins = agent
+        .metric(&format!(
+            "mooring_externalsecret_provider_calls_total{{store=\"SecretStore {}/store\",call=\"login\",outcome=\"ok\"}}",
+            ns.name()
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        logins, 1.0,
+        "one AppRole login for the store validation and every refresh"
+    );
+
+    // A token that expires after 6 s: the agent logs in again before it does (two thirds of
+    // the lease), and no read is ever refused.
+    bao(
+        &env,
+        reqwest::Method::POST,
+        &format!("auth/approle-{}/role/short", ns.name()),
+        Some(
+            serde_json::json!({"token_policies": [format!("e2e-{}", ns.name())],
+            "token_ttl": "6s", "token_max_ttl": "6s"}),
+        ),
+    )
+    .await;
+    let short_role = bao(
+        &env,
+        reqwest::Method::GET,
+        &format!("auth/approle-{}/role/short/role-id", ns.name()),
+        None,
+    )
+    .await["data"]["role_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let short_secret = bao(
+        &env,
+        reqwest::Method::POST,
+        &format!("auth/approle-{}/role/short/secret-id", ns.name()),
+        None,
+    )
+    .await["data"]["secret_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    create_secret(&ns, "short", &[("secret-id", &short_secret)]).await;
+    create_store(
+        &ns,
+        "short",
+        serde_json::json!({"vault": {
+            "server": env.var("VAULT_ADDR").unwrap(),
+            "path": format!("kv1-{}", ns.name()),
+            "version": "v1",
+            "auth": {"appRole": {"path": format!("approle-{}", ns.name()), "roleId": short_role,
+                                 "secretRef": {"name": "short", "key": "secret-id"}}},
+        }}),
+    )
+    .await;
+    create_external_secret(
+        &ns,
+        "short",
+        serde_json::json!({"secretStoreRef": {"name": "short"}, "refreshInterval": "1s",
+            "dataFrom": [{"extract": {"key": "db"}}]}),
+    )
+    .await;
+    ns.wait_for_secret("short", "password", b"approle-password")
+        .await
+        .unwrap();
+    let short_calls = |call: &str, outcome: &str| {
+        format!(
+            "mooring_externalsecret_provider_calls_total{{store=\"SecretStore {}/short\",call=\"{call}\",outcome=\"{outcome}\"}}",
+            ns.name()
+        )
+    };
+    wait_for(
+        "a second login before the first token expires",
+        Duration::from_secs(30),
+        || {
+            let (agent, metric) = (&agent, short_calls("login", "ok"));
+            async move { (agent.metric(&metric).await.ok()? >= 2.0).then_some(()) }
+        },
+    )
+    .await
+    .unwrap();
+    // Reads continue past the first token's end (6 s) without a refusal.
+    let reads_before = agent.metric(&short_calls("get", "ok")).await.unwrap();
+    wait_for("four more reads", Duration::from_secs(30), || {
+        let (agent, metric) = (&agent, short_calls("get", "ok"));
+        async move { (agent.metric(&metric).await.ok()? >= reads_before + 4.0).then_some(()) }
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        agent
+            .metric(&short_calls("get", "Forbidden"))
+            .await
+            .unwrap(),
+        0.0
+    );
+
+    // A wrong secret id: the store says ValidationFailed (a real round trip, not a config check).
+    create_secret(
+        &ns,
+        "wrong",
+        &[("secret-id", "00000000-0000-0000-0000-000000000000")],
+    )
+    .await;
+    create_store(
+        &ns,
+        "wrong",
+        serde_json::json!({"vault": {
+            "server": env.var("VAULT_ADDR").unwrap(),
+            "path": format!("kv1-{}", ns.name()),
+            "version": "v1",
+            "auth": {"appRole": {"path": format!("approle-{}", ns.name()), "roleId": "nope",
+                                 "secretRef": {"name": "wrong", "key": "secret-id"}}},
+        }}),
+    )
+    .await;
+    let api: Api<SecretStore> = ns.api();
+    let failed = wait_for(
+        "the wrong store to fail validation",
+        Duration::from_secs(60),
+        || {
+            let api = api.clone();
+            async move {
+                let ready = api
+                    .get("wrong")
+                    .await
+                    .ok()?
+                    .status?
+                    .conditions
+                    .into_iter()
+                    .find(|c| c.type_ == "Ready")?;
+                (ready.reason == "ValidationFailed").then_some(ready)
+            }
+        },
+    )
+    .await
+    .unwrap();
+    assert!(
+        failed.message.contains("refused the login"),
+        "{}",
+        failed.message
+    );
+    agent.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn openbao_kubernetes_auth_with_a_requested_service_account_token() {
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleRef, Subject};
+    let env = RealEnv::load().unwrap();
+    crds_installed(&env).await;
+    let ns = TestNamespace::create(&env, "es-k8sauth").await.unwrap();
+    let mount = format!("k8s-{}", ns.name());
+    let _mounts = BaoMounts {
+        env: env.clone(),
+        paths: vec![format!("sys/auth/{mount}")],
+    };
+    // The reviewer: a ServiceAccount allowed to create TokenReviews (system:auth-delegator).
+    ns.service_account_client("reviewer").await.unwrap();
+    let binding = ClusterRoleBinding {
+        metadata: ObjectMeta {
+            name: Some(format!("{}-reviewer", ns.name())),
+            ..Default::default()
+        },
+        role_ref: RoleRef {
+            api_group: Some("rbac.authorization.k8s.io".into()),
+            kind: "ClusterRole".into(),
+            name: "system:auth-delegator".into(),
+        },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".into(),
+            name: "reviewer".into(),
+            namespace: Some(ns.name().into()),
+            ..Default::default()
+        }]),
+    };
+    let bindings: Api<ClusterRoleBinding> = Api::all(ns.client());
+    bindings
+        .create(&PostParams::default(), &binding)
+        .await
+        .unwrap();
+    let reviewer_jwt = ns.service_account_token("reviewer").await.unwrap();
+    let ca = std::fs::read_to_string(
+        std::path::Path::new(env.var("REALENV_DIR").unwrap()).join("pki/ca.crt"),
+    )
+    .unwrap();
+    let host = env.admin_config().await.unwrap().cluster_url.to_string();
+    bao(
+        &env,
+        reqwest::Method::POST,
+        &format!("sys/auth/{mount}"),
+        Some(serde_json::json!({"type": "kubernetes"})),
+    )
+    .await;
+    bao(&env, reqwest::Method::POST, &format!("auth/{mount}/config"),
+        Some(serde_json::json!({"kubernetes_host": host.trim_end_matches('/'), "kubernetes_ca_cert": ca,
+            "token_reviewer_jwt": reviewer_jwt, "disable_local_ca_jwt": true}))).await;
+    let policy = bao_policy(&env, &ns, "none").await;
+    bao(
+        &env,
+        reqwest::Method::POST,
+        &format!("auth/{mount}/role/app"),
+        Some(serde_json::json!({"bound_service_account_names": ["app"],
+            "bound_service_account_namespaces": [ns.name()],
+            "token_policies": [policy], "token_ttl": "1h"})),
+    )
+    .await;
+    // The application's ServiceAccount; the agent requests its token (TokenRequest).
+    ns.api::<ServiceAccount>()
+        .create(
+            &PostParams::default(),
+            &ServiceAccount {
+                metadata: ObjectMeta {
+                    name: Some("app".into()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let path = format!("mooring-e2e/{}/k8s", ns.name());
+    let data = BTreeMap::from([("password", "k8s-auth-password")]);
+    vaultrs::kv2::set(&root_vault(&env), "secret", &path, &data)
+        .await
+        .unwrap();
+    create_store(
+        &ns,
+        "store",
+        serde_json::json!({"vault": {
+            "server": env.var("VAULT_ADDR").unwrap(),
+            "path": "secret",
+            "version": "v2",
+            "auth": {"kubernetes": {"mountPath": mount, "role": "app",
+                                    "serviceAccountRef": {"name": "app"}}},
+        }}),
+    )
+    .await;
+    let agent = RunningAgent::start_with(agent_args(&env, ns.name()))
+        .await
+        .unwrap();
+    wait_for_store_ready(&ns, "store").await;
+    create_external_secret(
+        &ns,
+        "db",
+        serde_json::json!({"secretStoreRef": {"name": "store"},
+            "data": [{"secretKey": "password", "remoteRef": {"key": path, "property": "password"}}]}),
+    )
+    .await;
+    ns.wait_for_secret("db", "password", b"k8s-auth-password")
+        .await
+        .unwrap();
+    let _ = bindings
+        .delete(&format!("{}-reviewer", ns.name()), &Default::default())
+        .await;
+    agent.stop().await.unwrap();
+}
+
+/// Identical reads from several ExternalSecrets reach the provider once; a ClusterSecretStore's
+/// conditions are enforced on every use; creationPolicy Merge/Orphan and deletionPolicy Delete
+/// behave as ESO's.
+#[tokio::test]
+async fn shared_reads_cluster_store_conditions_and_policies() {
+    use kube::api::DeleteParams;
+    use mooring_crds::secret_store::ClusterSecretStore;
+    let env = RealEnv::load().unwrap();
+    crds_installed(&env).await;
+    let ns = TestNamespace::create(&env, "es-css").await.unwrap();
+    let vault = root_vault(&env);
+    let path = format!("mooring-e2e/{}/shared", ns.name());
+    let gone = format!("mooring-e2e/{}/gone", ns.name());
+    let data = BTreeMap::from([("password", "shared-password")]);
+    vaultrs::kv2::set(&vault, "secret", &path, &data)
+        .await
+        .unwrap();
+    vaultrs::kv2::set(&vault, "secret", &gone, &data)
+        .await
+        .unwrap();
+    create_secret(
+        &ns,
+        "bao-token",
+        &[("token", env.var("VAULT_TOKEN").unwrap())],
+    )
+    .await;
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(ns.client());
+    let label = |value: Option<&str>| serde_json::json!({"metadata": {"labels": {"e2e.mooring.dev/css-allowed": value}}});
+    namespaces
+        .patch(
+            ns.name(),
+            &PatchParams::default(),
+            &Patch::Merge(&label(Some("yes"))),
+        )
+        .await
+        .unwrap();
+    let css_name = format!("e2e-{}", ns.name());
+    let css: ClusterSecretStore = serde_json::from_value(serde_json::json!({
+        "apiVersion": "external-secrets.io/v1",
+        "kind": "ClusterSecretStore",
+        "metadata": {"name": css_name},
+        "spec": {
+            "conditions": [{"namespaceSelector": {"matchLabels": {"e2e.mooring.dev/css-allowed": "yes"}}}],
+            "provider": {"vault": {
+                "server": env.var("VAULT_ADDR").unwrap(),
+                "path": "secret",
+                "auth": {"tokenSecretRef": {"name": "bao-token", "key": "token", "namespace": ns.name()}},
+            }},
+        },
+    }))
+    .unwrap();
+    let stores: Api<ClusterSecretStore> = Api::all(ns.client());
+    stores.create(&PostParams::default(), &css).await.unwrap();
+    create_store(
+        &ns,
+        "store",
+        serde_json::json!({"vault": {
+            "server": env.var("VAULT_ADDR").unwrap(),
+            "path": "secret",
+            "auth": {"tokenSecretRef": {"name": "bao-token", "key": "token"}},
+        }}),
+    )
+    .await;
+    let agent = RunningAgent::start_with(agent_args(&env, ns.name()))
+        .await
+        .unwrap();
+
+    // Two ExternalSecrets, one remote read.
+    for name in ["a", "b"] {
+        create_external_secret(
+            &ns,
+            name,
+            serde_json::json!({"secretStoreRef": {"name": css_name, "kind": "ClusterSecretStore"},
+                "data": [{"secretKey": "password", "remoteRef": {"key": path, "property": "password"}}]}),
+        )
+        .await;
+    }
+    ns.wait_for_secret("a", "password", b"shared-password")
+        .await
+        .unwrap();
+    ns.wait_for_secret("b", "password", b"shared-password")
+        .await
+        .unwrap();
+    let calls = |call: &str| {
+        format!(
+            "mooring_externalsecret_provider_calls_total{{store=\"ClusterSecretStore {css_name}\",call=\"{call}\",outcome=\"ok\"}}"
+        )
+    };
+    assert_eq!(
+        agent.metric(&calls("get")).await.unwrap(),
+        1.0,
+        "one provider read"
+    );
+    assert!(
+        agent.metric(&calls("coalesced")).await.unwrap() >= 1.0,
+        "the second ExternalSecret reused the first one's read"
+    );
+
+    // The namespace loses the label: the next use is denied, the Secret stays.
+    namespaces
+        .patch(
+            ns.name(),
+            &PatchParams::default(),
+            &Patch::Merge(&label(None)),
+        )
+        .await
+        .unwrap();
+    let force = serde_json::json!({"metadata": {"annotations": {"force-sync": "1"}}});
+    ns.api::<ExternalSecret>()
+        .patch("a", &PatchParams::default(), &Patch::Merge(&force))
+        .await
+        .unwrap();
+    let denied = wait_for_condition(&ns, "a", "Ready", "False", "SecretSyncedError").await;
+    assert!(
+        denied.message.contains("not allowed from namespace"),
+        "{}",
+        denied.message
+    );
+    assert!(
+        ns.api::<Secret>().get_opt("a").await.unwrap().is_some(),
+        "Secret kept"
+    );
+
+    // creationPolicy Merge: keys go into an existing Secret, whose other keys and owner stay.
+    create_secret(&ns, "existing", &[("keep", "theirs")]).await;
+    create_external_secret(
+        &ns,
+        "merge",
+        serde_json::json!({"secretStoreRef": {"name": "store"},
+            "target": {"name": "existing", "creationPolicy": "Merge"},
+            "data": [{"secretKey": "password", "remoteRef": {"key": path, "property": "password"}}]}),
+    )
+    .await;
+    let merged = ns
+        .wait_for_secret("existing", "password", b"shared-password")
+        .await
+        .unwrap();
+    assert_eq!(merged.data.as_ref().unwrap()["keep"].0, b"theirs");
+    assert!(merged.metadata.owner_references.is_none());
+    // ... and never creates one.
+    create_external_secret(
+        &ns,
+        "merge-missing",
+        serde_json::json!({"secretStoreRef": {"name": "store"},
+            "target": {"name": "absent", "creationPolicy": "Merge"},
+            "data": [{"secretKey": "password", "remoteRef": {"key": path, "property": "password"}}]}),
+    )
+    .await;
+    wait_for_condition(&ns, "merge-missing", "Ready", "True", "SecretMissing").await;
+    assert!(
+        ns.api::<Secret>()
+            .get_opt("absent")
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // creationPolicy Orphan: no owner reference.
+    create_external_secret(
+        &ns,
+        "orphan",
+        serde_json::json!({"secretStoreRef": {"name": "store"},
+            "target": {"creationPolicy": "Orphan"},
+            "data": [{"secretKey": "password", "remoteRef": {"key": path, "property": "password"}}]}),
+    )
+    .await;
+    let orphan = ns
+        .wait_for_secret("orphan", "password", b"shared-password")
+        .await
+        .unwrap();
+    assert!(orphan.metadata.owner_references.is_none());
+
+    // deletionPolicy Delete: the Secret goes when the remote data is gone.
+    create_external_secret(
+        &ns,
+        "gone",
+        serde_json::json!({"secretStoreRef": {"name": "store"}, "refreshInterval": "1s",
+            "target": {"deletionPolicy": "Delete"},
+            "data": [{"secretKey": "password", "remoteRef": {"key": gone, "property": "password"}}]}),
+    )
+    .await;
+    ns.wait_for_secret("gone", "password", b"shared-password")
+        .await
+        .unwrap();
+    vaultrs::kv2::delete_metadata(&vault, "secret", &gone)
+        .await
+        .unwrap();
+    wait_for_condition(&ns, "gone", "Ready", "False", "SecretDeleted").await;
+    assert!(
+        ns.api::<Secret>().get_opt("gone").await.unwrap().is_none(),
+        "Secret deleted"
+    );
+
+    agent.stop().await.unwrap();
+    let _ = stores.delete(&css_name, &DeleteParams::default()).await;
+}
+
+/// A TCP forwarder to a real server that a test can take down and bring back.
+struct Outage {
+    addr: std::net::SocketAddr,
+    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    connections: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Outage {
+    async fn forward_to(target: String) -> Outage {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let connections: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>> =
+            std::sync::Arc::default();
+        let (flag, tasks) = (up.clone(), connections.clone());
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !flag.load(Ordering::SeqCst) {
+                    continue; // dropped: the client sees the connection closed
+                }
+                let target = target.clone();
+                let task = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                tasks.lock().unwrap().push(task);
+            }
+        });
+        Outage {
+            addr,
+            up,
+            connections,
+            accept,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn down(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        for task in self.connections.lock().unwrap().drain(..) {
+            task.abort();
+        }
+    }
+
+    fn up(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for Outage {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.down();
+    }
+}
+
+/// The store's server goes away: the Secret is kept, the status says Unavailable; when the
+/// server returns, the ExternalSecret recovers by itself.
+#[tokio::test]
+async fn server_outage_keeps_the_secret_reports_unavailable_and_recovers() {
+    let env = RealEnv::load().unwrap();
+    crds_installed(&env).await;
+    let ns = TestNamespace::create(&env, "es-outage").await.unwrap();
+    let vault = root_vault(&env);
+    let path = format!("mooring-e2e/{}/outage", ns.name());
+    let data = BTreeMap::from([("password", "outage-password")]);
+    vaultrs::kv2::set(&vault, "secret", &path, &data)
+        .await
+        .unwrap();
+    let target = env
+        .var("VAULT_ADDR")
+        .unwrap()
+        .trim_start_matches("http://")
+        .to_string();
+    let outage = Outage::forward_to(target).await;
+    create_secret(
+        &ns,
+        "bao-token",
+        &[("token", env.var("VAULT_TOKEN").unwrap())],
+    )
+    .await;
+    create_store(
+        &ns,
+        "store",
+        serde_json::json!({"vault": {
+            "server": outage.url(),
+            "path": "secret",
+            "auth": {"tokenSecretRef": {"name": "bao-token", "key": "token"}},
+        }}),
+    )
+    .await;
+    let agent = RunningAgent::start_with(agent_args(&env, ns.name()))
+        .await
+        .unwrap();
+    create_external_secret(
+        &ns,
+        "db",
+        serde_json::json!({"secretStoreRef": {"name": "store"}, "refreshInterval": "1s",
+            "data": [{"secretKey": "password", "remoteRef": {"key": path, "property": "password"}}]}),
+    )
+    .await;
+    ns.wait_for_secret("db", "password", b"outage-password")
+        .await
+        .unwrap();
+
+    outage.down();
+    let fetched = wait_for_condition(&ns, "db", "Fetched", "False", "Unavailable").await;
+    assert!(fetched.message.contains(&path), "{}", fetched.message);
+    wait_for_condition(&ns, "db", "Ready", "False", "SecretSyncedError").await;
+    let kept = ns.api::<Secret>().get("db").await.unwrap();
+    assert_eq!(
+        kept.data.unwrap()["password"].0,
+        b"outage-password",
+        "Secret kept as it was"
+    );
+
+    outage.up();
+    wait_for_condition(&ns, "db", "Ready", "True", "SecretSynced").await;
+    wait_for_condition(&ns, "db", "Fetched", "True", "Fetched").await;
+    agent.stop().await.unwrap();
+}
+
+/// `target.immutable`: the Secret is created immutable; a later remote change is reported and
+/// the Secret is left as it is.
+#[tokio::test]
+async fn an_immutable_target_is_never_rewritten() {
+    let env = RealEnv::load().unwrap();
+    crds_installed(&env).await;
+    let ns = TestNamespace::create(&env, "es-immutable").await.unwrap();
+    let vault = root_vault(&env);
+    let path = format!("mooring-e2e/{}/immutable", ns.name());
+    vaultrs::kv2::set(
+        &vault,
+        "secret",
+        &path,
+        &BTreeMap::from([("password", "v1")]),
+    )
+    .await
+    .unwrap();
+    create_secret(
+        &ns,
+        "bao-token",
+        &[("token", env.var("VAULT_TOKEN").unwrap())],
+    )
+    .await;
+    create_store(
+        &ns,
+        "store",
+        serde_json::json!({"vault": {
+            "server": env.var("VAULT_ADDR").unwrap(),
+            "path": "secret",
+            "auth": {"tokenSecretRef": {"name": "bao-token", "key": "token"}},
+        }}),
+    )
+    .await;
+    let agent = RunningAgent::start_with(agent_args(&env, ns.name()))
+        .await
+        .unwrap();
+    create_external_secret(
+        &ns,
+        "frozen",
+        serde_json::json!({"secretStoreRef": {"name": "store"}, "refreshInterval": "1s",
+            "target": {"immutable": true},
+            "data": [{"secretKey": "password", "remoteRef": {"key": path, "property": "password"}}]}),
+    )
+    .await;
+    let secret = ns
+        .wait_for_secret("frozen", "password", b"v1")
+        .await
+        .unwrap();
+    assert_eq!(secret.immutable, Some(true));
+    vaultrs::kv2::set(
+        &vault,
+        "secret",
+        &path,
+        &BTreeMap::from([("password", "v2")]),
+    )
+    .await
+    .unwrap();
+    let failed = wait_for_condition(&ns, "frozen", "Ready", "False", "SecretSyncedError").await;
+    assert!(failed.message.contains("immutable"), "{}", failed.message);
+    let kept = ns.api::<Secret>().get("frozen").await.unwrap();
+    assert_eq!(kept.data.unwrap()["password"].0, b"v1");
+    agent.stop().await.unwrap();
+}
