@@ -60,9 +60,11 @@ async fn the_embedded_manifests_are_deploy_rendered_by_kustomize() {
         );
         let printed = mooring_install(&["--overlay", overlay]).await;
         assert!(printed.status.success());
-        assert_eq!(
-            String::from_utf8(printed.stdout).unwrap(),
-            committed(overlay)
+        let file = repo().join(format!("deploy/rendered/{overlay}.yaml"));
+        assert!(
+            printed.stdout == std::fs::read(&file).unwrap(),
+            "mooring install --overlay {overlay} does not print {}",
+            file.display()
         );
     }
     let custom = mooring_install(&["--overlay", "base", "--image", "example/mooring:test"]).await;
