@@ -1,7 +1,7 @@
 //! Secret-store providers: the only place that names provider crates.
 //!
 //! A store spec becomes a [`Connection`] (plain configuration with its credentials read from
-//! Secrets), and a connection becomes an authenticated [`SecretProvider`] by [`connect`]. The
+//! Secrets), and a connection becomes an authenticated [`SecretProvider`] by `connect`. The
 //! [`ProviderCache`] keeps one connected provider per store (and per consuming namespace for
 //! referent ClusterSecretStores) and reuses it until the store, its credentials, or the token's
 //! lease change: no login per reconcile (ESO's #376, #1194).
