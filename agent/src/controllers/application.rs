@@ -257,7 +257,7 @@ async fn reconcile(cached: Arc<Application>, ctx: Arc<Context>) -> Result<Action
     if app.metadata.deletion_timestamp.is_some() {
         return finalize(&ctx, &app, &id).await;
     }
-    let poll = poll_interval(&app, ctx.default_poll_interval);
+    let poll = with_jitter(poll_interval(&app, ctx.default_poll_interval));
     let mut conditions = Vec::new();
     let unsupported = unsupported_fields(&app);
     if !unsupported.is_empty() {
@@ -678,6 +678,12 @@ fn poll_interval(app: &Application, default: Duration) -> Duration {
         .unwrap_or(default)
 }
 
+/// `interval` plus a random 0–10%, so Applications started together (an agent restart, an
+/// app-of-apps) do not poll their repositories in lockstep.
+fn with_jitter(interval: Duration) -> Duration {
+    interval.mul_f64(1.0 + rand::random_range(0.0..0.1))
+}
+
 /// The destination must be this cluster.
 fn check_destination(app: &Application) -> Result<(), String> {
     let destination = &app.spec.destination;
@@ -1016,6 +1022,18 @@ mod tests {
 
     fn app(spec: ApplicationSpec) -> Application {
         Application::new("web", spec)
+    }
+
+    #[test]
+    fn polls_are_spread_by_up_to_a_tenth() {
+        let base = Duration::from_secs(180);
+        let delays: Vec<Duration> = (0..200).map(|_| with_jitter(base)).collect();
+        assert!(delays.iter().all(|d| *d >= base && *d < base.mul_f64(1.1)));
+        let distinct: std::collections::BTreeSet<_> = delays.iter().collect();
+        assert!(
+            distinct.len() > 100,
+            "the delays are not spread: {distinct:?}"
+        );
     }
 
     #[test]
