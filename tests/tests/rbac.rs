@@ -311,3 +311,190 @@ async fn a_missing_verb_gives_a_condition_not_a_crash() {
         );
     }
 }
+
+/// A one-commit repository with a ConfigMap and a Deployment scaled to zero, as a `file://` URL.
+fn manifests_repository(dir: &Path) -> String {
+    let work = dir.join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    std::fs::write(
+        work.join("app.yaml"),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: app-config\ndata:\n  mode: rbac\n---\n\
+         apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: app\nspec:\n  replicas: 0\n  \
+         selector:\n    matchLabels: {app: app}\n  template:\n    metadata:\n      labels: {app: app}\n    \
+         spec:\n      containers:\n        - name: app\n          image: registry.invalid/app:1\n",
+    )
+    .unwrap();
+    for args in [
+        &["init", "-q", "-b", "main"][..],
+        &["add", "-A"],
+        &[
+            "-c",
+            "user.name=e2e",
+            "-c",
+            "user.email=e2e@mooring.invalid",
+            "commit",
+            "-q",
+            "-m",
+            "app",
+        ],
+    ] {
+        let status = std::process::Command::new("git")
+            .current_dir(&work)
+            .args(args)
+            .status()
+            .unwrap();
+        assert!(status.success(), "git {args:?}");
+    }
+    format!("file://{}", work.display())
+}
+
+#[tokio::test]
+async fn sync_and_external_secrets_work_with_exactly_the_deployed_rbac() {
+    let env = RealEnv::load().unwrap();
+    let admin = env.admin_client().await.unwrap();
+    mooring_agent::install::apply_crds(&admin, std::time::Duration::from_secs(60))
+        .await
+        .unwrap();
+    let ns = TestNamespace::create(&env, "rbac-all").await.unwrap();
+    install_rbac(&ns, |_, _| {}).await;
+
+    // OpenBao holds the value; the store's token sits in a Secret of the namespace.
+    let value = "s3cr3t-rbac-external";
+    let path = format!("mooring-e2e/{}/db", ns.name());
+    let vault = vaultrs::client::VaultClient::new(
+        vaultrs::client::VaultClientSettingsBuilder::default()
+            .address(env.var("VAULT_ADDR").unwrap())
+            .token(env.var("VAULT_TOKEN").unwrap())
+            .build()
+            .unwrap(),
+    )
+    .unwrap();
+    vaultrs::kv2::set(
+        &vault,
+        "secret",
+        &path,
+        &BTreeMap::from([("password", value)]),
+    )
+    .await
+    .unwrap();
+    let token = Secret {
+        metadata: ObjectMeta {
+            name: Some("bao-token".into()),
+            ..Default::default()
+        },
+        string_data: Some(BTreeMap::from([(
+            "token".into(),
+            env.var("VAULT_TOKEN").unwrap().into(),
+        )])),
+        ..Default::default()
+    };
+    ns.api::<Secret>()
+        .create(&PostParams::default(), &token)
+        .await
+        .unwrap();
+    let params = PatchParams::apply("mooring-e2e").force();
+    let store: mooring_crds::secret_store::SecretStore =
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "external-secrets.io/v1", "kind": "SecretStore",
+            "metadata": {"name": "vault"},
+            "spec": {"provider": {"vault": {
+                "server": env.var("VAULT_ADDR").unwrap(), "path": "secret", "version": "v2",
+                "auth": {"tokenSecretRef": {"name": "bao-token", "key": "token"}}}}},
+        }))
+        .unwrap();
+    ns.api::<mooring_crds::secret_store::SecretStore>()
+        .patch("vault", &params, &Patch::Apply(&store))
+        .await
+        .unwrap();
+    let external: mooring_crds::external_secret::ExternalSecret =
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "external-secrets.io/v1", "kind": "ExternalSecret",
+            "metadata": {"name": "db"},
+            "spec": {
+                "refreshInterval": "1h",
+                "secretStoreRef": {"name": "vault", "kind": "SecretStore"},
+                "target": {"name": "db-credentials"},
+                "data": [{"secretKey": "password", "remoteRef": {"key": path, "property": "password"}}],
+            },
+        }))
+        .unwrap();
+    ns.api::<mooring_crds::external_secret::ExternalSecret>()
+        .patch("db", &params, &Patch::Apply(&external))
+        .await
+        .unwrap();
+
+    // An Application of this namespace syncing a local repository.
+    let dir = tempfile::tempdir().unwrap();
+    let url = manifests_repository(dir.path());
+    let app: mooring_crds::application::Application = serde_json::from_value(serde_json::json!({
+        "apiVersion": "mooring.dev/v1alpha1", "kind": "Application",
+        "metadata": {"name": "app"},
+        "spec": {
+            "source": {"repoURL": url, "targetRevision": "main", "path": "."},
+            "destination": {"server": "https://kubernetes.default.svc", "namespace": ns.name()},
+            "syncPolicy": {"automated": {"prune": true, "selfHeal": true}},
+        },
+    }))
+    .unwrap();
+    ns.api::<mooring_crds::application::Application>()
+        .patch("app", &params, &Patch::Apply(&app))
+        .await
+        .unwrap();
+
+    // The agent with every controller, as the ServiceAccount of deploy/base.
+    let token = ns.service_account_token("mooring").await.unwrap();
+    let kubeconfig = token_kubeconfig(&env, &token, dir.path()).unwrap();
+    let cache = dir.path().join("git-cache");
+    let agent = AgentProcess::start(
+        &kubeconfig,
+        ns.name(),
+        &[
+            "--kustomize-path",
+            env.var("KUSTOMIZE").unwrap(),
+            "--git-allow-file-urls",
+            "--git-cache-dir",
+            cache.to_str().unwrap(),
+        ],
+    )
+    .await
+    .unwrap();
+
+    ns.wait_for_secret("db-credentials", "password", value.as_bytes())
+        .await
+        .unwrap();
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> = ns.api();
+    mooring_e2e::wait_for(
+        "the Application's Deployment",
+        std::time::Duration::from_secs(90),
+        || {
+            let deployments = deployments.clone();
+            async move { deployments.get_opt("app").await.ok()? }
+        },
+    )
+    .await
+    .unwrap();
+    let apps: Api<mooring_crds::application::Application> = ns.api();
+    mooring_e2e::wait_for(
+        "the Application Synced",
+        std::time::Duration::from_secs(90),
+        || {
+            let apps = apps.clone();
+            async move {
+                let app = apps.get("app").await.ok()?;
+                let sync = app.status?.sync?;
+                (sync.status == mooring_crds::application::SyncState::Synced).then_some(())
+            }
+        },
+    )
+    .await
+    .unwrap();
+    let logs = agent.stop().await.unwrap();
+    assert!(
+        !logs.contains(value),
+        "the agent's log holds the secret value"
+    );
+    assert!(
+        !logs.contains("forbidden"),
+        "a request was denied under the deployed RBAC:\n{logs}"
+    );
+}
