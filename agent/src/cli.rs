@@ -149,6 +149,11 @@ pub struct RunArgs {
     /// How long a leader's term lasts without renewal (Go duration).
     #[arg(long, default_value = "15s", value_parser = go_duration, env = "MOORING_LEADER_LEASE_DURATION")]
     pub leader_lease_duration: Duration,
+    /// Only sync Applications whose labels match this selector (for example
+    /// `mooring.dev/shard=a`): several agents then share one cluster's Applications, each
+    /// with its own selector.
+    #[arg(long, env = "MOORING_APPLICATION_SELECTOR")]
+    pub application_selector: Option<String>,
     /// How often an Application is fetched and compared without a trigger, unless its
     /// `spec.pollInterval` says otherwise (Go duration; a random jitter of up to 10% is added).
     #[arg(long, default_value = "3m", value_parser = go_duration, env = "MOORING_DEFAULT_POLL_INTERVAL")]

@@ -283,13 +283,16 @@ impl Agent {
                 Arc::new(self.args.git_cache()),
                 limits,
             );
-            let context = Arc::new(controllers::application::Context::new(
-                self.client.clone(),
-                Arc::new(source),
-                events.clone(),
-                self.args.max_prune_fraction,
-                self.args.default_poll_interval,
-            ));
+            let context = Arc::new(
+                controllers::application::Context::new(
+                    self.client.clone(),
+                    Arc::new(source),
+                    events.clone(),
+                    self.args.max_prune_fraction,
+                    self.args.default_poll_interval,
+                )
+                .with_selector(self.args.application_selector.clone()),
+            );
             controllers.push(Box::pin(controllers::application::run(
                 context,
                 self.args.watch_namespace.clone(),

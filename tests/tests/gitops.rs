@@ -530,3 +530,76 @@ async fn a_wrong_password_is_named_with_the_url() {
     );
     agent.stop().await.unwrap();
 }
+
+/// An Application of `url`'s `path`, labelled for `shard`, syncing into `ns`.
+async fn sharded_application(ns: &TestNamespace, name: &str, shard: &str, url: &str, path: &str) {
+    let app: Application = serde_json::from_value(serde_json::json!({
+        "apiVersion": "mooring.dev/v1alpha1", "kind": "Application",
+        "metadata": {"name": name, "labels": {"mooring.dev/shard": shard}},
+        "spec": {
+            "source": {"repoURL": url, "targetRevision": "main", "path": path},
+            "destination": {"server": "https://kubernetes.default.svc", "namespace": ns.name()},
+            "syncPolicy": {"automated": {"prune": true}},
+        },
+    }))
+    .unwrap();
+    ns.api::<Application>()
+        .create(&PostParams::default(), &app)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn agents_with_label_selectors_share_the_applications() {
+    let env = RealEnv::load().unwrap();
+    let ns = TestNamespace::create(&env, "gitops-shard").await.unwrap();
+    let repo = Repo::create(&env, &ns);
+    for shard in ["a", "b"] {
+        repo.write(
+            &format!("{shard}/configmap.yaml"),
+            &format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: shard-{shard}\n"),
+        );
+    }
+    let commit = repo.commit("two shards");
+    let url = format!("file://{}/{}", env.var("GIT_REPO_ROOT").unwrap(), repo.name);
+    sharded_application(&ns, "app-a", "a", &url, "a").await;
+    sharded_application(&ns, "app-b", "b", &url, "b").await;
+
+    let start = |shard: &str, cache: &Path| {
+        let mut args = mooring_e2e::agent(&env, ns.name()).unwrap();
+        args.controllers = vec![mooring_agent::cli::ControllerKind::Gitops];
+        args.kustomize_path = env.var("KUSTOMIZE").unwrap().into();
+        args.git_cache_dir = Some(cache.to_path_buf());
+        args.git_allow_file_urls = true;
+        args.default_poll_interval = Duration::from_secs(2);
+        args.application_selector = Some(format!("mooring.dev/shard={shard}"));
+        RunningAgent::start_with(args)
+    };
+    let cache_a = tempfile::tempdir().unwrap();
+    let agent_a = start("a", cache_a.path()).await.unwrap();
+    synced_at(&ns, "app-a", &commit).await;
+    // Agent a polled and synced its Application several times over; b's is not its own.
+    let b = ns.api::<Application>().get("app-b").await.unwrap();
+    assert!(b.status.is_none(), "agent a touched app-b: {:?}", b.status);
+    assert!(
+        ns.api::<ConfigMap>()
+            .get_opt("shard-b")
+            .await
+            .unwrap()
+            .is_none(),
+        "agent a applied app-b's objects"
+    );
+
+    let cache_b = tempfile::tempdir().unwrap();
+    let agent_b = start("b", cache_b.path()).await.unwrap();
+    synced_at(&ns, "app-b", &commit).await;
+    assert!(
+        ns.api::<ConfigMap>()
+            .get_opt("shard-b")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    agent_a.stop().await.unwrap();
+    agent_b.stop().await.unwrap();
+}

@@ -100,6 +100,8 @@ pub struct Context {
     pub max_prune_fraction: f64,
     /// How often an Application is looked at without a trigger (`spec.pollInterval` wins).
     pub default_poll_interval: Duration,
+    /// Only Applications matching this label selector (sharding across agents).
+    selector: Option<String>,
     watches: Watches,
     triggers: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<AppId>>>,
     failures: Mutex<HashMap<String, u32>>,
@@ -125,11 +127,19 @@ impl Context {
             events,
             max_prune_fraction,
             default_poll_interval,
+            selector: None,
             watches,
             triggers: Mutex::new(Some(triggers)),
             failures: Mutex::default(),
             heals: Mutex::default(),
         }
+    }
+
+    /// Limits this agent to the Applications matching `selector` (a label selector such as
+    /// `mooring.dev/shard=a`), so several agents can share a cluster's Applications.
+    pub fn with_selector(mut self, selector: Option<String>) -> Context {
+        self.selector = selector.filter(|s| !s.is_empty());
+        self
     }
 }
 
@@ -224,7 +234,11 @@ pub async fn run(
             Some(receiver),
         ))
     });
-    Controller::new(api, watcher::Config::default())
+    let mut config = watcher::Config::default();
+    if let Some(selector) = &ctx.selector {
+        config = config.labels(selector);
+    }
+    Controller::new(api, config)
         // Each sync already runs 16 requests at once: a few Applications at a time keep the
         // API server (and a cold start with hundreds of Applications) responsive.
         .with_config(kube::runtime::controller::Config::default().concurrency(SYNC_CONCURRENCY))
