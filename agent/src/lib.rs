@@ -291,7 +291,8 @@ impl Agent {
                     self.args.max_prune_fraction,
                     self.args.default_poll_interval,
                 )
-                .with_selector(self.args.application_selector.clone()),
+                .with_selector(self.args.application_selector.clone())
+                .with_metrics(metrics.applications.clone()),
             );
             controllers.push(Box::pin(controllers::application::run(
                 context,

@@ -5,6 +5,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 /// A `reason` label.
@@ -72,6 +73,34 @@ pub struct ExternalSecretMetrics {
     pub reconcile_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
 }
 
+/// The Application controller's metrics.
+#[derive(Clone, Debug)]
+pub struct ApplicationMetrics {
+    /// Syncs that ran to the end, by the resulting sync status (`Synced`, `OutOfSync`).
+    pub syncs: Family<OutcomeLabels, Counter>,
+    /// Failed reconciles, by reason (`AuthenticationFailed`, `KustomizeFailed`, `SyncFailed`…).
+    pub errors: Family<ReasonLabels, Counter>,
+    /// Objects written by server-side apply (created or changed).
+    pub objects_applied: Counter,
+    /// Objects deleted by prune.
+    pub objects_pruned: Counter,
+    /// Time to fetch and render an Application's source, in seconds (a remote-ref check only,
+    /// when the commit did not change).
+    pub source_seconds: Histogram,
+}
+
+impl Default for ApplicationMetrics {
+    fn default() -> Self {
+        ApplicationMetrics {
+            syncs: Family::default(),
+            errors: Family::default(),
+            objects_applied: Counter::default(),
+            objects_pruned: Counter::default(),
+            source_seconds: Histogram::new([0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 90.0]),
+        }
+    }
+}
+
 /// Every metric of the agent, and the registry that exposes them.
 #[derive(Debug)]
 pub struct Metrics {
@@ -81,6 +110,8 @@ pub struct Metrics {
     pub sealed_secrets: SealedSecretMetrics,
     /// ExternalSecret metrics.
     pub external_secrets: ExternalSecretMetrics,
+    /// Application metrics.
+    pub applications: ApplicationMetrics,
 }
 
 impl Default for Metrics {
@@ -141,10 +172,38 @@ impl Default for Metrics {
             "Time spent reconciling ExternalSecrets",
             e.reconcile_seconds.clone(),
         );
+        let applications = ApplicationMetrics::default();
+        let a = &applications;
+        registry.register(
+            "application_syncs",
+            "Application syncs by resulting sync status",
+            a.syncs.clone(),
+        );
+        registry.register(
+            "application_errors",
+            "Application reconcile errors by reason",
+            a.errors.clone(),
+        );
+        registry.register(
+            "application_objects_applied",
+            "Objects written by server-side apply",
+            a.objects_applied.clone(),
+        );
+        registry.register(
+            "application_objects_pruned",
+            "Objects deleted by prune",
+            a.objects_pruned.clone(),
+        );
+        registry.register(
+            "application_source_seconds",
+            "Time to fetch and render an Application's source",
+            a.source_seconds.clone(),
+        );
         Metrics {
             registry,
             sealed_secrets,
             external_secrets,
+            applications,
         }
     }
 }

@@ -35,6 +35,7 @@ use crate::apply::watch::Watches;
 use crate::apply::{Engine, Mode, SyncReport, SyncRequest};
 use crate::events::EventSink;
 use crate::install::FIELD_MANAGER;
+use crate::metrics::{ApplicationMetrics, OutcomeLabels, ReasonLabels};
 
 /// The destinations that mean "this cluster" (Argo CD's in-cluster server URL and name).
 const IN_CLUSTER_SERVER: &str = "https://kubernetes.default.svc";
@@ -102,6 +103,7 @@ pub struct Context {
     pub default_poll_interval: Duration,
     /// Only Applications matching this label selector (sharding across agents).
     selector: Option<String>,
+    metrics: ApplicationMetrics,
     watches: Watches,
     triggers: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<AppId>>>,
     failures: Mutex<HashMap<String, u32>>,
@@ -128,11 +130,18 @@ impl Context {
             max_prune_fraction,
             default_poll_interval,
             selector: None,
+            metrics: ApplicationMetrics::default(),
             watches,
             triggers: Mutex::new(Some(triggers)),
             failures: Mutex::default(),
             heals: Mutex::default(),
         }
+    }
+
+    /// Counts syncs, errors, applied and pruned objects and source times into `metrics`.
+    pub fn with_metrics(mut self, metrics: ApplicationMetrics) -> Context {
+        self.metrics = metrics;
+        self
     }
 
     /// Limits this agent to the Applications matching `selector` (a label selector such as
@@ -342,7 +351,12 @@ async fn reconcile(cached: Arc<Application>, ctx: Arc<Context>) -> Result<Action
     }
 
     // Fetch and render. A failure keeps the old inventory and prunes nothing.
-    let desired = match ctx.source.desired(&app).await {
+    let started = std::time::Instant::now();
+    let fetched = ctx.source.desired(&app).await;
+    ctx.metrics
+        .source_seconds
+        .observe(started.elapsed().as_secs_f64());
+    let desired = match fetched {
         Ok(desired) => desired,
         Err(error) => {
             conditions.push(condition(
@@ -448,6 +462,18 @@ async fn reconcile(cached: Arc<Application>, ctx: Arc<Context>) -> Result<Action
         mode,
     };
     let report = ctx.engine.sync(&request).await?;
+    ctx.metrics
+        .objects_applied
+        .inc_by(u64::try_from(report.written.len()).unwrap_or(u64::MAX));
+    ctx.metrics
+        .objects_pruned
+        .inc_by(u64::try_from(report.pruned.len()).unwrap_or(u64::MAX));
+    ctx.metrics
+        .syncs
+        .get_or_create(&OutcomeLabels {
+            outcome: format!("{:?}", report.sync),
+        })
+        .inc();
     if mode == Mode::Apply && !new_revision && !report.drift.is_empty() {
         record_heal(&ctx.heals, &uid, tokio::time::Instant::now());
     }
@@ -593,6 +619,12 @@ async fn finalize(ctx: &Context, app: &Application, id: &AppId) -> Result<Action
 
 fn error_policy(app: Arc<Application>, error: &Error, ctx: Arc<Context>) -> Action {
     tracing::warn!(app = %app.name_any(), error = %crate::error_chain(error), "sync failed");
+    ctx.metrics
+        .errors
+        .get_or_create(&ReasonLabels {
+            reason: error.reason().to_owned(),
+        })
+        .inc();
     let attempts = {
         let mut failures = ctx
             .failures
