@@ -103,6 +103,8 @@ pub struct Context {
     pub default_poll_interval: Duration,
     /// Only Applications matching this label selector (sharding across agents).
     selector: Option<String>,
+    /// Syncs running now.
+    in_flight: tokio::sync::watch::Sender<usize>,
     metrics: ApplicationMetrics,
     watches: Watches,
     triggers: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<AppId>>>,
@@ -130,6 +132,7 @@ impl Context {
             max_prune_fraction,
             default_poll_interval,
             selector: None,
+            in_flight: tokio::sync::watch::Sender::new(0),
             metrics: ApplicationMetrics::default(),
             watches,
             triggers: Mutex::new(Some(triggers)),
@@ -235,6 +238,10 @@ pub async fn run(
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
         .take();
+    // The controller stops only once every trigger stream has ended: end the drift stream on
+    // shutdown too.
+    let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
+    let mut in_flight = ctx.in_flight.subscribe();
     let drift = futures::stream::unfold(triggers, |receiver| async move {
         let mut receiver = receiver?;
         let app = receiver.recv().await?;
@@ -247,15 +254,32 @@ pub async fn run(
     if let Some(selector) = &ctx.selector {
         config = config.labels(selector);
     }
-    Controller::new(api, config)
+    let controller = Controller::new(api, config)
         // Each sync already runs 16 requests at once: a few Applications at a time keep the
         // API server (and a cold start with hundreds of Applications) responsive.
         .with_config(kube::runtime::controller::Config::default().concurrency(SYNC_CONCURRENCY))
-        .reconcile_on(drift)
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
-        .for_each(|_| std::future::ready(()))
-        .await;
+        .reconcile_on(drift.take_until(shutdown.clone()))
+        .graceful_shutdown_on(shutdown.clone())
+        .run(counted_reconcile, error_policy, ctx)
+        .for_each(|_| std::future::ready(()));
+    // kube's graceful shutdown also waits for the first list of every watch, which never comes
+    // while the API server is unreachable: stop as soon as no sync is running.
+    let drained = async move {
+        shutdown.await;
+        let _ = in_flight.wait_for(|running| *running == 0).await;
+    };
+    tokio::select! {
+        () = controller => {},
+        () = drained => {},
+    }
+}
+
+/// [`reconcile`], counted in `in_flight` so that a shutdown waits for running syncs only.
+async fn counted_reconcile(app: Arc<Application>, ctx: Arc<Context>) -> Result<Action, Error> {
+    ctx.in_flight.send_modify(|running| *running += 1);
+    let result = reconcile(app, Arc::clone(&ctx)).await;
+    ctx.in_flight.send_modify(|running| *running -= 1);
+    result
 }
 
 async fn reconcile(cached: Arc<Application>, ctx: Arc<Context>) -> Result<Action, Error> {
