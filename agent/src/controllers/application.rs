@@ -283,6 +283,7 @@ async fn counted_reconcile(app: Arc<Application>, ctx: Arc<Context>) -> Result<A
 }
 
 async fn reconcile(cached: Arc<Application>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = tokio::time::Instant::now();
     let id = AppId {
         namespace: cached.namespace().unwrap_or_default(),
         name: cached.name_any(),
@@ -542,6 +543,19 @@ async fn reconcile(cached: Arc<Application>, ctx: Arc<Context>) -> Result<Action
         observed_generation: app.metadata.generation,
     };
     write_status(&ctx, &app, status).await?;
+    // One line per sync: how long it took and what it wrote (operators and the benchmark
+    // tests/bench/gitops read it; a no-op resync shows written=0 pruned=0).
+    tracing::info!(
+        application = %id,
+        revision = %desired.revision,
+        apply = mode == Mode::Apply,
+        objects = report.resources.len(),
+        written = report.written.len(),
+        pruned = report.pruned.len(),
+        drift = report.drift.len(),
+        elapsed_ms = started.elapsed().as_millis(),
+        "application synced"
+    );
     if let Some((key, message)) = report.failures.first() {
         return Err(Error::Objects {
             count: report.failures.len(),
