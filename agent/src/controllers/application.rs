@@ -376,11 +376,11 @@ async fn reconcile(cached: Arc<Application>, ctx: Arc<Context>) -> Result<Action
     }
 
     // Fetch and render. A failure keeps the old inventory and prunes nothing.
-    let started = std::time::Instant::now();
+    let fetch_started = std::time::Instant::now();
     let fetched = ctx.source.desired(&app).await;
     ctx.metrics
         .source_seconds
-        .observe(started.elapsed().as_secs_f64());
+        .observe(fetch_started.elapsed().as_secs_f64());
     let desired = match fetched {
         Ok(desired) => desired,
         Err(error) => {
