@@ -434,7 +434,7 @@ impl Demo {
         self.write_secret_store()?;
         let sealed = "apps/platform-api/base/sealedsecret.yaml";
         if fresh || !self.verifies(sealed).await? {
-            self.seal(sealed)?;
+            self.seal(sealed).await?;
         }
         let message = if fresh {
             "platform-api: seed layout, a SealedSecret and an ExternalSecret"
@@ -596,8 +596,28 @@ spec:
         )
     }
 
-    /// Seals a fresh Secret with `kubeseal --cert <agent>/v1/cert.pem` into `path`.
-    fn seal(&self, path: &str) -> Result<(), Error> {
+    /// Seals a fresh Secret with `kubeseal --cert` into `path`, against the certificate the
+    /// agent serves at `/v1/cert.pem` (fetched first, so that kubeseal needs no network).
+    async fn seal(&self, path: &str) -> Result<(), Error> {
+        let url = format!("{}/v1/cert.pem", self.agent_url);
+        let action = format!("fetch {url}");
+        let response = self.http(reqwest::Client::new().get(&url), &action).await?;
+        if !response.status().is_success() {
+            return Err(Error::Http {
+                action,
+                detail: response.status().to_string(),
+            });
+        }
+        let pem = response.bytes().await.map_err(|e| Error::Http {
+            action,
+            detail: e.to_string(),
+        })?;
+        let cert = self.dir.join("cert.pem");
+        std::fs::write(&cert, &pem).map_err(|source| Error::Io {
+            action: "write",
+            path: cert.clone(),
+            source,
+        })?;
         let secret = serde_json::json!({
             "apiVersion": "v1",
             "kind": "Secret",
@@ -609,7 +629,7 @@ spec:
         run_command(
             std::process::Command::new(&self.kubeseal)
                 .arg("--cert")
-                .arg(format!("{}/v1/cert.pem", self.agent_url))
+                .arg(&cert)
                 .args(["--format", "yaml", "--sealed-secret-file"])
                 .arg(&output),
             Some(secret.to_string().as_bytes()),
