@@ -841,11 +841,11 @@ impl std::fmt::Display for Status {
             )?;
         }
         writeln!(f)?;
-        writeln!(f, "{:<26} {:<32} KEYS (values not shown)", "SECRET", "FROM")?;
+        writeln!(f, "{:<26} {:<40} KEYS (values not shown)", "SECRET", "FROM")?;
         for secret in &self.secrets {
             writeln!(
                 f,
-                "{:<26} {:<32} {}",
+                "{:<26} {:<40} {}",
                 secret.name,
                 secret.from,
                 secret.keys.join(",")

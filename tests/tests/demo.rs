@@ -126,4 +126,15 @@ async fn the_demo_syncs_the_seed_layout_with_both_secret_kinds_and_follows_a_com
     demo.wait_synced(&again, timeout).await.unwrap();
 
     agent.stop().await.unwrap();
+    // The value this test wrote into the shared OpenBao.
+    let removed = reqwest::Client::new()
+        .delete(format!(
+            "{}/v1/secret/metadata/{}",
+            demo.vault_addr, demo.vault_path
+        ))
+        .header("X-Vault-Token", &demo.vault_token)
+        .send()
+        .await
+        .unwrap();
+    assert!(removed.status().is_success(), "{}", removed.status());
 }
