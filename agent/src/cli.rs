@@ -32,8 +32,9 @@ pub enum LogFormat {
 pub enum Command {
     /// Run the agent: connect to the cluster and serve the health endpoints.
     Run(Box<RunArgs>),
-    /// Install the CRDs into a cluster and show what is there (used by the README demo).
-    Demo(ClusterArgs),
+    /// The cluster side of `./dev demo`: seed a local Git repository (with a SealedSecret and an
+    /// ExternalSecret), apply its root Application, wait until synced and print the status.
+    Demo(DemoArgs),
     /// Print the install manifests (namespace, CRDs, RBAC, Deployment, Service) for one overlay,
     /// or apply them with `--apply`.
     Install(InstallArgs),
@@ -56,6 +57,44 @@ pub struct InstallArgs {
     /// How to reach the cluster (with `--apply`).
     #[command(flatten)]
     pub cluster: ClusterArgs,
+}
+
+/// Flags of `mooring demo`.
+#[derive(Clone, Debug, Args)]
+pub struct DemoArgs {
+    /// How to reach the cluster.
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// Only install the CRDs and the agent's namespace (before the agent starts).
+    #[arg(long)]
+    pub crds_only: bool,
+    /// Only print the status table.
+    #[arg(long, conflicts_with = "crds_only")]
+    pub status: bool,
+    /// The agent's namespace (created with `--crds-only`).
+    #[arg(long, default_value = "mooring-system")]
+    pub agent_namespace: String,
+    /// Namespace of the demo's Applications, workloads and secrets.
+    #[arg(long, default_value = "demo")]
+    pub namespace: String,
+    /// Directory of the demo; its Git repository is `repo/` inside.
+    #[arg(long, default_value = "target/demo")]
+    pub dir: PathBuf,
+    /// Base URL of the running agent's HTTP port (`/readyz`, `/v1/cert.pem`, `/v1/verify`).
+    #[arg(long, default_value = "http://127.0.0.1:18080")]
+    pub agent_url: String,
+    /// The `kubeseal` that seals the demo's SealedSecret.
+    #[arg(long, default_value = "kubeseal")]
+    pub kubeseal: PathBuf,
+    /// OpenBao's address.
+    #[arg(long, env = "VAULT_ADDR")]
+    pub vault_addr: Option<String>,
+    /// OpenBao's token (the dev root token); never printed.
+    #[arg(long, env = "VAULT_TOKEN", hide_env_values = true)]
+    pub vault_token: Option<String>,
+    /// How long to wait until everything is synced, in seconds.
+    #[arg(long, default_value_t = 180)]
+    pub timeout_seconds: u64,
 }
 
 /// The controllers `mooring run` can run.
