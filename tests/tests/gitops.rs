@@ -512,11 +512,40 @@ async fn ssh_with_a_known_host_syncs_and_a_wrong_host_key_is_named() {
         .replace("repo-ssh", &PostParams::default(), &secret)
         .await
         .unwrap();
-    set_replicas(&repo, 3);
-    repo.commit("platform-api: three replicas");
+    // Both Applications refuse the server once they have read the new Secret (a sync already
+    // running keeps the credentials it read before the change).
     let message = condition(&ns, "root", "Synced", "HostKeyMismatch").await;
     assert!(message.contains(&repo.name), "{message}");
     condition(&ns, "platform-api", "Synced", "HostKeyMismatch").await;
+
+    // A commit pushed now is never applied: each poll fails on the host key.
+    let refusals = r#"mooring_application_errors_total{reason="HostKeyMismatch"}"#;
+    let before = agent.metric(refusals).await.unwrap();
+    set_replicas(&repo, 3);
+    let third = repo.commit("platform-api: three replicas");
+    // Refused fetches back off for a minute: ask for a look now, as `argocd app get --refresh`.
+    for name in ["root", "platform-api"] {
+        ns.api::<Application>()
+            .patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(serde_json::json!({
+                    "metadata": {"annotations": {"mooring.dev/refresh": third}}
+                })),
+            )
+            .await
+            .unwrap();
+    }
+    wait_for("two more refusals", Duration::from_secs(60), || async {
+        (agent.metric(refusals).await.ok()? >= before + 2.0).then_some(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        replicas(&ns).await,
+        Some(0),
+        "a commit was applied through a server with another host key"
+    );
     agent.stop().await.unwrap();
 }
 
