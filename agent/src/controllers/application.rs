@@ -241,7 +241,7 @@ pub async fn run(
     // The controller stops only once every trigger stream has ended: end the drift stream on
     // shutdown too.
     let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
-    let mut in_flight = ctx.in_flight.subscribe();
+    let in_flight = ctx.in_flight.subscribe();
     let drift = futures::stream::unfold(triggers, |receiver| async move {
         let mut receiver = receiver?;
         let app = receiver.recv().await?;
@@ -262,16 +262,7 @@ pub async fn run(
         .graceful_shutdown_on(shutdown.clone())
         .run(counted_reconcile, error_policy, ctx)
         .for_each(|_| std::future::ready(()));
-    // kube's graceful shutdown also waits for the first list of every watch, which never comes
-    // while the API server is unreachable: stop as soon as no sync is running.
-    let drained = async move {
-        shutdown.await;
-        let _ = in_flight.wait_for(|running| *running == 0).await;
-    };
-    tokio::select! {
-        () = controller => {},
-        () = drained => {},
-    }
+    super::run_until_drained(controller, shutdown, in_flight).await;
 }
 
 /// [`reconcile`], counted in `in_flight` so that a shutdown waits for running syncs only.

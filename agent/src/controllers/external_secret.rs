@@ -320,7 +320,7 @@ pub async fn run(
             None => (Api::all(ctx.client.clone()), Api::all(ctx.client.clone())),
         };
     let shutdown = futures::FutureExt::shared(shutdown);
-    let mut in_flight = ctx.in_flight.subscribe();
+    let in_flight = ctx.in_flight.subscribe();
     let controller = Controller::new(externals, watcher::Config::default());
     let housekeeping = housekeeping(controller.store(), Arc::clone(&ctx));
     // Metadata only, and only Secrets mooring manages: an edit or deletion wakes the
@@ -340,14 +340,7 @@ pub async fn run(
             () = housekeeping => {},
         }
     };
-    let drained = async move {
-        shutdown.await;
-        let _ = in_flight.wait_for(|running| *running == 0).await;
-    };
-    tokio::select! {
-        () = controller => {},
-        () = drained => {},
-    }
+    super::run_until_drained(controller, shutdown, in_flight).await;
 }
 
 /// Every 10 s: recounts the condition gauge from the watch cache, and forgets what is kept in

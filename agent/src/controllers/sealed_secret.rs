@@ -218,7 +218,7 @@ pub async fn run(
     // every Secret's data in memory (upstream's #1289). Every Secret wakes the SealedSecret of
     // the same name, owned or not (managed, patch and skip-owner Secrets are repaired too).
     let shutdown = futures::FutureExt::shared(shutdown);
-    let mut in_flight = ctx.in_flight.subscribe();
+    let in_flight = ctx.in_flight.subscribe();
     let controller = Controller::new(sealed, watcher::Config::default()).with_config(
         kube::runtime::controller::Config::default().concurrency(MAX_CONCURRENT_RECONCILES),
     );
@@ -236,16 +236,7 @@ pub async fn run(
             () = counting => {},
         }
     };
-    // kube's graceful shutdown also waits for the first list of every watch, which never comes
-    // while the API server is unreachable: stop as soon as no reconcile is running.
-    let drained = async move {
-        shutdown.await;
-        let _ = in_flight.wait_for(|running| *running == 0).await;
-    };
-    tokio::select! {
-        () = controller => {},
-        () = drained => {},
-    }
+    super::run_until_drained(controller, shutdown, in_flight).await;
 }
 
 /// Keeps the `mooring_sealedsecret_condition` gauge equal to the SealedSecrets in the watch
