@@ -349,7 +349,7 @@ fn manifests_repository(dir: &Path) -> String {
 }
 
 #[tokio::test]
-async fn sync_and_external_secrets_work_with_exactly_the_deployed_rbac() {
+async fn all_controllers_work_with_exactly_the_deployed_rbac_and_leak_no_secret() {
     let env = RealEnv::load().unwrap();
     let admin = env.admin_client().await.unwrap();
     mooring_agent::install::apply_crds(&admin, std::time::Duration::from_secs(60))
@@ -462,6 +462,19 @@ async fn sync_and_external_secrets_work_with_exactly_the_deployed_rbac() {
     ns.wait_for_secret("db-credentials", "password", value.as_bytes())
         .await
         .unwrap();
+    // And a SealedSecret, sealed against the agent's own certificate.
+    let sealed_value = "s3cr3t-rbac-sealed";
+    let cert = agent.certificate().await.unwrap();
+    ns.api::<SealedSecret>()
+        .create(
+            &PostParams::default(),
+            &sealed_secret(&cert, ns.name(), "api", sealed_value),
+        )
+        .await
+        .unwrap();
+    ns.wait_for_secret("api", "password", sealed_value.as_bytes())
+        .await
+        .unwrap();
     let deployments: Api<k8s_openapi::api::apps::v1::Deployment> = ns.api();
     mooring_e2e::wait_for(
         "the Application's Deployment",
@@ -488,11 +501,49 @@ async fn sync_and_external_secrets_work_with_exactly_the_deployed_rbac() {
     )
     .await
     .unwrap();
+    // Nothing the run produced outside the Secrets holds a secret value: not the agent's log,
+    // not an event, not a status of any object it manages.
+    let mut produced = Vec::new();
+    let events: Api<k8s_openapi::api::core::v1::Event> = ns.api();
+    for event in events.list(&Default::default()).await.unwrap() {
+        produced.push(serde_json::to_string(&event).unwrap());
+    }
+    let statuses = [
+        serde_json::to_string(
+            &ns.api::<SealedSecret>()
+                .list(&Default::default())
+                .await
+                .unwrap(),
+        )
+        .unwrap(),
+        serde_json::to_string(
+            &ns.api::<mooring_crds::external_secret::ExternalSecret>()
+                .list(&Default::default())
+                .await
+                .unwrap(),
+        )
+        .unwrap(),
+        serde_json::to_string(
+            &ns.api::<mooring_crds::secret_store::SecretStore>()
+                .list(&Default::default())
+                .await
+                .unwrap(),
+        )
+        .unwrap(),
+        serde_json::to_string(&apps.list(&Default::default()).await.unwrap()).unwrap(),
+    ];
+    produced.extend(statuses);
     let logs = agent.stop().await.unwrap();
-    assert!(
-        !logs.contains(value),
-        "the agent's log holds the secret value"
-    );
+    produced.push(logs.clone());
+    assert!(produced.len() > 5, "nothing to look at: {produced:?}");
+    for secret_value in [value, sealed_value] {
+        for text in &produced {
+            assert!(
+                !text.contains(secret_value),
+                "a secret value leaked into a log, event or status"
+            );
+        }
+    }
     assert!(
         !logs.contains("forbidden"),
         "a request was denied under the deployed RBAC:\n{logs}"
