@@ -7,7 +7,6 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use k8s_openapi::ByteString;
@@ -16,95 +15,8 @@ use kube::api::{ObjectMeta, PostParams};
 use mooring_agent::git::{GitCache, GitError, GitLimits, RepoCredentials, credentials_for};
 use mooring_agent::render::{Kustomize, KustomizeOptions, RenderLimits, RenderOptions, render};
 use mooring_crds::application::{ApplicationSource, KustomizeSource};
-use mooring_e2e::{RealEnv, TestNamespace};
+use mooring_e2e::{GitRepo, RealEnv, TestNamespace};
 use zeroize::Zeroizing;
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let output = Command::new("git")
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .output()
-        .expect("git runs");
-    assert!(
-        output.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap().trim().to_string()
-}
-
-/// A bare repository under GIT_REPO_ROOT, served by both git servers, plus a work tree that
-/// pushes to it through the file system. Deleted when dropped.
-struct TestRepo {
-    name: String,
-    bare: PathBuf,
-    work: tempfile::TempDir,
-}
-
-impl TestRepo {
-    fn create(env: &RealEnv, prefix: &str) -> anyhow::Result<TestRepo> {
-        static COUNTER: AtomicU32 = AtomicU32::new(0);
-        let name = format!(
-            "{prefix}-{}-{}-{}.git",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed),
-            rand_suffix()
-        );
-        let bare = Path::new(env.var("GIT_REPO_ROOT")?).join(&name);
-        let work = tempfile::tempdir()?;
-        git(work.path(), &["init", "-q", "-b", "main"]);
-        git(work.path(), &["config", "user.name", "mooring-e2e"]);
-        git(
-            work.path(),
-            &["config", "user.email", "e2e@mooring.invalid"],
-        );
-        let status = Command::new("git")
-            .args(["init", "-q", "--bare", "-b", "main"])
-            .arg(&bare)
-            .status()?;
-        anyhow::ensure!(status.success(), "git init --bare failed");
-        git(
-            work.path(),
-            &["remote", "add", "origin", bare.to_str().unwrap()],
-        );
-        Ok(TestRepo { name, bare, work })
-    }
-
-    fn http_url(&self, env: &RealEnv) -> String {
-        format!("{}/{}", env.var("GIT_HTTP_URL").unwrap(), self.name)
-    }
-
-    fn ssh_url(&self, env: &RealEnv) -> String {
-        format!("{}{}", env.var("GIT_SSH_URL").unwrap(), self.bare.display())
-    }
-
-    fn commit(&self, files: &[(&str, &str)], message: &str) -> String {
-        for (path, content) in files {
-            let path = self.work.path().join(path);
-            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-            std::fs::write(path, content).unwrap();
-        }
-        git(self.work.path(), &["add", "-A"]);
-        git(self.work.path(), &["commit", "-q", "-m", message]);
-        git(self.work.path(), &["push", "-q", "origin", "main"]);
-        git(self.work.path(), &["rev-parse", "HEAD"])
-    }
-}
-
-impl Drop for TestRepo {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.bare);
-    }
-}
-
-fn rand_suffix() -> String {
-    let mut bytes = [0u8; 4];
-    aws_lc_rs::rand::fill(&mut bytes).unwrap();
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
 
 /// The seed article's layout: an app-of-apps root, Application manifests, and a Kustomize app
 /// with a base and two overlays.
@@ -143,10 +55,10 @@ fn seed_files(replicas_staging: u32) -> Vec<(&'static str, String)> {
     ]
 }
 
-fn commit_seed(repo: &TestRepo, replicas_staging: u32, message: &str) -> String {
+fn commit_seed(repo: &GitRepo, replicas_staging: u32, message: &str) -> String {
     let files = seed_files(replicas_staging);
     let borrowed: Vec<(&str, &str)> = files.iter().map(|(p, c)| (*p, c.as_str())).collect();
-    repo.commit(&borrowed, message)
+    repo.commit_files(&borrowed, message).unwrap()
 }
 
 fn http_credentials(env: &RealEnv, password: &str) -> RepoCredentials {
@@ -219,11 +131,11 @@ fn assert_shallow(cache_dir: &Path, commit: &str) {
 async fn http_with_basic_auth_checks_out_fetches_only_new_commits_and_picks_them_up()
 -> anyhow::Result<()> {
     let env = RealEnv::load()?;
-    let repo = TestRepo::create(&env, "http")?;
+    let repo = GitRepo::create(&env, "http")?;
     let first = commit_seed(&repo, 2, "seed");
     let cache_dir = tempfile::tempdir()?;
     let cache = GitCache::new(cache_dir.path().to_path_buf(), GitLimits::default());
-    let url = repo.http_url(&env);
+    let url = repo.http_url(&env)?;
     let credentials = http_credentials(&env, env.var("GIT_HTTP_PASSWORD")?);
 
     let checkout = cache.resolve(&url, "main", Some(&credentials)).await?;
@@ -272,11 +184,11 @@ async fn http_with_basic_auth_checks_out_fetches_only_new_commits_and_picks_them
 async fn http_with_a_wrong_or_no_password_is_authentication_failed_naming_the_url()
 -> anyhow::Result<()> {
     let env = RealEnv::load()?;
-    let repo = TestRepo::create(&env, "http-auth")?;
+    let repo = GitRepo::create(&env, "http-auth")?;
     commit_seed(&repo, 2, "seed");
     let cache_dir = tempfile::tempdir()?;
     let cache = GitCache::new(cache_dir.path().to_path_buf(), GitLimits::default());
-    let url = repo.http_url(&env);
+    let url = repo.http_url(&env)?;
 
     for credentials in [Some(http_credentials(&env, "not-the-password")), None] {
         let error = cache
@@ -315,11 +227,11 @@ async fn http_with_a_wrong_or_no_password_is_authentication_failed_naming_the_ur
 async fn ssh_with_key_and_known_hosts_checks_out_and_a_wrong_host_key_is_refused()
 -> anyhow::Result<()> {
     let env = RealEnv::load()?;
-    let repo = TestRepo::create(&env, "ssh")?;
+    let repo = GitRepo::create(&env, "ssh")?;
     let first = commit_seed(&repo, 2, "seed");
     let cache_dir = tempfile::tempdir()?;
     let cache = GitCache::new(cache_dir.path().to_path_buf(), GitLimits::default());
-    let url = repo.ssh_url(&env);
+    let url = repo.ssh_url(&env)?;
     let key = PathBuf::from(env.var("GIT_SSH_KEY")?);
     let known_hosts = std::fs::read_to_string(env.var("GIT_SSH_KNOWN_HOSTS")?)?;
 
@@ -402,10 +314,10 @@ fn labelled_secret(name: &str, label: (&str, &str), data: &[(&str, &str)]) -> Se
 async fn credentials_come_from_argo_and_mooring_labelled_secrets() -> anyhow::Result<()> {
     let env = RealEnv::load()?;
     let ns = TestNamespace::create(&env, "git-creds").await?;
-    let repo = TestRepo::create(&env, "creds")?;
+    let repo = GitRepo::create(&env, "creds")?;
     let first = commit_seed(&repo, 2, "seed");
-    let http_url = repo.http_url(&env);
-    let ssh_url = repo.ssh_url(&env);
+    let http_url = repo.http_url(&env)?;
+    let ssh_url = repo.ssh_url(&env)?;
     let secrets = ns.api::<Secret>();
     // Argo CD's own repository Secret, unchanged.
     secrets
@@ -535,13 +447,13 @@ fn real_kustomize(env: &RealEnv) -> anyhow::Result<Kustomize> {
 #[tokio::test]
 async fn the_seed_overlays_render_with_the_pinned_kustomize() -> anyhow::Result<()> {
     let env = RealEnv::load()?;
-    let repo = TestRepo::create(&env, "kustomize")?;
+    let repo = GitRepo::create(&env, "kustomize")?;
     commit_seed(&repo, 2, "seed");
     let cache_dir = tempfile::tempdir()?;
     let cache = GitCache::new(cache_dir.path().to_path_buf(), GitLimits::default());
     let credentials = http_credentials(&env, env.var("GIT_HTTP_PASSWORD")?);
     let checkout = cache
-        .resolve(&repo.http_url(&env), "main", Some(&credentials))
+        .resolve(&repo.http_url(&env)?, "main", Some(&credentials))
         .await?;
     let options = RenderOptions {
         limits: RenderLimits {
@@ -690,9 +602,9 @@ async fn kustomize_with_a_remote_base_is_refused_and_broken_input_names_the_file
 async fn an_application_source_is_fetched_and_rendered_in_one_call() -> anyhow::Result<()> {
     let env = RealEnv::load()?;
     let ns = TestNamespace::create(&env, "git-source").await?;
-    let repo = TestRepo::create(&env, "source")?;
+    let repo = GitRepo::create(&env, "source")?;
     let commit = commit_seed(&repo, 2, "seed");
-    let url = repo.http_url(&env);
+    let url = repo.http_url(&env)?;
     ns.api::<Secret>()
         .create(
             &PostParams::default(),

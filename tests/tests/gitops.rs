@@ -6,7 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
@@ -14,88 +14,10 @@ use k8s_openapi::api::core::v1::{ConfigMap, Event, Secret};
 use kube::api::{ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use mooring_crds::application::{Application, SyncState};
-use mooring_e2e::{RealEnv, RunningAgent, TestNamespace, wait_for};
-
-/// A repository of the test's own, served by both git servers, and a clone to commit from.
-struct Repo {
-    /// The bare repository's name under `GIT_REPO_ROOT`.
-    name: String,
-    work: tempfile::TempDir,
-}
-
-fn git(dir: &Path, args: &[&str]) {
-    let output = std::process::Command::new("git")
-        .current_dir(dir)
-        .args([
-            "-c",
-            "user.name=e2e",
-            "-c",
-            "user.email=e2e@mooring.invalid",
-        ])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
-impl Repo {
-    fn create(env: &RealEnv, ns: &TestNamespace) -> Repo {
-        let name = format!("{}.git", ns.name());
-        let root = PathBuf::from(env.var("GIT_REPO_ROOT").unwrap());
-        let bare = root.join(&name);
-        git(&root, &["init", "-q", "--bare", "-b", "main", &name]);
-        let work = tempfile::tempdir().unwrap();
-        git(work.path(), &["init", "-q", "-b", "main"]);
-        git(
-            work.path(),
-            &["remote", "add", "origin", bare.to_str().unwrap()],
-        );
-        Repo { name, work }
-    }
-
-    fn http_url(&self, env: &RealEnv) -> String {
-        format!("{}/{}", env.var("GIT_HTTP_URL").unwrap(), self.name)
-    }
-
-    fn ssh_url(&self, env: &RealEnv) -> String {
-        format!(
-            "{}{}/{}",
-            env.var("GIT_SSH_URL").unwrap(),
-            env.var("GIT_REPO_ROOT").unwrap(),
-            self.name
-        )
-    }
-
-    fn write(&self, path: &str, text: &str) {
-        let file = self.work.path().join(path);
-        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
-        std::fs::write(file, text).unwrap();
-    }
-
-    fn remove(&self, path: &str) {
-        std::fs::remove_file(self.work.path().join(path)).unwrap();
-    }
-
-    /// Commits everything and pushes; returns the commit SHA.
-    fn commit(&self, message: &str) -> String {
-        git(self.work.path(), &["add", "-A"]);
-        git(self.work.path(), &["commit", "-q", "-m", message]);
-        git(self.work.path(), &["push", "-q", "origin", "main"]);
-        let output = std::process::Command::new("git")
-            .current_dir(self.work.path())
-            .args(["rev-parse", "HEAD"])
-            .output()
-            .unwrap();
-        String::from_utf8(output.stdout).unwrap().trim().to_owned()
-    }
-}
+use mooring_e2e::{GitRepo, RealEnv, RunningAgent, TestNamespace, wait_for};
 
 /// The seed's layout, for destination namespace `ns` and repository `url`.
-fn seed(repo: &Repo, ns: &str, url: &str) {
+fn seed(repo: &GitRepo, ns: &str, url: &str) {
     let application = |name: &str, path: &str| {
         format!(
             "apiVersion: mooring.dev/v1alpha1
@@ -124,15 +46,18 @@ spec:
     repo.write(
         "bootstrap/root-app.yaml",
         &application("root", "argocd-apps"),
-    );
+    )
+    .unwrap();
     repo.write(
         "argocd-apps/platform-api.yaml",
         &application("platform-api", "apps/platform-api/overlays/staging"),
-    );
+    )
+    .unwrap();
     repo.write(
         "apps/platform-api/base/kustomization.yaml",
         "resources:\n  - deployment.yaml\n  - service.yaml\n  - configmap.yaml\n",
-    );
+    )
+    .unwrap();
     repo.write(
         "apps/platform-api/base/deployment.yaml",
         "apiVersion: apps/v1
@@ -152,7 +77,8 @@ spec:
           image: registry.invalid/platform-api:1.0.0
           ports: [{containerPort: 8080}]
 ",
-    );
+    )
+    .unwrap();
     repo.write(
         "apps/platform-api/base/service.yaml",
         "apiVersion: v1
@@ -163,7 +89,8 @@ spec:
   selector: {app: platform-api}
   ports: [{port: 80, targetPort: 8080}]
 ",
-    );
+    )
+    .unwrap();
     repo.write(
         "apps/platform-api/base/configmap.yaml",
         "apiVersion: v1
@@ -173,21 +100,23 @@ metadata:
 data:
   LOG_LEVEL: info
 ",
-    );
+    )
+    .unwrap();
     repo.write(
         "apps/platform-api/overlays/staging/kustomization.yaml",
         "resources:\n  - ../../base\npatches:\n  - path: replicas.yaml\n",
-    );
+    )
+    .unwrap();
     set_replicas(repo, 0);
 }
 
-fn set_replicas(repo: &Repo, replicas: u32) {
+fn set_replicas(repo: &GitRepo, replicas: u32) {
     repo.write(
         "apps/platform-api/overlays/staging/replicas.yaml",
         &format!(
             "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: platform-api\nspec:\n  replicas: {replicas}\n"
         ),
-    );
+    ).unwrap();
 }
 
 /// A repository credential Secret as Argo CD's (`argocd.argoproj.io/secret-type: repository`).
@@ -250,8 +179,8 @@ async fn agent(env: &RealEnv, ns: &TestNamespace, cache: &Path) -> RunningAgent 
 }
 
 /// Applies an Application manifest from the repository, as a user bootstraps with kubectl.
-async fn bootstrap(ns: &TestNamespace, repo: &Repo, file: &str) {
-    let text = std::fs::read_to_string(repo.work.path().join(file)).unwrap();
+async fn bootstrap(ns: &TestNamespace, repo: &GitRepo, file: &str) {
+    let text = std::fs::read_to_string(repo.work_dir().join(file)).unwrap();
     let app: Application = serde_saphyr::from_str(&text).unwrap();
     ns.api::<Application>()
         .patch(
@@ -342,10 +271,10 @@ async fn replicas(ns: &TestNamespace) -> Option<i32> {
 async fn the_seed_layout_syncs_over_http_and_follows_commits() {
     let env = RealEnv::load().unwrap();
     let ns = TestNamespace::create(&env, "gitops-http").await.unwrap();
-    let repo = Repo::create(&env, &ns);
-    let url = repo.http_url(&env);
+    let repo = GitRepo::create(&env, ns.name()).unwrap();
+    let url = repo.http_url(&env).unwrap();
     seed(&repo, ns.name(), &url);
-    let first = repo.commit("platform-api: staging");
+    let first = repo.commit("platform-api: staging").unwrap();
     http_credentials(&env, &ns, &url, env.var("GIT_HTTP_PASSWORD").unwrap()).await;
     let cache = tempfile::tempdir().unwrap();
     let agent = agent(&env, &ns, cache.path()).await;
@@ -373,17 +302,19 @@ async fn the_seed_layout_syncs_over_http_and_follows_commits() {
 
     // A commit that changes the replica count.
     set_replicas(&repo, 2);
-    let second = repo.commit("platform-api: two replicas");
+    let second = repo.commit("platform-api: two replicas").unwrap();
     synced_at(&ns, "platform-api", &second).await;
     assert_eq!(replicas(&ns).await, Some(2));
 
     // A commit that deletes a file: the object is pruned.
-    repo.remove("apps/platform-api/base/configmap.yaml");
+    repo.remove("apps/platform-api/base/configmap.yaml")
+        .unwrap();
     repo.write(
         "apps/platform-api/base/kustomization.yaml",
         "resources:\n  - deployment.yaml\n  - service.yaml\n",
-    );
-    let third = repo.commit("platform-api: no config map");
+    )
+    .unwrap();
+    let third = repo.commit("platform-api: no config map").unwrap();
     synced_at(&ns, "platform-api", &third).await;
     wait_for("the ConfigMap pruned", Duration::from_secs(60), || async {
         ns.api::<ConfigMap>()
@@ -445,8 +376,9 @@ async fn the_seed_layout_syncs_over_http_and_follows_commits() {
     repo.write(
         "apps/platform-api/base/service.yaml",
         "apiVersion: v1\nkind: Service\nmetadata:\n  name: platform-api\n spec: [\n",
-    );
-    repo.commit("platform-api: broken service");
+    )
+    .unwrap();
+    repo.commit("platform-api: broken service").unwrap();
     let message = condition(&ns, "platform-api", "Synced", "KustomizeFailed").await;
     assert!(message.contains("service.yaml"), "{message}");
     assert_eq!(replicas(&ns).await, Some(2));
@@ -455,13 +387,15 @@ async fn the_seed_layout_syncs_over_http_and_follows_commits() {
     repo.write(
         "apps/platform-api/base/service.yaml",
         "apiVersion: v1\nkind: Service\nmetadata:\n  name: platform-api\nspec:\n  selector: {app: platform-api}\n  ports: [{port: 80}]\n",
-    );
+    ).unwrap();
     repo.write(
         "apps/platform-api/overlays/staging/kustomization.yaml",
         "resources: []\n",
-    );
-    repo.remove("apps/platform-api/overlays/staging/replicas.yaml");
-    repo.commit("platform-api: empty");
+    )
+    .unwrap();
+    repo.remove("apps/platform-api/overlays/staging/replicas.yaml")
+        .unwrap();
+    repo.commit("platform-api: empty").unwrap();
     condition(&ns, "platform-api", "PrunePending", "EmptyRender").await;
     assert_eq!(replicas(&ns).await, Some(2), "the empty render pruned");
 
@@ -472,10 +406,10 @@ async fn the_seed_layout_syncs_over_http_and_follows_commits() {
 async fn ssh_with_a_known_host_syncs_and_a_wrong_host_key_is_named() {
     let env = RealEnv::load().unwrap();
     let ns = TestNamespace::create(&env, "gitops-ssh").await.unwrap();
-    let repo = Repo::create(&env, &ns);
-    let url = repo.ssh_url(&env);
+    let repo = GitRepo::create(&env, ns.name()).unwrap();
+    let url = repo.ssh_url(&env).unwrap();
     seed(&repo, ns.name(), &url);
-    let first = repo.commit("platform-api: staging");
+    let first = repo.commit("platform-api: staging").unwrap();
     let known_hosts = std::fs::read_to_string(env.var("GIT_SSH_KNOWN_HOSTS").unwrap()).unwrap();
     ssh_credentials(&env, &ns, &url, &known_hosts).await;
     let cache = tempfile::tempdir().unwrap();
@@ -522,7 +456,7 @@ async fn ssh_with_a_known_host_syncs_and_a_wrong_host_key_is_named() {
     let refusals = r#"mooring_application_errors_total{reason="HostKeyMismatch"}"#;
     let before = agent.metric(refusals).await.unwrap();
     set_replicas(&repo, 3);
-    let third = repo.commit("platform-api: three replicas");
+    let third = repo.commit("platform-api: three replicas").unwrap();
     // Refused fetches back off for a minute: ask for a look now, as `argocd app get --refresh`.
     for name in ["root", "platform-api"] {
         ns.api::<Application>()
@@ -553,10 +487,10 @@ async fn ssh_with_a_known_host_syncs_and_a_wrong_host_key_is_named() {
 async fn a_wrong_password_is_named_with_the_url() {
     let env = RealEnv::load().unwrap();
     let ns = TestNamespace::create(&env, "gitops-auth").await.unwrap();
-    let repo = Repo::create(&env, &ns);
-    let url = repo.http_url(&env);
+    let repo = GitRepo::create(&env, ns.name()).unwrap();
+    let url = repo.http_url(&env).unwrap();
     seed(&repo, ns.name(), &url);
-    repo.commit("platform-api: staging");
+    repo.commit("platform-api: staging").unwrap();
     http_credentials(&env, &ns, &url, "not-the-password").await;
     let cache = tempfile::tempdir().unwrap();
     let agent = agent(&env, &ns, cache.path()).await;
@@ -596,15 +530,21 @@ async fn sharded_application(ns: &TestNamespace, name: &str, shard: &str, url: &
 #[tokio::test]
 async fn agents_with_label_selectors_share_the_applications() {
     let env = RealEnv::load().unwrap();
+    // The Applications exist before any agent runs (and installs the CRDs).
+    let admin = env.admin_client().await.unwrap();
+    mooring_agent::install::apply_crds(&admin, Duration::from_secs(60))
+        .await
+        .unwrap();
     let ns = TestNamespace::create(&env, "gitops-shard").await.unwrap();
-    let repo = Repo::create(&env, &ns);
+    let repo = GitRepo::create(&env, ns.name()).unwrap();
     for shard in ["a", "b"] {
         repo.write(
             &format!("{shard}/configmap.yaml"),
             &format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: shard-{shard}\n"),
-        );
+        )
+        .unwrap();
     }
-    let commit = repo.commit("two shards");
+    let commit = repo.commit("two shards").unwrap();
     let url = format!("file://{}/{}", env.var("GIT_REPO_ROOT").unwrap(), repo.name);
     sharded_application(&ns, "app-a", "a", &url, "a").await;
     sharded_application(&ns, "app-b", "b", &url, "b").await;

@@ -14,7 +14,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::Api;
 use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
 use mooring_crds::sealed_secret::SealedSecret;
-use mooring_e2e::{AgentProcess, RealEnv, TestNamespace, token_kubeconfig};
+use mooring_e2e::{AgentProcess, GitRepo, RealEnv, TestNamespace, token_kubeconfig};
 use mooring_sealing::SealingCertificate;
 use serde_json::Value;
 
@@ -312,40 +312,21 @@ async fn a_missing_verb_gives_a_condition_not_a_crash() {
     }
 }
 
-/// A one-commit repository with a ConfigMap and a Deployment scaled to zero, as a `file://` URL.
-fn manifests_repository(dir: &Path) -> String {
-    let work = dir.join("work");
-    std::fs::create_dir_all(&work).unwrap();
-    std::fs::write(
-        work.join("app.yaml"),
-        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: app-config\ndata:\n  mode: rbac\n---\n\
-         apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: app\nspec:\n  replicas: 0\n  \
-         selector:\n    matchLabels: {app: app}\n  template:\n    metadata:\n      labels: {app: app}\n    \
-         spec:\n      containers:\n        - name: app\n          image: registry.invalid/app:1\n",
+/// A one-commit repository with a ConfigMap and a Deployment scaled to zero.
+fn manifests_repository(env: &RealEnv) -> GitRepo {
+    let repo = GitRepo::create(env, "rbac").unwrap();
+    repo.commit_files(
+        &[(
+            "app.yaml",
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: app-config\ndata:\n  mode: rbac\n---\n\
+             apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: app\nspec:\n  replicas: 0\n  \
+             selector:\n    matchLabels: {app: app}\n  template:\n    metadata:\n      labels: {app: app}\n    \
+             spec:\n      containers:\n        - name: app\n          image: registry.invalid/app:1\n",
+        )],
+        "app",
     )
     .unwrap();
-    for args in [
-        &["init", "-q", "-b", "main"][..],
-        &["add", "-A"],
-        &[
-            "-c",
-            "user.name=e2e",
-            "-c",
-            "user.email=e2e@mooring.invalid",
-            "commit",
-            "-q",
-            "-m",
-            "app",
-        ],
-    ] {
-        let status = std::process::Command::new("git")
-            .current_dir(&work)
-            .args(args)
-            .status()
-            .unwrap();
-        assert!(status.success(), "git {args:?}");
-    }
-    format!("file://{}", work.display())
+    repo
 }
 
 #[tokio::test]
@@ -425,7 +406,8 @@ async fn all_controllers_work_with_exactly_the_deployed_rbac_and_leak_no_secret(
 
     // An Application of this namespace syncing a local repository.
     let dir = tempfile::tempdir().unwrap();
-    let url = manifests_repository(dir.path());
+    let repo = manifests_repository(&env);
+    let url = repo.file_url();
     let app: mooring_crds::application::Application = serde_json::from_value(serde_json::json!({
         "apiVersion": "mooring.dev/v1alpha1", "kind": "Application",
         "metadata": {"name": "app"},
