@@ -126,8 +126,75 @@ pub trait SecretProvider: Send + Sync {
         reference: &RemoteRef,
     ) -> Result<BTreeMap<String, SecretValue>, ProviderError>;
 
+    /// Every secret that `query` selects, keyed by its full name in the store, each value the
+    /// whole secret (ESO's `dataFrom.find`). Stores that cannot list say so.
+    async fn find(
+        &self,
+        query: &FindQuery,
+    ) -> Result<BTreeMap<String, SecretValue>, ProviderError> {
+        let _ = query;
+        Err(ProviderError::InvalidConfig(
+            "this store does not support dataFrom.find".into(),
+        ))
+    }
+
     /// A round trip proving the store is reachable and the credentials work.
     async fn validate(&self) -> Result<(), ProviderError>;
+}
+
+/// The largest compiled `find.name.regexp` accepted; bounds what a manifest can make the agent
+/// build.
+const FIND_REGEX_SIZE_LIMIT: usize = 1 << 20;
+
+/// What `dataFrom[].find` selects: secrets under `path` whose name matches `name.regexp` and
+/// that carry every tag in `tags`.
+#[derive(Clone, Debug)]
+pub struct FindQuery {
+    /// A prefix (folder) to search under; the whole store when absent.
+    pub path: Option<String>,
+    /// Every one of these tags (or Vault custom metadata) must match exactly.
+    pub tags: BTreeMap<String, String>,
+    name: Option<regex::Regex>,
+}
+
+impl FindQuery {
+    /// A query; at least one of `name_regexp` and `tags` is required, as ESO. A regexp that
+    /// does not compile is `InvalidConfig` naming the field.
+    pub fn new(
+        path: Option<String>,
+        name_regexp: Option<&str>,
+        tags: BTreeMap<String, String>,
+    ) -> Result<Self, ProviderError> {
+        if name_regexp.is_none() && tags.is_empty() {
+            return Err(ProviderError::InvalidConfig(
+                "find needs name.regexp or tags".into(),
+            ));
+        }
+        let name = name_regexp
+            .map(|r| {
+                regex::RegexBuilder::new(r)
+                    .size_limit(FIND_REGEX_SIZE_LIMIT)
+                    .build()
+                    .map_err(|e| ProviderError::InvalidConfig(format!("find.name.regexp: {e}")))
+            })
+            .transpose()?;
+        Ok(FindQuery { path, tags, name })
+    }
+
+    /// The name regexp as written, for providers that can filter on the server.
+    pub fn name_regexp(&self) -> Option<&str> {
+        self.name.as_ref().map(regex::Regex::as_str)
+    }
+
+    /// Whether a secret's full name passes the name filter (true without one).
+    pub fn matches_name(&self, name: &str) -> bool {
+        self.name.as_ref().is_none_or(|r| r.is_match(name))
+    }
+
+    /// Whether a secret's tags include every tag of the query.
+    pub fn matches_tags(&self, tags: &BTreeMap<String, String>) -> bool {
+        self.tags.iter().all(|(k, v)| tags.get(k) == Some(v))
+    }
 }
 
 /// Splits a JSON object into its top-level properties: strings as they are, other values as JSON.
@@ -204,6 +271,27 @@ fn nested_property(document: &[u8], path: &str) -> Option<SecretValue> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn find_query_filters_by_name_and_tags() {
+        let tags = BTreeMap::from([("env".to_string(), "prod".to_string())]);
+        let query = FindQuery::new(None, Some("^db-"), tags).unwrap();
+        assert!(query.matches_name("db-users"));
+        assert!(!query.matches_name("app-db-users"));
+        let mut have = BTreeMap::from([("env".to_string(), "prod".to_string())]);
+        have.insert("team".into(), "a".into());
+        assert!(query.matches_tags(&have));
+        have.insert("env".into(), "dev".into());
+        assert!(!query.matches_tags(&have));
+    }
+
+    #[test]
+    fn find_query_needs_a_filter_and_a_valid_regexp() {
+        let err = FindQuery::new(None, None, BTreeMap::new()).unwrap_err();
+        assert_eq!(err.reason(), "InvalidConfig");
+        let err = FindQuery::new(None, Some("(unclosed"), BTreeMap::new()).unwrap_err();
+        assert!(err.to_string().contains("find.name.regexp"), "{err}");
+    }
 
     #[test]
     fn debug_never_shows_the_value() {
