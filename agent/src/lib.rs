@@ -258,13 +258,16 @@ impl Agent {
         // The controllers start once this replica leads.
         let mut controllers = Vec::new();
         if sealed_secrets {
-            let context = Arc::new(controllers::sealed_secret::Context::new(
-                self.client.clone(),
-                Arc::clone(&keys),
-                metrics.sealed_secrets.clone(),
-                events.clone(),
-                self.args.resync_period,
-            ));
+            let context = Arc::new(
+                controllers::sealed_secret::Context::new(
+                    self.client.clone(),
+                    Arc::clone(&keys),
+                    metrics.sealed_secrets.clone(),
+                    events.clone(),
+                    self.args.resync_period,
+                )
+                .with_controller_metrics(&metrics.controllers),
+            );
             controllers.push(Box::pin(controllers::sealed_secret::run(
                 context,
                 self.args.watch_namespace.clone(),
@@ -280,7 +283,7 @@ impl Agent {
             let source = source::GitSource::new(
                 self.client.clone(),
                 self.args.namespace.clone(),
-                Arc::new(self.args.git_cache()),
+                Arc::new(self.args.git_cache().with_metrics(metrics.git.clone())),
                 limits,
             );
             let context = Arc::new(
@@ -292,7 +295,8 @@ impl Agent {
                     self.args.default_poll_interval,
                 )
                 .with_selector(self.args.application_selector.clone())
-                .with_metrics(metrics.applications.clone()),
+                .with_metrics(metrics.applications.clone())
+                .with_controller_metrics(&metrics.controllers),
             );
             controllers.push(Box::pin(controllers::application::run(
                 context,

@@ -101,6 +101,94 @@ impl Default for ApplicationMetrics {
     }
 }
 
+/// A `controller` label: `sealedsecret`, `externalsecret`, `secretstore`, `application`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ControllerLabels {
+    /// The controller.
+    pub controller: String,
+}
+
+/// A controller and the result of one reconcile (`success` or `error`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ControllerResultLabels {
+    /// The controller.
+    pub controller: String,
+    /// `success` or `error`.
+    pub result: String,
+}
+
+/// A controller and the reason a reconcile failed.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ControllerReasonLabels {
+    /// The controller.
+    pub controller: String,
+    /// CamelCase reason, as in the condition.
+    pub reason: String,
+}
+
+/// What every controller reports the same way (the names of controller-runtime's metrics, so
+/// existing dashboards read them): reconciles by result and by error reason, how many objects
+/// wait for a reconcile slot (queue depth), how many reconciles run, and how long they take.
+#[derive(Clone, Debug)]
+pub struct ControllerMetrics {
+    /// Reconciles by controller and result.
+    pub reconciles: Family<ControllerResultLabels, Counter>,
+    /// Failed reconciles by controller and reason.
+    pub errors: Family<ControllerReasonLabels, Counter>,
+    /// Objects due for a reconcile that wait for a free slot.
+    pub queue_depth: Family<ControllerLabels, Gauge>,
+    /// Reconciles running now.
+    pub in_flight: Family<ControllerLabels, Gauge>,
+    /// Reconcile duration, in seconds.
+    pub duration: Family<ControllerLabels, Histogram>,
+}
+
+fn reconcile_buckets() -> Histogram {
+    Histogram::new([0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0])
+}
+
+impl Default for ControllerMetrics {
+    fn default() -> Self {
+        ControllerMetrics {
+            reconciles: Family::default(),
+            errors: Family::default(),
+            queue_depth: Family::default(),
+            in_flight: Family::default(),
+            duration: Family::new_with_constructor(reconcile_buckets),
+        }
+    }
+}
+
+/// An `outcome` label of a Git operation: `ok` or the error's reason.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GitOutcomeLabels {
+    /// `check` (the remote refs were listed, nothing new) or `fetch` (a pack was downloaded).
+    pub operation: String,
+    /// `ok`, `AuthenticationFailed`, `HostKeyMismatch`, `RefNotFound`, `Timeout`…
+    pub outcome: String,
+}
+
+/// The Git cache's metrics.
+#[derive(Clone, Debug)]
+pub struct GitMetrics {
+    /// Resolves of a (repository, revision) by operation and outcome.
+    pub operations: Family<GitOutcomeLabels, Counter>,
+    /// Duration of resolves that downloaded a pack (ref check, fetch, checkout), in seconds.
+    pub fetch_seconds: Histogram,
+    /// Duration of resolves that only listed the remote refs, in seconds.
+    pub check_seconds: Histogram,
+}
+
+impl Default for GitMetrics {
+    fn default() -> Self {
+        GitMetrics {
+            operations: Family::default(),
+            fetch_seconds: Histogram::new([0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 90.0]),
+            check_seconds: Histogram::new([0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
+        }
+    }
+}
+
 /// Every metric of the agent, and the registry that exposes them.
 #[derive(Debug)]
 pub struct Metrics {
@@ -112,6 +200,10 @@ pub struct Metrics {
     pub external_secrets: ExternalSecretMetrics,
     /// Application metrics.
     pub applications: ApplicationMetrics,
+    /// Metrics every controller reports the same way.
+    pub controllers: ControllerMetrics,
+    /// Git cache metrics.
+    pub git: GitMetrics,
 }
 
 impl Default for Metrics {
@@ -199,11 +291,56 @@ impl Default for Metrics {
             "Time to fetch and render an Application's source",
             a.source_seconds.clone(),
         );
+        let controllers = ControllerMetrics::default();
+        let c = &controllers;
+        registry.register(
+            "controller_reconciles",
+            "Reconciles by controller and result",
+            c.reconciles.clone(),
+        );
+        registry.register(
+            "controller_reconcile_errors",
+            "Failed reconciles by controller and reason",
+            c.errors.clone(),
+        );
+        registry.register(
+            "controller_queue_depth",
+            "Objects due for a reconcile that wait for a free slot",
+            c.queue_depth.clone(),
+        );
+        registry.register(
+            "controller_reconciles_in_flight",
+            "Reconciles running now",
+            c.in_flight.clone(),
+        );
+        registry.register(
+            "controller_reconcile_duration_seconds",
+            "Reconcile duration",
+            c.duration.clone(),
+        );
+        let git = GitMetrics::default();
+        registry.register(
+            "git_operations",
+            "Git resolves by operation (check, fetch) and outcome",
+            git.operations.clone(),
+        );
+        registry.register(
+            "git_fetch_duration_seconds",
+            "Duration of Git resolves that downloaded a pack",
+            git.fetch_seconds.clone(),
+        );
+        registry.register(
+            "git_remote_check_duration_seconds",
+            "Duration of Git resolves that only listed the remote refs",
+            git.check_seconds.clone(),
+        );
         Metrics {
             registry,
             sealed_secrets,
             external_secrets,
             applications,
+            controllers,
+            git,
         }
     }
 }

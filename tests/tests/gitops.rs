@@ -336,6 +336,20 @@ async fn the_seed_layout_syncs_over_http_and_follows_commits() {
         .await
         .unwrap();
     assert_eq!(pruned, 1.0, "objects pruned");
+    // Two commits after the first: at least three packs fetched, each timed.
+    let fetches = agent
+        .metric("mooring_git_operations_total{operation=\"fetch\",outcome=\"ok\"}")
+        .await
+        .unwrap();
+    assert!(fetches >= 3.0, "fetches counted: {fetches}");
+    let timed = agent
+        .metric("mooring_git_fetch_duration_seconds_count")
+        .await
+        .unwrap();
+    assert!(
+        timed >= fetches,
+        "{timed} fetch durations for {fetches} fetches"
+    );
 
     // A manual edit (`kubectl scale`) is reverted, and an event names who made it.
     ns.api::<Deployment>()
@@ -506,6 +520,13 @@ async fn a_wrong_password_is_named_with_the_url() {
         .await
         .unwrap();
     assert!(errors >= 1.0, "errors counted: {errors}");
+    let refused = agent
+        .metric(
+            "mooring_git_operations_total{operation=\"check\",outcome=\"AuthenticationFailed\"}",
+        )
+        .await
+        .unwrap();
+    assert!(refused >= 1.0, "refused ref checks counted: {refused}");
     agent.stop().await.unwrap();
 }
 

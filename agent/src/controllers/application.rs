@@ -33,15 +33,19 @@ use crate::apply::object::AppId;
 use crate::apply::prune::PruneSettings;
 use crate::apply::watch::Watches;
 use crate::apply::{Engine, Mode, SyncReport, SyncRequest};
+use crate::controllers::reconciles::Reconciles;
 use crate::events::EventSink;
 use crate::install::FIELD_MANAGER;
-use crate::metrics::{ApplicationMetrics, OutcomeLabels, ReasonLabels};
+use crate::metrics::{ApplicationMetrics, ControllerMetrics, OutcomeLabels, ReasonLabels};
 
 /// The destinations that mean "this cluster" (Argo CD's in-cluster server URL and name).
 const IN_CLUSTER_SERVER: &str = "https://kubernetes.default.svc";
 const IN_CLUSTER_NAME: &str = "in-cluster";
 /// How many Applications sync at once (Flux's default is 4).
-const SYNC_CONCURRENCY: u16 = 4;
+const SYNC_CONCURRENCY: usize = 4;
+
+/// The `controller` label of this controller's metrics.
+const CONTROLLER: &str = "application";
 /// Annotations of Argo CD and Helm hooks: mooring has no hook phases, so such objects are
 /// applied like any other and a condition says so.
 const HOOK_ANNOTATIONS: &[&str] = &["argocd.argoproj.io/hook", "helm.sh/hook"];
@@ -103,8 +107,8 @@ pub struct Context {
     pub default_poll_interval: Duration,
     /// Only Applications matching this label selector (sharding across agents).
     selector: Option<String>,
-    /// Syncs running now.
-    in_flight: tokio::sync::watch::Sender<usize>,
+    /// Sync slots, queue depth and results; shutdown waits for the running syncs.
+    reconciles: Reconciles,
     metrics: ApplicationMetrics,
     watches: Watches,
     triggers: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<AppId>>>,
@@ -132,13 +136,23 @@ impl Context {
             max_prune_fraction,
             default_poll_interval,
             selector: None,
-            in_flight: tokio::sync::watch::Sender::new(0),
+            reconciles: Reconciles::new(
+                CONTROLLER,
+                SYNC_CONCURRENCY,
+                &ControllerMetrics::default(),
+            ),
             metrics: ApplicationMetrics::default(),
             watches,
             triggers: Mutex::new(Some(triggers)),
             failures: Mutex::default(),
             heals: Mutex::default(),
         }
+    }
+
+    /// Reports reconciles, errors, queue depth and durations into the agent's shared metrics.
+    pub fn with_controller_metrics(mut self, metrics: &ControllerMetrics) -> Context {
+        self.reconciles = Reconciles::new(CONTROLLER, SYNC_CONCURRENCY, metrics);
+        self
     }
 
     /// Counts syncs, errors, applied and pruned objects and source times into `metrics`.
@@ -241,7 +255,7 @@ pub async fn run(
     // The controller stops only once every trigger stream has ended: end the drift stream on
     // shutdown too.
     let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
-    let in_flight = ctx.in_flight.subscribe();
+    let in_flight = ctx.reconciles.subscribe();
     let drift = futures::stream::unfold(triggers, |receiver| async move {
         let mut receiver = receiver?;
         let app = receiver.recv().await?;
@@ -255,9 +269,6 @@ pub async fn run(
         config = config.labels(selector);
     }
     let controller = Controller::new(api, config)
-        // Each sync already runs 16 requests at once: a few Applications at a time keep the
-        // API server (and a cold start with hundreds of Applications) responsive.
-        .with_config(kube::runtime::controller::Config::default().concurrency(SYNC_CONCURRENCY))
         .reconcile_on(drift.take_until(shutdown.clone()))
         .graceful_shutdown_on(shutdown.clone())
         .run(counted_reconcile, error_policy, ctx)
@@ -265,11 +276,16 @@ pub async fn run(
     super::run_until_drained(controller, shutdown, in_flight).await;
 }
 
-/// [`reconcile`], counted in `in_flight` so that a shutdown waits for running syncs only.
+/// [`reconcile`] in a sync slot. Each sync already runs 16 requests at once: a few
+/// Applications at a time keep the API server (and a cold start with hundreds of Applications)
+/// responsive; the others wait, counted as the queue depth, and a shutdown waits for running
+/// syncs only.
 async fn counted_reconcile(app: Arc<Application>, ctx: Arc<Context>) -> Result<Action, Error> {
-    ctx.in_flight.send_modify(|running| *running += 1);
+    let slot = ctx.reconciles.admit().await;
     let result = reconcile(app, Arc::clone(&ctx)).await;
-    ctx.in_flight.send_modify(|running| *running -= 1);
+    ctx.reconciles
+        .record(result.as_ref().map(|_| ()).map_err(Error::reason));
+    drop(slot);
     result
 }
 

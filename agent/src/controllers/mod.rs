@@ -2,6 +2,7 @@
 
 pub mod application;
 pub mod external_secret;
+pub(crate) mod reconciles;
 pub mod sealed_secret;
 pub mod secret_store;
 

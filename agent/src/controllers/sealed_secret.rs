@@ -30,10 +30,11 @@ use mooring_sealing::secret::unsealed_secret;
 use mooring_sealing::{EnvelopeError, Scope};
 use zeroize::Zeroizing;
 
+use crate::controllers::reconciles::Reconciles;
 use crate::events::EventSink;
 use crate::install::FIELD_MANAGER;
 use crate::keys::KeyRing;
-use crate::metrics::{ReasonLabels, SealedSecretMetrics, StatusLabels};
+use crate::metrics::{ControllerMetrics, ReasonLabels, SealedSecretMetrics, StatusLabels};
 
 /// What the controller needs.
 pub struct Context {
@@ -58,8 +59,9 @@ pub struct Context {
     /// SealedSecret uid → the Synced status this agent wrote last (status, reason, message,
     /// generation).
     statuses: Mutex<HashMap<String, WrittenStatus>>,
-    /// Reconciles running now; shutdown waits for them, and only them.
-    in_flight: tokio::sync::watch::Sender<usize>,
+    /// Reconcile slots, queue depth and results; shutdown waits for the running reconciles, and
+    /// only them.
+    reconciles: Reconciles,
     /// Permits for RSA work, one per core: a burst of SealedSecrets queues here instead of
     /// starting a blocking thread per object (RSA is CPU-bound; more threads than cores only
     /// add memory and context switches).
@@ -85,16 +87,29 @@ impl Context {
             failures: Mutex::default(),
             synced: Mutex::default(),
             statuses: Mutex::default(),
-            in_flight: tokio::sync::watch::Sender::new(0),
+            reconciles: Reconciles::new(
+                CONTROLLER,
+                MAX_CONCURRENT_RECONCILES,
+                &ControllerMetrics::default(),
+            ),
             rsa_slots: Arc::new(tokio::sync::Semaphore::new(rsa_parallelism())),
         }
     }
+
+    /// Reports reconciles, errors, queue depth and durations into the agent's shared metrics.
+    pub fn with_controller_metrics(mut self, metrics: &ControllerMetrics) -> Context {
+        self.reconciles = Reconciles::new(CONTROLLER, MAX_CONCURRENT_RECONCILES, metrics);
+        self
+    }
 }
+
+/// The `controller` label of this controller's metrics.
+const CONTROLLER: &str = "sealedsecret";
 
 /// How many SealedSecrets are reconciled at once. Most of a reconcile waits on the API server
 /// (read the Secret, write it, write the status), so a few times the RSA parallelism keeps the
 /// cores busy while bounding in-flight requests and memory during a burst.
-const MAX_CONCURRENT_RECONCILES: u16 = 32;
+const MAX_CONCURRENT_RECONCILES: usize = 32;
 
 /// RSA operations run at once: the number of cores the process may use.
 fn rsa_parallelism() -> usize {
@@ -218,10 +233,10 @@ pub async fn run(
     // every Secret's data in memory (upstream's #1289). Every Secret wakes the SealedSecret of
     // the same name, owned or not (managed, patch and skip-owner Secrets are repaired too).
     let shutdown = futures::FutureExt::shared(shutdown);
-    let in_flight = ctx.in_flight.subscribe();
-    let controller = Controller::new(sealed, watcher::Config::default()).with_config(
-        kube::runtime::controller::Config::default().concurrency(MAX_CONCURRENT_RECONCILES),
-    );
+    let in_flight = ctx.reconciles.subscribe();
+    // No concurrency limit in kube's queue: the reconcile slots bound the work, where the
+    // waiting objects are counted (`mooring_controller_queue_depth`).
+    let controller = Controller::new(sealed, watcher::Config::default());
     let counting = count_conditions(controller.store(), ctx.metrics.clone());
     let controller = controller
         .watches(secrets, watcher::Config::default(), |secret| {
@@ -270,9 +285,10 @@ async fn reconcile(sealed: Arc<SealedSecret>, ctx: Arc<Context>) -> Result<Actio
     if sealed.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
-    ctx.in_flight.send_modify(|running| *running += 1);
+    let _slot = ctx.reconciles.admit().await;
     let result = reconcile_counted(&sealed, &ctx).await;
-    ctx.in_flight.send_modify(|running| *running -= 1);
+    ctx.reconciles
+        .record(result.as_ref().map(|_| ()).map_err(Error::reason));
     result
 }
 

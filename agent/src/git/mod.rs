@@ -25,6 +25,8 @@ use std::time::Duration;
 
 use zeroize::Zeroizing;
 
+use crate::metrics::{GitMetrics, GitOutcomeLabels};
+
 pub use credentials::credentials_for;
 
 /// Credentials for one repository (or, from a `repo-creds` Secret, a URL prefix).
@@ -315,6 +317,7 @@ pub struct GitCache {
     entries: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<Entry>>>>,
     remote_checks: Arc<AtomicU64>,
     fetches: Arc<AtomicU64>,
+    metrics: GitMetrics,
 }
 
 impl GitCache {
@@ -327,7 +330,14 @@ impl GitCache {
             entries: std::sync::Mutex::default(),
             remote_checks: Arc::default(),
             fetches: Arc::default(),
+            metrics: GitMetrics::default(),
         }
+    }
+
+    /// Reports operations and their durations into the agent's metrics.
+    pub fn with_metrics(mut self, metrics: GitMetrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// How much network work was done so far.
@@ -390,7 +400,59 @@ impl GitCache {
             interrupt: Arc::new(AtomicBool::new(false)),
             remote_checks: Arc::clone(&self.remote_checks),
             fetches: Arc::clone(&self.fetches),
+            fetched: Arc::new(AtomicBool::new(false)),
         };
+        let started = tokio::time::Instant::now();
+        let fetched = Arc::clone(&job.fetched);
+        let commit = self
+            .run_job(job, guard, entry_dir, &shown_url, revision)
+            .await;
+        self.record(started.elapsed(), fetched.load(Ordering::Relaxed), &commit);
+        let commit = commit?;
+        Ok(Checkout {
+            root: tree_dir(&self.dir.join(&key), &commit),
+            commit,
+        })
+    }
+
+    /// Counts a resolve that went to the remote: a ref check only, or a fetch.
+    fn record(
+        &self,
+        elapsed: std::time::Duration,
+        fetched: bool,
+        result: &Result<String, GitError>,
+    ) {
+        let operation = if fetched { "fetch" } else { "check" };
+        let outcome = match result {
+            Ok(_) => "ok",
+            Err(error) => error.reason(),
+        };
+        self.metrics
+            .operations
+            .get_or_create(&GitOutcomeLabels {
+                operation: operation.to_string(),
+                outcome: outcome.to_string(),
+            })
+            .inc();
+        let histogram = if fetched {
+            &self.metrics.fetch_seconds
+        } else {
+            &self.metrics.check_seconds
+        };
+        histogram.observe(elapsed.as_secs_f64());
+    }
+
+    /// Runs the blocking ref check / fetch / checkout with the timeout; the entry stays locked
+    /// until the worker is done, even after a timeout.
+    async fn run_job(
+        &self,
+        job: remote::Job,
+        mut guard: tokio::sync::OwnedMutexGuard<Entry>,
+        entry_dir: PathBuf,
+        shown_url: &str,
+        revision: &str,
+    ) -> Result<String, GitError> {
+        let shown_url = shown_url.to_string();
         let interrupt = Arc::clone(&job.interrupt);
         let (done, finished) = tokio::sync::oneshot::channel();
         let handle = tokio::task::spawn_blocking(move || job.run());
@@ -425,15 +487,11 @@ impl GitCache {
                 });
             }
         };
-        let commit = outcome.map_err(|join| GitError::Fetch {
+        outcome.map_err(|join| GitError::Fetch {
             url: shown_url.clone(),
             revision: revision.to_string(),
             detail: format!("the git worker failed: {join}"),
-        })??;
-        Ok(Checkout {
-            root: tree_dir(&self.dir.join(&key), &commit),
-            commit,
-        })
+        })?
     }
 }
 

@@ -24,6 +24,8 @@ pub(super) struct Job {
     pub interrupt: Arc<AtomicBool>,
     pub remote_checks: Arc<AtomicU64>,
     pub fetches: Arc<AtomicU64>,
+    /// Set when this job downloaded a pack (for the metrics: a fetch, not only a ref check).
+    pub fetched: Arc<AtomicBool>,
 }
 
 /// The schemes mooring fetches from. `git://` is unauthenticated and unencrypted; `ext::` runs
@@ -207,6 +209,7 @@ impl Job {
             .receive(gix::progress::Discard, &self.interrupt)
             .map_err(|e| self.classify(&e))?;
         self.fetches.fetch_add(1, Ordering::Relaxed);
+        self.fetched.store(true, Ordering::Relaxed);
 
         let commit = repo
             .find_object(target.object)
