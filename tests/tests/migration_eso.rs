@@ -1,0 +1,182 @@
+//! Moving from the External Secrets Operator to mooring, as the README tells users to: an
+//! ExternalSecret and the Secret ESO made from it are in the cluster (ESO's field manager, its
+//! controller ownerReference, its managed label and data-hash annotation). ESO stops, mooring
+//! starts with the same manifests: it adopts the Secret in place (same uid, no delete and
+//! re-create, so no consumer ever sees it missing) and keeps it in step with the store; a
+//! SecretStore another controller class owns (`spec.controller`) is left to that controller.
+
+// Test helpers outside #[test] functions may unwrap: a failure is a test failure.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{ObjectMeta, PostParams};
+use kube::{Resource, ResourceExt};
+use mooring_crds::external_secret::ExternalSecret;
+use mooring_crds::secret_store::SecretStore;
+use mooring_e2e::{RealEnv, RunningAgent, TestNamespace, wait_for};
+
+fn vault(env: &RealEnv) -> vaultrs::client::VaultClient {
+    let settings = vaultrs::client::VaultClientSettingsBuilder::default()
+        .address(env.var("VAULT_ADDR").unwrap())
+        .token(env.var("VAULT_TOKEN").unwrap())
+        .build()
+        .unwrap();
+    vaultrs::client::VaultClient::new(settings).unwrap()
+}
+
+async fn create_external_secret(ns: &TestNamespace, object: serde_json::Value) -> ExternalSecret {
+    let object: ExternalSecret = serde_json::from_value(object).unwrap();
+    ns.api::<ExternalSecret>()
+        .create(&PostParams::default(), &object)
+        .await
+        .unwrap()
+}
+
+fn external_secret(name: &str, store: &str, key: &str) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "external-secrets.io/v1",
+        "kind": "ExternalSecret",
+        "metadata": {"name": name},
+        "spec": {
+            "refreshInterval": "1h",
+            "secretStoreRef": {"name": store, "kind": "SecretStore"},
+            "target": {"name": name, "creationPolicy": "Owner"},
+            "data": [{"secretKey": "password", "remoteRef": {"key": key, "property": "password"}}],
+        },
+    })
+}
+
+/// The Secret as ESO writes it for `es`: controller ownerReference, managed label, data hash,
+/// written by ESO's field manager.
+async fn eso_secret(ns: &TestNamespace, es: &ExternalSecret, value: &str) -> Secret {
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some(es.name_any()),
+            labels: Some(BTreeMap::from([(
+                "reconcile.external-secrets.io/managed".to_string(),
+                "true".to_string(),
+            )])),
+            annotations: Some(BTreeMap::from([(
+                "reconcile.external-secrets.io/data-hash".to_string(),
+                "0123456789abcdef0123456789abcdef".to_string(),
+            )])),
+            owner_references: Some(vec![es.controller_owner_ref(&()).unwrap()]),
+            ..Default::default()
+        },
+        data: Some(BTreeMap::from([(
+            "password".to_string(),
+            ByteString(value.as_bytes().to_vec()),
+        )])),
+        type_: Some("Opaque".into()),
+        ..Default::default()
+    };
+    let params = PostParams {
+        field_manager: Some("external-secrets".into()),
+        ..Default::default()
+    };
+    ns.api::<Secret>().create(&params, &secret).await.unwrap()
+}
+
+#[tokio::test]
+async fn secrets_made_by_eso_are_adopted_in_place() {
+    let env = RealEnv::load().unwrap();
+    let client = env.admin_client().await.unwrap();
+    mooring_agent::install::apply_crds(&client, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let ns = TestNamespace::create(&env, "from-eso").await.unwrap();
+    let key = format!("mooring-e2e/{}/db", ns.name());
+    let data = BTreeMap::from([("password".to_string(), "rotated-since-eso".to_string())]);
+    vaultrs::kv2::set(&vault(&env), "secret", &key, &data)
+        .await
+        .unwrap();
+
+    let token = Secret {
+        metadata: ObjectMeta {
+            name: Some("bao-token".into()),
+            ..Default::default()
+        },
+        string_data: Some(BTreeMap::from([(
+            "token".to_string(),
+            env.var("VAULT_TOKEN").unwrap().to_string(),
+        )])),
+        ..Default::default()
+    };
+    ns.api::<Secret>()
+        .create(&PostParams::default(), &token)
+        .await
+        .unwrap();
+    let provider = |controller: Option<&str>| {
+        let mut spec = serde_json::json!({"provider": {"vault": {
+            "server": env.var("VAULT_ADDR").unwrap(),
+            "path": "secret",
+            "version": "v2",
+            "auth": {"tokenSecretRef": {"name": "bao-token", "key": "token"}},
+        }}});
+        if let Some(controller) = controller {
+            spec["controller"] = serde_json::json!(controller);
+        }
+        spec
+    };
+    for (name, controller) in [("openbao", None), ("still-eso", Some("eso-canary"))] {
+        let store: SecretStore = serde_json::from_value(serde_json::json!({
+            "apiVersion": "external-secrets.io/v1",
+            "kind": "SecretStore",
+            "metadata": {"name": name},
+            "spec": provider(controller),
+        }))
+        .unwrap();
+        ns.api::<SecretStore>()
+            .create(&PostParams::default(), &store)
+            .await
+            .unwrap();
+    }
+
+    // What ESO left: the ExternalSecrets, and the Secret it made from the first (an old value).
+    let es = create_external_secret(&ns, external_secret("db", "openbao", &key)).await;
+    let before = eso_secret(&ns, &es, "from-eso").await;
+    create_external_secret(&ns, external_secret("other", "still-eso", &key)).await;
+
+    let agent = RunningAgent::start(&env, ns.name()).await.unwrap();
+    let after = ns
+        .wait_for_secret("db", "password", b"rotated-since-eso")
+        .await
+        .unwrap();
+    assert_eq!(after.uid(), before.uid(), "the Secret was re-created");
+    assert!(
+        after
+            .owner_references()
+            .iter()
+            .any(|o| o.controller == Some(true) && Some(&o.uid) == es.uid().as_ref()),
+        "owner: {:?}",
+        after.owner_references()
+    );
+    let secrets = ns.api::<ExternalSecret>();
+    wait_for("db Ready", Duration::from_secs(60), || {
+        let secrets = secrets.clone();
+        async move {
+            let es = secrets.get("db").await.ok()?;
+            let ready = es
+                .status?
+                .conditions
+                .into_iter()
+                .find(|c| c.type_ == "Ready")?;
+            (ready.reason == "SecretSynced").then_some(())
+        }
+    })
+    .await
+    .unwrap();
+
+    // The store of another controller class is not mooring's: no Secret, no status written.
+    let other = secrets.get("other").await.unwrap();
+    assert!(other.status.is_none(), "status written: {:?}", other.status);
+    assert!(
+        ns.api::<Secret>().get_opt("other").await.unwrap().is_none(),
+        "a Secret was made from another controller's store"
+    );
+    agent.stop().await.unwrap();
+}
