@@ -66,6 +66,15 @@ impl RealEnv {
     pub async fn admin_client(&self) -> anyhow::Result<Client> {
         Ok(Client::try_from(self.admin_config().await?)?)
     }
+
+    /// A client of the realenv's OpenBao (plain HTTP) with its root token.
+    pub fn openbao(&self) -> anyhow::Result<vaultrs::client::VaultClient> {
+        let settings = vaultrs::client::VaultClientSettingsBuilder::default()
+            .address(self.var("VAULT_ADDR")?)
+            .token(self.var("VAULT_TOKEN")?)
+            .build()?;
+        Ok(vaultrs::client::VaultClient::new(settings)?)
+    }
 }
 
 /// Parses the `export NAME='value'` lines that `up` writes.
@@ -214,6 +223,31 @@ impl TestNamespace {
             },
         )
         .await
+    }
+
+    /// Creates the Opaque Secret `name` holding `values` in this namespace.
+    pub async fn create_secret(
+        &self,
+        name: &str,
+        values: &[(&str, &str)],
+    ) -> anyhow::Result<Secret> {
+        let secret = Secret {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                ..Default::default()
+            },
+            string_data: Some(
+                values
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+            ..Default::default()
+        };
+        self.api::<Secret>()
+            .create(&PostParams::default(), &secret)
+            .await
+            .with_context(|| format!("failed to create Secret {name}"))
     }
 
     /// A bound token (TokenRequest, one hour) for the existing ServiceAccount `name`.

@@ -19,15 +19,6 @@ use mooring_crds::external_secret::ExternalSecret;
 use mooring_crds::secret_store::SecretStore;
 use mooring_e2e::{RealEnv, RunningAgent, TestNamespace, wait_for};
 
-fn vault(env: &RealEnv) -> vaultrs::client::VaultClient {
-    let settings = vaultrs::client::VaultClientSettingsBuilder::default()
-        .address(env.var("VAULT_ADDR").unwrap())
-        .token(env.var("VAULT_TOKEN").unwrap())
-        .build()
-        .unwrap();
-    vaultrs::client::VaultClient::new(settings).unwrap()
-}
-
 async fn create_external_secret(ns: &TestNamespace, object: serde_json::Value) -> ExternalSecret {
     let object: ExternalSecret = serde_json::from_value(object).unwrap();
     ns.api::<ExternalSecret>()
@@ -91,23 +82,11 @@ async fn secrets_made_by_eso_are_adopted_in_place() {
     let ns = TestNamespace::create(&env, "from-eso").await.unwrap();
     let key = format!("mooring-e2e/{}/db", ns.name());
     let data = BTreeMap::from([("password".to_string(), "rotated-since-eso".to_string())]);
-    vaultrs::kv2::set(&vault(&env), "secret", &key, &data)
+    vaultrs::kv2::set(&env.openbao().unwrap(), "secret", &key, &data)
         .await
         .unwrap();
 
-    let token = Secret {
-        metadata: ObjectMeta {
-            name: Some("bao-token".into()),
-            ..Default::default()
-        },
-        string_data: Some(BTreeMap::from([(
-            "token".to_string(),
-            env.var("VAULT_TOKEN").unwrap().to_string(),
-        )])),
-        ..Default::default()
-    };
-    ns.api::<Secret>()
-        .create(&PostParams::default(), &token)
+    ns.create_secret("bao-token", &[("token", env.var("VAULT_TOKEN").unwrap())])
         .await
         .unwrap();
     let provider = |controller: Option<&str>| {

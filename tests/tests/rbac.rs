@@ -342,14 +342,7 @@ async fn all_controllers_work_with_exactly_the_deployed_rbac_and_leak_no_secret(
     // OpenBao holds the value; the store's token sits in a Secret of the namespace.
     let value = "s3cr3t-rbac-external";
     let path = format!("mooring-e2e/{}/db", ns.name());
-    let vault = vaultrs::client::VaultClient::new(
-        vaultrs::client::VaultClientSettingsBuilder::default()
-            .address(env.var("VAULT_ADDR").unwrap())
-            .token(env.var("VAULT_TOKEN").unwrap())
-            .build()
-            .unwrap(),
-    )
-    .unwrap();
+    let vault = env.openbao().unwrap();
     vaultrs::kv2::set(
         &vault,
         "secret",
@@ -358,19 +351,7 @@ async fn all_controllers_work_with_exactly_the_deployed_rbac_and_leak_no_secret(
     )
     .await
     .unwrap();
-    let token = Secret {
-        metadata: ObjectMeta {
-            name: Some("bao-token".into()),
-            ..Default::default()
-        },
-        string_data: Some(BTreeMap::from([(
-            "token".into(),
-            env.var("VAULT_TOKEN").unwrap().into(),
-        )])),
-        ..Default::default()
-    };
-    ns.api::<Secret>()
-        .create(&PostParams::default(), &token)
+    ns.create_secret("bao-token", &[("token", env.var("VAULT_TOKEN").unwrap())])
         .await
         .unwrap();
     let params = PatchParams::apply("mooring-e2e").force();
