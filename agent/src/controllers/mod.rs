@@ -2,6 +2,7 @@
 
 pub mod application;
 pub mod external_secret;
+pub mod refresh_gate;
 pub mod sealed_secret;
 pub mod secret_store;
 
