@@ -462,13 +462,23 @@ impl CredentialReader<'_> {
                 "{field}.namespace may only be set on a ClusterSecretStore (a SecretStore reads its own namespace)"
             )));
         }
+        // A ClusterSecretStore's CA is the store owner's choice, never the consuming
+        // namespace's (ESO requires the namespace too): a tenant must not pick the CA of a
+        // connection other namespaces share.
+        let namespace = match (self.store.kind, provider.namespace.as_deref()) {
+            (StoreKind::ClusterSecretStore, None) => {
+                return Err(invalid(format!(
+                    "{field}.namespace is required on a ClusterSecretStore"
+                )));
+            }
+            (_, explicit) => self.namespace_of(explicit, field)?,
+        };
         let key = provider
             .key
             .as_deref()
             .filter(|k| !k.is_empty())
             .ok_or_else(|| invalid(format!("{field}.key is required")))?;
         let name = &provider.name;
-        let namespace = self.namespace_of(provider.namespace.as_deref(), field)?;
         let read_error = |what: String| {
             move |source| StoreError::Credentials {
                 store: self.store.to_string(),

@@ -292,6 +292,26 @@ async fn secret_stores_trust_their_ca_bundle_or_ca_provider_and_nothing_else() {
         secrets.get_opt("wrong-ca").await.unwrap().is_none(),
         "nothing written through an untrusted connection"
     );
+    let fetched = wait_for(
+        "ExternalSecret wrong-ca Fetched=Unavailable",
+        Duration::from_secs(60),
+        || async {
+            let es = ns.api::<ExternalSecret>().get("wrong-ca").await.ok()?;
+            let fetched = es
+                .status?
+                .conditions
+                .into_iter()
+                .find(|c| c.type_ == "Fetched")?;
+            (fetched.reason == "Unavailable").then_some(fetched)
+        },
+    )
+    .await
+    .unwrap();
+    assert!(
+        fetched.message.contains("not trusted") && fetched.message.contains(server),
+        "the ExternalSecret says why, naming the server: {}",
+        fetched.message
+    );
     // Retried (5 s, then doubling), not given up on and not crashed. The first two validations
     // are the creation and the status write's own watch event; the third is the backoff's.
     let failed_validations = format!(
@@ -399,10 +419,21 @@ async fn cluster_secret_stores_are_validated_for_real_and_their_namespace_list_e
     let good = css("good", "bao-token", ns.name());
     let bad = css("bad", "bad-token", ns.name());
     let elsewhere = css("elsewhere", "bao-token", "some-other-namespace");
-    for store in [&good, &bad, &elsewhere] {
+    // A CA from "the consuming namespace" would let a tenant choose the CA of a shared client.
+    let mut unpinned_ca = css("unpinned-ca", "bao-token", ns.name());
+    if let Some(ca) = unpinned_ca
+        .spec
+        .provider
+        .vault
+        .as_mut()
+        .and_then(|v| v.ca_provider.as_mut())
+    {
+        ca.namespace = None;
+    }
+    for store in [&good, &bad, &elsewhere, &unpinned_ca] {
         stores.create(&PostParams::default(), store).await.unwrap();
     }
-    let names: Vec<String> = [&good, &bad, &elsewhere]
+    let names: Vec<String> = [&good, &bad, &elsewhere, &unpinned_ca]
         .iter()
         .map(|s| s.metadata.name.clone().unwrap())
         .collect();
@@ -428,6 +459,16 @@ async fn cluster_secret_stores_are_validated_for_real_and_their_namespace_list_e
     ns.wait_for_secret("good", "password", b"css-password")
         .await
         .unwrap();
+    let unpinned = store_ready(&stores, &names[3], |c| c.reason == "InvalidProviderConfig")
+        .await
+        .unwrap();
+    assert!(
+        unpinned
+            .message
+            .contains("caProvider.namespace is required on a ClusterSecretStore"),
+        "{}",
+        unpinned.message
+    );
     // The store itself is fine; this namespace is not on its list.
     store_ready(&stores, &names[2], is_valid).await.unwrap();
     let denied = wait_for(
