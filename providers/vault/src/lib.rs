@@ -73,12 +73,22 @@ impl std::fmt::Debug for ServerTrust {
     }
 }
 
+/// How long to wait for a TCP and TLS connection to the server.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one request may take in all.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// The HTTP client for `server`: rustls with the roots `trust` names, no client certificate,
 /// nothing taken from the environment.
 fn http_client(server: &str, trust: &ServerTrust) -> Result<reqwest::Client, ProviderError> {
     let invalid =
         |e: reqwest::Error| ProviderError::InvalidConfig(format!("vault server {server:?}: {e}"));
-    let builder = reqwest::Client::builder().tls_backend_rustls();
+    // Bounded: a server that accepts and never answers must not hold a reconcile (and its
+    // store's refresh turn) forever; vaultrs sets no timeout.
+    let builder = reqwest::Client::builder()
+        .tls_backend_rustls()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(REQUEST_TIMEOUT);
     let builder = match trust {
         // Plain http needs no roots; the platform verifier is not even set up (as vaultrs does,
         // reqwest#2988).
