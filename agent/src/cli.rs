@@ -193,6 +193,11 @@ pub struct RunArgs {
     /// with its own selector.
     #[arg(long, env = "MOORING_APPLICATION_SELECTOR")]
     pub application_selector: Option<String>,
+    /// Only validate ClusterSecretStores whose labels match this selector. An agent limited to
+    /// one namespace (`--watch-namespace`) validates ClusterSecretStores only when this is set,
+    /// so agents of different namespaces never write one store's status.
+    #[arg(long, env = "MOORING_CLUSTER_SECRET_STORE_SELECTOR")]
+    pub cluster_secret_store_selector: Option<String>,
     /// How often an Application is fetched and compared without a trigger, unless its
     /// `spec.pollInterval` says otherwise (Go duration; a random jitter of up to 10% is added).
     #[arg(long, default_value = "3m", value_parser = go_duration, env = "MOORING_DEFAULT_POLL_INTERVAL")]

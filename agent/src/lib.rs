@@ -317,6 +317,7 @@ impl Agent {
                     providers: Arc::clone(&provider_cache),
                     settings: provider_settings.clone(),
                     metrics: metrics.external_secrets.clone(),
+                    cluster_store_selector: self.args.cluster_secret_store_selector.clone(),
                 }),
                 self.args.watch_namespace.clone(),
                 stop_signal(),

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, ServiceAccount};
 use kube::Api;
 use kube::api::PostParams;
 use mooring_crds::secret_store::{SecretKeySelector, SecretStoreSpec, ServiceAccountSelector};
@@ -71,6 +71,8 @@ pub enum Connection {
     Vault {
         /// Server, mount, KV version, namespace.
         config: mooring_provider_vault::VaultConfig,
+        /// The CAs the server's certificate must chain to (`caBundle`/`caProvider`).
+        trust: mooring_provider_vault::ServerTrust,
         /// How to log in (the ServiceAccount token is requested at connect time).
         auth: VaultLogin,
     },
@@ -104,8 +106,16 @@ impl Connection {
         let mut parts: Vec<Zeroizing<String>> = Vec::new();
         match self {
             #[cfg(feature = "vault")]
-            Connection::Vault { config, auth } => {
+            Connection::Vault {
+                config,
+                trust,
+                auth,
+            } => {
                 parts.push(format!("vault:{config:?}").into());
+                // A changed CA (a rotated caProvider Secret) reconnects with the new roots.
+                if let mooring_provider_vault::ServerTrust::Only(pem) = trust {
+                    parts.push(format!("ca:{}", String::from_utf8_lossy(pem)).into());
+                }
                 match auth {
                     VaultLogin::Ready(mooring_provider_vault::VaultAuth::Token(token)) => {
                         parts.push(format!("token:{token}").into())
@@ -429,6 +439,106 @@ impl CredentialReader<'_> {
     }
 }
 
+impl CredentialReader<'_> {
+    /// The PEM bundle a `caProvider` names. Its `namespace` counts for ClusterSecretStores only;
+    /// a namespaced store naming another namespace is refused rather than ignored (ESO's
+    /// GHSA-wv26-88m5-6h59: a cross-namespace read through a store).
+    async fn ca_bundle(
+        &self,
+        provider: &mooring_crds::secret_store::CaProvider,
+        field: &str,
+    ) -> Result<Vec<u8>, StoreError> {
+        let invalid = |message: String| StoreError::InvalidSpec {
+            store: self.store.to_string(),
+            message,
+        };
+        if self.store.kind == StoreKind::SecretStore
+            && provider
+                .namespace
+                .as_deref()
+                .is_some_and(|ns| Some(ns) != self.store.namespace.as_deref())
+        {
+            return Err(invalid(format!(
+                "{field}.namespace may only be set on a ClusterSecretStore (a SecretStore reads its own namespace)"
+            )));
+        }
+        // A ClusterSecretStore's CA is the store owner's choice, never the consuming
+        // namespace's (ESO requires the namespace too): a tenant must not pick the CA of a
+        // connection other namespaces share.
+        let namespace = match (self.store.kind, provider.namespace.as_deref()) {
+            (StoreKind::ClusterSecretStore, None) => {
+                return Err(invalid(format!(
+                    "{field}.namespace is required on a ClusterSecretStore"
+                )));
+            }
+            (_, explicit) => self.namespace_of(explicit, field)?,
+        };
+        let key = provider
+            .key
+            .as_deref()
+            .filter(|k| !k.is_empty())
+            .ok_or_else(|| invalid(format!("{field}.key is required")))?;
+        let name = &provider.name;
+        let read_error = |what: String| {
+            move |source| StoreError::Credentials {
+                store: self.store.to_string(),
+                what,
+                source,
+            }
+        };
+        let bytes = match provider.type_.as_str() {
+            "Secret" => {
+                let api: Api<Secret> = Api::namespaced(self.client.clone(), &namespace);
+                let secret = api
+                    .get_opt(name)
+                    .await
+                    .map_err(read_error(format!("Secret {namespace}/{name} ({field})")))?
+                    .ok_or_else(|| {
+                        invalid(format!("{field}: Secret {namespace}/{name} does not exist"))
+                    })?;
+                secret
+                    .data
+                    .and_then(|mut data| data.remove(key))
+                    .map(|b| b.0)
+            }
+            "ConfigMap" => {
+                let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &namespace);
+                let map = api
+                    .get_opt(name)
+                    .await
+                    .map_err(read_error(format!(
+                        "ConfigMap {namespace}/{name} ({field})"
+                    )))?
+                    .ok_or_else(|| {
+                        invalid(format!(
+                            "{field}: ConfigMap {namespace}/{name} does not exist"
+                        ))
+                    })?;
+                let text = map
+                    .data
+                    .and_then(|mut data| data.remove(key))
+                    .map(String::into_bytes);
+                text.or_else(|| {
+                    map.binary_data
+                        .and_then(|mut data| data.remove(key))
+                        .map(|b| b.0)
+                })
+            }
+            other => {
+                return Err(invalid(format!(
+                    "{field}.type {other:?} is not Secret or ConfigMap"
+                )));
+            }
+        };
+        bytes.ok_or_else(|| {
+            invalid(format!(
+                "{field}: {} {namespace}/{name} has no key {key:?}",
+                provider.type_
+            ))
+        })
+    }
+}
+
 /// Requests a 10-minute token for `account` (the login uses it once; Vault keeps its own token).
 async fn service_account_token(
     client: &kube::Client,
@@ -487,11 +597,7 @@ async fn vault_connection(
     };
     // Without `path`, ESO takes the mount from each key's first segment; so does mooring.
     let mount = vault.path.clone().unwrap_or_default();
-    if vault.ca_bundle.is_some() || vault.ca_provider.is_some() {
-        return Err(invalid(
-            "spec.provider.vault.caBundle and caProvider are not supported yet".into(),
-        ));
-    }
+    let trust = vault_trust(vault, reader).await?;
     let config = VaultConfig {
         server: vault.server.clone(),
         mount: mount.trim_matches('/').to_string(),
@@ -591,8 +697,51 @@ async fn vault_connection(
     };
     Ok(Connection::Vault {
         config,
+        trust,
         auth: login,
     })
+}
+
+/// The CAs a Vault store trusts: `caBundle` (base64 PEM) or `caProvider` (a key of a Secret or
+/// ConfigMap) — exactly those, without the system roots — or, with neither, the system roots.
+#[cfg(feature = "vault")]
+async fn vault_trust(
+    vault: &mooring_crds::secret_store::VaultProvider,
+    reader: &CredentialReader<'_>,
+) -> Result<mooring_provider_vault::ServerTrust, StoreError> {
+    use base64::Engine;
+    use mooring_provider_vault::ServerTrust;
+    let invalid = |message: String| StoreError::InvalidSpec {
+        store: reader.store.to_string(),
+        message,
+    };
+    let from_pem = |pem: &[u8], field: &str| {
+        ServerTrust::from_pem(pem, field).map_err(|error| invalid(error.to_string()))
+    };
+    match (&vault.ca_bundle, &vault.ca_provider) {
+        (None, None) => Ok(ServerTrust::SystemRoots),
+        (Some(_), Some(_)) => Err(invalid(
+            "spec.provider.vault sets both caBundle and caProvider; set one".into(),
+        )),
+        (Some(bundle), None) => {
+            let field = "spec.provider.vault.caBundle";
+            // ESO's caBundle is a byte array: base64 in JSON. Line breaks from `base64` are fine.
+            let compact: String = bundle.split_whitespace().collect();
+            let pem = base64::engine::general_purpose::STANDARD
+                .decode(compact.as_bytes())
+                .map_err(|_| {
+                    invalid(format!(
+                        "{field} is not base64 (it holds a base64-encoded PEM bundle)"
+                    ))
+                })?;
+            from_pem(&pem, field)
+        }
+        (None, Some(provider)) => {
+            let field = "spec.provider.vault.caProvider";
+            let pem = reader.ca_bundle(provider, field).await?;
+            from_pem(&pem, field)
+        }
+    }
 }
 
 #[cfg(feature = "aws")]
@@ -691,10 +840,16 @@ async fn connect(
     };
     match connection {
         #[cfg(feature = "vault")]
-        Connection::Vault { config, auth } => {
+        Connection::Vault {
+            config,
+            trust,
+            auth,
+        } => {
             use mooring_provider_vault::{VaultAuth, VaultProvider};
             let provider = match auth {
-                VaultLogin::Ready(auth) => VaultProvider::login(config.clone(), auth).await,
+                VaultLogin::Ready(auth) => {
+                    VaultProvider::login_trusting(config.clone(), trust.clone(), auth).await
+                }
                 VaultLogin::ServiceAccount {
                     mount,
                     role,
@@ -707,7 +862,7 @@ async fn connect(
                         role: role.clone(),
                         jwt: jwt.to_string(),
                     };
-                    VaultProvider::login(config.clone(), &auth).await
+                    VaultProvider::login_trusting(config.clone(), trust.clone(), &auth).await
                 }
             }
             .map_err(provider_error)?;
@@ -899,6 +1054,7 @@ mod tests {
                 version: mooring_provider_vault::KvVersion::V2,
                 namespace: None,
             },
+            trust: mooring_provider_vault::ServerTrust::SystemRoots,
             auth: VaultLogin::Ready(mooring_provider_vault::VaultAuth::Token(token.into())),
         };
         assert_eq!(connection("a").fingerprint(), connection("a").fingerprint());

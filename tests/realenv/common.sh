@@ -10,7 +10,9 @@ CACHE_BIN="$MOORING_CACHE/bin"
 CACHE_VENV="$MOORING_CACHE/venv"
 
 # Per-clone state of a running environment: env.sh, pids, logs, certificates, data.
-STATE="$REPO_ROOT/target/realenv"
+# MOORING_REALENV (what the tests read) points `up` at an environment another clone started, to
+# add a peer next to the running ones: `up` reuses every peer whose recorded pid is alive.
+STATE="${MOORING_REALENV:-$REPO_ROOT/target/realenv}"
 
 # Pinned peers. kube-apiserver and etcd versions come from tests/realenv/peers/go.mod.
 KUBERNETES_VERSION=$(awk '$1 == "k8s.io/kubernetes" { print $2; exit }' "$REALENV_DIR/peers/go.mod")

@@ -9,6 +9,8 @@
 //!   provider call; `CreatedOnce` is final;
 //! - refreshes are spread by a per-object phase (no phase-locked storms after a restart, since
 //!   the schedule follows `status.refreshTime`);
+//! - first syncs and spec changes go ahead of periodic refreshes at a busy store
+//!   ([`super::refresh_gate`]);
 //! - `Ready` keeps ESO's reasons, and a `Fetched` condition tells NotFound, Forbidden,
 //!   Unavailable and InvalidConfig apart;
 //! - the ExternalSecret's own labels and annotations are never copied onto the Secret (ESO's #68).
@@ -37,6 +39,7 @@ use mooring_crds::secret_store::{ClusterSecretStore, SecretStore, SecretStoreSpe
 use mooring_provider::{ProviderError, RemoteRef, SecretProvider, SecretValue};
 use zeroize::Zeroizing;
 
+use super::refresh_gate::{PERIODIC_PER_STORE, RefreshGate, Urgency};
 use crate::coalesce::{ReadKey, Served, SharedReads};
 use crate::events::EventSink;
 use crate::install::FIELD_MANAGER;
@@ -78,6 +81,8 @@ pub struct Context {
     statuses: Mutex<HashMap<String, ExternalSecretStatus>>,
     /// Reconciles running now; shutdown waits for them.
     in_flight: tokio::sync::watch::Sender<usize>,
+    /// Periodic refreshes take turns per store; first syncs and spec changes go ahead.
+    gate: RefreshGate,
 }
 
 impl Context {
@@ -101,6 +106,7 @@ impl Context {
             failures: Mutex::default(),
             statuses: Mutex::default(),
             in_flight: tokio::sync::watch::Sender::new(0),
+            gate: RefreshGate::new(PERIODIC_PER_STORE),
         }
     }
 }
@@ -374,6 +380,7 @@ async fn housekeeping(store: Store<ExternalSecret>, ctx: Arc<Context>) {
             lock(&ctx.statuses).retain(|uid, _| live.contains(uid));
             lock(&ctx.failures).retain(|uid, _| live.contains(uid));
         }
+        ctx.gate.forget_idle();
     }
 }
 
@@ -670,6 +677,19 @@ fn refresh_due(es: &ExternalSecret, policies: &Policies, synced_version: &str) -
     }
 }
 
+/// Whether someone waits for this read: a first sync, or a spec (or label/annotation) change
+/// since the last one. Everything else is a periodic refresh, which yields to these.
+fn urgency(es: &ExternalSecret, synced_version: &str) -> Urgency {
+    let status = es.status.as_ref();
+    let never_synced = status.is_none_or(|s| s.refresh_time.is_none());
+    let changed = status.and_then(|s| s.synced_resource_version.as_deref()) != Some(synced_version);
+    if never_synced || changed {
+        Urgency::FirstSyncOrChange
+    } else {
+        Urgency::Periodic
+    }
+}
+
 /// The object with the status this agent wrote last when the watch cache has not caught up
 /// yet (a reconcile woken by our own Secret write), so a sync just done is not repeated.
 fn with_latest_status(es: &ExternalSecret, ctx: &Context) -> ExternalSecret {
@@ -739,6 +759,11 @@ async fn sync(es: &ExternalSecret, ctx: &Context) -> SyncResult {
         return Ok(Outcome::OtherController);
     }
     let provider = provider_for(ctx, &store_id, &spec, &namespace).await?;
+    // Periodic refreshes take turns at the store; a first sync or a spec change goes ahead.
+    let turn = ctx
+        .gate
+        .admit(&store_id, urgency(es, &synced_version))
+        .await;
     let source = Source {
         provider: provider.as_ref(),
         store: &store_id,
@@ -746,6 +771,7 @@ async fn sync(es: &ExternalSecret, ctx: &Context) -> SyncResult {
         max_age: policies.interval,
     };
     let fetched = fetch(es, &policies, &source, ctx).await;
+    drop(turn);
     let fetched = match fetched {
         Ok(fetched) => fetched,
         Err(error) => {
@@ -1710,6 +1736,26 @@ mod tests {
             refresh_due(&stale, &p, &version),
             "Periodic after the interval"
         );
+    }
+
+    #[test]
+    fn first_syncs_and_spec_changes_are_urgent_and_refreshes_periodic() {
+        let mut object = es(serde_json::json!({"refreshInterval": "1m"}));
+        let version = synced_resource_version(&object);
+        assert_eq!(urgency(&object, &version), Urgency::FirstSyncOrChange);
+        object.status = Some(ExternalSecretStatus {
+            refresh_time: Some("2020-01-01T00:00:00Z".into()),
+            synced_resource_version: Some(version.clone()),
+            ..Default::default()
+        });
+        assert_eq!(
+            urgency(&object, &version),
+            Urgency::Periodic,
+            "due on schedule"
+        );
+        object.metadata.generation = Some(2);
+        let changed = synced_resource_version(&object);
+        assert_eq!(urgency(&object, &changed), Urgency::FirstSyncOrChange);
     }
 
     #[test]

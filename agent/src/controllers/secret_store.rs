@@ -28,6 +28,9 @@ pub struct Context {
     pub settings: ProviderSettings,
     /// Provider call counters (shared with the ExternalSecret controller).
     pub metrics: crate::metrics::ExternalSecretMetrics,
+    /// A label selector: only ClusterSecretStores matching it are validated (and, in an agent
+    /// limited to one namespace, none without it).
+    pub cluster_store_selector: Option<String>,
 }
 
 /// Why a store's status could not be written.
@@ -45,7 +48,8 @@ pub enum Error {
 }
 
 /// Runs the controllers until `shutdown`. With `namespace`, only SecretStores of that namespace
-/// are validated (ClusterSecretStores are left to an agent that watches every namespace).
+/// are validated, and ClusterSecretStores only when a selector picks them (else they are left to
+/// an agent that watches every namespace).
 pub async fn run(
     ctx: Arc<Context>,
     namespace: Option<String>,
@@ -64,20 +68,21 @@ pub async fn run(
     // graceful shutdown, which also waits for the first list of every watch (never, while the
     // API server is unreachable or the CRDs are not installed).
     let stop = shutdown.clone();
-    if namespace.is_some() {
+    if namespace.is_some() && ctx.cluster_store_selector.is_none() {
         tokio::select! {
             () = namespaced => {},
             () = stop => {},
         }
         return;
     }
-    let cluster = Controller::new(
-        Api::<ClusterSecretStore>::all(ctx.client.clone()),
-        watcher::Config::default(),
-    )
-    .graceful_shutdown_on(shutdown)
-    .run(reconcile_cluster, error_policy, ctx)
-    .for_each(|_| std::future::ready(()));
+    let mut selected = watcher::Config::default();
+    if let Some(selector) = &ctx.cluster_store_selector {
+        selected = selected.labels(selector);
+    }
+    let cluster = Controller::new(Api::<ClusterSecretStore>::all(ctx.client.clone()), selected)
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile_cluster, error_policy, ctx)
+        .for_each(|_| std::future::ready(()));
     tokio::select! {
         _ = futures::future::join(namespaced, cluster) => {},
         () = stop => {},
@@ -102,6 +107,12 @@ async fn reconcile_namespaced(store: Arc<SecretStore>, ctx: Arc<Context>) -> Res
     let ready = validate(&ctx, &id, &store.spec, Some(&namespace)).await;
     let api: Api<SecretStore> = Api::namespaced(ctx.client.clone(), &namespace);
     let current = store.status.clone().unwrap_or_default();
+    let again = next_validation(
+        &current,
+        &ready,
+        crate::providers::store_refresh_interval(&store.spec),
+        jiff::Timestamp::now(),
+    );
     write_status(
         &api,
         &id,
@@ -111,9 +122,7 @@ async fn reconcile_namespaced(store: Arc<SecretStore>, ctx: Arc<Context>) -> Res
         store.metadata.generation,
     )
     .await?;
-    Ok(Action::requeue(crate::providers::store_refresh_interval(
-        &store.spec,
-    )))
+    Ok(Action::requeue(again))
 }
 
 async fn reconcile_cluster(
@@ -142,6 +151,12 @@ async fn reconcile_cluster(
     };
     let api: Api<ClusterSecretStore> = Api::all(ctx.client.clone());
     let current = store.status.clone().unwrap_or_default();
+    let again = next_validation(
+        &current,
+        &ready,
+        crate::providers::store_refresh_interval(&spec),
+        jiff::Timestamp::now(),
+    );
     write_status(
         &api,
         &id,
@@ -151,9 +166,36 @@ async fn reconcile_cluster(
         store.metadata.generation,
     )
     .await?;
-    Ok(Action::requeue(crate::providers::store_refresh_interval(
-        &spec,
-    )))
+    Ok(Action::requeue(again))
+}
+
+/// The first retry after a failed validation.
+const FIRST_RETRY: Duration = Duration::from_secs(5);
+
+/// When to validate again. A valid store: after its refresh interval. A failing one: after as
+/// long as it has been failing (at least [`FIRST_RETRY`], at most the interval), so retries
+/// double — 5 s, 5 s, 10 s, 20 s … — a store that was just misconfigured is seen fixed quickly,
+/// and one that stays down is not hammered. The failure's start is the `Ready=False`
+/// transition time in the status, so the backoff survives a restart of the agent.
+fn next_validation(
+    current: &SecretStoreStatus,
+    ready: &Condition,
+    interval: Duration,
+    now: jiff::Timestamp,
+) -> Duration {
+    if ready.status == ConditionStatus::True {
+        return interval;
+    }
+    let failing_since = current
+        .conditions
+        .iter()
+        .find(|c| c.type_ == READY && c.status == ConditionStatus::False)
+        .and_then(|c| c.last_transition_time.as_deref())
+        .and_then(|t| t.parse::<jiff::Timestamp>().ok());
+    let failing_for = failing_since
+        .and_then(|since| Duration::try_from(now.duration_since(since)).ok())
+        .unwrap_or_default();
+    failing_for.max(FIRST_RETRY).min(interval.max(FIRST_RETRY))
 }
 
 fn condition(status: ConditionStatus, reason: &str, message: String) -> Condition {
@@ -275,4 +317,41 @@ where
             source,
         })?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status_failing_since(time: &str) -> SecretStoreStatus {
+        let mut failed = condition(ConditionStatus::False, "ValidationFailed", "x".into());
+        failed.last_transition_time = Some(time.into());
+        SecretStoreStatus {
+            conditions: vec![failed],
+            capabilities: None,
+        }
+    }
+
+    #[test]
+    fn failed_validations_back_off_and_valid_stores_wait_their_interval() {
+        let now: jiff::Timestamp = "2026-01-01T00:10:00Z".parse().unwrap();
+        let interval = Duration::from_secs(300);
+        let failed = condition(ConditionStatus::False, "ValidationFailed", "x".into());
+        let valid = condition(ConditionStatus::True, "Valid", "ok".into());
+        let fresh = SecretStoreStatus::default();
+        assert_eq!(next_validation(&fresh, &valid, interval, now), interval);
+        // First failure: retried soon.
+        assert_eq!(next_validation(&fresh, &failed, interval, now), FIRST_RETRY);
+        // Failing for 40 s: wait 40 s more (the delay doubles with each retry).
+        let since_40s = status_failing_since("2026-01-01T00:09:20Z");
+        assert_eq!(
+            next_validation(&since_40s, &failed, interval, now),
+            Duration::from_secs(40)
+        );
+        // Failing for an hour: never longer than the refresh interval.
+        let since_1h = status_failing_since("2025-12-31T23:10:00Z");
+        assert_eq!(next_validation(&since_1h, &failed, interval, now), interval);
+        // Recovered: back to the interval.
+        assert_eq!(next_validation(&since_1h, &valid, interval, now), interval);
+    }
 }

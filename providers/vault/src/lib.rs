@@ -3,6 +3,11 @@
 //! One [`VaultProvider`] holds one authenticated client for a store and reuses it for every read:
 //! it logs in once (token, AppRole or Kubernetes auth) and the agent keeps it until shortly
 //! before the token's lease ends, so there is no login per reconcile (ESO's #376).
+//!
+//! The HTTP client is built here, not from vaultrs's settings: those fall back to `VAULT_CACERT`,
+//! `VAULT_CAPATH`, `VAULT_SKIP_VERIFY` and `VAULT_CLIENT_CERT` of the agent's environment, which
+//! would apply one operator setting to every tenant's store. A store trusts the system roots, or
+//! with a `caBundle`/`caProvider` exactly the CAs it names ([`ServerTrust`]).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -32,6 +37,96 @@ pub struct VaultConfig {
     pub version: KvVersion,
     /// The Vault Enterprise / OpenBao namespace, if any.
     pub namespace: Option<String>,
+}
+
+/// Which certificate authorities the client accepts for an `https` server.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub enum ServerTrust {
+    /// The system's roots (no `caBundle` or `caProvider` in the store).
+    #[default]
+    SystemRoots,
+    /// Only the CA certificates of this PEM bundle, none of the system's.
+    Only(Vec<u8>),
+}
+
+impl ServerTrust {
+    /// Trust exactly the certificates of a PEM bundle; `field` names where it came from in errors.
+    pub fn from_pem(pem: &[u8], field: &str) -> Result<ServerTrust, ProviderError> {
+        let certificates = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| {
+            ProviderError::InvalidConfig(format!("{field} is not a PEM certificate bundle: {e}"))
+        })?;
+        if certificates.is_empty() {
+            return Err(ProviderError::InvalidConfig(format!(
+                "{field} holds no PEM certificate"
+            )));
+        }
+        Ok(ServerTrust::Only(pem.to_vec()))
+    }
+}
+
+impl std::fmt::Debug for ServerTrust {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ServerTrust::SystemRoots => f.write_str("SystemRoots"),
+            ServerTrust::Only(pem) => write!(f, "Only(<PEM bundle, {} bytes>)", pem.len()),
+        }
+    }
+}
+
+/// How long to wait for a TCP and TLS connection to the server.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one request may take in all.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The HTTP client for `server`: rustls with the roots `trust` names, no client certificate,
+/// nothing taken from the environment.
+fn http_client(server: &str, trust: &ServerTrust) -> Result<reqwest::Client, ProviderError> {
+    let invalid =
+        |e: reqwest::Error| ProviderError::InvalidConfig(format!("vault server {server:?}: {e}"));
+    // Bounded: a server that accepts and never answers must not hold a reconcile (and its
+    // store's refresh turn) forever; vaultrs sets no timeout.
+    let builder = reqwest::Client::builder()
+        .tls_backend_rustls()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(REQUEST_TIMEOUT);
+    let builder = match trust {
+        // Plain http needs no roots; the platform verifier is not even set up (as vaultrs does,
+        // reqwest#2988).
+        _ if server.starts_with("http://") => builder.tls_certs_only(Vec::new()),
+        ServerTrust::SystemRoots => builder,
+        ServerTrust::Only(pem) => {
+            builder.tls_certs_only(reqwest::Certificate::from_pem_bundle(pem).map_err(invalid)?)
+        }
+    };
+    builder.build().map_err(invalid)
+}
+
+/// Whether a request failed because the server's certificate was refused (unknown CA, wrong
+/// name, expired): rustls says "invalid peer certificate" somewhere in the chain.
+fn is_untrusted_certificate(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if e.to_string().contains("invalid peer certificate") {
+            return true;
+        }
+        current = e.source();
+    }
+    false
+}
+
+/// An unreachable server, saying so plainly when its certificate was not trusted.
+fn unavailable(server: &str, what: String, error: ClientError) -> ProviderError {
+    let detail = if is_untrusted_certificate(&error) {
+        format!(
+            "{what}: the TLS certificate of vault server {server} is not trusted (check spec.provider.vault.caBundle / caProvider)"
+        )
+    } else {
+        what
+    };
+    ProviderError::Unavailable {
+        detail,
+        source: Some(Box::new(error)),
+    }
 }
 
 /// How to log in. Credentials are held only until the login is done.
@@ -79,30 +174,40 @@ pub struct VaultProvider {
 }
 
 impl VaultProvider {
-    /// Logs in with `auth` and returns a provider holding the resulting token.
+    /// Logs in with `auth`, trusting the system roots, and returns a provider holding the
+    /// resulting token.
     pub async fn login(config: VaultConfig, auth: &VaultAuth) -> Result<Self, ProviderError> {
+        Self::login_trusting(config, ServerTrust::SystemRoots, auth).await
+    }
+
+    /// Logs in with `auth`, accepting the server certificates `trust` allows.
+    pub async fn login_trusting(
+        config: VaultConfig,
+        trust: ServerTrust,
+        auth: &VaultAuth,
+    ) -> Result<Self, ProviderError> {
         let (mount, info) = match auth {
-            VaultAuth::Token(token) => return Self::with_token(config, token),
+            VaultAuth::Token(token) => return Self::with_token_trusting(config, trust, token),
             VaultAuth::AppRole {
                 mount,
                 role_id,
                 secret_id,
             } => {
-                let anonymous = Self::with_token(config.clone(), "")?;
+                let anonymous = Self::with_token_trusting(config.clone(), trust.clone(), "")?;
                 let info =
                     vaultrs::auth::approle::login(&anonymous.client, mount, role_id, secret_id)
                         .await;
                 (mount, info)
             }
             VaultAuth::Kubernetes { mount, role, jwt } => {
-                let anonymous = Self::with_token(config.clone(), "")?;
+                let anonymous = Self::with_token_trusting(config.clone(), trust.clone(), "")?;
                 let info =
                     vaultrs::auth::kubernetes::login(&anonymous.client, mount, role, jwt).await;
                 (mount, info)
             }
         };
-        let info = info.map_err(|error| classify_login(mount, error))?;
-        let mut provider = Self::with_token(config, &info.client_token)?;
+        let info = info.map_err(|error| classify_login(&config.server, mount, error))?;
+        let mut provider = Self::with_token_trusting(config, trust, &info.client_token)?;
         provider.lease =
             (info.lease_duration > 0).then(|| Duration::from_secs(info.lease_duration));
         Ok(provider)
@@ -113,19 +218,38 @@ impl VaultProvider {
         self.lease
     }
 
-    /// A provider that authenticates with `token`.
+    /// A provider that authenticates with `token`, trusting the system roots.
     pub fn with_token(config: VaultConfig, token: &str) -> Result<Self, ProviderError> {
+        Self::with_token_trusting(config, ServerTrust::SystemRoots, token)
+    }
+
+    /// A provider that authenticates with `token`, accepting the certificates `trust` allows.
+    pub fn with_token_trusting(
+        config: VaultConfig,
+        trust: ServerTrust,
+        token: &str,
+    ) -> Result<Self, ProviderError> {
         let mut settings = VaultClientSettingsBuilder::default();
-        settings.address(&config.server).token(token);
+        // Explicit, so vaultrs reads none of them from the agent's environment.
+        settings
+            .address(&config.server)
+            .token(token)
+            .verify(true)
+            .ca_certs(Vec::new())
+            .identity(None);
         if let Some(namespace) = &config.namespace {
             settings.namespace(Some(namespace.clone()));
         }
         let settings = settings.build().map_err(|e| {
             ProviderError::InvalidConfig(format!("vault server {:?}: {e}", config.server))
         })?;
-        let client = VaultClient::new(settings).map_err(|e| {
+        let mut client = VaultClient::new(settings).map_err(|e| {
             ProviderError::InvalidConfig(format!("vault server {:?}: {e}", config.server))
         })?;
+        // vaultrs's own client would add the system roots to a store's CA; replace it.
+        let http = http_client(&config.server, &trust)?;
+        client.http =
+            rustify::clients::reqwest::Client::new(client.settings.address.as_str(), http);
         Ok(VaultProvider {
             client,
             config,
@@ -199,6 +323,12 @@ fn classify(key: &str, error: ClientError) -> ProviderError {
         ClientError::APIError { code, .. } if (400..500).contains(&code) => {
             ProviderError::InvalidConfig(format!("vault answered {code} for {key:?}"))
         }
+        other if is_untrusted_certificate(&other) => ProviderError::Unavailable {
+            detail: format!(
+                "failed to read {key:?} from vault: the server's TLS certificate is not trusted (check spec.provider.vault.caBundle / caProvider)"
+            ),
+            source: Some(Box::new(other)),
+        },
         other => ProviderError::Unavailable {
             detail: format!("failed to read {key:?} from vault"),
             source: Some(Box::new(other)),
@@ -207,7 +337,7 @@ fn classify(key: &str, error: ClientError) -> ProviderError {
 }
 
 /// Maps a failed login: 400/403 from an auth mount mean the credentials were refused.
-fn classify_login(mount: &str, error: ClientError) -> ProviderError {
+fn classify_login(server: &str, mount: &str, error: ClientError) -> ProviderError {
     match error {
         ClientError::APIError { code, .. } if (400..500).contains(&code) && code != 404 => {
             ProviderError::PermissionDenied {
@@ -218,10 +348,11 @@ fn classify_login(mount: &str, error: ClientError) -> ProviderError {
         ClientError::APIError { code: 404, .. } => {
             ProviderError::InvalidConfig(format!("vault has no auth method mounted at {mount:?}"))
         }
-        other => ProviderError::Unavailable {
-            detail: format!("failed to log in to vault at auth/{mount}"),
-            source: Some(Box::new(other)),
-        },
+        other => unavailable(
+            server,
+            format!("failed to log in to vault at auth/{mount}"),
+            other,
+        ),
     }
 }
 
@@ -277,7 +408,12 @@ impl SecretProvider for VaultProvider {
                     key: String::new(),
                     detail: "vault rejected the token".into(),
                 },
-                other => classify("", other),
+                ClientError::APIError { .. } => classify("", error),
+                other => unavailable(
+                    &self.config.server,
+                    "failed to look up the token".into(),
+                    other,
+                ),
             })
     }
 }
