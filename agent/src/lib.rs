@@ -318,22 +318,30 @@ impl Agent {
                     settings: provider_settings.clone(),
                     metrics: metrics.external_secrets.clone(),
                     cluster_store_selector: self.args.cluster_secret_store_selector.clone(),
+                    reconciles: controllers::reconciles::Reconciles::new(
+                        controllers::secret_store::CONTROLLER,
+                        controllers::secret_store::CONCURRENCY,
+                        &metrics.controllers,
+                    ),
                 }),
                 self.args.watch_namespace.clone(),
                 stop_signal(),
             )));
-            let external_secrets = Arc::new(controllers::external_secret::Context::new(
-                self.client.clone(),
-                provider_cache,
-                provider_settings,
-                Arc::new(coalesce::SharedReads::new(
-                    self.args.provider_read_window,
-                    self.args.provider_qps,
-                    self.args.provider_burst,
-                )),
-                metrics.external_secrets.clone(),
-                events.clone(),
-            ));
+            let external_secrets = Arc::new(
+                controllers::external_secret::Context::new(
+                    self.client.clone(),
+                    provider_cache,
+                    provider_settings,
+                    Arc::new(coalesce::SharedReads::new(
+                        self.args.provider_read_window,
+                        self.args.provider_qps,
+                        self.args.provider_burst,
+                    )),
+                    metrics.external_secrets.clone(),
+                    events.clone(),
+                )
+                .with_controller_metrics(&metrics.controllers),
+            );
             controllers.push(Box::pin(controllers::external_secret::run(
                 external_secrets,
                 self.args.watch_namespace.clone(),

@@ -132,7 +132,12 @@ async fn reconciles_errors_queue_depth_and_durations_per_controller() {
         .text()
         .await
         .unwrap();
-    for controller in ["sealedsecret", "application"] {
+    for controller in [
+        "sealedsecret",
+        "application",
+        "externalsecret",
+        "secretstore",
+    ] {
         assert!(
             text.contains(&format!(
                 "mooring_controller_queue_depth{{controller=\"{controller}\"}}"

@@ -150,7 +150,20 @@ async fn secrets_made_by_eso_are_adopted_in_place() {
     .await
     .unwrap();
 
-    // The store of another controller class is not mooring's: no Secret, no status written.
+    // The store of another controller class is not mooring's: no Secret, no status written,
+    // once both ExternalSecrets were looked at.
+    wait_for("both ExternalSecrets reconciled", Duration::from_secs(60), || {
+        let agent = &agent;
+        async move {
+            let done = agent
+                .metric("mooring_controller_reconciles_total{controller=\"externalsecret\",result=\"success\"}")
+                .await
+                .ok()?;
+            (done >= 2.0).then_some(())
+        }
+    })
+    .await
+    .unwrap();
     let other = secrets.get("other").await.unwrap();
     assert!(other.status.is_none(), "status written: {:?}", other.status);
     assert!(

@@ -39,12 +39,14 @@ use mooring_crds::secret_store::{ClusterSecretStore, SecretStore, SecretStoreSpe
 use mooring_provider::{ProviderError, RemoteRef, SecretProvider, SecretValue};
 use zeroize::Zeroizing;
 
+use super::reconciles::Reconciles;
 use super::refresh_gate::{PERIODIC_PER_STORE, RefreshGate, Urgency};
 use crate::coalesce::{ReadKey, Served, SharedReads};
 use crate::events::EventSink;
 use crate::install::FIELD_MANAGER;
 use crate::metrics::{
-    ExternalSecretMetrics, OutcomeLabels, ReasonLabels, StatusLabels, StoreCallLabels,
+    ControllerMetrics, ExternalSecretMetrics, OutcomeLabels, ReasonLabels, StatusLabels,
+    StoreCallLabels,
 };
 use crate::providers::{ProviderCache, ProviderSettings, StoreError, StoreId, StoreKind};
 
@@ -80,7 +82,7 @@ pub struct Context {
     /// ExternalSecret uid → the status this agent wrote last (the watch cache may lag).
     statuses: Mutex<HashMap<String, ExternalSecretStatus>>,
     /// Reconciles running now; shutdown waits for them.
-    in_flight: tokio::sync::watch::Sender<usize>,
+    reconciles: Reconciles,
     /// Periodic refreshes take turns per store; first syncs and spec changes go ahead.
     gate: RefreshGate,
 }
@@ -105,11 +107,24 @@ impl Context {
             last: Mutex::default(),
             failures: Mutex::default(),
             statuses: Mutex::default(),
-            in_flight: tokio::sync::watch::Sender::new(0),
+            reconciles: Reconciles::new(CONTROLLER, UNBOUNDED, &ControllerMetrics::default()),
             gate: RefreshGate::new(PERIODIC_PER_STORE),
         }
     }
+
+    /// Reports reconciles, errors, queue depth and durations into the agent's shared metrics.
+    pub fn with_controller_metrics(mut self, metrics: &ControllerMetrics) -> Context {
+        self.reconciles = Reconciles::new(CONTROLLER, UNBOUNDED, metrics);
+        self
+    }
 }
+
+/// The `controller` label of this controller's metrics.
+const CONTROLLER: &str = "externalsecret";
+
+/// No bound on reconciles at once: each waits where it must (the refresh gate, the store's read
+/// budget), and the refresh gate's waiters are the queue depth.
+const UNBOUNDED: usize = tokio::sync::Semaphore::MAX_PERMITS;
 
 /// The Secret mooring last wrote for an ExternalSecret, and the spec it came from.
 #[derive(Clone)]
@@ -326,7 +341,7 @@ pub async fn run(
             None => (Api::all(ctx.client.clone()), Api::all(ctx.client.clone())),
         };
     let shutdown = futures::FutureExt::shared(shutdown);
-    let in_flight = ctx.in_flight.subscribe();
+    let in_flight = ctx.reconciles.subscribe();
     let controller = Controller::new(externals, watcher::Config::default());
     let housekeeping = housekeeping(controller.store(), Arc::clone(&ctx));
     // Metadata only, and only Secrets mooring manages: an edit or deletion wakes the
@@ -394,13 +409,15 @@ async fn reconcile(es: Arc<ExternalSecret>, ctx: Arc<Context>) -> Result<Action,
     if es.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
-    ctx.in_flight.send_modify(|running| *running += 1);
+    let slot = ctx.reconciles.admit().await;
     let started = std::time::Instant::now();
     let result = reconcile_counted(&es, &ctx).await;
     ctx.metrics
         .reconcile_seconds
         .inc_by(started.elapsed().as_secs_f64());
-    ctx.in_flight.send_modify(|running| *running -= 1);
+    ctx.reconciles
+        .record(result.as_ref().map(|_| ()).map_err(Error::reason));
+    drop(slot);
     result
 }
 
@@ -760,10 +777,13 @@ async fn sync(es: &ExternalSecret, ctx: &Context) -> SyncResult {
     }
     let provider = provider_for(ctx, &store_id, &spec, &namespace).await?;
     // Periodic refreshes take turns at the store; a first sync or a spec change goes ahead.
-    let turn = ctx
-        .gate
-        .admit(&store_id, urgency(es, &synced_version))
-        .await;
+    let turn = {
+        // Waiting here is this controller's queue.
+        let _queued = ctx.reconciles.queued();
+        ctx.gate
+            .admit(&store_id, urgency(es, &synced_version))
+            .await
+    };
     let source = Source {
         provider: provider.as_ref(),
         store: &store_id,

@@ -16,7 +16,7 @@ use crate::metrics::{
 
 /// One controller's reconcile slots and counters.
 #[derive(Debug)]
-pub(crate) struct Reconciles {
+pub struct Reconciles {
     controller: &'static str,
     slots: Semaphore,
     in_flight: watch::Sender<usize>,
@@ -25,7 +25,7 @@ pub(crate) struct Reconciles {
 
 /// A reconcile holding a slot; gives it back (and is no longer counted) when dropped.
 #[derive(Debug)]
-pub(crate) struct Running<'a> {
+pub struct Running<'a> {
     reconciles: &'a Reconciles,
     running: Gauge,
     // Held for its Drop: the slot returns to the semaphore.
@@ -33,17 +33,19 @@ pub(crate) struct Running<'a> {
     started: tokio::time::Instant,
 }
 
-/// Decrements a gauge when dropped, so a waiter cancelled by shutdown is uncounted too.
-struct Counted(Gauge);
+/// Counts a waiter in the queue depth; decrements the gauge when dropped, so a waiter cancelled
+/// by shutdown is uncounted too.
+#[derive(Debug)]
+pub struct Queued(Gauge);
 
-impl Counted {
+impl Queued {
     fn new(gauge: Gauge) -> Self {
         gauge.inc();
-        Counted(gauge)
+        Queued(gauge)
     }
 }
 
-impl Drop for Counted {
+impl Drop for Queued {
     fn drop(&mut self) {
         self.0.dec();
     }
@@ -51,7 +53,7 @@ impl Drop for Counted {
 
 impl Reconciles {
     /// Bookkeeping for `controller` with at most `slots` reconciles at once.
-    pub(crate) fn new(controller: &'static str, slots: usize, metrics: &ControllerMetrics) -> Self {
+    pub fn new(controller: &'static str, slots: usize, metrics: &ControllerMetrics) -> Self {
         let reconciles = Reconciles {
             controller,
             slots: Semaphore::new(slots.max(1)),
@@ -78,9 +80,9 @@ impl Reconciles {
 
     /// Waits for a slot (counted in the queue depth while waiting), then counts the reconcile as
     /// running until the returned guard is dropped.
-    pub(crate) async fn admit(&self) -> Running<'_> {
+    pub async fn admit(&self) -> Running<'_> {
         let label = self.label();
-        let waiting = Counted::new(self.metrics.queue_depth.get_or_create(&label).clone());
+        let waiting = Queued::new(self.metrics.queue_depth.get_or_create(&label).clone());
         // The semaphore is never closed; without a permit the reconcile still runs.
         let permit = self.slots.acquire().await.ok();
         drop(waiting);
@@ -95,8 +97,19 @@ impl Reconciles {
         }
     }
 
+    /// Counts the caller in the queue depth until the guard is dropped: for a wait of the
+    /// controller's own (the ExternalSecret refresh gate).
+    pub fn queued(&self) -> Queued {
+        Queued::new(
+            self.metrics
+                .queue_depth
+                .get_or_create(&self.label())
+                .clone(),
+        )
+    }
+
     /// Records how a reconcile ended: `Ok(())` or the error's reason.
-    pub(crate) fn record(&self, outcome: Result<(), &str>) {
+    pub fn record(&self, outcome: Result<(), &str>) {
         let result = if outcome.is_ok() { "success" } else { "error" };
         self.metrics
             .reconciles
@@ -117,7 +130,7 @@ impl Reconciles {
     }
 
     /// Follows the number of running reconciles (for a shutdown that waits for them).
-    pub(crate) fn subscribe(&self) -> watch::Receiver<usize> {
+    pub fn subscribe(&self) -> watch::Receiver<usize> {
         self.in_flight.subscribe()
     }
 

@@ -16,6 +16,7 @@ use mooring_crds::secret_store::{
     ClusterSecretStore, SecretStore, SecretStoreSpec, SecretStoreStatus, reasons, unknown_fields,
 };
 
+use crate::controllers::reconciles::Reconciles;
 use crate::providers::{ProviderCache, ProviderSettings, StoreId, StoreKind};
 
 /// What the controller needs.
@@ -31,6 +32,22 @@ pub struct Context {
     /// A label selector: only ClusterSecretStores matching it are validated (and, in an agent
     /// limited to one namespace, none without it).
     pub cluster_store_selector: Option<String>,
+    /// Validations running, results by reason (controller `secretstore`).
+    pub reconciles: Reconciles,
+}
+
+/// The `controller` label of this controller's metrics.
+pub const CONTROLLER: &str = "secretstore";
+
+/// Validations at once: each is one short round trip to a store.
+pub const CONCURRENCY: usize = 16;
+
+/// Counts a validation: a `Ready` condition that is `False` is an error with its reason.
+fn record(ctx: &Context, ready: &Condition) {
+    ctx.reconciles.record(match ready.status {
+        ConditionStatus::False => Err(ready.reason.as_str()),
+        _ => Ok(()),
+    });
 }
 
 /// Why a store's status could not be written.
@@ -104,7 +121,10 @@ async fn reconcile_namespaced(store: Arc<SecretStore>, ctx: Arc<Context>) -> Res
         // Another controller class (ESO side by side): its status is not ours to write.
         return Ok(Action::await_change());
     }
+    let slot = ctx.reconciles.admit().await;
     let ready = validate(&ctx, &id, &store.spec, Some(&namespace)).await;
+    record(&ctx, &ready);
+    drop(slot);
     let api: Api<SecretStore> = Api::namespaced(ctx.client.clone(), &namespace);
     let current = store.status.clone().unwrap_or_default();
     let again = next_validation(
@@ -138,6 +158,7 @@ async fn reconcile_cluster(
     if !crate::controllers::external_secret::is_handled_here(&spec) {
         return Ok(Action::await_change());
     }
+    let slot = ctx.reconciles.admit().await;
     let ready = if crate::providers::is_referent(&spec) {
         // Credentials resolve in each consuming namespace: nothing to validate here (ESO's
         // ValidationUnknown); each ExternalSecret reports its own outcome.
@@ -149,6 +170,8 @@ async fn reconcile_cluster(
     } else {
         validate(&ctx, &id, &spec, None).await
     };
+    record(&ctx, &ready);
+    drop(slot);
     let api: Api<ClusterSecretStore> = Api::all(ctx.client.clone());
     let current = store.status.clone().unwrap_or_default();
     let again = next_validation(
