@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use mooring_provider::{
-    ProviderError, RemoteRef, SecretProvider, SecretValue, json_properties, select_property,
+    FindQuery, ProviderError, RemoteRef, SecretProvider, SecretValue, json_properties,
+    select_property,
 };
 
 /// The in-memory store.
@@ -20,6 +21,8 @@ pub struct FakeProvider {
 struct State {
     /// key → versions in the order they were set.
     secrets: BTreeMap<String, Vec<(String, Vec<u8>)>>,
+    /// key → tags, for `find`.
+    tags: BTreeMap<String, BTreeMap<String, String>>,
     /// key → reason of an error every read of it returns.
     failures: BTreeMap<String, &'static str>,
     /// How many reads reached the store, for tests of caching and coalescing.
@@ -40,6 +43,21 @@ impl FakeProvider {
                 .entry(key.to_string())
                 .or_default()
                 .push((version.to_string(), value.to_vec()));
+        });
+    }
+
+    /// Sets the tags `find` matches for `key`.
+    pub fn set_tags(&self, key: &str, tags: BTreeMap<String, String>) {
+        self.with_state(|state| {
+            state.tags.insert(key.to_string(), tags);
+        });
+    }
+
+    /// Removes `key` and all its versions.
+    pub fn remove(&self, key: &str) {
+        self.with_state(|state| {
+            state.secrets.remove(key);
+            state.tags.remove(key);
         });
     }
 
@@ -123,6 +141,38 @@ impl SecretProvider for FakeProvider {
         json_properties(&reference.key, document.expose())
     }
 
+    /// Keys under `query.path` (a `/`-separated prefix) that match, each at its current
+    /// version; one read. A matching key with an injected failure fails the whole find.
+    async fn find(
+        &self,
+        query: &FindQuery,
+    ) -> Result<BTreeMap<String, SecretValue>, ProviderError> {
+        self.with_state(|state| {
+            state.reads += 1;
+            let under = |key: &str| match query.path.as_deref().map(|p| p.trim_matches('/')) {
+                None | Some("") => true,
+                Some(path) => key
+                    .strip_prefix(path)
+                    .is_some_and(|rest| rest.starts_with('/')),
+            };
+            let no_tags = BTreeMap::new();
+            let mut found = BTreeMap::new();
+            for (key, versions) in &state.secrets {
+                let tags = state.tags.get(key).unwrap_or(&no_tags);
+                if !under(key) || !query.matches_name(key) || !query.matches_tags(tags) {
+                    continue;
+                }
+                if let Some(reason) = state.failures.get(key) {
+                    return Err(injected(key, reason));
+                }
+                if let Some((_, value)) = versions.last() {
+                    found.insert(key.clone(), SecretValue::new(value.clone()));
+                }
+            }
+            Ok(found)
+        })
+    }
+
     async fn validate(&self) -> Result<(), ProviderError> {
         Ok(())
     }
@@ -162,6 +212,26 @@ mod tests {
         store.fail("flaky", "Unavailable");
         let error = store.get(&RemoteRef::key("flaky")).await.unwrap_err();
         assert!(error.is_retryable());
+    }
+
+    #[tokio::test]
+    async fn find_selects_by_path_name_and_tags() {
+        let store = FakeProvider::new();
+        store.set("app/db", "1", b"{}");
+        store.set("app/cache", "1", b"{}");
+        store.set("application", "1", b"{}");
+        store.set("other/db", "1", b"{}");
+        store.set_tags("app/db", BTreeMap::from([("env".into(), "prod".into())]));
+        let by_path = FindQuery::new(Some("app".into()), Some("."), BTreeMap::new()).unwrap();
+        let found = store.find(&by_path).await.unwrap();
+        assert_eq!(found.keys().collect::<Vec<_>>(), ["app/cache", "app/db"]);
+        let by_name = FindQuery::new(None, Some("/db$"), BTreeMap::new()).unwrap();
+        let found = store.find(&by_name).await.unwrap();
+        assert_eq!(found.keys().collect::<Vec<_>>(), ["app/db", "other/db"]);
+        let tags = BTreeMap::from([("env".to_string(), "prod".to_string())]);
+        let by_tags = FindQuery::new(None, None, tags).unwrap();
+        let found = store.find(&by_tags).await.unwrap();
+        assert_eq!(found.keys().collect::<Vec<_>>(), ["app/db"]);
     }
 
     #[tokio::test]
