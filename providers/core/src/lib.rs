@@ -9,6 +9,9 @@ use std::fmt;
 
 use zeroize::Zeroizing;
 
+#[cfg(feature = "conformance")]
+pub mod conformance;
+
 /// Where a value lives in a store, as ESO's `remoteRef`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RemoteRef {

@@ -181,6 +181,74 @@ impl SecretProvider for FakeProvider {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mooring_provider::conformance;
+
+    /// Seeds the fake store directly; versions are numbered per key.
+    struct Seed<'a> {
+        store: &'a FakeProvider,
+        tags: bool,
+    }
+
+    #[async_trait::async_trait]
+    impl conformance::Seed for Seed<'_> {
+        fn scope(&self) -> &str {
+            "conformance/run"
+        }
+
+        async fn write(
+            &self,
+            key: &str,
+            document: &serde_json::Value,
+            tags: &BTreeMap<String, String>,
+        ) -> Result<Option<String>, String> {
+            let version = self
+                .store
+                .with_state(|state| state.secrets.get(key).map_or(0, Vec::len) + 1);
+            self.store
+                .set(key, &version.to_string(), document.to_string().as_bytes());
+            if self.tags {
+                self.store.set_tags(key, tags.clone());
+            }
+            Ok(Some(version.to_string()))
+        }
+
+        fn supports_tags(&self) -> bool {
+            self.tags
+        }
+    }
+
+    #[tokio::test]
+    async fn the_fake_provider_passes_the_conformance_suite() {
+        let store = FakeProvider::new();
+        let report = conformance::run(
+            &store,
+            &Seed {
+                store: &store,
+                tags: true,
+            },
+        )
+        .await;
+        assert!(report.skipped.is_empty(), "{:?}", report.skipped);
+        let passed = report.into_result().unwrap();
+        assert_eq!(passed, conformance::CHECKS);
+    }
+
+    #[tokio::test]
+    async fn the_conformance_suite_catches_a_store_that_ignores_tags() {
+        // The seed says the store has no tags, so a find by tags must be refused; the fake
+        // answers it, so exactly that check fails.
+        let store = FakeProvider::new();
+        let report = conformance::run(
+            &store,
+            &Seed {
+                store: &store,
+                tags: false,
+            },
+        )
+        .await;
+        let failed: Vec<&str> = report.failed.iter().map(|(check, _)| *check).collect();
+        assert_eq!(failed, ["find_by_tags"]);
+    }
 
     #[tokio::test]
     async fn current_and_pinned_versions() {
@@ -212,6 +280,58 @@ mod tests {
         store.fail("flaky", "Unavailable");
         let error = store.get(&RemoteRef::key("flaky")).await.unwrap_err();
         assert!(error.is_retryable());
+    }
+
+    /// A provider that puts the secret into its NotFound errors, as a careless one might.
+    struct Leaky(FakeProvider);
+
+    #[async_trait::async_trait]
+    impl SecretProvider for Leaky {
+        async fn get(&self, reference: &RemoteRef) -> Result<SecretValue, ProviderError> {
+            let whole = RemoteRef {
+                property: None,
+                ..reference.clone()
+            };
+            match (self.0.get(reference).await, self.0.get(&whole).await) {
+                (Err(ProviderError::NotFound { key, .. }), Ok(document)) => {
+                    Err(ProviderError::NotFound {
+                        key,
+                        detail: String::from_utf8_lossy(document.expose()).into_owned(),
+                    })
+                }
+                (result, _) => result,
+            }
+        }
+
+        async fn get_map(
+            &self,
+            reference: &RemoteRef,
+        ) -> Result<BTreeMap<String, SecretValue>, ProviderError> {
+            self.0.get_map(reference).await
+        }
+
+        async fn find(
+            &self,
+            query: &FindQuery,
+        ) -> Result<BTreeMap<String, SecretValue>, ProviderError> {
+            self.0.find(query).await
+        }
+
+        async fn validate(&self) -> Result<(), ProviderError> {
+            self.0.validate().await
+        }
+    }
+
+    #[tokio::test]
+    async fn the_conformance_suite_catches_a_value_in_an_error() {
+        let leaky = Leaky(FakeProvider::new());
+        let seed = Seed {
+            store: &leaky.0,
+            tags: true,
+        };
+        let report = conformance::run(&leaky, &seed).await;
+        let failed: Vec<&str> = report.failed.iter().map(|(check, _)| *check).collect();
+        assert_eq!(failed, ["errors_never_contain_the_value"]);
     }
 
     #[tokio::test]
