@@ -44,6 +44,9 @@ pub(super) fn name_keys<V>(
     Ok(renamed)
 }
 
+/// Computes one key's new name.
+type Rename<'a> = dyn Fn(&str) -> Result<String, Error> + 'a;
+
 /// Applies every rewrite in order.
 fn rewrite_keys<V>(
     index: usize,
@@ -52,10 +55,7 @@ fn rewrite_keys<V>(
 ) -> Result<BTreeMap<String, V>, Error> {
     for (position, rewrite) in rewrites.iter().enumerate() {
         let field = format!("spec.dataFrom[{index}].rewrite[{position}]");
-        let rename: Box<dyn Fn(&str) -> Result<String, Error>> = match (
-            &rewrite.regexp,
-            &rewrite.transform,
-        ) {
+        let rename: Box<Rename<'_>> = match (&rewrite.regexp, &rewrite.transform) {
             (Some(regexp), None) => {
                 let pattern = regex::RegexBuilder::new(&regexp.source)
                     .size_limit(REWRITE_REGEX_SIZE_LIMIT)
@@ -102,7 +102,7 @@ fn rewrite_keys<V>(
 fn rename_all<V>(
     field: &str,
     map: BTreeMap<String, V>,
-    rename: &dyn Fn(&str) -> Result<String, Error>,
+    rename: &Rename<'_>,
 ) -> Result<BTreeMap<String, V>, Error> {
     let mut out: BTreeMap<String, (String, V)> = BTreeMap::new();
     for (key, value) in map {
