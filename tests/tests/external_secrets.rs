@@ -704,21 +704,21 @@ async fn drift_is_repaired_without_a_provider_call_and_unsupported_fields_are_na
 
     create_external_secret(
         &ns,
-        "find",
+        "merge",
         serde_json::json!({"secretStoreRef": {"name": "store"},
-            "dataFrom": [{"find": {"name": {"regexp": ".*"}}}]}),
+            "dataFrom": [{"find": {"name": {"regexp": ".*"}}, "rewrite": [{"merge": {"into": "all"}}]}]}),
     )
     .await;
     let unsupported = wait_for_condition(
         &ns,
-        "find",
+        "merge",
         "UnsupportedFields",
         "True",
         "UnsupportedFields",
     )
     .await;
     assert!(
-        unsupported.message.contains("spec.dataFrom[0].find"),
+        unsupported.message.contains("spec.dataFrom[0].rewrite[0].merge"),
         "{}",
         unsupported.message
     );

@@ -184,3 +184,61 @@ async fn openbao_kv_v1_passes_the_conformance_suite() {
     assert_eq!(skipped, ["pinned_version"], "KV v1 keeps no versions");
     assert_eq!(passed.len(), conformance::CHECKS.len() - 1);
 }
+
+/// Writes `{"n": i}` at `key(i)` for every `i` in `0..count`, 16 at a time.
+async fn write_many(seed: &OpenBaoSeed, count: usize, key: impl Fn(usize) -> String) {
+    use futures::StreamExt;
+    let none = BTreeMap::new();
+    let results: Vec<Result<Option<String>, String>> = futures::stream::iter(0..count)
+        .map(|i| {
+            let key = key(i);
+            let none = &none;
+            async move { seed.write(&key, &serde_json::json!({"n": i}), none).await }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    assert!(results.iter().all(Result::is_ok), "seeding failed");
+}
+
+#[tokio::test]
+async fn openbao_find_is_bounded_in_results_and_folders() {
+    use mooring_provider::{FindLimits, FindQuery, SecretProvider};
+    let env = RealEnv::load().unwrap();
+    let scope = format!("mooring-conformance/{}", unique("bounds"));
+    let seed = OpenBaoSeed {
+        env: env.clone(),
+        mount: "secret".into(),
+        version: KvVersion::V2,
+        scope: scope.clone(),
+        written: Mutex::default(),
+    };
+    let limits = FindLimits {
+        folders: 4,
+        results: 3,
+    };
+    write_many(&seed, limits.results + 1, |i| format!("{scope}/flat/s{i}")).await;
+    // `deep` and its folders are one more than the bound.
+    write_many(&seed, limits.folders, |i| format!("{scope}/deep/f{i}/s")).await;
+    let provider = openbao_provider(&env, "secret", KvVersion::V2);
+    let find = |path: String| {
+        let provider = &provider;
+        async move {
+            let mut query = FindQuery::new(Some(path), Some("."), BTreeMap::new()).unwrap();
+            query.limits = limits;
+            provider.find(&query).await
+        }
+    };
+    let too_many = find(format!("{scope}/flat")).await;
+    let too_deep = find(format!("{scope}/deep")).await;
+    let at_the_bounds = find(format!("{scope}/deep/f1")).await;
+    seed.clean_up().await;
+
+    let error = too_many.unwrap_err();
+    assert_eq!(error.reason(), "InvalidConfig");
+    assert!(error.to_string().contains("more than 3 secrets"), "{error}");
+    let error = too_deep.unwrap_err();
+    assert_eq!(error.reason(), "InvalidConfig");
+    assert!(error.to_string().contains("more than 4 folders"), "{error}");
+    assert_eq!(at_the_bounds.unwrap().len(), 1);
+}

@@ -166,6 +166,12 @@ impl SecretProvider for FakeProvider {
                     return Err(injected(key, reason));
                 }
                 if let Some((_, value)) = versions.last() {
+                    if found.len() == query.limits.results {
+                        return Err(ProviderError::InvalidConfig(format!(
+                            "find selects more than {} secrets",
+                            query.limits.results
+                        )));
+                    }
                     found.insert(key.clone(), SecretValue::new(value.clone()));
                 }
             }

@@ -189,16 +189,22 @@ impl VaultProvider {
         }
     }
 
-    /// Every secret name under `base` (a folder path ending in `/`, or empty), recursively.
-    async fn list_recursive(&self, mount: &str, base: &str) -> Result<Vec<String>, ProviderError> {
+    /// Every secret name under `base` (a folder path ending in `/`, or empty), recursively,
+    /// listing at most `max_folders` folders.
+    async fn list_recursive(
+        &self,
+        mount: &str,
+        base: &str,
+        max_folders: usize,
+    ) -> Result<Vec<String>, ProviderError> {
         let mut folders = std::collections::VecDeque::from([base.to_string()]);
         let mut listed_folders = 0usize;
         let mut names = Vec::new();
         while let Some(folder) = folders.pop_front() {
             listed_folders += 1;
-            if listed_folders > MAX_FIND_FOLDERS {
+            if listed_folders > max_folders {
                 return Err(ProviderError::InvalidConfig(format!(
-                    "find.path: more than {MAX_FIND_FOLDERS} folders under {:?} of mount {mount:?}; narrow find.path",
+                    "find.path: more than {max_folders} folders under {:?} of mount {mount:?}; narrow find.path",
                     base.trim_end_matches('/')
                 )));
             }
@@ -239,11 +245,6 @@ impl VaultProvider {
         }
     }
 }
-
-/// The most folders one `find` lists; bounds the calls a manifest can cause.
-pub const MAX_FIND_FOLDERS: usize = 1000;
-/// The most secrets one `find` returns; bounds the reads and the size of one Secret.
-pub const MAX_FIND_RESULTS: usize = 500;
 
 /// The mount and the path inside it for `key`, as ESO builds them: without a configured mount
 /// the key's first segment is the mount; a key that repeats the mount, or on KV v2 includes the
@@ -368,14 +369,16 @@ impl SecretProvider for VaultProvider {
             format!("{base}/")
         };
         let mut found = BTreeMap::new();
-        for key in self.list_recursive(&mount, &base).await? {
+        let limits = query.limits;
+        for key in self.list_recursive(&mount, &base, limits.folders).await? {
             let name = format!("{shown_prefix}{key}");
             if !query.matches_name(&name) || !self.has_tags(&mount, &key, query).await? {
                 continue;
             }
-            if found.len() == MAX_FIND_RESULTS {
+            if found.len() == limits.results {
                 return Err(ProviderError::InvalidConfig(format!(
-                    "find selects more than {MAX_FIND_RESULTS} secrets under {path:?}; narrow find.path, find.name or find.tags"
+                    "find selects more than {} secrets under {path:?}; narrow find.path, find.name or find.tags",
+                    limits.results
                 )));
             }
             let fields = match self.read_at(&mount, &key, None).await {
