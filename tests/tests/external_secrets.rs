@@ -718,7 +718,9 @@ async fn drift_is_repaired_without_a_provider_call_and_unsupported_fields_are_na
     )
     .await;
     assert!(
-        unsupported.message.contains("spec.dataFrom[0].rewrite[0].merge"),
+        unsupported
+            .message
+            .contains("spec.dataFrom[0].rewrite[0].merge"),
         "{}",
         unsupported.message
     );

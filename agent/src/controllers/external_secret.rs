@@ -589,6 +589,15 @@ fn refresh_phase(es: &ExternalSecret, interval: Duration) -> Duration {
         )
         .map(|r| format!("{}@{}", r.key, r.version.as_deref().unwrap_or_default()))
         .collect();
+    // Finds by their query, so ExternalSecrets with one query refresh (and read) together.
+    keys.extend(
+        es.spec
+            .data_from
+            .iter()
+            .flatten()
+            .filter_map(|f| f.find.as_ref())
+            .map(|find| serde_json::to_string(find).unwrap_or_default()),
+    );
     keys.sort();
     keys.dedup();
     identity.extend(keys);

@@ -25,8 +25,9 @@ pub trait Seed: Send + Sync {
     fn scope(&self) -> &str;
 
     /// Writes `document` (a JSON object) as the new current value of `key`, with `tags` when
-    /// the store has them. Returns the version id a [`RemoteRef::version`] pins it by, when the
-    /// store keeps versions.
+    /// the store has them. Returns the version a [`RemoteRef::version`] pins it by, spelled as
+    /// the provider expects it (a KV v2 number; `uuid/<VersionId>` for AWS), when the store
+    /// keeps versions.
     async fn write(
         &self,
         key: &str,

@@ -388,6 +388,24 @@ mod tests {
     }
 
     #[test]
+    fn finds_with_one_query_share_a_refresh_phase() {
+        let external = |regexp: &str| {
+            let spec = serde_json::from_value(serde_json::json!({
+                "secretStoreRef": {"name": "vault"},
+                "dataFrom": [{"find": {"path": "app", "name": {"regexp": regexp}}}],
+            }))
+            .unwrap();
+            let mut es = mooring_crds::external_secret::ExternalSecret::new("x", spec);
+            es.metadata.namespace = Some("app".into());
+            es
+        };
+        let hour = std::time::Duration::from_secs(3600);
+        let phase = |es| super::super::refresh_phase(&es, hour);
+        assert_eq!(phase(external("^app/a")), phase(external("^app/a")));
+        assert_ne!(phase(external("^app/a")), phase(external("^app/b")));
+    }
+
+    #[test]
     fn found_maps_survive_the_shared_read_encoding() {
         let found = BTreeMap::from([
             ("app/a".to_string(), SecretValue::new(b"{\"x\":1}".to_vec())),
