@@ -1636,17 +1636,20 @@ async fn openbao_find_by_name_and_tags_with_rewrite_and_new_matches() {
         }),
     )
     .await;
-    // By tags (KV v2 custom metadata); keys named by the default conversion (`/` → `_`).
-    create_external_secret(
-        &ns,
-        "tagged",
-        serde_json::json!({
-            "secretStoreRef": {"name": "store"},
-            "refreshInterval": "1h",
-            "dataFrom": [{"find": {"path": base, "tags": {"team": ns.name()}}}],
-        }),
-    )
-    .await;
+    // By tags (KV v2 custom metadata); keys named by the default conversion (`/` → `_`). Two
+    // ExternalSecrets with one query share one read of it.
+    for name in ["tagged", "tagged-again"] {
+        create_external_secret(
+            &ns,
+            name,
+            serde_json::json!({
+                "secretStoreRef": {"name": "store"},
+                "refreshInterval": "1h",
+                "dataFrom": [{"find": {"path": base, "tags": {"team": ns.name()}}}],
+            }),
+        )
+        .await;
+    }
     // A rewrite that cannot compile: the error names the field.
     create_external_secret(
         &ns,
@@ -1693,6 +1696,20 @@ async fn openbao_find_by_name_and_tags_with_rewrite_and_new_matches() {
         secret_data(&ns, "tagged").await.keys().collect::<Vec<_>>(),
         [&tagged_key],
         "only the secret with the tag"
+    );
+    ns.wait_for_secret("tagged-again", &tagged_key, br#"{"t":"1"}"#)
+        .await
+        .unwrap();
+    let shared = agent
+        .metric(&format!(
+            "mooring_externalsecret_provider_calls_total{{store=\"SecretStore {}/store\",call=\"coalesced\",outcome=\"ok\"}}",
+            ns.name()
+        ))
+        .await
+        .unwrap();
+    assert!(
+        shared >= 1.0,
+        "the second tag query was served from the first: {shared}"
     );
 
     let bad = wait_for_condition(&ns, "bad-rewrite", "Ready", "False", "SecretSyncedError").await;
