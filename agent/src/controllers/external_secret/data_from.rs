@@ -387,6 +387,111 @@ mod tests {
         );
     }
 
+    /// `fetch` over the fake provider, with a context whose API client is never called.
+    async fn fetch_with(
+        store: &mooring_provider_fake::FakeProvider,
+        reads: &std::sync::Arc<crate::coalesce::SharedReads>,
+        spec: serde_json::Value,
+    ) -> Result<BTreeMap<String, Vec<u8>>, Error> {
+        use super::super::{Context, Source, fetch, policies};
+        use crate::providers::{StoreId, StoreKind};
+        let client =
+            kube::Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().unwrap()))
+                .unwrap();
+        let ctx = Context::new(
+            client.clone(),
+            std::sync::Arc::default(),
+            crate::providers::ProviderSettings::default(),
+            std::sync::Arc::clone(reads),
+            crate::metrics::ExternalSecretMetrics::default(),
+            crate::events::EventSink::new(client),
+        );
+        let spec = serde_json::from_value(spec).unwrap();
+        let mut es = mooring_crds::external_secret::ExternalSecret::new("x", spec);
+        es.metadata.namespace = Some("app".into());
+        let policies = policies(&es.spec)?;
+        let id = StoreId {
+            kind: StoreKind::SecretStore,
+            namespace: Some("app".into()),
+            name: "fake".into(),
+        };
+        let source = Source {
+            provider: store,
+            store: &id,
+            consumer: None,
+            max_age: policies.interval,
+        };
+        let values = fetch(&es, &policies, &source, &ctx)
+            .await?
+            .unwrap_or_default();
+        Ok(values.into_iter().map(|(k, v)| (k, v.to_vec())).collect())
+    }
+
+    #[tokio::test]
+    async fn precedence_shared_finds_and_find_errors() {
+        let store = mooring_provider_fake::FakeProvider::new();
+        store.set("app/a", "1", br#"{"x":"1"}"#);
+        store.set("app/b", "1", br#"{"y":"2"}"#);
+        store.set("db", "1", br#"{"a":"from-extract","b":"db-b","c/d":"cd"}"#);
+        let reads = std::sync::Arc::new(crate::coalesce::SharedReads::new(
+            std::time::Duration::from_secs(60),
+            0.0,
+            1,
+        ));
+        // find (rewritten), then extract over it (later entries win), then data over all.
+        let spec = serde_json::json!({
+            "secretStoreRef": {"name": "fake"},
+            "dataFrom": [
+                {"find": {"path": "app", "name": {"regexp": "^app/"}},
+                 "rewrite": [{"regexp": {"source": "^app/(.*)$", "target": "$1"}}]},
+                {"extract": {"key": "db"}},
+            ],
+            "data": [{"secretKey": "b", "remoteRef": {"key": "db", "property": "a"}}],
+        });
+        let values = fetch_with(&store, &reads, spec.clone()).await.unwrap();
+        let expected: BTreeMap<String, Vec<u8>> =
+            [("a", "from-extract"), ("b", "from-extract"), ("c_d", "cd")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+                .collect();
+        assert_eq!(values, expected);
+        assert_eq!(
+            store.reads(),
+            2,
+            "one find, one read of db for extract and data"
+        );
+        // Another ExternalSecret with the same query within the window: served from the first.
+        fetch_with(&store, &reads, spec).await.unwrap();
+        assert_eq!(store.reads(), 2, "the find and the read were shared");
+
+        // Nothing matches: NotFound, and the sync fails (Retain) rather than emptying the Secret.
+        let none = serde_json::json!({
+            "secretStoreRef": {"name": "fake"},
+            "dataFrom": [{"find": {"name": {"regexp": "^nothing/"}}}],
+        });
+        let error = fetch_with(&store, &reads, none).await.unwrap_err();
+        assert_eq!(error.reason(), "NotFound");
+        assert!(
+            error.to_string().contains("spec.dataFrom[0].find"),
+            "{error}"
+        );
+        // Two found names that convert to one key: an error naming the field and both names.
+        store.set("dup/a/b", "1", b"{}");
+        store.set("dup/a_b", "1", b"{}");
+        let colliding = serde_json::json!({
+            "secretStoreRef": {"name": "fake"},
+            "dataFrom": [{"find": {"path": "dup", "name": {"regexp": "."}}}],
+        });
+        let error = fetch_with(&store, &reads, colliding)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("spec.dataFrom[0].find.conversionStrategy"),
+            "{error}"
+        );
+    }
+
     #[test]
     fn finds_with_one_query_share_a_refresh_phase() {
         let external = |regexp: &str| {
