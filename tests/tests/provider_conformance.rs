@@ -242,3 +242,46 @@ async fn openbao_find_is_bounded_in_results_and_folders() {
     assert!(error.to_string().contains("more than 4 folders"), "{error}");
     assert_eq!(at_the_bounds.unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn openbao_find_without_a_store_path_takes_the_mount_from_find_path() {
+    use mooring_provider::{FindQuery, RemoteRef, SecretProvider};
+    let env = RealEnv::load().unwrap();
+    let scope = format!("mooring-conformance/{}", unique("nomount"));
+    let seed = OpenBaoSeed {
+        env: env.clone(),
+        mount: "secret".into(),
+        version: KvVersion::V2,
+        scope: scope.clone(),
+        written: Mutex::default(),
+    };
+    write_many(&seed, 2, |i| format!("{scope}/s{i}")).await;
+    let provider = openbao_provider(&env, "", KvVersion::V2);
+    let query = FindQuery::new(
+        Some(format!("secret/{scope}")),
+        Some("/s1$"),
+        BTreeMap::new(),
+    )
+    .unwrap();
+    let found = provider.find(&query).await;
+    let without_mount = FindQuery::new(None, Some("."), BTreeMap::new()).unwrap();
+    let refused = provider.find(&without_mount).await;
+    let name = format!("secret/{scope}/s1");
+    let read = provider
+        .get(&RemoteRef::key(name.clone()).with_property("n"))
+        .await;
+    seed.clean_up().await;
+
+    let found = found.unwrap();
+    assert_eq!(
+        found.keys().collect::<Vec<_>>(),
+        [&name],
+        "names carry the mount"
+    );
+    assert_eq!(
+        read.unwrap().expose(),
+        b"1",
+        "a found name is a key get accepts"
+    );
+    assert_eq!(refused.unwrap_err().reason(), "InvalidConfig");
+}
