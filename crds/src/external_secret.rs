@@ -12,7 +12,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::conditions::Condition;
-use crate::secret_store::{UnknownFields, preserve_unknown_object};
+use crate::secret_store::UnknownFields;
 
 /// Reads values from a store and writes them into a Secret.
 #[derive(CustomResource, Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
@@ -194,15 +194,100 @@ pub struct ExternalSecretDataFromRemoteRef {
     /// A JSON secret whose top-level fields become Secret keys.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub extract: Option<ExternalSecretDataRemoteRef>,
-    /// Secrets found by name or tags (not implemented yet; reported).
+    /// Every secret selected by name or tags; one Secret key per secret found.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "preserve_unknown_object")]
-    pub find: Option<serde_json::Value>,
-    /// Key rewrites (not implemented yet; reported).
+    pub find: Option<ExternalSecretFind>,
+    /// Key rewrites, applied in order to the keys of `extract` or `find`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "preserve_unknown_array")]
-    pub rewrite: Option<serde_json::Value>,
+    pub rewrite: Option<Vec<ExternalSecretRewrite>>,
     /// Fields mooring does not implement (sourceRef).
+    #[serde(flatten)]
+    #[schemars(skip)]
+    pub unknown: UnknownFields,
+}
+
+/// `dataFrom[].find`: secrets under `path` whose name matches `name.regexp` and that carry every
+/// tag in `tags`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[schemars(extend("x-kubernetes-preserve-unknown-fields" = true))]
+#[serde(rename_all = "camelCase")]
+pub struct ExternalSecretFind {
+    /// A folder (prefix) to search under; the whole store when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// A regular expression over each secret's full name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<FindName>,
+    /// Tags (Vault KV v2 custom metadata) every secret found must carry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tags: Option<BTreeMap<String, String>>,
+    /// `Default` (unset): characters other than letters, digits, `-`, `.` and `_` in a key
+    /// become `_`; `Unicode`: they become `_Uxxxx_`. Only when there is no `rewrite`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conversion_strategy: Option<String>,
+    /// `None` (unset), `Base64`, `Base64URL` or `Auto`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decoding_strategy: Option<String>,
+    /// Fields mooring does not implement.
+    #[serde(flatten)]
+    #[schemars(skip)]
+    pub unknown: UnknownFields,
+}
+
+/// `dataFrom[].find.name`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[schemars(extend("x-kubernetes-preserve-unknown-fields" = true))]
+#[serde(rename_all = "camelCase")]
+pub struct FindName {
+    /// The regular expression (RE2 syntax, as Go's `regexp`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regexp: Option<String>,
+    /// Fields mooring does not implement.
+    #[serde(flatten)]
+    #[schemars(skip)]
+    pub unknown: UnknownFields,
+}
+
+/// One `dataFrom[].rewrite[]` operation; exactly one of its fields is set.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[schemars(extend("x-kubernetes-preserve-unknown-fields" = true))]
+#[serde(rename_all = "camelCase")]
+pub struct ExternalSecretRewrite {
+    /// Replace every match of `source` in each key by `target` (`$1` names a group).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regexp: Option<RewriteRegexp>,
+    /// Render `template` with `.value` set to each key; the output is the new key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transform: Option<RewriteTransform>,
+    /// Fields mooring does not implement (merge).
+    #[serde(flatten)]
+    #[schemars(skip)]
+    pub unknown: UnknownFields,
+}
+
+/// `rewrite[].regexp`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[schemars(extend("x-kubernetes-preserve-unknown-fields" = true))]
+#[serde(rename_all = "camelCase")]
+pub struct RewriteRegexp {
+    /// The regular expression matched in each key.
+    pub source: String,
+    /// The replacement; `$1`, `${name}` refer to groups.
+    pub target: String,
+    /// Fields mooring does not implement.
+    #[serde(flatten)]
+    #[schemars(skip)]
+    pub unknown: UnknownFields,
+}
+
+/// `rewrite[].transform`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[schemars(extend("x-kubernetes-preserve-unknown-fields" = true))]
+#[serde(rename_all = "camelCase")]
+pub struct RewriteTransform {
+    /// A Go template over `.value` (the key).
+    pub template: String,
+    /// Fields mooring does not implement.
     #[serde(flatten)]
     #[schemars(skip)]
     pub unknown: UnknownFields,
@@ -251,13 +336,6 @@ pub mod reasons {
     pub const SECRET_MISSING: &str = "SecretMissing";
 }
 
-fn preserve_unknown_array(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-    schemars::json_schema!({
-        "type": "array",
-        "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}
-    })
-}
-
 /// Dotted paths of every field present but not implemented, for a condition that names them.
 pub fn unknown_fields(spec: &ExternalSecretSpec) -> Vec<String> {
     let mut found = Vec::new();
@@ -292,11 +370,25 @@ pub fn unknown_fields(spec: &ExternalSecretSpec) -> Vec<String> {
     }
     for (i, from) in spec.data_from.iter().flatten().enumerate() {
         add(&mut found, format!("dataFrom[{i}]."), &from.unknown);
-        if from.find.is_some() {
-            found.push(format!("spec.dataFrom[{i}].find"));
+        if let Some(find) = &from.find {
+            add(&mut found, format!("dataFrom[{i}].find."), &find.unknown);
+            if let Some(name) = &find.name {
+                add(
+                    &mut found,
+                    format!("dataFrom[{i}].find.name."),
+                    &name.unknown,
+                );
+            }
         }
-        if from.rewrite.is_some() {
-            found.push(format!("spec.dataFrom[{i}].rewrite"));
+        for (j, rewrite) in from.rewrite.iter().flatten().enumerate() {
+            let path = format!("dataFrom[{i}].rewrite[{j}].");
+            add(&mut found, path.clone(), &rewrite.unknown);
+            if let Some(regexp) = &rewrite.regexp {
+                add(&mut found, format!("{path}regexp."), &regexp.unknown);
+            }
+            if let Some(transform) = &rewrite.transform {
+                add(&mut found, format!("{path}transform."), &transform.unknown);
+            }
         }
         if let Some(extract) = &from.extract {
             add(
@@ -304,10 +396,15 @@ pub fn unknown_fields(spec: &ExternalSecretSpec) -> Vec<String> {
                 format!("dataFrom[{i}].extract."),
                 &extract.unknown,
             );
-            found.extend(unimplemented_choices(
-                &format!("spec.dataFrom[{i}].extract"),
-                extract,
-            ));
+            found.extend(
+                unimplemented_choices(&format!("spec.dataFrom[{i}].extract"), extract)
+                    .into_iter()
+                    // dataFrom keys implement both conversion strategies.
+                    .filter(|field| {
+                        !(field.ends_with(".conversionStrategy")
+                            && extract.conversion_strategy.as_deref() == Some("Unicode"))
+                    }),
+            );
         }
     }
     found
@@ -381,8 +478,13 @@ spec:
       path: db/
       name: {regexp: "^db-.*"}
       tags: {env: prod}
+      conversionStrategy: Default
+      decodingStrategy: None
     rewrite:
     - regexp: {source: "db/(.*)", target: "$1"}
+    - transform: {template: "{{ .value | upper }}"}
+    - merge: {into: ""}
+  - sourceRef: {generatorRef: {apiVersion: generators.external-secrets.io/v1alpha1, kind: Password, name: pw}}
 "#;
 
     #[test]
@@ -417,9 +519,23 @@ spec:
             [
                 "spec.syncWindows",
                 "spec.data[1].sourceRef",
-                "spec.dataFrom[1].find",
-                "spec.dataFrom[1].rewrite",
+                "spec.dataFrom[1].rewrite[2].merge",
+                "spec.dataFrom[2].sourceRef",
             ]
+        );
+        let from = &es.spec.data_from.as_ref().unwrap()[1];
+        let find = from.find.as_ref().unwrap();
+        assert_eq!(find.path.as_deref(), Some("db/"));
+        assert_eq!(
+            find.name.as_ref().unwrap().regexp.as_deref(),
+            Some("^db-.*")
+        );
+        assert_eq!(find.tags.as_ref().unwrap()["env"], "prod");
+        let rewrite = from.rewrite.as_ref().unwrap();
+        assert_eq!(rewrite[0].regexp.as_ref().unwrap().target, "$1");
+        assert_eq!(
+            rewrite[1].transform.as_ref().unwrap().template,
+            "{{ .value | upper }}"
         );
     }
 

@@ -704,21 +704,23 @@ async fn drift_is_repaired_without_a_provider_call_and_unsupported_fields_are_na
 
     create_external_secret(
         &ns,
-        "find",
+        "merge",
         serde_json::json!({"secretStoreRef": {"name": "store"},
-            "dataFrom": [{"find": {"name": {"regexp": ".*"}}}]}),
+            "dataFrom": [{"find": {"name": {"regexp": ".*"}}, "rewrite": [{"merge": {"into": "all"}}]}]}),
     )
     .await;
     let unsupported = wait_for_condition(
         &ns,
-        "find",
+        "merge",
         "UnsupportedFields",
         "True",
         "UnsupportedFields",
     )
     .await;
     assert!(
-        unsupported.message.contains("spec.dataFrom[0].find"),
+        unsupported
+            .message
+            .contains("spec.dataFrom[0].rewrite[0].merge"),
         "{}",
         unsupported.message
     );
@@ -1542,4 +1544,215 @@ async fn an_immutable_target_is_never_rewritten() {
     let kept = ns.api::<Secret>().get("frozen").await.unwrap();
     assert_eq!(kept.data.unwrap()["password"].0, b"v1");
     agent.stop().await.unwrap();
+}
+
+/// The keys of Secret `name` and their bytes.
+async fn secret_data(ns: &TestNamespace, name: &str) -> BTreeMap<String, Vec<u8>> {
+    let secret = ns.api::<Secret>().get(name).await.unwrap();
+    secret
+        .data
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, v.0))
+        .collect()
+}
+
+#[tokio::test]
+async fn openbao_find_by_name_and_tags_with_rewrite_and_new_matches() {
+    let env = RealEnv::load().unwrap();
+    crds_installed(&env).await;
+    let ns = TestNamespace::create(&env, "es-find").await.unwrap();
+    let root = root_vault(&env);
+    let base = format!("mooring-e2e/{}", ns.name());
+    let put = |path: String, json: serde_json::Value| {
+        let root = &root;
+        async move {
+            vaultrs::kv2::set(root, "secret", &path, &json)
+                .await
+                .unwrap();
+            path
+        }
+    };
+    let mut written = vec![
+        put(
+            format!("{base}/app/db"),
+            serde_json::json!({"user": "u1", "password": "find-password"}),
+        )
+        .await,
+        put(
+            format!("{base}/app/cache"),
+            serde_json::json!({"token": "find-token"}),
+        )
+        .await,
+        put(format!("{base}/other/x"), serde_json::json!({"v": "no"})).await,
+        put(format!("{base}/tagged/one"), serde_json::json!({"t": "1"})).await,
+        put(format!("{base}/tagged/two"), serde_json::json!({"t": "2"})).await,
+    ];
+    for (path, team) in [("tagged/one", ns.name()), ("tagged/two", "someone-else")] {
+        bao(
+            &env,
+            reqwest::Method::POST,
+            &format!("secret/metadata/{base}/{path}"),
+            Some(serde_json::json!({"custom_metadata": {"team": team}})),
+        )
+        .await;
+    }
+    create_secret(
+        &ns,
+        "bao-token",
+        &[("token", env.var("VAULT_TOKEN").unwrap())],
+    )
+    .await;
+    create_store(
+        &ns,
+        "store",
+        serde_json::json!({"vault": {
+            "server": env.var("VAULT_ADDR").unwrap(),
+            "path": "secret",
+            "version": "v2",
+            "auth": {"tokenSecretRef": {"name": "bao-token", "key": "token"}},
+        }}),
+    )
+    .await;
+    let agent = RunningAgent::start_with(agent_args(&env, ns.name()))
+        .await
+        .unwrap();
+
+    // By name regexp under a path, keys rewritten in order: a regexp with a group, then a
+    // template.
+    create_external_secret(
+        &ns,
+        "found",
+        serde_json::json!({
+            "secretStoreRef": {"name": "store"},
+            "refreshInterval": "2s",
+            "dataFrom": [{
+                "find": {"path": format!("{base}/app"), "name": {"regexp": "/app/(db|cache|queue)$"}},
+                "rewrite": [
+                    {"regexp": {"source": "^mooring-e2e/[^/]+/app/(.*)$", "target": "app-$1"}},
+                    {"transform": {"template": "{{ .value | upper }}"}},
+                ],
+            }],
+        }),
+    )
+    .await;
+    // By tags (KV v2 custom metadata); keys named by the default conversion (`/` → `_`). Two
+    // ExternalSecrets with one query share one read of it.
+    for name in ["tagged", "tagged-again"] {
+        create_external_secret(
+            &ns,
+            name,
+            serde_json::json!({
+                "secretStoreRef": {"name": "store"},
+                "refreshInterval": "1h",
+                "dataFrom": [{"find": {"path": base, "tags": {"team": ns.name()}}}],
+            }),
+        )
+        .await;
+    }
+    // A rewrite that cannot compile: the error names the field.
+    create_external_secret(
+        &ns,
+        "bad-rewrite",
+        serde_json::json!({
+            "secretStoreRef": {"name": "store"},
+            "dataFrom": [{
+                "find": {"path": base, "name": {"regexp": "."}},
+                "rewrite": [{"regexp": {"source": "(unclosed", "target": "x"}}],
+            }],
+        }),
+    )
+    .await;
+
+    ns.wait_for_secret(
+        "found",
+        "APP-DB",
+        br#"{"password":"find-password","user":"u1"}"#,
+    )
+    .await
+    .unwrap();
+    let found = secret_data(&ns, "found").await;
+    assert_eq!(
+        found,
+        BTreeMap::from([
+            (
+                "APP-CACHE".to_string(),
+                br#"{"token":"find-token"}"#.to_vec()
+            ),
+            (
+                "APP-DB".to_string(),
+                br#"{"password":"find-password","user":"u1"}"#.to_vec()
+            ),
+        ]),
+        "exactly the matches, rewritten"
+    );
+    wait_for_condition(&ns, "found", "Ready", "True", "SecretSynced").await;
+
+    let tagged_key = format!("{}_tagged_one", base.replace('/', "_"));
+    ns.wait_for_secret("tagged", &tagged_key, br#"{"t":"1"}"#)
+        .await
+        .unwrap();
+    assert_eq!(
+        secret_data(&ns, "tagged").await.keys().collect::<Vec<_>>(),
+        [&tagged_key],
+        "only the secret with the tag"
+    );
+    ns.wait_for_secret("tagged-again", &tagged_key, br#"{"t":"1"}"#)
+        .await
+        .unwrap();
+    let shared = agent
+        .metric(&format!(
+            "mooring_externalsecret_provider_calls_total{{store=\"SecretStore {}/store\",call=\"coalesced\",outcome=\"ok\"}}",
+            ns.name()
+        ))
+        .await
+        .unwrap();
+    assert!(
+        shared >= 1.0,
+        "the second tag query was served from the first: {shared}"
+    );
+
+    let bad = wait_for_condition(&ns, "bad-rewrite", "Ready", "False", "SecretSyncedError").await;
+    assert!(
+        bad.message
+            .contains("spec.dataFrom[0].rewrite[0].regexp.source"),
+        "{}",
+        bad.message
+    );
+    assert!(
+        ns.api::<Secret>()
+            .get_opt("bad-rewrite")
+            .await
+            .unwrap()
+            .is_none(),
+        "nothing written after a failed rewrite"
+    );
+
+    // A new matching remote secret appears in the Secret at the next refresh.
+    written.push(put(format!("{base}/app/queue"), serde_json::json!({"q": "1"})).await);
+    let started = std::time::Instant::now();
+    ns.wait_for_secret("found", "APP-QUEUE", br#"{"q":"1"}"#)
+        .await
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "picked up after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(secret_data(&ns, "found").await.len(), 3);
+
+    let finds = agent
+        .metric(&format!(
+            "mooring_externalsecret_provider_calls_total{{store=\"SecretStore {}/store\",call=\"find\",outcome=\"ok\"}}",
+            ns.name()
+        ))
+        .await
+        .unwrap();
+    assert!(finds >= 3.0, "{finds} finds counted");
+    agent.stop().await.unwrap();
+    for path in written {
+        vaultrs::kv2::delete_metadata(&root, "secret", &path)
+            .await
+            .unwrap();
+    }
 }

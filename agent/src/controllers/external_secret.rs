@@ -50,6 +50,8 @@ use crate::metrics::{
 };
 use crate::providers::{ProviderCache, ProviderSettings, StoreError, StoreId, StoreKind};
 
+mod data_from;
+
 /// Label on every Secret mooring writes for an ExternalSecret (ESO's, so tools that look for
 /// it keep working); the Secret watch selects on it.
 pub const MANAGED_LABEL: &str = "reconcile.external-secrets.io/managed";
@@ -611,6 +613,15 @@ fn refresh_phase(es: &ExternalSecret, interval: Duration) -> Duration {
         )
         .map(|r| format!("{}@{}", r.key, r.version.as_deref().unwrap_or_default()))
         .collect();
+    // Finds by their query, so ExternalSecrets with one query refresh (and read) together.
+    keys.extend(
+        es.spec
+            .data_from
+            .iter()
+            .flatten()
+            .filter_map(|f| f.find.as_ref())
+            .map(|find| serde_json::to_string(find).unwrap_or_default()),
+    );
     keys.sort();
     keys.dedup();
     identity.extend(keys);
@@ -1050,23 +1061,57 @@ async fn fetch(
     let mut values: BTreeMap<String, Zeroizing<Vec<u8>>> = BTreeMap::new();
     let mut missing = 0usize;
     let mut entries = 0usize;
-    for from in es.spec.data_from.iter().flatten() {
-        let Some(extract) = &from.extract else {
+    // ESO's precedence: dataFrom entries in order (later ones win), then data[] over all.
+    for (index, from) in es.spec.data_from.iter().flatten().enumerate() {
+        let rewrites = from.rewrite.as_deref();
+        let (map, decoding, remote) = if let Some(find) = &from.find {
+            // find before extract, as ESO when both are set.
+            entries += 1;
+            let found = read_found(source, index, find, ctx).await?;
+            let named = found.map(|found| {
+                data_from::name_keys(
+                    index,
+                    rewrites,
+                    find.conversion_strategy.as_deref(),
+                    "find.conversionStrategy",
+                    found,
+                )
+            });
+            (
+                named,
+                find.decoding_strategy.as_deref(),
+                format!("spec.dataFrom[{index}].find"),
+            )
+        } else if let Some(extract) = &from.extract {
+            entries += 1;
+            let document = read_document(&mut documents, source, extract, ctx).await;
+            let map = document
+                .and_then(|doc| mooring_provider::json_properties(&extract.key, doc.expose()));
+            let named = map.map(|map| {
+                data_from::name_keys(
+                    index,
+                    rewrites,
+                    extract.conversion_strategy.as_deref(),
+                    "extract.conversionStrategy",
+                    map,
+                )
+            });
+            (
+                named,
+                extract.decoding_strategy.as_deref(),
+                extract.key.clone(),
+            )
+        } else {
             continue;
         };
-        entries += 1;
-        let document = read_document(&mut documents, source, extract, ctx).await;
-        let map =
-            document.and_then(|doc| mooring_provider::json_properties(&extract.key, doc.expose()));
         match map {
-            Ok(map) => {
-                for (key, value) in map {
-                    let decoded =
-                        decode(&key, value.expose(), extract.decoding_strategy.as_deref())?;
+            Ok(named) => {
+                for (key, value) in named? {
+                    let decoded = decode(&key, value.expose(), decoding)?;
                     values.insert(key, decoded);
                 }
             }
-            Err(error) => missing += tolerate(policies, store, &extract.key, error)?,
+            Err(error) => missing += tolerate(policies, store, &remote, error)?,
         }
     }
     for data in es.spec.data.iter().flatten() {
@@ -1102,6 +1147,52 @@ async fn fetch(
         return Ok(None);
     }
     Ok(Some(values))
+}
+
+/// The secrets `dataFrom[index].find` selects, keyed by their full names: one read of the query
+/// shared with every ExternalSecret of the store that asks within the read window, admitted by
+/// the store's budget like any read; counts the call. No match at all is NotFound, so an empty
+/// result never empties a Secret (the deletion policies decide, as for a missing key).
+async fn read_found(
+    source: &Source<'_>,
+    index: usize,
+    find: &mooring_crds::external_secret::ExternalSecretFind,
+    ctx: &Context,
+) -> Result<Result<BTreeMap<String, SecretValue>, ProviderError>, Error> {
+    let query = data_from::find_query(index, find)?;
+    let shared_key = ReadKey {
+        store: source.store.clone(),
+        consumer: source.consumer.map(str::to_string),
+        key: data_from::find_read_key(&query),
+        version: None,
+    };
+    let provider = source.provider;
+    let read = async { provider.find(&query).await.map(data_from::encode_found) };
+    let (result, served) = ctx.reads.get(shared_key, source.max_age, read).await;
+    let outcome = match &result {
+        Ok(_) => "ok",
+        Err(error) => fetched_reason(error),
+    };
+    let call = match served {
+        Served::Provider => "find",
+        Served::Coalesced => "coalesced",
+    };
+    count_call(ctx, source.store, call, outcome);
+    let field = format!("spec.dataFrom[{index}].find");
+    Ok(result.and_then(|encoded| {
+        let found =
+            data_from::decode_found(&encoded).ok_or_else(|| ProviderError::Unavailable {
+                detail: format!("failed to decode the shared result of {field}"),
+                source: None,
+            })?;
+        if found.is_empty() {
+            return Err(ProviderError::NotFound {
+                key: field.clone(),
+                detail: "no secret matches the query".into(),
+            });
+        }
+        Ok(found)
+    }))
 }
 
 /// Where one sync reads from.

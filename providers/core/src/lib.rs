@@ -9,6 +9,9 @@ use std::fmt;
 
 use zeroize::Zeroizing;
 
+#[cfg(feature = "conformance")]
+pub mod conformance;
+
 /// Where a value lives in a store, as ESO's `remoteRef`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RemoteRef {
@@ -154,7 +157,28 @@ pub struct FindQuery {
     pub path: Option<String>,
     /// Every one of these tags (or Vault custom metadata) must match exactly.
     pub tags: BTreeMap<String, String>,
+    /// How much one find may list and return.
+    pub limits: FindLimits,
     name: Option<regex::Regex>,
+}
+
+/// Bounds on one find, so a manifest cannot make the agent walk a whole store: exceeding one is
+/// `InvalidConfig` naming it (narrow `find.path`, `find.name` or `find.tags`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FindLimits {
+    /// The most folders a store with folders (Vault) lists for one find.
+    pub folders: usize,
+    /// The most secrets one find returns.
+    pub results: usize,
+}
+
+impl Default for FindLimits {
+    fn default() -> Self {
+        FindLimits {
+            folders: 1000,
+            results: 500,
+        }
+    }
 }
 
 impl FindQuery {
@@ -178,7 +202,12 @@ impl FindQuery {
                     .map_err(|e| ProviderError::InvalidConfig(format!("find.name.regexp: {e}")))
             })
             .transpose()?;
-        Ok(FindQuery { path, tags, name })
+        Ok(FindQuery {
+            path,
+            tags,
+            limits: FindLimits::default(),
+            name,
+        })
     }
 
     /// The name regexp as written, for providers that can filter on the server.

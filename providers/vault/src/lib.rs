@@ -12,7 +12,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use mooring_provider::{ProviderError, RemoteRef, SecretProvider, SecretValue, json_properties};
+use mooring_provider::{
+    FindQuery, ProviderError, RemoteRef, SecretProvider, SecretValue, json_properties,
+    select_property,
+};
 use vaultrs::client::{VaultClient, VaultClientSettingsBuilder};
 use vaultrs::error::ClientError;
 
@@ -263,8 +266,18 @@ impl VaultProvider {
         reference: &RemoteRef,
     ) -> Result<BTreeMap<String, serde_json::Value>, ProviderError> {
         let (mount, key) = mount_and_path(&self.config, &reference.key);
-        let (mount, key) = (&mount, &key);
-        let result = match (self.config.version, &reference.version) {
+        self.read_at(&mount, &key, reference.version.as_deref())
+            .await
+    }
+
+    /// Reads the secret at `key` inside `mount`, at `version` (KV v2) or the current one.
+    async fn read_at(
+        &self,
+        mount: &str,
+        key: &str,
+        version: Option<&str>,
+    ) -> Result<BTreeMap<String, serde_json::Value>, ProviderError> {
+        let result = match (self.config.version, version) {
             (KvVersion::V2, None) => vaultrs::kv2::read(&self.client, mount, key).await,
             (KvVersion::V2, Some(version)) => {
                 let number = version.parse::<u64>().map_err(|_| {
@@ -282,6 +295,78 @@ impl VaultProvider {
             }
         };
         result.map_err(|error| classify(key, error))
+    }
+
+    /// The entries of one folder (`""` is the mount's root): names, and sub-folders ending in
+    /// `/`. A folder that does not exist is empty.
+    async fn list_folder(&self, mount: &str, folder: &str) -> Result<Vec<String>, ProviderError> {
+        let listed = match self.config.version {
+            KvVersion::V2 => vaultrs::kv2::list(&self.client, mount, folder).await,
+            KvVersion::V1 => vaultrs::kv1::list(&self.client, mount, folder)
+                .await
+                .map(|response| response.data.keys),
+        };
+        match listed {
+            Ok(keys) => Ok(keys),
+            Err(ClientError::APIError { code: 404, .. }) => Ok(Vec::new()),
+            Err(error) => Err(classify(&format!("{mount}/{folder}"), error)),
+        }
+    }
+
+    /// Every secret name under `base` (a folder path ending in `/`, or empty), recursively,
+    /// listing at most `max_folders` folders.
+    async fn list_recursive(
+        &self,
+        mount: &str,
+        base: &str,
+        max_folders: usize,
+    ) -> Result<Vec<String>, ProviderError> {
+        let mut folders = std::collections::VecDeque::from([base.to_string()]);
+        let mut listed_folders = 0usize;
+        let mut names = Vec::new();
+        while let Some(folder) = folders.pop_front() {
+            listed_folders += 1;
+            if listed_folders > max_folders {
+                return Err(ProviderError::InvalidConfig(format!(
+                    "find.path: more than {max_folders} folders under {:?} of mount {mount:?}; narrow find.path",
+                    base.trim_end_matches('/')
+                )));
+            }
+            for entry in self.list_folder(mount, &folder).await? {
+                let full = format!("{folder}{entry}");
+                if entry.ends_with('/') {
+                    folders.push_back(full);
+                } else {
+                    names.push(full);
+                }
+            }
+        }
+        Ok(names)
+    }
+
+    /// Whether the secret's KV v2 custom metadata carries every tag of `query`.
+    async fn has_tags(
+        &self,
+        mount: &str,
+        key: &str,
+        query: &FindQuery,
+    ) -> Result<bool, ProviderError> {
+        if query.tags.is_empty() {
+            return Ok(true);
+        }
+        match vaultrs::kv2::read_metadata(&self.client, mount, key).await {
+            Ok(metadata) => {
+                let tags: BTreeMap<String, String> = metadata
+                    .custom_metadata
+                    .unwrap_or_default()
+                    .into_iter()
+                    .collect();
+                Ok(query.matches_tags(&tags))
+            }
+            // Deleted between the LIST and now.
+            Err(ClientError::APIError { code: 404, .. }) => Ok(false),
+            Err(error) => Err(classify(key, error)),
+        }
     }
 }
 
@@ -356,34 +441,17 @@ fn classify_login(server: &str, mount: &str, error: ClientError) -> ProviderErro
     }
 }
 
-/// A field as bytes: strings as they are, anything else as JSON (as ESO does).
-fn field_bytes(value: serde_json::Value) -> Vec<u8> {
-    match value {
-        serde_json::Value::String(s) => s.into_bytes(),
-        other => other.to_string().into_bytes(),
-    }
-}
-
 #[async_trait::async_trait]
 impl SecretProvider for VaultProvider {
     async fn get(&self, reference: &RemoteRef) -> Result<SecretValue, ProviderError> {
-        let mut fields = self.read_fields(reference).await?;
-        match &reference.property {
-            Some(property) => fields
-                .remove(property)
-                .map(|value| SecretValue::new(field_bytes(value)))
-                .ok_or_else(|| ProviderError::NotFound {
-                    key: reference.key.clone(),
-                    detail: format!("property {property:?} is not in the secret"),
-                }),
-            // The whole secret is its fields as one JSON object, as ESO returns it.
-            None => serde_json::to_vec(&fields)
-                .map(SecretValue::new)
-                .map_err(|e| ProviderError::Unavailable {
-                    detail: format!("failed to encode {:?}", reference.key),
-                    source: Some(Box::new(e)),
-                }),
-        }
+        let fields = self.read_fields(reference).await?;
+        // The whole secret is its fields as one JSON object, as ESO returns it; a property is
+        // looked up in it as everywhere else (top-level field, then a dotted path).
+        let whole = serde_json::to_vec(&fields).map_err(|e| ProviderError::Unavailable {
+            detail: format!("failed to encode {:?}", reference.key),
+            source: Some(Box::new(e)),
+        })?;
+        select_property(reference, whole)
     }
 
     async fn get_map(
@@ -397,6 +465,66 @@ impl SecretProvider for VaultProvider {
             })
             .await?;
         json_properties(&reference.key, whole.expose())
+    }
+
+    /// KV v2: a recursive LIST of the metadata under `find.path`; the name regexp applies to the
+    /// full path inside the mount (as ESO), tags to the custom metadata. KV v1: a recursive LIST;
+    /// it has no metadata, so tags are refused. Names carry the mount only when the store names
+    /// none (then `find.path` starts with it), so every name found is a key `get` accepts.
+    async fn find(
+        &self,
+        query: &FindQuery,
+    ) -> Result<BTreeMap<String, SecretValue>, ProviderError> {
+        if !query.tags.is_empty() && self.config.version == KvVersion::V1 {
+            return Err(ProviderError::InvalidConfig(
+                "find.tags: a KV v1 mount has no custom metadata to match; use find.name or a KV v2 mount"
+                    .into(),
+            ));
+        }
+        let path = query.path.as_deref().unwrap_or_default().trim_matches('/');
+        let (mount, base, shown_prefix) = if self.config.mount.is_empty() {
+            let (mount, rest) = path.split_once('/').unwrap_or((path, ""));
+            if mount.is_empty() {
+                return Err(ProviderError::InvalidConfig(
+                    "find.path must start with the KV mount when the store sets no path".into(),
+                ));
+            }
+            (mount.to_string(), rest.to_string(), format!("{mount}/"))
+        } else {
+            let (mount, rest) = mount_and_path(&self.config, path);
+            (mount, rest, String::new())
+        };
+        let base = if base.is_empty() {
+            base
+        } else {
+            format!("{base}/")
+        };
+        let mut found = BTreeMap::new();
+        let limits = query.limits;
+        for key in self.list_recursive(&mount, &base, limits.folders).await? {
+            let name = format!("{shown_prefix}{key}");
+            if !query.matches_name(&name) || !self.has_tags(&mount, &key, query).await? {
+                continue;
+            }
+            if found.len() == limits.results {
+                return Err(ProviderError::InvalidConfig(format!(
+                    "find selects more than {} secrets under {path:?}; narrow find.path, find.name or find.tags",
+                    limits.results
+                )));
+            }
+            let fields = match self.read_at(&mount, &key, None).await {
+                Ok(fields) => fields,
+                // Deleted (or its current version deleted) since the LIST: not a match.
+                Err(ProviderError::NotFound { .. }) => continue,
+                Err(error) => return Err(error),
+            };
+            let whole = serde_json::to_vec(&fields).map_err(|e| ProviderError::Unavailable {
+                detail: format!("failed to encode {name:?}"),
+                source: Some(Box::new(e)),
+            })?;
+            found.insert(name, SecretValue::new(whole));
+        }
+        Ok(found)
     }
 
     async fn validate(&self) -> Result<(), ProviderError> {
