@@ -1,0 +1,301 @@
+//! ExternalSecrets from AWS Secrets Manager (the realenv's moto) with web identity (`auth.jwt`)
+//! and an assumed role (`role`, `externalID`): the agent runs against the real API server, which
+//! issues the ServiceAccount tokens (TokenRequest). STS and Secrets Manager calls are counted on
+//! the wire by a loopback door in front of moto, so the tests see that credentials are fetched
+//! once and reused across refreshes, and which credentials signed each read.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod aws_support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use aws_support::{Door, delete, jwt_claims, moto, put};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
+use kube::api::{ObjectMeta, PostParams};
+use mooring_crds::conditions::Condition;
+use mooring_crds::external_secret::ExternalSecret;
+use mooring_crds::secret_store::SecretStore;
+use mooring_e2e::{RealEnv, RunningAgent, TestNamespace, wait_for};
+
+async fn crds_installed(env: &RealEnv) {
+    let client = env.admin_client().await.unwrap();
+    mooring_agent::install::apply_crds(&client, Duration::from_secs(60))
+        .await
+        .unwrap();
+}
+
+async fn service_account(ns: &TestNamespace, name: &str, annotations: &[(&str, &str)]) {
+    let account = ServiceAccount {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            annotations: Some(
+                annotations
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    ns.api::<ServiceAccount>()
+        .create(&PostParams::default(), &account)
+        .await
+        .unwrap();
+}
+
+async fn create_store(ns: &TestNamespace, name: &str, aws: serde_json::Value) {
+    let store: SecretStore = serde_json::from_value(serde_json::json!({
+        "apiVersion": "external-secrets.io/v1", "kind": "SecretStore",
+        "metadata": {"name": name},
+        "spec": {"provider": {"aws": aws}},
+    }))
+    .unwrap();
+    ns.api::<SecretStore>()
+        .create(&PostParams::default(), &store)
+        .await
+        .unwrap();
+}
+
+/// An ExternalSecret `name` refreshing every second: key `password` from `key`'s `password`.
+async fn create_external_secret(ns: &TestNamespace, name: &str, store: &str, key: &str) {
+    let es: ExternalSecret = serde_json::from_value(serde_json::json!({
+        "apiVersion": "external-secrets.io/v1", "kind": "ExternalSecret",
+        "metadata": {"name": name},
+        "spec": {"secretStoreRef": {"name": store}, "refreshInterval": "1s",
+                 "data": [{"secretKey": "password",
+                           "remoteRef": {"key": key, "property": "password"}}]},
+    }))
+    .unwrap();
+    ns.api::<ExternalSecret>()
+        .create(&PostParams::default(), &es)
+        .await
+        .unwrap();
+}
+
+/// The store's Ready condition once its reason is `reason`.
+async fn store_condition(ns: &TestNamespace, name: &str, reason: &str) -> Condition {
+    let api = ns.api::<SecretStore>();
+    wait_for(
+        &format!("SecretStore {name} Ready reason {reason}"),
+        Duration::from_secs(60),
+        || {
+            let api = api.clone();
+            async move {
+                let store = api.get(name).await.ok()?;
+                store
+                    .status?
+                    .conditions
+                    .into_iter()
+                    .find(|c| c.type_ == "Ready" && c.reason == reason)
+            }
+        },
+    )
+    .await
+    .unwrap()
+}
+
+fn agent_args(env: &RealEnv, namespace: &str, door: &Door) -> mooring_agent::cli::RunArgs {
+    let mut args = mooring_e2e::agent(env, namespace).unwrap();
+    args.aws_endpoint_url = Some(door.url.clone());
+    args
+}
+
+/// Waits until the door has seen at least `n` reads of single secrets.
+async fn reads_at_least(door: &Door, n: usize) {
+    wait_for(
+        &format!("{n} GetSecretValue calls"),
+        Duration::from_secs(60),
+        || async move { (door.count("secretsmanager.GetSecretValue") >= n).then_some(()) },
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn web_identity_from_a_service_account_token_is_exchanged_once_across_refreshes() {
+    let env = RealEnv::load().unwrap();
+    crds_installed(&env).await;
+    let ns = TestNamespace::create(&env, "es-awsjwt").await.unwrap();
+    let admin = moto(&env).await;
+    let key = format!("mooring-e2e/{}/jwt", ns.name());
+    put(&admin, &key, r#"{"password":"first-jwt"}"#, &[]).await;
+    let role_arn = format!("arn:aws:iam::123456789012:role/{}", ns.name());
+    service_account(
+        &ns,
+        "app",
+        &[("eks.amazonaws.com/role-arn", role_arn.as_str())],
+    )
+    .await;
+    create_store(
+        &ns,
+        "store",
+        serde_json::json!({"service": "SecretsManager", "region": env.var("AWS_REGION").unwrap(),
+            "auth": {"jwt": {"serviceAccountRef": {"name": "app", "audiences": ["extra-aud"]}}}}),
+    )
+    .await;
+    let door = Door::open(&env).await;
+    let agent = RunningAgent::start_with(agent_args(&env, ns.name(), &door))
+        .await
+        .unwrap();
+    store_condition(&ns, "store", "Valid").await;
+    create_external_secret(&ns, "db", "store", &key).await;
+    ns.wait_for_secret("db", "password", b"first-jwt")
+        .await
+        .unwrap();
+    put(&admin, &key, r#"{"password":"second-jwt"}"#, &[]).await;
+    ns.wait_for_secret("db", "password", b"second-jwt")
+        .await
+        .unwrap();
+    // Several refreshes later, still the one exchange.
+    let seen = door.count("secretsmanager.GetSecretValue");
+    reads_at_least(&door, seen + 3).await;
+    assert_eq!(door.count("Action=AssumeRoleWithWebIdentity"), 1);
+    // The role ESO would use (the ServiceAccount's annotation), with a real token for that
+    // ServiceAccount, for STS's default audience plus the store's.
+    assert_eq!(door.form_values("RoleArn"), [role_arn]);
+    let tokens = door.form_values("WebIdentityToken");
+    assert_eq!(tokens.len(), 1);
+    let claims = jwt_claims(&tokens[0]);
+    assert_eq!(
+        claims["sub"],
+        format!("system:serviceaccount:{}:app", ns.name())
+    );
+    assert_eq!(
+        claims["aud"],
+        serde_json::json!(["sts.amazonaws.com", "extra-aud"])
+    );
+    // Every read is signed with the exchanged (temporary) key, none with static keys.
+    let reads = door.count("/secretsmanager/aws4_request");
+    assert!(reads >= 4, "{reads}");
+    assert_eq!(door.count("Credential=ASIA"), reads);
+    agent.stop().await.unwrap();
+    delete(&admin, &[key]).await;
+}
+
+#[tokio::test]
+async fn an_assumed_role_with_an_external_id_is_assumed_once_across_refreshes() {
+    let env = RealEnv::load().unwrap();
+    crds_installed(&env).await;
+    let ns = TestNamespace::create(&env, "es-awsrole").await.unwrap();
+    let admin = moto(&env).await;
+    let key = format!("mooring-e2e/{}/role", ns.name());
+    put(&admin, &key, r#"{"password":"role-password"}"#, &[]).await;
+    let keys = Secret {
+        metadata: ObjectMeta {
+            name: Some("aws-keys".into()),
+            ..Default::default()
+        },
+        data: Some(BTreeMap::from([
+            (
+                "access-key".to_string(),
+                ByteString(env.var("AWS_ACCESS_KEY_ID").unwrap().as_bytes().to_vec()),
+            ),
+            (
+                "secret-access-key".to_string(),
+                ByteString(
+                    env.var("AWS_SECRET_ACCESS_KEY")
+                        .unwrap()
+                        .as_bytes()
+                        .to_vec(),
+                ),
+            ),
+        ])),
+        ..Default::default()
+    };
+    ns.api::<Secret>()
+        .create(&PostParams::default(), &keys)
+        .await
+        .unwrap();
+    let role_arn = format!("arn:aws:iam::123456789012:role/{}-reader", ns.name());
+    let external_id = format!("tenant-{}", ns.name());
+    create_store(
+        &ns,
+        "store",
+        serde_json::json!({"service": "SecretsManager", "region": env.var("AWS_REGION").unwrap(),
+            "role": role_arn, "externalID": external_id,
+            "auth": {"secretRef": {
+                "accessKeyIDSecretRef": {"name": "aws-keys", "key": "access-key"},
+                "secretAccessKeySecretRef": {"name": "aws-keys", "key": "secret-access-key"}}}}),
+    )
+    .await;
+    let door = Door::open(&env).await;
+    let agent = RunningAgent::start_with(agent_args(&env, ns.name(), &door))
+        .await
+        .unwrap();
+    store_condition(&ns, "store", "Valid").await;
+    create_external_secret(&ns, "db", "store", &key).await;
+    ns.wait_for_secret("db", "password", b"role-password")
+        .await
+        .unwrap();
+    reads_at_least(&door, 4).await;
+    assert_eq!(door.count("Action=AssumeRole&"), 1);
+    assert_eq!(door.form_values("RoleArn"), [role_arn]);
+    assert_eq!(door.form_values("ExternalId"), [external_id]);
+    // The static keys sign the AssumeRole only; reads use the role's session.
+    assert_eq!(door.count("Credential=testing/"), 1);
+    let reads = door.count("/secretsmanager/aws4_request");
+    assert_eq!(door.count("Credential=ASIA"), reads);
+    agent.stop().await.unwrap();
+    delete(&admin, &[key]).await;
+}
+
+#[tokio::test]
+async fn web_identity_errors_name_the_store_field_and_service_account() {
+    let env = RealEnv::load().unwrap();
+    crds_installed(&env).await;
+    let ns = TestNamespace::create(&env, "es-awsjwterr").await.unwrap();
+    // A ServiceAccount without the role annotation, and a store naming one that does not exist.
+    service_account(&ns, "plain", &[]).await;
+    let region = env.var("AWS_REGION").unwrap();
+    create_store(
+        &ns,
+        "no-role",
+        serde_json::json!({"service": "SecretsManager", "region": region,
+            "auth": {"jwt": {"serviceAccountRef": {"name": "plain"}}}}),
+    )
+    .await;
+    create_store(
+        &ns,
+        "no-account",
+        serde_json::json!({"service": "SecretsManager", "region": region,
+            "auth": {"jwt": {"serviceAccountRef": {"name": "missing"}}}}),
+    )
+    .await;
+    let door = Door::open(&env).await;
+    let agent = RunningAgent::start_with(agent_args(&env, ns.name(), &door))
+        .await
+        .unwrap();
+    let no_role = store_condition(&ns, "no-role", "InvalidProviderConfig").await;
+    for expected in [
+        "no-role",
+        "spec.provider.aws.auth.jwt.serviceAccountRef",
+        "plain",
+        "eks.amazonaws.com/role-arn",
+    ] {
+        assert!(
+            no_role.message.contains(expected),
+            "{expected}: {}",
+            no_role.message
+        );
+    }
+    let no_account = store_condition(&ns, "no-account", "InvalidProviderConfig").await;
+    for expected in [
+        "no-account",
+        "spec.provider.aws.auth.jwt.serviceAccountRef",
+        "missing",
+        "does not exist",
+    ] {
+        assert!(
+            no_account.message.contains(expected),
+            "{expected}: {}",
+            no_account.message
+        );
+    }
+    // Nothing reached STS for either.
+    assert_eq!(door.count("AssumeRole"), 0);
+    agent.stop().await.unwrap();
+}
