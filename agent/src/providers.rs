@@ -672,6 +672,7 @@ async fn aws_connection(
             role_arn: role_arn.clone(),
             external_id: aws.external_id.clone().filter(|e| !e.is_empty()),
             session_name: AWS_SESSION_NAME.into(),
+            session_duration: None,
         });
     let auth = aws.auth.as_ref();
     // As ESO: web identity first, then static keys.
@@ -805,6 +806,7 @@ async fn aws_web_identity(
         mooring_provider_aws::WebIdentity {
             role_arn,
             session_name: AWS_SESSION_NAME.into(),
+            session_duration: None,
             tokens: Arc::new(tokens),
         },
         identity,
@@ -1071,6 +1073,7 @@ mod tests {
                     role_arn: "arn:aws:iam::1:role/r".into(),
                     external_id: external_id.map(str::to_string),
                     session_name: AWS_SESSION_NAME.into(),
+                    session_duration: None,
                 }),
                 ..Default::default()
             },

@@ -181,6 +181,7 @@ async fn web_identity_credentials_are_fetched_once_and_sign_every_read() {
         web_identity: Some(WebIdentity {
             role_arn: role_arn.clone(),
             session_name: "mooring-test".into(),
+            session_duration: None,
             tokens: tokens.clone(),
         }),
         ..config(&env, &door)
@@ -219,6 +220,7 @@ async fn an_assumed_role_over_static_keys_is_assumed_once_with_its_external_id()
             role_arn: role_arn.clone(),
             external_id: Some("tenant-a".into()),
             session_name: "mooring-test".into(),
+            session_duration: None,
         }),
         ..config(&env, &door)
     })
@@ -255,6 +257,7 @@ async fn an_unreachable_sts_is_reported_naming_the_field_and_role_but_not_the_to
         web_identity: Some(WebIdentity {
             role_arn: "arn:aws:iam::123456789012:role/unreachable".into(),
             session_name: "mooring-test".into(),
+            session_duration: None,
             tokens: Arc::new(FixedTokens {
                 token: secret_token.into(),
                 requests: AtomicUsize::new(0),
@@ -275,4 +278,55 @@ async fn an_unreachable_sts_is_reported_naming_the_field_and_role_but_not_the_to
     assert!(text.contains("AssumeRoleWithWebIdentity"), "{text}");
     assert!(text.contains("role/unreachable"), "{text}");
     assert!(!text.contains("dG9rZW4tYnl0ZXM"), "{text}");
+}
+
+#[tokio::test]
+async fn short_lived_credentials_are_refreshed_before_they_expire() {
+    let env = RealEnv::load().unwrap();
+    let admin = moto(&env).await;
+    let name = unique("refresh");
+    put(&admin, &name, "refresh-value", &[]).await;
+    let door = Door::open(&env).await;
+    let provider = AwsSecretsManagerProvider::new(AwsConfig {
+        credentials: Some(static_keys(&env)),
+        assume_role: Some(AssumeRole {
+            role_arn: "arn:aws:iam::123456789012:role/short-lived".into(),
+            external_id: None,
+            session_name: "mooring-test".into(),
+            // moto honours any duration; two thirds of 6 s is the refresh point.
+            session_duration: Some(std::time::Duration::from_secs(6)),
+        }),
+        ..config(&env, &door)
+    })
+    .await;
+    let reference = RemoteRef::key(&name);
+    let started = std::time::Instant::now();
+    for _ in 0..3 {
+        assert_eq!(
+            provider.get(&reference).await.unwrap().expose(),
+            b"refresh-value"
+        );
+    }
+    if started.elapsed() < std::time::Duration::from_secs(3) {
+        // Well within the session: one AssumeRole for all reads.
+        assert_eq!(door.count("Action=AssumeRole&"), 1);
+    }
+    // Reading on, the session is renewed (after about 4 s, before its 6 s are up).
+    let renewed = mooring_e2e::wait_for(
+        "a second AssumeRole",
+        std::time::Duration::from_secs(30),
+        || {
+            let (provider, reference, door) = (&provider, &reference, &door);
+            async move {
+                provider.get(reference).await.unwrap();
+                (door.count("Action=AssumeRole&") >= 2).then(std::time::Instant::now)
+            }
+        },
+    )
+    .await
+    .unwrap();
+    let age = renewed - started;
+    assert!(age < std::time::Duration::from_secs(6), "{age:?}");
+    assert_eq!(door.form_values("DurationSeconds"), ["6", "6"]);
+    delete(&admin, &[name]).await;
 }

@@ -29,6 +29,8 @@ pub struct WebIdentity {
     pub role_arn: String,
     /// The STS session name.
     pub session_name: String,
+    /// The STS `DurationSeconds`; STS's default (one hour) when absent.
+    pub session_duration: Option<Duration>,
     /// Where tokens come from.
     pub tokens: Arc<dyn WebIdentityTokenSource>,
 }
@@ -51,6 +53,8 @@ pub struct AssumeRole {
     pub external_id: Option<String>,
     /// The STS session name.
     pub session_name: String,
+    /// The STS `DurationSeconds`; STS's default (one hour) when absent.
+    pub session_duration: Option<Duration>,
 }
 
 /// How the base credentials are obtained.
@@ -173,6 +177,7 @@ impl CredentialChain {
             .role_arn(&identity.role_arn)
             .role_session_name(&identity.session_name)
             .web_identity_token(token.as_str())
+            .set_duration_seconds(duration_seconds(identity.session_duration))
             .send()
             .await
             .map_err(|error| {
@@ -200,7 +205,8 @@ impl CredentialChain {
         let mut request = aws_sdk_sts::Client::from_conf(config)
             .assume_role()
             .role_arn(&role.role_arn)
-            .role_session_name(&role.session_name);
+            .role_session_name(&role.session_name)
+            .set_duration_seconds(duration_seconds(role.session_duration));
         if let Some(id) = &role.external_id {
             request = request.external_id(id);
         }
@@ -214,6 +220,11 @@ impl CredentialChain {
         })?;
         temporary(output.credentials, "AssumeRole")
     }
+}
+
+/// A session duration as STS's `DurationSeconds`.
+fn duration_seconds(duration: Option<Duration>) -> Option<i32> {
+    duration.map(|d| i32::try_from(d.as_secs()).unwrap_or(i32::MAX))
 }
 
 /// STS's temporary credentials as SDK credentials.
