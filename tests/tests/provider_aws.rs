@@ -71,7 +71,7 @@ async fn find_filters_exactly_and_reads_values_in_batches_of_twenty() {
         (format!("{root}/app/db-prefix"), vec![("env", "production")]),
         // The right tags, a name the regexp refuses.
         (format!("{root}/app/cache-00"), vec![("env", "prod")]),
-        // The right name and tags, outside the path (a sibling that shares the prefix text).
+        // The right name and tags, outside the path.
         (format!("{root}/application/db-99"), vec![("env", "prod")]),
     ];
     for (name, tags) in &decoys {

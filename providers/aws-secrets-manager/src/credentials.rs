@@ -84,6 +84,9 @@ pub(crate) struct CredentialChain {
     held: tokio::sync::Mutex<Option<Held>>,
 }
 
+/// How long old (still valid) credentials are used after a failed refresh before trying again.
+const RETRY_AFTER_FAILED_REFRESH: Duration = Duration::from_secs(15);
+
 /// When to fetch again: after two thirds of the lifetime, so a slow STS never leaves a read with
 /// expired credentials. Credentials without expiry are kept until the store changes.
 pub(crate) fn refresh_at(fetched: SystemTime, expiry: Option<SystemTime>) -> Option<SystemTime> {
@@ -133,10 +136,12 @@ impl CredentialChain {
                 });
                 Ok(credentials)
             }
-            // STS failed while the old credentials still work: keep using them; the next call
-            // tries again.
-            Err(error) => match held.as_ref() {
+            // STS failed while the old credentials still work: keep using them, and try again
+            // in a while rather than on every read (each attempt holds readers up).
+            Err(error) => match held.as_mut() {
                 Some(h) if h.credentials.expiry().is_some_and(|e| now < e) => {
+                    let retry = now + RETRY_AFTER_FAILED_REFRESH;
+                    h.refresh_at = h.credentials.expiry().map(|e| e.min(retry));
                     Ok(h.credentials.clone())
                 }
                 _ => Err(error),
