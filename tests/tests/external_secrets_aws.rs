@@ -299,3 +299,79 @@ async fn web_identity_errors_name_the_store_field_and_service_account() {
     assert_eq!(door.count("AssumeRole"), 0);
     agent.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_referent_cluster_store_exchanges_the_consuming_namespaces_service_account_once() {
+    use mooring_crds::secret_store::ClusterSecretStore;
+    let env = RealEnv::load().unwrap();
+    crds_installed(&env).await;
+    let ns = TestNamespace::create(&env, "es-awscss").await.unwrap();
+    let admin = moto(&env).await;
+    let keys: Vec<String> = ["one", "two"]
+        .iter()
+        .map(|k| format!("mooring-e2e/{}/{k}", ns.name()))
+        .collect();
+    for (key, value) in keys.iter().zip(["first-css", "second-css"]) {
+        put(&admin, key, &format!("{{\"password\":\"{value}\"}}"), &[]).await;
+    }
+    let role_arn = format!("arn:aws:iam::123456789012:role/{}-css", ns.name());
+    service_account(
+        &ns,
+        "app",
+        &[("eks.amazonaws.com/role-arn", role_arn.as_str())],
+    )
+    .await;
+    // No namespace on the ServiceAccount: resolved in each consuming namespace (referent).
+    let css_name = format!("e2e-{}", ns.name());
+    let css: ClusterSecretStore = serde_json::from_value(serde_json::json!({
+        "apiVersion": "external-secrets.io/v1", "kind": "ClusterSecretStore",
+        "metadata": {"name": css_name},
+        "spec": {
+            "conditions": [{"namespaces": [ns.name()]}],
+            "provider": {"aws": {"service": "SecretsManager",
+                "region": env.var("AWS_REGION").unwrap(),
+                "auth": {"jwt": {"serviceAccountRef": {"name": "app"}}}}},
+        },
+    }))
+    .unwrap();
+    let stores: kube::Api<ClusterSecretStore> = kube::Api::all(ns.client());
+    stores.create(&PostParams::default(), &css).await.unwrap();
+    let door = Door::open(&env).await;
+    let agent = RunningAgent::start_with(agent_args(&env, ns.name(), &door))
+        .await
+        .unwrap();
+    for (name, key) in ["a", "b"].iter().zip(&keys) {
+        let es: ExternalSecret = serde_json::from_value(serde_json::json!({
+            "apiVersion": "external-secrets.io/v1", "kind": "ExternalSecret",
+            "metadata": {"name": name},
+            "spec": {"secretStoreRef": {"name": css_name, "kind": "ClusterSecretStore"},
+                     "refreshInterval": "1s",
+                     "data": [{"secretKey": "password",
+                               "remoteRef": {"key": key, "property": "password"}}]},
+        }))
+        .unwrap();
+        ns.api::<ExternalSecret>()
+            .create(&PostParams::default(), &es)
+            .await
+            .unwrap();
+    }
+    ns.wait_for_secret("a", "password", b"first-css")
+        .await
+        .unwrap();
+    ns.wait_for_secret("b", "password", b"second-css")
+        .await
+        .unwrap();
+    let seen = door.count("secretsmanager.GetSecretValue");
+    reads_at_least(&door, seen + 4).await;
+    // Both ExternalSecrets, every refresh: one exchange, with the consuming namespace's token.
+    assert_eq!(door.count("Action=AssumeRoleWithWebIdentity"), 1);
+    let tokens = door.form_values("WebIdentityToken");
+    assert_eq!(
+        jwt_claims(&tokens[0])["sub"],
+        format!("system:serviceaccount:{}:app", ns.name())
+    );
+    assert_eq!(door.form_values("RoleArn"), [role_arn]);
+    agent.stop().await.unwrap();
+    let _ = stores.delete(&css_name, &Default::default()).await;
+    delete(&admin, &keys).await;
+}
