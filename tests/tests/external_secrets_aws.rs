@@ -153,6 +153,8 @@ async fn web_identity_from_a_service_account_token_is_exchanged_once_across_refr
     // Several refreshes later, still the one exchange.
     let seen = door.count("secretsmanager.GetSecretValue");
     reads_at_least(&door, seen + 3).await;
+    // Stopped, so the counts below are of one settled conversation.
+    agent.stop().await.unwrap();
     assert_eq!(door.count("Action=AssumeRoleWithWebIdentity"), 1);
     // The role ESO would use (the ServiceAccount's annotation), with a real token for that
     // ServiceAccount, for STS's default audience plus the store's.
@@ -172,7 +174,6 @@ async fn web_identity_from_a_service_account_token_is_exchanged_once_across_refr
     let reads = door.count("/secretsmanager/aws4_request");
     assert!(reads >= 4, "{reads}");
     assert_eq!(door.count("Credential=ASIA"), reads);
-    agent.stop().await.unwrap();
     delete(&admin, &[key]).await;
 }
 
@@ -232,6 +233,7 @@ async fn an_assumed_role_with_an_external_id_is_assumed_once_across_refreshes() 
         .await
         .unwrap();
     reads_at_least(&door, 4).await;
+    agent.stop().await.unwrap();
     assert_eq!(door.count("Action=AssumeRole&"), 1);
     assert_eq!(door.form_values("RoleArn"), [role_arn]);
     assert_eq!(door.form_values("ExternalId"), [external_id]);
@@ -239,7 +241,6 @@ async fn an_assumed_role_with_an_external_id_is_assumed_once_across_refreshes() 
     assert_eq!(door.count("Credential=testing/"), 1);
     let reads = door.count("/secretsmanager/aws4_request");
     assert_eq!(door.count("Credential=ASIA"), reads);
-    agent.stop().await.unwrap();
     delete(&admin, &[key]).await;
 }
 
@@ -363,6 +364,7 @@ async fn a_referent_cluster_store_exchanges_the_consuming_namespaces_service_acc
         .unwrap();
     let seen = door.count("secretsmanager.GetSecretValue");
     reads_at_least(&door, seen + 4).await;
+    agent.stop().await.unwrap();
     // Both ExternalSecrets, every refresh: one exchange, with the consuming namespace's token.
     assert_eq!(door.count("Action=AssumeRoleWithWebIdentity"), 1);
     let tokens = door.form_values("WebIdentityToken");
@@ -371,7 +373,6 @@ async fn a_referent_cluster_store_exchanges_the_consuming_namespaces_service_acc
         format!("system:serviceaccount:{}:app", ns.name())
     );
     assert_eq!(door.form_values("RoleArn"), [role_arn]);
-    agent.stop().await.unwrap();
     let _ = stores.delete(&css_name, &Default::default()).await;
     delete(&admin, &keys).await;
 }
