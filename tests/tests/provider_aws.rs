@@ -330,3 +330,53 @@ async fn short_lived_credentials_are_refreshed_before_they_expire() {
     assert_eq!(door.form_values("DurationSeconds"), ["6", "6"]);
     delete(&admin, &[name]).await;
 }
+
+#[tokio::test]
+async fn a_role_assumed_on_top_of_web_identity_is_signed_by_the_web_identity_session() {
+    let env = RealEnv::load().unwrap();
+    let admin = moto(&env).await;
+    let name = unique("chain");
+    put(&admin, &name, "chained-value", &[]).await;
+    let door = Door::open(&env).await;
+    let tokens = Arc::new(FixedTokens {
+        token: "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJjaGFpbiJ9.c2ln".into(),
+        requests: AtomicUsize::new(0),
+    });
+    let provider = AwsSecretsManagerProvider::new(AwsConfig {
+        web_identity: Some(WebIdentity {
+            role_arn: "arn:aws:iam::123456789012:role/irsa".into(),
+            session_name: "mooring-test".into(),
+            session_duration: None,
+            tokens: tokens.clone(),
+        }),
+        assume_role: Some(AssumeRole {
+            role_arn: "arn:aws:iam::123456789012:role/target".into(),
+            external_id: None,
+            session_name: "mooring-test".into(),
+            session_duration: None,
+        }),
+        ..config(&env, &door)
+    })
+    .await;
+    for _ in 0..4 {
+        assert_eq!(
+            provider.get(&RemoteRef::key(&name)).await.unwrap().expose(),
+            b"chained-value"
+        );
+    }
+    assert_eq!(door.count("Action=AssumeRoleWithWebIdentity"), 1);
+    assert_eq!(door.count("Action=AssumeRole&"), 1);
+    assert_eq!(
+        door.form_values("RoleArn"),
+        [
+            "arn:aws:iam::123456789012:role/irsa",
+            "arn:aws:iam::123456789012:role/target"
+        ]
+    );
+    // AssumeRole (1) and the reads (4) are all signed with temporary keys; the web-identity
+    // exchange itself is unsigned.
+    assert_eq!(door.count("Credential=ASIA"), 5);
+    assert_eq!(door.count("Credential=testing/"), 0);
+    assert_eq!(tokens.requests.load(Ordering::SeqCst), 1);
+    delete(&admin, &[name]).await;
+}
