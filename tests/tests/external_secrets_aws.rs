@@ -376,3 +376,111 @@ async fn a_referent_cluster_store_exchanges_the_consuming_namespaces_service_acc
     let _ = stores.delete(&css_name, &Default::default()).await;
     delete(&admin, &keys).await;
 }
+
+/// A copy of deploy/base's `mooring-secrets` ClusterRole (the secret controllers' rules, as
+/// shipped), bound to ServiceAccount `agent` of the test namespace; both removed with it.
+async fn deployed_secret_controller_rbac(ns: &TestNamespace) {
+    use k8s_openapi::api::core::v1::Namespace;
+    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleRef, Subject};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/base/rbac-secrets.yaml");
+    let text = std::fs::read_to_string(path).unwrap();
+    let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&text).unwrap();
+    let shipped = docs
+        .into_iter()
+        .find(|d| d["kind"] == "ClusterRole" && d["metadata"]["name"] == "mooring-secrets")
+        .unwrap();
+    let mut role: ClusterRole = serde_json::from_value(shipped).unwrap();
+    let admin = ns.client();
+    let namespace = kube::Api::<Namespace>::all(admin.clone())
+        .get(ns.name())
+        .await
+        .unwrap();
+    let owner = OwnerReference {
+        api_version: "v1".into(),
+        kind: "Namespace".into(),
+        name: ns.name().into(),
+        uid: namespace.metadata.uid.unwrap(),
+        ..Default::default()
+    };
+    let name = format!("mooring-secrets-{}", ns.name());
+    role.metadata = ObjectMeta {
+        name: Some(name.clone()),
+        owner_references: Some(vec![owner.clone()]),
+        ..Default::default()
+    };
+    kube::Api::<ClusterRole>::all(admin.clone())
+        .create(&PostParams::default(), &role)
+        .await
+        .unwrap();
+    let binding = ClusterRoleBinding {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            owner_references: Some(vec![owner]),
+            ..Default::default()
+        },
+        role_ref: RoleRef {
+            api_group: Some("rbac.authorization.k8s.io".into()),
+            kind: "ClusterRole".into(),
+            name,
+        },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".into(),
+            name: "agent".into(),
+            namespace: Some(ns.name().into()),
+            ..Default::default()
+        }]),
+    };
+    kube::Api::<ClusterRoleBinding>::all(admin)
+        .create(&PostParams::default(), &binding)
+        .await
+        .unwrap();
+    service_account(ns, "agent", &[]).await;
+}
+
+#[tokio::test]
+async fn web_identity_works_with_exactly_the_deployed_secret_controller_rbac() {
+    let env = RealEnv::load().unwrap();
+    crds_installed(&env).await;
+    let ns = TestNamespace::create(&env, "es-awsrbac").await.unwrap();
+    deployed_secret_controller_rbac(&ns).await;
+    let admin = moto(&env).await;
+    let key = format!("mooring-e2e/{}/rbac", ns.name());
+    put(&admin, &key, r#"{"password":"rbac-jwt"}"#, &[]).await;
+    let role_arn = format!("arn:aws:iam::123456789012:role/{}", ns.name());
+    service_account(
+        &ns,
+        "app",
+        &[("eks.amazonaws.com/role-arn", role_arn.as_str())],
+    )
+    .await;
+    create_store(
+        &ns,
+        "store",
+        serde_json::json!({"service": "SecretsManager", "region": env.var("AWS_REGION").unwrap(),
+            "auth": {"jwt": {"serviceAccountRef": {"name": "app"}}}}),
+    )
+    .await;
+    let door = Door::open(&env).await;
+    // The agent as ServiceAccount `agent`: a bound token, no admin rights.
+    let dir = tempfile::tempdir().unwrap();
+    let token = ns.service_account_token("agent").await.unwrap();
+    let mut args = agent_args(&env, ns.name(), &door);
+    args.cluster.kubeconfig =
+        Some(mooring_e2e::token_kubeconfig(&env, &token, dir.path()).unwrap());
+    args.controllers = vec![
+        mooring_agent::cli::ControllerKind::SealedSecrets,
+        mooring_agent::cli::ControllerKind::ExternalSecrets,
+    ];
+    let agent = RunningAgent::start_with(args).await.unwrap();
+    store_condition(&ns, "store", "Valid").await;
+    create_external_secret(&ns, "db", "store", &key).await;
+    ns.wait_for_secret("db", "password", b"rbac-jwt")
+        .await
+        .unwrap();
+    agent.stop().await.unwrap();
+    assert_eq!(door.count("Action=AssumeRoleWithWebIdentity"), 1);
+    assert_eq!(door.form_values("RoleArn"), [role_arn]);
+    delete(&admin, &[key]).await;
+}
