@@ -898,6 +898,9 @@ async fn connect(
             let _ = client;
             let provider =
                 mooring_provider_aws::AwsSecretsManagerProvider::new(config.clone()).await;
+            // STS (web identity, role) now: a refusal is a failed login, and the provider is
+            // only cached with a working session.
+            provider.authenticate().await.map_err(provider_error)?;
             Ok(Connected {
                 provider: Arc::new(provider),
                 renew_at: None,

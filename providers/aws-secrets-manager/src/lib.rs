@@ -126,6 +126,13 @@ impl AwsSecretsManagerProvider {
         }
     }
 
+    /// Gets the store's credentials now (static keys at once; STS for web identity or a role),
+    /// so a refused exchange is reported when connecting, as a failed login, rather than by
+    /// the first read.
+    pub async fn authenticate(&self) -> Result<(), ProviderError> {
+        self.chain.current().await.map(|_| ())
+    }
+
     /// The same provider with another bound on `find` results (tests; a smaller bound for a
     /// store whose finds should stay small).
     pub fn with_max_find_results(mut self, max: usize) -> Self {
