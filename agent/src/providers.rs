@@ -78,7 +78,13 @@ pub enum Connection {
     },
     /// AWS Secrets Manager.
     #[cfg(feature = "aws")]
-    Aws(mooring_provider_aws::AwsConfig),
+    Aws {
+        /// Region, endpoint, credentials, role.
+        config: mooring_provider_aws::AwsConfig,
+        /// The ServiceAccount (namespace, name, audiences) whose tokens feed a web identity;
+        /// empty without one. Part of the fingerprint, so changing it connects again.
+        identity: String,
+    },
 }
 
 /// Vault login inputs, before a ServiceAccount token is requested.
@@ -141,7 +147,8 @@ impl Connection {
                 }
             }
             #[cfg(feature = "aws")]
-            Connection::Aws(config) => {
+            Connection::Aws { config, identity } => {
+                parts.push(format!("aws-identity:{identity}").into());
                 parts.push(
                     format!(
                         "aws:{}:{:?}",
@@ -155,6 +162,20 @@ impl Connection {
                         format!(
                             "{}:{}:{:?}",
                             c.access_key_id, c.secret_access_key, c.session_token
+                        )
+                        .into(),
+                    );
+                }
+                if let Some(identity) = &config.web_identity {
+                    parts.push(
+                        format!("jwt:{}:{}", identity.role_arn, identity.session_name).into(),
+                    );
+                }
+                if let Some(role) = &config.assume_role {
+                    parts.push(
+                        format!(
+                            "role:{}:{:?}:{}",
+                            role.role_arn, role.external_id, role.session_name
                         )
                         .into(),
                     );
@@ -260,12 +281,23 @@ fn credential_namespaces(spec: &SecretStoreSpec) -> Vec<Option<String>> {
         for selector in [
             &keys.access_key_id_secret_ref,
             &keys.secret_access_key_secret_ref,
+            &keys.session_token_secret_ref,
         ]
         .into_iter()
         .flatten()
         {
             found.push(selector.namespace.clone());
         }
+    }
+    if let Some(account) = spec
+        .provider
+        .aws
+        .as_ref()
+        .and_then(|a| a.auth.as_ref())
+        .and_then(|a| a.jwt.as_ref())
+        .and_then(|j| j.service_account_ref.as_ref())
+    {
+        found.push(account.namespace.clone());
     }
     found
 }
@@ -744,13 +776,23 @@ async fn vault_trust(
     }
 }
 
+/// The annotation ESO reads the web-identity role from (as EKS's IRSA).
+#[cfg(feature = "aws")]
+const ROLE_ARN_ANNOTATION: &str = "eks.amazonaws.com/role-arn";
+/// The annotation ESO reads the token audience from; `sts.amazonaws.com` without it.
+#[cfg(feature = "aws")]
+const AUDIENCE_ANNOTATION: &str = "eks.amazonaws.com/audience";
+/// The STS session name of every mooring session (seen in CloudTrail).
+#[cfg(feature = "aws")]
+const AWS_SESSION_NAME: &str = "mooring-provider-aws";
+
 #[cfg(feature = "aws")]
 async fn aws_connection(
     aws: &mooring_crds::secret_store::AwsProvider,
     reader: &CredentialReader<'_>,
     settings: &ProviderSettings,
 ) -> Result<Connection, StoreError> {
-    use mooring_provider_aws::{AwsConfig, StaticCredentials};
+    use mooring_provider_aws::{AssumeRole, AwsConfig, StaticCredentials};
     let invalid = |message: String| StoreError::InvalidSpec {
         store: reader.store.to_string(),
         message,
@@ -766,23 +808,41 @@ async fn aws_connection(
         .clone()
         .filter(|r| !r.is_empty())
         .ok_or_else(|| invalid("spec.provider.aws.region is required".into()))?;
-    for (set, field) in [
-        (aws.role.is_some(), "spec.provider.aws.role"),
-        (aws.prefix.is_some(), "spec.provider.aws.prefix"),
-        (
-            aws.auth.as_ref().is_some_and(|a| a.jwt.is_some()),
-            "spec.provider.aws.auth.jwt",
-        ),
-    ] {
-        if set {
-            return Err(invalid(format!("{field} is not supported yet")));
-        }
+    if aws.prefix.is_some() {
+        return Err(invalid(
+            "spec.provider.aws.prefix is not supported yet".into(),
+        ));
     }
-    let keys = aws.auth.as_ref().and_then(|a| a.secret_ref.as_ref());
+    let assume_role = aws
+        .role
+        .as_ref()
+        .filter(|r| !r.is_empty())
+        .map(|role_arn| AssumeRole {
+            role_arn: role_arn.clone(),
+            external_id: aws.external_id.clone().filter(|e| !e.is_empty()),
+            session_name: AWS_SESSION_NAME.into(),
+            session_duration: None,
+        });
+    let auth = aws.auth.as_ref();
+    // As ESO: web identity first, then static keys.
+    if let Some(jwt) = auth.and_then(|a| a.jwt.as_ref()) {
+        let (web_identity, identity) = aws_web_identity(jwt, reader).await?;
+        return Ok(Connection::Aws {
+            config: AwsConfig {
+                region,
+                endpoint_url: settings.aws_endpoint_url.clone(),
+                credentials: None,
+                web_identity: Some(web_identity),
+                assume_role,
+            },
+            identity,
+        });
+    }
+    let keys = auth.and_then(|a| a.secret_ref.as_ref());
     // Without auth, ESO uses the controller's own identity; mooring refuses (see SECURITY.md).
     let keys = keys.ok_or_else(|| {
         invalid(
-            "spec.provider.aws.auth.secretRef is required (mooring never uses its own AWS identity)"
+            "spec.provider.aws.auth needs secretRef or jwt (mooring never uses its own AWS identity)"
                 .into(),
         )
     })?;
@@ -810,15 +870,128 @@ async fn aws_connection(
         ),
         None => None,
     };
-    Ok(Connection::Aws(AwsConfig {
-        region,
-        endpoint_url: settings.aws_endpoint_url.clone(),
-        credentials: Some(StaticCredentials {
-            access_key_id: access_key_id.to_string(),
-            secret_access_key: secret_access_key.to_string(),
-            session_token,
-        }),
-    }))
+    Ok(Connection::Aws {
+        config: AwsConfig {
+            region,
+            endpoint_url: settings.aws_endpoint_url.clone(),
+            credentials: Some(StaticCredentials {
+                access_key_id: access_key_id.to_string(),
+                secret_access_key: secret_access_key.to_string(),
+                session_token,
+            }),
+            web_identity: None,
+            assume_role,
+        },
+        identity: String::new(),
+    })
+}
+
+/// ESO's `auth.jwt`: the role comes from the ServiceAccount's `eks.amazonaws.com/role-arn`
+/// annotation, the audiences are its `eks.amazonaws.com/audience` (else `sts.amazonaws.com`)
+/// plus `serviceAccountRef.audiences`. Returns the web identity and a description of the
+/// ServiceAccount for the fingerprint.
+#[cfg(feature = "aws")]
+async fn aws_web_identity(
+    jwt: &mooring_crds::secret_store::AwsJwtAuth,
+    reader: &CredentialReader<'_>,
+) -> Result<(mooring_provider_aws::WebIdentity, String), StoreError> {
+    let field = "spec.provider.aws.auth.jwt.serviceAccountRef";
+    let invalid = |message: String| StoreError::InvalidSpec {
+        store: reader.store.to_string(),
+        message,
+    };
+    let account = jwt
+        .service_account_ref
+        .as_ref()
+        .ok_or_else(|| invalid(format!("{field} is required")))?;
+    let namespace = reader.namespace_of(account.namespace.as_deref(), field)?;
+    let api: Api<ServiceAccount> = Api::namespaced(reader.client.clone(), &namespace);
+    let found = api
+        .get_opt(&account.name)
+        .await
+        .map_err(|source| StoreError::Credentials {
+            store: reader.store.to_string(),
+            what: format!("ServiceAccount {namespace}/{} ({field})", account.name),
+            source,
+        })?
+        .ok_or_else(|| {
+            invalid(format!(
+                "{field}: ServiceAccount {namespace}/{} does not exist",
+                account.name
+            ))
+        })?;
+    let annotations = found.metadata.annotations.unwrap_or_default();
+    let role_arn = annotations
+        .get(ROLE_ARN_ANNOTATION)
+        .filter(|r| !r.is_empty())
+        .cloned()
+        .ok_or_else(|| {
+            invalid(format!(
+                "{field}: ServiceAccount {namespace}/{} has no {ROLE_ARN_ANNOTATION} annotation (the role its token is exchanged for)",
+                account.name
+            ))
+        })?;
+    let mut audiences = vec![
+        annotations
+            .get(AUDIENCE_ANNOTATION)
+            .filter(|a| !a.is_empty())
+            .cloned()
+            .unwrap_or_else(|| "sts.amazonaws.com".into()),
+    ];
+    audiences.extend(account.audiences.iter().flatten().cloned());
+    let selector = ServiceAccountSelector {
+        name: account.name.clone(),
+        namespace: Some(namespace.clone()),
+        audiences: Some(audiences),
+    };
+    let identity = format!("{namespace}/{}:{:?}", account.name, selector.audiences);
+    let tokens = ServiceAccountTokens {
+        client: reader.client.clone(),
+        store: reader.store.clone(),
+        namespace,
+        account: selector,
+    };
+    Ok((
+        mooring_provider_aws::WebIdentity {
+            role_arn,
+            session_name: AWS_SESSION_NAME.into(),
+            session_duration: None,
+            tokens: Arc::new(tokens),
+        },
+        identity,
+    ))
+}
+
+/// Tokens for a ServiceAccount by TokenRequest, requested each time the provider needs new
+/// web-identity credentials (once per credential lifetime).
+#[cfg(feature = "aws")]
+struct ServiceAccountTokens {
+    client: kube::Client,
+    store: StoreId,
+    namespace: String,
+    account: ServiceAccountSelector,
+}
+
+#[cfg(feature = "aws")]
+#[async_trait::async_trait]
+impl mooring_provider_aws::WebIdentityTokenSource for ServiceAccountTokens {
+    async fn token(&self) -> Result<Zeroizing<String>, ProviderError> {
+        service_account_token(&self.client, &self.store, &self.namespace, &self.account)
+            .await
+            .map_err(|error| {
+                let detail = format!(
+                    "spec.provider.aws.auth.jwt.serviceAccountRef: no token for ServiceAccount {}/{}",
+                    self.namespace, self.account.name
+                );
+                match error {
+                    StoreError::Credentials { source, .. } => ProviderError::Unavailable {
+                        detail,
+                        source: Some(Box::new(source)),
+                    },
+                    other => ProviderError::InvalidConfig(format!("{detail}: {other}")),
+                }
+            })
+    }
 }
 
 /// A connected provider and how long it may be used.
@@ -876,10 +1049,13 @@ async fn connect(
             })
         }
         #[cfg(feature = "aws")]
-        Connection::Aws(config) => {
+        Connection::Aws { config, .. } => {
             let _ = client;
             let provider =
                 mooring_provider_aws::AwsSecretsManagerProvider::new(config.clone()).await;
+            // STS (web identity, role) now: a refusal is a failed login, and the provider is
+            // only cached with a working session.
+            provider.authenticate().await.map_err(provider_error)?;
             Ok(Connected {
                 provider: Arc::new(provider),
                 renew_at: None,
@@ -1031,6 +1207,40 @@ mod tests {
             "server": "http://v", "path": "secret",
             "auth": {"tokenSecretRef": {"name": "t", "key": "token", "namespace": "vault"}}}}}));
         assert!(!is_referent(&pinned));
+    }
+
+    #[test]
+    fn aws_web_identity_without_a_namespace_is_referent() {
+        let referent = spec(serde_json::json!({"provider": {"aws": {
+            "service": "SecretsManager", "region": "eu-west-1",
+            "auth": {"jwt": {"serviceAccountRef": {"name": "app"}}}}}}));
+        assert!(is_referent(&referent));
+        let pinned = spec(serde_json::json!({"provider": {"aws": {
+            "service": "SecretsManager", "region": "eu-west-1",
+            "auth": {"jwt": {"serviceAccountRef": {"name": "app", "namespace": "aws"}}}}}}));
+        assert!(!is_referent(&pinned));
+    }
+
+    #[cfg(feature = "aws")]
+    #[test]
+    fn aws_fingerprints_follow_the_service_account_and_the_role() {
+        let connection = |identity: &str, external_id: Option<&str>| Connection::Aws {
+            config: mooring_provider_aws::AwsConfig {
+                region: "eu-west-1".into(),
+                assume_role: Some(mooring_provider_aws::AssumeRole {
+                    role_arn: "arn:aws:iam::1:role/r".into(),
+                    external_id: external_id.map(str::to_string),
+                    session_name: AWS_SESSION_NAME.into(),
+                    session_duration: None,
+                }),
+                ..Default::default()
+            },
+            identity: identity.into(),
+        };
+        let same = connection("ns/app:[sts]", Some("a")).fingerprint();
+        assert_eq!(same, connection("ns/app:[sts]", Some("a")).fingerprint());
+        assert_ne!(same, connection("ns/other:[sts]", Some("a")).fingerprint());
+        assert_ne!(same, connection("ns/app:[sts]", Some("b")).fingerprint());
     }
 
     #[test]

@@ -303,6 +303,13 @@ pub struct AwsProvider {
     /// A role to assume after the base credentials.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<String>,
+    /// The STS `ExternalId` sent when assuming `role`.
+    #[serde(
+        default,
+        rename = "externalID",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub external_id: Option<String>,
     /// How to get the base credentials.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<AwsAuth>,
@@ -646,6 +653,25 @@ spec:
             unknown_fields(&store.spec, "spec"),
             ["spec.provider.aws.additionalRoles"]
         );
+    }
+
+    #[test]
+    fn aws_role_external_id_and_jwt_use_eso_key_names() {
+        let store: SecretStore = serde_json::from_value(serde_json::json!({
+            "apiVersion": "external-secrets.io/v1", "kind": "SecretStore",
+            "metadata": {"name": "a"},
+            "spec": {"provider": {"aws": {"service": "SecretsManager", "region": "eu-west-1",
+                "role": "arn:aws:iam::1:role/r", "externalID": "tenant-a",
+                "auth": {"jwt": {"serviceAccountRef": {"name": "app", "audiences": ["x"]}}}}}}
+        }))
+        .unwrap();
+        let aws = store.spec.provider.aws.as_ref().unwrap();
+        assert_eq!(aws.external_id.as_deref(), Some("tenant-a"));
+        let jwt = aws.auth.as_ref().unwrap().jwt.as_ref().unwrap();
+        assert_eq!(jwt.service_account_ref.as_ref().unwrap().name, "app");
+        assert!(unknown_fields(&store.spec, "spec").is_empty());
+        let back = serde_json::to_value(&store.spec).unwrap();
+        assert_eq!(back["provider"]["aws"]["externalID"], "tenant-a");
     }
 
     #[test]

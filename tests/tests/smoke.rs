@@ -184,6 +184,7 @@ async fn moto_secrets_manager_write_then_read_through_the_aws_provider() -> anyh
             secret_access_key: env.var("AWS_SECRET_ACCESS_KEY")?.into(),
             session_token: None,
         }),
+        ..Default::default()
     };
     let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .region(aws_config::Region::new(config.region.clone()))
