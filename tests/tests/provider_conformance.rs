@@ -8,6 +8,8 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
+mod aws_support;
+
 use mooring_e2e::RealEnv;
 use mooring_provider::conformance::{self, Report, Seed};
 use mooring_provider_vault::{KvVersion, VaultConfig, VaultProvider};
@@ -284,4 +286,91 @@ async fn openbao_find_without_a_store_path_takes_the_mount_from_find_path() {
         "a found name is a key get accepts"
     );
     assert_eq!(refused.unwrap_err().reason(), "InvalidConfig");
+}
+
+/// Writes into moto's Secrets Manager with the realenv's static keys.
+struct MotoSeed {
+    client: aws_sdk_secretsmanager::Client,
+    scope: String,
+    written: Mutex<Vec<String>>,
+}
+
+#[async_trait::async_trait]
+impl Seed for MotoSeed {
+    fn scope(&self) -> &str {
+        &self.scope
+    }
+
+    async fn write(
+        &self,
+        key: &str,
+        document: &serde_json::Value,
+        tags: &BTreeMap<String, String>,
+    ) -> Result<Option<String>, String> {
+        let text = document.to_string();
+        let exists = self.written.lock().unwrap().contains(&key.to_string());
+        let version = if exists {
+            self.client
+                .put_secret_value()
+                .secret_id(key)
+                .secret_string(text)
+                .send()
+                .await
+                .map_err(|e| format!("PutSecretValue {key}: {e}"))?
+                .version_id
+        } else {
+            let mut request = self.client.create_secret().name(key).secret_string(text);
+            for (k, v) in tags {
+                request = request.tags(
+                    aws_sdk_secretsmanager::types::Tag::builder()
+                        .key(k)
+                        .value(v)
+                        .build(),
+                );
+            }
+            self.written.lock().unwrap().push(key.to_string());
+            request
+                .send()
+                .await
+                .map_err(|e| format!("CreateSecret {key}: {e}"))?
+                .version_id
+        };
+        // The provider pins AWS versions as `uuid/<VersionId>` (a bare word is a stage).
+        Ok(version.map(|id| format!("uuid/{id}")))
+    }
+
+    fn supports_tags(&self) -> bool {
+        true
+    }
+}
+
+#[tokio::test]
+async fn moto_secrets_manager_passes_the_conformance_suite() {
+    use mooring_provider_aws::{AwsConfig, AwsSecretsManagerProvider, StaticCredentials};
+    let env = RealEnv::load().unwrap();
+    let seed = MotoSeed {
+        client: aws_support::moto(&env).await,
+        scope: format!("mooring-conformance/{}", unique("aws")),
+        written: Mutex::default(),
+    };
+    let provider = AwsSecretsManagerProvider::new(AwsConfig {
+        region: env.var("AWS_REGION").unwrap().into(),
+        endpoint_url: Some(env.var("AWS_ENDPOINT_URL").unwrap().into()),
+        credentials: Some(StaticCredentials {
+            access_key_id: env.var("AWS_ACCESS_KEY_ID").unwrap().into(),
+            secret_access_key: env.var("AWS_SECRET_ACCESS_KEY").unwrap().into(),
+            session_token: None,
+        }),
+        ..Default::default()
+    })
+    .await;
+    let report = conformance::run(&provider, &seed).await;
+    let written = std::mem::take(&mut *seed.written.lock().unwrap());
+    aws_support::delete(&seed.client, &written).await;
+    let (passed, skipped) = outcome(report);
+    assert_eq!(passed, conformance::CHECKS);
+    assert!(
+        skipped.is_empty(),
+        "Secrets Manager has versions: {skipped:?}"
+    );
 }
