@@ -1309,6 +1309,51 @@ mod tests {
     }
 
     #[test]
+    fn a_live_object_loses_only_moorings_own_managed_fields_entry() {
+        let object: DynamicObject = serde_json::from_value(serde_json::json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {
+                "name": "web", "namespace": "ns", "resourceVersion": "7",
+                "annotations": {TRACKING_ID_ANNOTATION: "argocd/web:apps/Deployment:ns/web"},
+                "managedFields": [
+                    {"manager": FIELD_MANAGER, "operation": "Apply", "time": "2026-01-01T00:00:00Z",
+                     "fieldsType": "FieldsV1",
+                     "fieldsV1": {"f:spec": {"f:replicas": {}, "f:template": {"f:spec": {}}}}},
+                    {"manager": "kubectl-edit", "operation": "Update", "time": "2026-01-02T00:00:00Z",
+                     "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {"f:replicas": {}}}}
+                ]
+            },
+            "spec": {"replicas": 3}
+        }))
+        .unwrap();
+        let live = live_value(object);
+        let managers: Vec<&str> = live["metadata"]["managedFields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|entry| entry["manager"].as_str())
+            .collect();
+        assert_eq!(managers, ["kubectl-edit"]);
+        // What the comparisons and the drift report read is still there.
+        assert_eq!(live["spec"]["replicas"], 3);
+        assert_eq!(live["metadata"]["resourceVersion"], "7");
+        assert_eq!(live["kind"], "Deployment");
+        assert_eq!(
+            compare::managers_of(&live, "spec.replicas"),
+            ["kubectl-edit"]
+        );
+        assert_eq!(compare::other_managers(&live), ["kubectl-edit"]);
+        let other = AppId {
+            namespace: "argocd".into(),
+            name: "api".into(),
+        };
+        assert!(
+            foreign_owner(&live, &other).is_some(),
+            "the tracking id is kept"
+        );
+    }
+
+    #[test]
     fn drift_names_the_field_manager() {
         let key = ObjectKey {
             group: "apps".into(),
