@@ -46,9 +46,10 @@ const CONCURRENCY: usize = 16;
 /// From how many objects of one kind in one namespace a step LISTs them instead of GETting each.
 const LIST_THRESHOLD: usize = 4;
 
-/// Live objects listed ahead of a step: (resource, namespace) → name → object. Each object is
-/// taken out when its desired counterpart is compared.
-type Prefetched = Mutex<HashMap<(String, Option<String>), HashMap<String, Value>>>;
+/// Live objects listed ahead of a step: (resource, namespace) → name → object as compact JSON
+/// (a fraction of the size of a [`Value`], and every object of the step waits here). Each
+/// object is taken out, and parsed, when its desired counterpart is compared.
+type Prefetched = Mutex<HashMap<(String, Option<String>), HashMap<String, String>>>;
 /// Objects per LIST page when prefetching: bounds what one response holds in memory.
 const LIST_PAGE: u32 = 100;
 
@@ -668,7 +669,7 @@ impl Engine {
             .get_mut(&(resource_id(&served.resource), item.key.namespace.clone()))
             .map(|listed| listed.remove(&item.key.name));
         let live = match listed {
-            Some(live) => live,
+            Some(live) => live.map(|json| serde_json::from_str(&json).unwrap_or_default()),
             None => match api.get_opt(&item.key.name).await {
                 Ok(live) => live.map(live_value),
                 Err(error) => {
@@ -853,7 +854,8 @@ impl Engine {
                             kind: resource.kind.clone(),
                         });
                     }
-                    objects.insert(name, live_value(object));
+                    slim(&mut object);
+                    objects.insert(name, serde_json::to_string(&object).unwrap_or_default());
                 }
                 match next {
                     Some(token) => params = params.continue_token(&token),
@@ -1084,10 +1086,15 @@ impl Engine {
 /// `managedFields`, and drift reports only name the *other* managers ([`compare::managers_of`],
 /// [`compare::other_managers`]), whose entries are kept.
 fn live_value(mut object: DynamicObject) -> Value {
+    slim(&mut object);
+    serde_json::to_value(&object).unwrap_or_default()
+}
+
+/// Drops mooring's own `managedFields` entry from a live object: see [`live_value`].
+fn slim(object: &mut DynamicObject) {
     if let Some(entries) = object.metadata.managed_fields.as_mut() {
         entries.retain(|entry| entry.manager.as_deref() != Some(FIELD_MANAGER));
     }
-    serde_json::to_value(&object).unwrap_or_default()
 }
 
 /// The Application named by `live`'s tracking id, when it is another one than `app`.
