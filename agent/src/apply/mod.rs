@@ -46,8 +46,12 @@ const CONCURRENCY: usize = 16;
 /// From how many objects of one kind in one namespace a step LISTs them instead of GETting each.
 const LIST_THRESHOLD: usize = 4;
 
-/// Live objects listed ahead of a step: (resource, namespace) → name → object.
-type Prefetched = HashMap<(String, Option<String>), HashMap<String, Value>>;
+/// Live objects listed ahead of a step: (resource, namespace) → name → object as compact JSON
+/// (a fraction of the size of a [`Value`], and every object of the step waits here). Each
+/// object is taken out, and parsed, when its desired counterpart is compared.
+type Prefetched = Mutex<HashMap<(String, Option<String>), HashMap<String, String>>>;
+/// Objects per LIST page when prefetching: bounds what one response holds in memory.
+const LIST_PAGE: u32 = 100;
 
 /// `group/version/plural`: one key per listable resource.
 fn resource_id(resource: &ApiResource) -> String {
@@ -176,20 +180,26 @@ struct Desired {
     key: ObjectKey,
     version: String,
     served: Option<Served>,
-    manifest: Value,
+    /// What mooring applies, as compact JSON: a fraction of the size of the same manifest as a
+    /// [`Value`] (a tree of small maps), and every object of a step is held until the step
+    /// ends. Parsed again while the object is compared and applied.
+    manifest: String,
     hash: String,
     wave: i64,
 }
 
-/// What happened to one desired object.
+/// What happened to one desired object. The live object itself is not kept: its health is
+/// judged as soon as the object is compared or applied, so a sync of many objects holds one
+/// small [`HealthStatus`] per object instead of every live object until the sync ends.
 enum Outcome {
-    InSync(Value),
+    InSync(HealthStatus),
     Written {
-        live: Value,
+        health: HealthStatus,
         drift: Option<Drift>,
     },
     OutOfSync {
-        live: Option<Value>,
+        /// `None` when the object does not exist.
+        health: Option<HealthStatus>,
         drift: Option<Drift>,
     },
     Deferred(String),
@@ -214,6 +224,28 @@ impl Engine {
 
     /// Syncs one Application: see the module documentation.
     pub async fn sync(&self, request: &SyncRequest) -> Result<SyncReport, Error> {
+        self.sync_objects(request, &request.objects).await
+    }
+
+    /// [`Engine::sync`], taking the rendered objects out of `request`: each is dropped as soon
+    /// as it is turned into the manifest mooring applies, so a large render is not held twice
+    /// during the sync.
+    pub async fn sync_owned(&self, mut request: SyncRequest) -> Result<SyncReport, Error> {
+        let objects = std::mem::take(&mut request.objects);
+        self.sync_objects(&request, objects).await
+    }
+
+    /// The sync of `objects` (not `request.objects`) as `request` says.
+    async fn sync_objects<O, I>(
+        &self,
+        request: &SyncRequest,
+        objects: I,
+    ) -> Result<SyncReport, Error>
+    where
+        O: std::borrow::Borrow<DynamicObject> + Send,
+        I: IntoIterator<Item = O>,
+        I::IntoIter: Send,
+    {
         let mut report = SyncReport::default();
         if request.mode == Mode::Apply
             && has_option(&request.sync_options, "CreateNamespace", "true")
@@ -223,12 +255,16 @@ impl Engine {
         }
         let in_inventory: BTreeSet<ObjectKey> =
             request.inventory.iter().map(ObjectKey::of_status).collect();
-        let crds_in_set = crds_in_set(&request.objects);
+        // CRDs in the desired set: (group, kind) → CRD name, so a custom resource waiting for
+        // one can name it.
+        let mut crds_in_set = BTreeMap::new();
 
         // Validate and key every object; discovery tells the scope.
         let mut desired: Vec<Desired> = Vec::new();
         let mut seen = BTreeSet::new();
-        for object in &request.objects {
+        for object in objects {
+            let object = object.borrow();
+            crds_in_set.extend(crd_in_set(object));
             match self
                 .prepare(
                     &request.app,
@@ -304,8 +340,9 @@ impl Engine {
                     match self.wait_established(&item.key.name).await {
                         // Its health is judged on the Established object, not the apply answer.
                         Ok(established) => match outcome {
-                            Outcome::InSync(live) | Outcome::Written { live, .. } => {
-                                *live = established;
+                            Outcome::InSync(health) | Outcome::Written { health, .. } => {
+                                *health =
+                                    health::assess(&item.key.group, &item.key.kind, &established);
                             }
                             _ => {}
                         },
@@ -374,15 +411,15 @@ impl Engine {
         let mut out_of_sync = !still_owned.is_empty();
         for (item, outcome) in outcomes {
             let (status, live) = match outcome {
-                Outcome::InSync(live) => (SyncState::Synced, Some(live)),
-                Outcome::Written { live, drift } => {
+                Outcome::InSync(health) => (SyncState::Synced, Some(health)),
+                Outcome::Written { health, drift } => {
                     report.written.push(item.key.clone());
                     report.drift.extend(drift);
-                    (SyncState::Synced, Some(live))
+                    (SyncState::Synced, Some(health))
                 }
-                Outcome::OutOfSync { live, drift } => {
+                Outcome::OutOfSync { health, drift } => {
                     report.drift.extend(drift);
-                    (SyncState::OutOfSync, live)
+                    (SyncState::OutOfSync, health)
                 }
                 Outcome::Deferred(reason) => {
                     report.deferred.push((item.key.clone(), reason));
@@ -398,14 +435,11 @@ impl Engine {
                     remember_kind(&mut report.kinds, &served.resource);
                 }
             }
-            let health = match &live {
-                Some(live) => health::assess(&item.key.group, &item.key.kind, live),
-                None => health::missing(),
-            };
+            let owned = live.is_some() || in_inventory.contains(&item.key);
+            let health = live.unwrap_or_else(health::missing);
             states.push(health.status);
             // An object never applied (deferred, failed before its first write) is not owned
             // yet: it enters the inventory only once it exists with our tracking id.
-            let owned = live.is_some() || in_inventory.contains(&item.key);
             if owned {
                 report.resources.push(ResourceStatus {
                     group: item.key.group.clone(),
@@ -558,6 +592,8 @@ impl Engine {
         {
             annotations.insert(APPLIED_HASH_ANNOTATION.into(), Value::String(hash.clone()));
         }
+        let manifest = serde_json::to_string(&manifest)
+            .map_err(|error| (key.clone(), format!("failed to encode the object: {error}")))?;
         Ok(Desired {
             wave: order::sync_wave(&object.metadata),
             key,
@@ -586,12 +622,21 @@ impl Engine {
         crds_in_set: &BTreeMap<(String, String), String>,
         was_applied: bool,
     ) -> Outcome {
+        let manifest: Value = match serde_json::from_str(&item.manifest) {
+            Ok(manifest) => manifest,
+            Err(error) => {
+                return Outcome::Failed(format!(
+                    "failed to decode the manifest of {}: {error}",
+                    item.key
+                ));
+            }
+        };
         let served = match &item.served {
             Some(served) => served.clone(),
             None => {
                 // Its CRD may have been applied in the first step: look again.
                 let (group, _) = split_api_version(
-                    item.manifest
+                    manifest
                         .get("apiVersion")
                         .and_then(Value::as_str)
                         .unwrap_or_default(),
@@ -618,11 +663,15 @@ impl Engine {
             }
         };
         let api = self.api(&served, item.key.namespace.as_deref());
-        let listed = prefetched.get(&(resource_id(&served.resource), item.key.namespace.clone()));
+        // Taken out of the prefetched set: each listed object is dropped as soon as it is
+        // compared, so the step's memory shrinks as it goes.
+        let listed = lock(prefetched)
+            .get_mut(&(resource_id(&served.resource), item.key.namespace.clone()))
+            .map(|listed| listed.remove(&item.key.name));
         let live = match listed {
-            Some(listed) => listed.get(&item.key.name).cloned(),
+            Some(live) => live.map(|json| serde_json::from_str(&json).unwrap_or_default()),
             None => match api.get_opt(&item.key.name).await {
-                Ok(live) => live.map(|l| serde_json::to_value(&l).unwrap_or_default()),
+                Ok(live) => live.map(live_value),
                 Err(error) => {
                     if let Some(deferred) = self.kind_gone(item, &error).await {
                         return deferred;
@@ -649,8 +698,9 @@ impl Engine {
                 ))
                 .and_then(Value::as_str);
             let unchanged_in_git = live_hash == Some(item.hash.as_str());
-            if unchanged_in_git && compare::is_subset(&item.manifest, live) {
-                return Outcome::InSync(live.clone());
+            let in_sync = || Outcome::InSync(health::assess(&item.key.group, &item.key.kind, live));
+            if unchanged_in_git && compare::is_subset(&manifest, live) {
+                return in_sync();
             }
             let resource_version = live
                 .pointer("/metadata/resourceVersion")
@@ -660,12 +710,12 @@ impl Engine {
                 .get(&cache_key)
                 .is_some_and(|(rv, hash)| rv == resource_version && *hash == item.hash);
             if verified {
-                return Outcome::InSync(live.clone());
+                return in_sync();
             }
             // The field check failed or Git changed: ask the API server what an apply would do.
             let dry_run = PatchParams::apply(FIELD_MANAGER).force().dry_run();
             let would_be = match api
-                .patch(&item.key.name, &dry_run, &Patch::Apply(&item.manifest))
+                .patch(&item.key.name, &dry_run, &Patch::Apply(&manifest))
                 .await
             {
                 Ok(result) => {
@@ -675,7 +725,7 @@ impl Engine {
                             cache_key.clone(),
                             (resource_version.to_string(), item.hash.clone()),
                         );
-                        return Outcome::InSync(live.clone());
+                        return in_sync();
                     }
                     result
                 }
@@ -689,7 +739,7 @@ impl Engine {
             if unchanged_in_git {
                 // Who changed what: the drifted paths and the managers that own them now.
                 // Compared on the dry-run's (normalised) values, so `0.5` vs `500m` is no drift.
-                let normalised = compare::project(&item.manifest, &would_be);
+                let normalised = compare::project(&manifest, &would_be);
                 let fields = compare::differences(&normalised, live, 5);
                 let mut managers: Vec<String> = Vec::new();
                 for field in &fields {
@@ -718,11 +768,16 @@ impl Engine {
             });
         }
         if mode == Mode::Compare {
-            return Outcome::OutOfSync { live, drift };
+            let health = live
+                .as_ref()
+                .map(|live| health::assess(&item.key.group, &item.key.kind, live));
+            return Outcome::OutOfSync { health, drift };
         }
+        // Not needed for the write: free it before the apply answer arrives.
+        drop(live);
         let params = PatchParams::apply(FIELD_MANAGER).force();
         match api
-            .patch(&item.key.name, &params, &Patch::Apply(&item.manifest))
+            .patch(&item.key.name, &params, &Patch::Apply(&manifest))
             .await
         {
             Ok(applied) => {
@@ -734,7 +789,7 @@ impl Engine {
                 lock(&self.verified)
                     .insert(cache_key, (resource_version.to_string(), item.hash.clone()));
                 Outcome::Written {
-                    live: applied,
+                    health: health::assess(&item.key.group, &item.key.kind, &applied),
                     drift,
                 }
             }
@@ -750,20 +805,24 @@ impl Engine {
     /// Lists, once per kind and namespace, the live objects of a step where it has at least
     /// [`LIST_THRESHOLD`] objects of that kind there: one LIST instead of one GET per object
     /// keeps a no-op resync of a large set well under a second.
+    ///
+    /// Memory stays bounded by the step, not by the namespace: the LIST is read in pages of
+    /// [`LIST_PAGE`], each page converted and dropped before the next, and only the objects the
+    /// step wants are kept, without mooring's own `managedFields` entry (see [`live_value`]).
     async fn prefetch(&self, step: &[Desired]) -> Prefetched {
-        let mut groups: HashMap<(String, Option<String>), (ApiResource, bool, usize)> =
-            HashMap::new();
+        type Group<'a> = (ApiResource, bool, BTreeSet<&'a str>);
+        let mut groups: HashMap<(String, Option<String>), Group<'_>> = HashMap::new();
         for item in step {
             if let Some(served) = &item.served {
                 let entry = groups
                     .entry((resource_id(&served.resource), item.key.namespace.clone()))
-                    .or_insert((served.resource.clone(), served.namespaced, 0));
-                entry.2 += 1;
+                    .or_insert((served.resource.clone(), served.namespaced, BTreeSet::new()));
+                entry.2.insert(&item.key.name);
             }
         }
-        let mut prefetched = Prefetched::new();
-        for ((id, namespace), (resource, namespaced, count)) in groups {
-            if count < LIST_THRESHOLD {
+        let mut prefetched = HashMap::new();
+        for ((id, namespace), (resource, namespaced, wanted)) in groups {
+            if wanted.len() < LIST_THRESHOLD {
                 continue;
             }
             let served = Served {
@@ -771,14 +830,23 @@ impl Engine {
                 namespaced,
             };
             let api = self.api(&served, namespace.as_deref());
-            // A failed LIST (RBAC may allow get but not list) falls back to one GET per object.
-            let Ok(list) = api.list(&kube::api::ListParams::default()).await else {
-                continue;
-            };
-            let objects = list
-                .items
-                .into_iter()
-                .filter_map(|mut object| {
+            let mut objects = HashMap::new();
+            let mut params = kube::api::ListParams::default().limit(LIST_PAGE);
+            let complete = loop {
+                // A failed LIST (RBAC may allow get but not list, an expired continue token)
+                // falls back to one GET per object.
+                let Ok(page) = api.list(&params).await else {
+                    break false;
+                };
+                let next = page.metadata.continue_.clone().filter(|c| !c.is_empty());
+                for mut object in page.items {
+                    let Some(name) = object.metadata.name.take() else {
+                        continue;
+                    };
+                    if !wanted.contains(name.as_str()) {
+                        continue;
+                    }
+                    object.metadata.name = Some(name.clone());
                     // List items carry no apiVersion/kind; the comparisons expect them.
                     if object.types.is_none() {
                         object.types = Some(kube::api::TypeMeta {
@@ -786,13 +854,19 @@ impl Engine {
                             kind: resource.kind.clone(),
                         });
                     }
-                    let name = object.metadata.name.clone()?;
-                    Some((name, serde_json::to_value(&object).ok()?))
-                })
-                .collect();
-            prefetched.insert((id, namespace), objects);
+                    slim(&mut object);
+                    objects.insert(name, serde_json::to_string(&object).unwrap_or_default());
+                }
+                match next {
+                    Some(token) => params = params.continue_token(&token),
+                    None => break true,
+                }
+            };
+            if complete {
+                prefetched.insert((id, namespace), objects);
+            }
         }
-        prefetched
+        Mutex::new(prefetched)
     }
 
     /// Looks `gvk` up; when its CRD is in the set (and so was just Established), gives the
@@ -1005,6 +1079,24 @@ impl Engine {
     }
 }
 
+/// A live object as the comparisons read it, without mooring's own `managedFields` entry.
+///
+/// That entry is most of a live object's size (a tree of every field mooring applies; as a
+/// `Value` of small maps it is tens of kilobytes) and nothing reads it: the comparisons ignore
+/// `managedFields`, and drift reports only name the *other* managers ([`compare::managers_of`],
+/// [`compare::other_managers`]), whose entries are kept.
+fn live_value(mut object: DynamicObject) -> Value {
+    slim(&mut object);
+    serde_json::to_value(&object).unwrap_or_default()
+}
+
+/// Drops mooring's own `managedFields` entry from a live object: see [`live_value`].
+fn slim(object: &mut DynamicObject) {
+    if let Some(entries) = object.metadata.managed_fields.as_mut() {
+        entries.retain(|entry| entry.manager.as_deref() != Some(FIELD_MANAGER));
+    }
+}
+
 /// The Application named by `live`'s tracking id, when it is another one than `app`.
 fn foreign_owner(live: &Value, app: &AppId) -> Option<AppId> {
     let id = live
@@ -1017,26 +1109,20 @@ fn foreign_owner(live: &Value, app: &AppId) -> Option<AppId> {
     (owner != *app).then_some(owner)
 }
 
-/// CRDs in the desired set: (group, kind) → CRD name, so a custom resource waiting for one can
-/// name it.
-fn crds_in_set(objects: &[DynamicObject]) -> BTreeMap<(String, String), String> {
-    objects
-        .iter()
-        .filter(|o| {
-            o.types.as_ref().is_some_and(|t| {
-                t.kind == "CustomResourceDefinition"
-                    && t.api_version.starts_with("apiextensions.k8s.io/")
-            })
-        })
-        .filter_map(|o| {
-            let group = o.data.pointer("/spec/group")?.as_str()?;
-            let kind = o.data.pointer("/spec/names/kind")?.as_str()?;
-            Some((
-                (group.to_string(), kind.to_string()),
-                o.metadata.name.clone()?,
-            ))
-        })
-        .collect()
+/// When `object` is a CRD: the (group, kind) it serves and its name.
+fn crd_in_set(object: &DynamicObject) -> Option<((String, String), String)> {
+    let is_crd = object.types.as_ref().is_some_and(|t| {
+        t.kind == "CustomResourceDefinition" && t.api_version.starts_with("apiextensions.k8s.io/")
+    });
+    if !is_crd {
+        return None;
+    }
+    let group = object.data.pointer("/spec/group")?.as_str()?;
+    let kind = object.data.pointer("/spec/names/kind")?.as_str()?;
+    Some((
+        (group.to_string(), kind.to_string()),
+        object.metadata.name.clone()?,
+    ))
 }
 
 /// Whether a step's objects are healthy enough for the next wave to start; if not, the
@@ -1045,12 +1131,11 @@ fn wave_not_ready(results: &[(Desired, Outcome)]) -> Option<String> {
     let pending: Vec<String> = results
         .iter()
         .filter_map(|(item, outcome)| {
-            let live = match outcome {
-                Outcome::InSync(live) | Outcome::Written { live, .. } => live,
+            let health = match outcome {
+                Outcome::InSync(health) | Outcome::Written { health, .. } => health,
                 // Deferred objects wait for their CRD, not for a wave.
                 _ => return None,
             };
-            let health = health::assess(&item.key.group, &item.key.kind, live);
             matches!(
                 health.status,
                 HealthState::Progressing | HealthState::Degraded | HealthState::Missing
@@ -1061,7 +1146,11 @@ fn wave_not_ready(results: &[(Desired, Outcome)]) -> Option<String> {
                     item.key,
                     item.wave,
                     health.status,
-                    health.message.map(|m| format!(": {m}")).unwrap_or_default()
+                    health
+                        .message
+                        .as_ref()
+                        .map(|m| format!(": {m}"))
+                        .unwrap_or_default()
                 )
             })
         })
@@ -1119,7 +1208,7 @@ mod tests {
             },
             version: "v1".into(),
             served: None,
-            manifest: Value::Null,
+            manifest: String::new(),
             hash: String::new(),
             wave,
         }
@@ -1134,13 +1223,13 @@ mod tests {
             (
                 desired("Job", "batch", "migrate", -1),
                 Outcome::Written {
-                    live: running_job,
+                    health: health::assess("batch", "Job", &running_job),
                     drift: None,
                 },
             ),
             (
                 desired("ConfigMap", "", "settings", -1),
-                Outcome::InSync(serde_json::json!({})),
+                Outcome::InSync(health::assess("", "ConfigMap", &serde_json::json!({}))),
             ),
             (
                 desired("Widget", "example.com", "w", -1),
@@ -1159,7 +1248,7 @@ mod tests {
         assert_eq!(
             wave_not_ready(&[(
                 desired("Job", "batch", "migrate", -1),
-                Outcome::InSync(done_job)
+                Outcome::InSync(health::assess("batch", "Job", &done_job))
             )]),
             None
         );
@@ -1217,12 +1306,57 @@ mod tests {
             "spec": {"group": "example.com", "names": {"kind": "Widget", "plural": "widgets"}}
         }))
         .unwrap();
-        let found = crds_in_set(&[crd]);
+        let found: BTreeMap<_, _> = crd_in_set(&crd).into_iter().collect();
         assert_eq!(
             found
                 .get(&("example.com".to_string(), "Widget".to_string()))
                 .map(String::as_str),
             Some("widgets.example.com")
+        );
+    }
+
+    #[test]
+    fn a_live_object_loses_only_moorings_own_managed_fields_entry() {
+        let object: DynamicObject = serde_json::from_value(serde_json::json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {
+                "name": "web", "namespace": "ns", "resourceVersion": "7",
+                "annotations": {TRACKING_ID_ANNOTATION: "argocd/web:apps/Deployment:ns/web"},
+                "managedFields": [
+                    {"manager": FIELD_MANAGER, "operation": "Apply", "time": "2026-01-01T00:00:00Z",
+                     "fieldsType": "FieldsV1",
+                     "fieldsV1": {"f:spec": {"f:replicas": {}, "f:template": {"f:spec": {}}}}},
+                    {"manager": "kubectl-edit", "operation": "Update", "time": "2026-01-02T00:00:00Z",
+                     "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {"f:replicas": {}}}}
+                ]
+            },
+            "spec": {"replicas": 3}
+        }))
+        .unwrap();
+        let live = live_value(object);
+        let managers: Vec<&str> = live["metadata"]["managedFields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|entry| entry["manager"].as_str())
+            .collect();
+        assert_eq!(managers, ["kubectl-edit"]);
+        // What the comparisons and the drift report read is still there.
+        assert_eq!(live["spec"]["replicas"], 3);
+        assert_eq!(live["metadata"]["resourceVersion"], "7");
+        assert_eq!(live["kind"], "Deployment");
+        assert_eq!(
+            compare::managers_of(&live, "spec.replicas"),
+            ["kubectl-edit"]
+        );
+        assert_eq!(compare::other_managers(&live), ["kubectl-edit"]);
+        let other = AppId {
+            namespace: "argocd".into(),
+            name: "api".into(),
+        };
+        assert!(
+            foreign_owner(&live, &other).is_some(),
+            "the tracking id is kept"
         );
     }
 

@@ -15,6 +15,9 @@ use tokio::sync::mpsc;
 
 use super::object::{AppId, TRACKING_ID_ANNOTATION, parse_tracking_id};
 
+/// Objects per page of a drift watch's initial LIST (kube's default is 500).
+const WATCH_PAGE: u32 = 100;
+
 /// The running watches; dropping this stops them.
 pub struct Watches {
     client: kube::Client,
@@ -44,8 +47,10 @@ impl Watches {
         if running.get(&gvk).is_some_and(|task| !task.is_finished()) {
             return;
         }
-        // Metadata only: the tracking id is all a drift watch needs, and memory must not grow
-        // with the size of the watched objects.
+        // Metadata only (the API server sends PartialObjectMetadata, not whole objects): the
+        // tracking id is all a drift watch needs, and memory must not grow with the size of the
+        // watched objects. The initial LIST comes in pages of WATCH_PAGE: every watch of a sync
+        // starts at once, and a page of metadata still carries each object's managedFields.
         let api: Api<PartialObjectMeta<DynamicObject>> =
             Api::all_with(self.client.clone(), resource);
         let sender = self.sender.clone();
@@ -53,7 +58,8 @@ impl Watches {
         let task = tokio::spawn(async move {
             let mut events = std::pin::pin!(
                 // Backoff: a watch refused (RBAC) or broken must not spin.
-                watcher::watcher(api, watcher::Config::default()).default_backoff()
+                watcher::watcher(api, watcher::Config::default().page_size(WATCH_PAGE))
+                    .default_backoff()
             );
             while let Some(event) = events.next().await {
                 let object = match event {

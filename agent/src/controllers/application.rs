@@ -493,7 +493,8 @@ async fn reconcile(cached: Arc<Application>, ctx: Arc<Context>) -> Result<Action
         },
         mode,
     };
-    let report = ctx.engine.sync(&request).await?;
+    // Owned: the rendered objects are dropped one by one as the engine prepares them.
+    let report = ctx.engine.sync_owned(request).await?;
     ctx.metrics
         .objects_applied
         .inc_by(u64::try_from(report.written.len()).unwrap_or(u64::MAX));
