@@ -7,16 +7,55 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use futures::StreamExt;
-use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, ObjectMeta};
 use kube::core::PartialObjectMeta;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use tokio::sync::mpsc;
 
 use super::object::{AppId, TRACKING_ID_ANNOTATION, parse_tracking_id};
+use crate::install::FIELD_MANAGER;
 
 /// Objects per page of a drift watch's initial LIST (kube's default is 500).
 const WATCH_PAGE: u32 = 100;
+
+/// The Application named by an object's tracking id.
+fn owner(object: &PartialObjectMeta<DynamicObject>) -> Option<AppId> {
+    object
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(TRACKING_ID_ANNOTATION))
+        .and_then(|id| parse_tracking_id(id))
+        .map(|(app, _)| app)
+}
+
+/// Whether mooring's apply was the last write to the object: its managedFields entry is strictly
+/// newer than every other entry, including status writes (mooring's own status of a child
+/// Application is news for the parent's health). Times have a resolution of one second, so a
+/// change by someone else in the same second as mooring's apply still counts as theirs.
+fn written_by_mooring_last(metadata: &ObjectMeta) -> bool {
+    let entries = metadata.managed_fields.as_deref().unwrap_or_default();
+    let newest = |ours: bool| {
+        entries
+            .iter()
+            .filter(|entry| is_apply_by_mooring(entry) == ours)
+            .filter_map(|entry| entry.time.as_ref().map(|time| time.0))
+            .max()
+    };
+    match (newest(true), newest(false)) {
+        (Some(ours), Some(others)) => others < ours,
+        (Some(_), None) => true,
+        (None, _) => false,
+    }
+}
+
+/// mooring's server-side apply of the object itself (not of a subresource such as its status).
+fn is_apply_by_mooring(entry: &ManagedFieldsEntry) -> bool {
+    entry.manager.as_deref() == Some(FIELD_MANAGER)
+        && entry.subresource.as_deref().unwrap_or_default().is_empty()
+}
 
 /// The running watches; dropping this stops them.
 pub struct Watches {
@@ -61,30 +100,39 @@ impl Watches {
                 watcher::watcher(api, watcher::Config::default().page_size(WATCH_PAGE))
                     .default_backoff()
             );
+            // Applications owning objects of the initial list: sent once the list is complete,
+            // one trigger each rather than one per object (a list of 1000 objects would
+            // otherwise chain a re-sync after every sync for as long as its pages arrive).
+            let mut listed = std::collections::BTreeSet::new();
             while let Some(event) = events.next().await {
-                let object = match event {
+                let changed = match event {
+                    Ok(Event::Init) => {
+                        listed.clear();
+                        continue;
+                    }
                     // The initial list counts too: an edit made while the watch was starting
                     // arrives only as part of it (the reconcile it causes is a cheap no-op).
-                    Ok(Event::Apply(object) | Event::Delete(object) | Event::InitApply(object)) => {
-                        object
+                    Ok(Event::InitApply(object)) => {
+                        listed.extend(owner(&object));
+                        continue;
                     }
-                    Ok(_) => continue,
+                    Ok(Event::InitDone) => std::mem::take(&mut listed),
+                    // mooring's own writes are not drift: the sync that made them knows.
+                    Ok(Event::Apply(object)) if !written_by_mooring_last(&object.metadata) => {
+                        owner(&object).into_iter().collect()
+                    }
+                    Ok(Event::Apply(_)) => continue,
+                    Ok(Event::Delete(object)) => owner(&object).into_iter().collect(),
                     Err(error) => {
                         // The watcher retries by itself, with backoff.
                         tracing::debug!(%error, %kind, "drift watch interrupted");
                         continue;
                     }
                 };
-                let owner = object
-                    .metadata
-                    .annotations
-                    .as_ref()
-                    .and_then(|a| a.get(TRACKING_ID_ANNOTATION))
-                    .and_then(|id| parse_tracking_id(id));
-                if let Some((app, _)) = owner
-                    && sender.send(app).is_err()
-                {
-                    return;
+                for app in changed {
+                    if sender.send(app).is_err() {
+                        return;
+                    }
                 }
             }
         });
@@ -115,5 +163,53 @@ impl Drop for Watches {
         {
             task.abort();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    fn object(entries: &[(&str, i64)]) -> ObjectMeta {
+        ObjectMeta {
+            managed_fields: Some(
+                entries
+                    .iter()
+                    .map(|(manager, second)| ManagedFieldsEntry {
+                        manager: Some((*manager).to_string()),
+                        time: Some(Time(jiff::Timestamp::from_second(*second).unwrap())),
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn only_a_write_by_mooring_after_everyone_else_is_its_own() {
+        assert!(written_by_mooring_last(&object(&[("mooring", 10)])));
+        assert!(written_by_mooring_last(&object(&[
+            ("kubectl-client-side-apply", 5),
+            ("mooring", 10),
+        ])));
+        // Someone else after mooring, or in the same second: drift to look at.
+        assert!(!written_by_mooring_last(&object(&[
+            ("mooring", 10),
+            ("kubectl-edit", 11),
+        ])));
+        assert!(!written_by_mooring_last(&object(&[
+            ("mooring", 10),
+            ("kube-controller-manager", 10),
+        ])));
+        assert!(!written_by_mooring_last(&object(&[("kubectl-edit", 3)])));
+        // mooring's own status write after its apply (a child Application's health).
+        let mut child = object(&[("mooring", 10), ("mooring", 11)]);
+        if let Some(entries) = child.managed_fields.as_mut() {
+            entries[1].subresource = Some("status".into());
+        }
+        assert!(!written_by_mooring_last(&child));
+        assert!(!written_by_mooring_last(&object(&[])));
     }
 }
