@@ -4,7 +4,8 @@
 //! it within seconds: reverted with selfHeal, reported OutOfSync without.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
@@ -61,7 +62,57 @@ fn is_apply_by_mooring(entry: &ManagedFieldsEntry) -> bool {
 pub struct Watches {
     client: kube::Client,
     running: Mutex<HashMap<GroupVersionKind, tokio::task::JoinHandle<()>>>,
+    wakes: Arc<Wakes>,
+}
+
+/// The least time between two wake-ups of one Application by its drift watches. Controllers
+/// finishing a rollout (a Deployment's revision annotation and status) change every object of
+/// a large sync over many seconds, and each change would otherwise chain another full no-op
+/// sync after the one running; an edit to revert still wakes it within this interval.
+const WAKE_INTERVAL: Duration = Duration::from_secs(3);
+
+/// Wake-ups sent to the Application controller, at most one per Application per
+/// [`WAKE_INTERVAL`]: the first at once, the rest of a burst as one more at the interval's end.
+struct Wakes {
     sender: mpsc::UnboundedSender<AppId>,
+    /// Application → when it was last woken, and whether a wake-up is already scheduled.
+    state: Mutex<HashMap<AppId, (tokio::time::Instant, bool)>>,
+}
+
+impl Wakes {
+    /// Wakes `app` now, or once the interval since its last wake-up has passed. False once the
+    /// controller is gone.
+    fn wake(self: &Arc<Self>, app: AppId) -> bool {
+        let now = tokio::time::Instant::now();
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        // Forget Applications not woken for a while (deleted ones, mostly).
+        state.retain(|_, (last, scheduled)| *scheduled || now < *last + WAKE_INTERVAL * 20);
+        match state.get_mut(&app) {
+            Some((_, true)) => true,
+            Some((last, scheduled)) if now < *last + WAKE_INTERVAL => {
+                *scheduled = true;
+                let at = *last + WAKE_INTERVAL;
+                let wakes = Arc::clone(self);
+                tokio::spawn(async move {
+                    tokio::time::sleep_until(at).await;
+                    wakes
+                        .state
+                        .lock()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner())
+                        .insert(app.clone(), (tokio::time::Instant::now(), false));
+                    let _ = wakes.sender.send(app);
+                });
+                true
+            }
+            _ => {
+                state.insert(app.clone(), (now, false));
+                self.sender.send(app).is_ok()
+            }
+        }
+    }
 }
 
 impl Watches {
@@ -71,7 +122,10 @@ impl Watches {
         let watches = Watches {
             client,
             running: Mutex::default(),
-            sender,
+            wakes: Arc::new(Wakes {
+                sender,
+                state: Mutex::default(),
+            }),
         };
         (watches, receiver)
     }
@@ -92,7 +146,7 @@ impl Watches {
         // starts at once, and a page of metadata still carries each object's managedFields.
         let api: Api<PartialObjectMeta<DynamicObject>> =
             Api::all_with(self.client.clone(), resource);
-        let sender = self.sender.clone();
+        let wakes = Arc::clone(&self.wakes);
         let kind = resource.kind.clone();
         let task = tokio::spawn(async move {
             let mut events = std::pin::pin!(
@@ -130,7 +184,7 @@ impl Watches {
                     }
                 };
                 for app in changed {
-                    if sender.send(app).is_err() {
+                    if !wakes.wake(app) {
                         return;
                     }
                 }
@@ -185,6 +239,38 @@ mod tests {
             ),
             ..Default::default()
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_of_changes_wakes_an_application_twice() {
+        let (sender, mut receiver) = mpsc::unbounded_channel();
+        let wakes = Arc::new(Wakes {
+            sender,
+            state: Mutex::default(),
+        });
+        let app = AppId {
+            namespace: "apps".into(),
+            name: "platform-api".into(),
+        };
+        let other = AppId {
+            namespace: "apps".into(),
+            name: "other".into(),
+        };
+        for _ in 0..50 {
+            assert!(wakes.wake(app.clone()));
+        }
+        assert!(wakes.wake(other.clone()));
+        // The first change of each at once, the rest of the burst once, at the interval's end.
+        assert_eq!(receiver.recv().await, Some(app.clone()));
+        assert_eq!(receiver.recv().await, Some(other));
+        assert!(receiver.try_recv().is_err());
+        tokio::time::sleep(WAKE_INTERVAL).await;
+        assert_eq!(receiver.recv().await, Some(app.clone()));
+        assert!(receiver.try_recv().is_err());
+        // Quiet for longer than the interval: the next change wakes it at once.
+        tokio::time::sleep(WAKE_INTERVAL * 2).await;
+        assert!(wakes.wake(app.clone()));
+        assert_eq!(receiver.try_recv().ok(), Some(app));
     }
 
     #[test]
