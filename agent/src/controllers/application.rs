@@ -282,7 +282,8 @@ pub async fn run(
 /// syncs only.
 async fn counted_reconcile(app: Arc<Application>, ctx: Arc<Context>) -> Result<Action, Error> {
     let slot = ctx.reconciles.admit().await;
-    let result = reconcile(app, Arc::clone(&ctx)).await;
+    // Boxed, so an Application waiting for a slot holds a small future, not a whole sync's.
+    let result = Box::pin(reconcile(app, Arc::clone(&ctx))).await;
     ctx.reconciles
         .record(result.as_ref().map(|_| ()).map_err(Error::reason));
     drop(slot);

@@ -286,7 +286,9 @@ async fn reconcile(sealed: Arc<SealedSecret>, ctx: Arc<Context>) -> Result<Actio
         return Ok(Action::await_change());
     }
     let _slot = ctx.reconciles.admit().await;
-    let result = reconcile_counted(&sealed, &ctx).await;
+    // Boxed: a burst of objects waits for slots above, and each waiting future must stay small
+    // (an async fn's state is as large as its largest await point) until it runs.
+    let result = Box::pin(reconcile_counted(&sealed, &ctx)).await;
     ctx.reconciles
         .record(result.as_ref().map(|_| ()).map_err(Error::reason));
     result
