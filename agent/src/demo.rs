@@ -686,7 +686,8 @@ spec:
         Ok(())
     }
 
-    /// Waits until both Applications are Synced at `head` and both Secrets exist.
+    /// Waits until both Applications are Synced at `head`, the root's health has caught up with
+    /// its child's, and both Secrets exist.
     pub async fn wait_synced(&self, head: &str, timeout: Duration) -> Result<(), Error> {
         let this = self;
         poll(
@@ -702,7 +703,17 @@ spec:
                 let secrets = [SEALED_NAME, EXTERNAL_NAME]
                     .iter()
                     .all(|name| status.secrets.iter().any(|s| s.name == *name));
-                (apps && secrets).then_some(())
+                // The root's health is its child's, rolled up a few seconds after the child's
+                // own status changes: print the table once it has caught up.
+                let health = |name: &str| {
+                    status
+                        .applications
+                        .iter()
+                        .find(|a| a.name == name)
+                        .map(|a| a.health.clone())
+                };
+                let settled = health(APPLICATIONS[0]) == health(APPLICATIONS[1]);
+                (apps && secrets && settled).then_some(())
             },
         )
         .await
