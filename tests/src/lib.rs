@@ -67,6 +67,14 @@ impl RealEnv {
         Ok(Client::try_from(self.admin_config().await?)?)
     }
 
+    /// Installs (or updates) mooring's CRDs as cluster admin and waits until they are
+    /// established.
+    pub async fn install_crds(&self) -> anyhow::Result<()> {
+        let client = self.admin_client().await?;
+        mooring_agent::install::apply_crds(&client, Duration::from_secs(60)).await?;
+        Ok(())
+    }
+
     /// A client of the realenv's OpenBao (plain HTTP) with its root token.
     pub fn openbao(&self) -> anyhow::Result<vaultrs::client::VaultClient> {
         let settings = vaultrs::client::VaultClientSettingsBuilder::default()

@@ -19,27 +19,11 @@ use mooring_crds::secret_store::SecretStore;
 use mooring_e2e::{RealEnv, RunningAgent, TestNamespace, wait_for};
 use tokio::io::AsyncReadExt;
 
-async fn crds_installed(env: &RealEnv) {
-    let client = env.admin_client().await.unwrap();
-    mooring_agent::install::apply_crds(&client, Duration::from_secs(60))
-        .await
-        .unwrap();
-}
-
 /// Arguments for an agent watching `namespace`, with the realenv's AWS endpoint.
 fn agent_args(env: &RealEnv, namespace: &str) -> mooring_agent::cli::RunArgs {
     let mut args = mooring_e2e::agent(env, namespace).unwrap();
     args.aws_endpoint_url = Some(env.var("AWS_ENDPOINT_URL").unwrap().into());
     args
-}
-
-fn root_vault(env: &RealEnv) -> vaultrs::client::VaultClient {
-    let settings = vaultrs::client::VaultClientSettingsBuilder::default()
-        .address(env.var("VAULT_ADDR").unwrap())
-        .token(env.var("VAULT_TOKEN").unwrap())
-        .build()
-        .unwrap();
-    vaultrs::client::VaultClient::new(settings).unwrap()
 }
 
 async fn create_secret(ns: &TestNamespace, name: &str, values: &[(&str, &str)]) {
@@ -325,10 +309,10 @@ impl RemoteStore for OpenBaoKv2 {
 #[tokio::test]
 async fn openbao_kv2_token_auth_create_update_and_not_found() {
     let env = RealEnv::load().unwrap();
-    crds_installed(&env).await;
+    env.install_crds().await.unwrap();
     let ns = TestNamespace::create(&env, "es-bao").await.unwrap();
     let remote = OpenBaoKv2 {
-        client: root_vault(&env),
+        client: env.openbao().unwrap(),
         path: format!("mooring-e2e/{}/db", ns.name()),
     };
     remote
@@ -420,7 +404,7 @@ async fn moto(env: &RealEnv) -> aws_sdk_secretsmanager::Client {
 #[tokio::test]
 async fn aws_secrets_manager_static_keys_create_update_and_not_found() {
     let env = RealEnv::load().unwrap();
-    crds_installed(&env).await;
+    env.install_crds().await.unwrap();
     let ns = TestNamespace::create(&env, "es-aws").await.unwrap();
     let remote = MotoSecret {
         client: moto(&env).await,
@@ -467,9 +451,9 @@ async fn aws_secrets_manager_static_keys_create_update_and_not_found() {
 #[tokio::test]
 async fn secret_bytes_never_reach_status_events_or_logs() {
     let env = RealEnv::load().unwrap();
-    crds_installed(&env).await;
+    env.install_crds().await.unwrap();
     let ns = TestNamespace::create(&env, "es-leak").await.unwrap();
-    let vault = root_vault(&env);
+    let vault = env.openbao().unwrap();
     let path = format!("mooring-e2e/{}/leak", ns.name());
     const VALUE: &str = "Zq9-leak-canary-7Hx";
     let data = BTreeMap::from([("password", VALUE), ("user", "app")]);
@@ -617,9 +601,9 @@ async fn secret_bytes_never_reach_status_events_or_logs() {
 #[tokio::test]
 async fn drift_is_repaired_without_a_provider_call_and_unsupported_fields_are_named() {
     let env = RealEnv::load().unwrap();
-    crds_installed(&env).await;
+    env.install_crds().await.unwrap();
     let ns = TestNamespace::create(&env, "es-drift").await.unwrap();
-    let vault = root_vault(&env);
+    let vault = env.openbao().unwrap();
     let path = format!("mooring-e2e/{}/drift", ns.name());
     let data = serde_json::json!({"password": "drift-password", "db": {"user": "nested-user"}});
     vaultrs::kv2::set(&vault, "secret", &path, &data)
@@ -804,7 +788,7 @@ async fn bao_policy(env: &RealEnv, ns: &TestNamespace, kv1: &str) -> String {
 #[tokio::test]
 async fn openbao_approle_auth_with_kv_v1() {
     let env = RealEnv::load().unwrap();
-    crds_installed(&env).await;
+    env.install_crds().await.unwrap();
     let ns = TestNamespace::create(&env, "es-approle").await.unwrap();
     let kv1 = format!("kv1-{}", ns.name());
     let approle = format!("approle-{}", ns.name());
@@ -1049,7 +1033,7 @@ async fn openbao_kubernetes_auth_with_a_requested_service_account_token() {
     use k8s_openapi::api::core::v1::ServiceAccount;
     use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleRef, Subject};
     let env = RealEnv::load().unwrap();
-    crds_installed(&env).await;
+    env.install_crds().await.unwrap();
     let ns = TestNamespace::create(&env, "es-k8sauth").await.unwrap();
     let mount = format!("k8s-{}", ns.name());
     let _mounts = BaoMounts {
@@ -1122,7 +1106,7 @@ async fn openbao_kubernetes_auth_with_a_requested_service_account_token() {
         .unwrap();
     let path = format!("mooring-e2e/{}/k8s", ns.name());
     let data = BTreeMap::from([("password", "k8s-auth-password")]);
-    vaultrs::kv2::set(&root_vault(&env), "secret", &path, &data)
+    vaultrs::kv2::set(&env.openbao().unwrap(), "secret", &path, &data)
         .await
         .unwrap();
     create_store(
@@ -1165,9 +1149,9 @@ async fn shared_reads_cluster_store_conditions_and_policies() {
     use kube::api::DeleteParams;
     use mooring_crds::secret_store::ClusterSecretStore;
     let env = RealEnv::load().unwrap();
-    crds_installed(&env).await;
+    env.install_crds().await.unwrap();
     let ns = TestNamespace::create(&env, "es-css").await.unwrap();
-    let vault = root_vault(&env);
+    let vault = env.openbao().unwrap();
     let path = format!("mooring-e2e/{}/shared", ns.name());
     let gone = format!("mooring-e2e/{}/gone", ns.name());
     let data = BTreeMap::from([("password", "shared-password")]);
@@ -1421,9 +1405,9 @@ impl Drop for Outage {
 #[tokio::test]
 async fn server_outage_keeps_the_secret_reports_unavailable_and_recovers() {
     let env = RealEnv::load().unwrap();
-    crds_installed(&env).await;
+    env.install_crds().await.unwrap();
     let ns = TestNamespace::create(&env, "es-outage").await.unwrap();
-    let vault = root_vault(&env);
+    let vault = env.openbao().unwrap();
     let path = format!("mooring-e2e/{}/outage", ns.name());
     let data = BTreeMap::from([("password", "outage-password")]);
     vaultrs::kv2::set(&vault, "secret", &path, &data)
@@ -1487,9 +1471,9 @@ async fn server_outage_keeps_the_secret_reports_unavailable_and_recovers() {
 #[tokio::test]
 async fn an_immutable_target_is_never_rewritten() {
     let env = RealEnv::load().unwrap();
-    crds_installed(&env).await;
+    env.install_crds().await.unwrap();
     let ns = TestNamespace::create(&env, "es-immutable").await.unwrap();
-    let vault = root_vault(&env);
+    let vault = env.openbao().unwrap();
     let path = format!("mooring-e2e/{}/immutable", ns.name());
     vaultrs::kv2::set(
         &vault,
@@ -1560,9 +1544,9 @@ async fn secret_data(ns: &TestNamespace, name: &str) -> BTreeMap<String, Vec<u8>
 #[tokio::test]
 async fn openbao_find_by_name_and_tags_with_rewrite_and_new_matches() {
     let env = RealEnv::load().unwrap();
-    crds_installed(&env).await;
+    env.install_crds().await.unwrap();
     let ns = TestNamespace::create(&env, "es-find").await.unwrap();
-    let root = root_vault(&env);
+    let root = env.openbao().unwrap();
     let base = format!("mooring-e2e/{}", ns.name());
     let put = |path: String, json: serde_json::Value| {
         let root = &root;

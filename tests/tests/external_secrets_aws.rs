@@ -20,13 +20,6 @@ use mooring_crds::external_secret::ExternalSecret;
 use mooring_crds::secret_store::SecretStore;
 use mooring_e2e::{RealEnv, RunningAgent, TestNamespace, wait_for};
 
-async fn crds_installed(env: &RealEnv) {
-    let client = env.admin_client().await.unwrap();
-    mooring_agent::install::apply_crds(&client, Duration::from_secs(60))
-        .await
-        .unwrap();
-}
-
 async fn service_account(ns: &TestNamespace, name: &str, annotations: &[(&str, &str)]) {
     let account = ServiceAccount {
         metadata: ObjectMeta {
@@ -118,7 +111,7 @@ async fn reads_at_least(door: &Door, n: usize) {
 #[tokio::test]
 async fn web_identity_from_a_service_account_token_is_exchanged_once_across_refreshes() {
     let env = RealEnv::load().unwrap();
-    crds_installed(&env).await;
+    env.install_crds().await.unwrap();
     let ns = TestNamespace::create(&env, "es-awsjwt").await.unwrap();
     let admin = moto(&env).await;
     let key = format!("mooring-e2e/{}/jwt", ns.name());
@@ -180,7 +173,7 @@ async fn web_identity_from_a_service_account_token_is_exchanged_once_across_refr
 #[tokio::test]
 async fn an_assumed_role_with_an_external_id_is_assumed_once_across_refreshes() {
     let env = RealEnv::load().unwrap();
-    crds_installed(&env).await;
+    env.install_crds().await.unwrap();
     let ns = TestNamespace::create(&env, "es-awsrole").await.unwrap();
     let admin = moto(&env).await;
     let key = format!("mooring-e2e/{}/role", ns.name());
@@ -247,7 +240,7 @@ async fn an_assumed_role_with_an_external_id_is_assumed_once_across_refreshes() 
 #[tokio::test]
 async fn web_identity_errors_name_the_store_field_and_service_account() {
     let env = RealEnv::load().unwrap();
-    crds_installed(&env).await;
+    env.install_crds().await.unwrap();
     let ns = TestNamespace::create(&env, "es-awsjwterr").await.unwrap();
     // A ServiceAccount without the role annotation, and a store naming one that does not exist.
     service_account(&ns, "plain", &[]).await;
@@ -305,7 +298,7 @@ async fn web_identity_errors_name_the_store_field_and_service_account() {
 async fn a_referent_cluster_store_exchanges_the_consuming_namespaces_service_account_once() {
     use mooring_crds::secret_store::ClusterSecretStore;
     let env = RealEnv::load().unwrap();
-    crds_installed(&env).await;
+    env.install_crds().await.unwrap();
     let ns = TestNamespace::create(&env, "es-awscss").await.unwrap();
     let admin = moto(&env).await;
     let keys: Vec<String> = ["one", "two"]
@@ -442,7 +435,7 @@ async fn deployed_secret_controller_rbac(ns: &TestNamespace) {
 #[tokio::test]
 async fn web_identity_works_with_exactly_the_deployed_secret_controller_rbac() {
     let env = RealEnv::load().unwrap();
-    crds_installed(&env).await;
+    env.install_crds().await.unwrap();
     let ns = TestNamespace::create(&env, "es-awsrbac").await.unwrap();
     deployed_secret_controller_rbac(&ns).await;
     let admin = moto(&env).await;

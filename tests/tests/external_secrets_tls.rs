@@ -20,13 +20,6 @@ use mooring_e2e::{RealEnv, RunningAgent, TestNamespace, wait_for};
 use mooring_provider::{ProviderError, SecretProvider};
 use mooring_provider_vault::{KvVersion, ServerTrust, VaultConfig, VaultProvider};
 
-async fn crds_installed(env: &RealEnv) {
-    let client = env.admin_client().await.unwrap();
-    mooring_agent::install::apply_crds(&client, Duration::from_secs(60))
-        .await
-        .unwrap();
-}
-
 /// The PEM of the TLS OpenBao's CA.
 fn tls_ca(env: &RealEnv) -> String {
     std::fs::read_to_string(env.var("VAULT_TLS_CACERT").unwrap()).unwrap()
@@ -202,7 +195,7 @@ fn is_failed(c: &Condition) -> bool {
 #[tokio::test]
 async fn secret_stores_trust_their_ca_bundle_or_ca_provider_and_nothing_else() {
     let env = RealEnv::load().unwrap();
-    crds_installed(&env).await;
+    env.install_crds().await.unwrap();
     let ns = TestNamespace::create(&env, "es-tls").await.unwrap();
     let path = format!("mooring-e2e/{}/db", ns.name());
     write_tls_kv(&env, &path, &BTreeMap::from([("password", "tls-password")])).await;
@@ -356,7 +349,7 @@ async fn secret_stores_trust_their_ca_bundle_or_ca_provider_and_nothing_else() {
 #[tokio::test]
 async fn cluster_secret_stores_are_validated_for_real_and_their_namespace_list_enforced() {
     let env = RealEnv::load().unwrap();
-    crds_installed(&env).await;
+    env.install_crds().await.unwrap();
     let ns = TestNamespace::create(&env, "css-tls").await.unwrap();
     let path = format!("mooring-e2e/{}/db", ns.name());
     write_tls_kv(&env, &path, &BTreeMap::from([("password", "css-password")])).await;

@@ -36,10 +36,7 @@ fn sealed_metric(name: &str, labels: &str) -> String {
 #[tokio::test]
 async fn reconciles_errors_queue_depth_and_durations_per_controller() {
     let env = RealEnv::load().unwrap();
-    let client = env.admin_client().await.unwrap();
-    mooring_agent::install::apply_crds(&client, Duration::from_secs(60))
-        .await
-        .unwrap();
+    env.install_crds().await.unwrap();
     let ns = TestNamespace::create(&env, "metrics").await.unwrap();
     let agent = RunningAgent::start(&env, ns.name()).await.unwrap();
     let cert = agent.certificate().await.unwrap();

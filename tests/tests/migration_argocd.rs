@@ -47,10 +47,7 @@ fn argo_config_map(ns: &str, name: &str, value: &str) -> ConfigMap {
 #[tokio::test]
 async fn argo_cd_objects_are_taken_over_in_place_and_never_pruned_unseen() {
     let env = RealEnv::load().unwrap();
-    let client = env.admin_client().await.unwrap();
-    mooring_agent::install::apply_crds(&client, Duration::from_secs(60))
-        .await
-        .unwrap();
+    env.install_crds().await.unwrap();
     let ns = TestNamespace::create(&env, "from-argo").await.unwrap();
 
     // What Argo CD applied: one object still in Git (with an older value), one no longer in Git.

@@ -75,10 +75,7 @@ async fn eso_secret(ns: &TestNamespace, es: &ExternalSecret, value: &str) -> Sec
 #[tokio::test]
 async fn secrets_made_by_eso_are_adopted_in_place() {
     let env = RealEnv::load().unwrap();
-    let client = env.admin_client().await.unwrap();
-    mooring_agent::install::apply_crds(&client, Duration::from_secs(60))
-        .await
-        .unwrap();
+    env.install_crds().await.unwrap();
     let ns = TestNamespace::create(&env, "from-eso").await.unwrap();
     let key = format!("mooring-e2e/{}/db", ns.name());
     let data = BTreeMap::from([("password".to_string(), "rotated-since-eso".to_string())]);

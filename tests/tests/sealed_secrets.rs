@@ -46,17 +46,10 @@ async fn create(ns: &TestNamespace, sealed: &SealedSecret) -> SealedSecret {
         .unwrap()
 }
 
-async fn crds_installed(env: &RealEnv) {
-    let client = env.admin_client().await.unwrap();
-    mooring_agent::install::apply_crds(&client, Duration::from_secs(60))
-        .await
-        .unwrap();
-}
-
 #[tokio::test]
 async fn sealed_with_the_served_certificate_unseals_and_drift_is_repaired() {
     let env = RealEnv::load().unwrap();
-    crds_installed(&env).await;
+    env.install_crds().await.unwrap();
     let ns = TestNamespace::create(&env, "ss-unseal").await.unwrap();
     let agent = RunningAgent::start(&env, ns.name()).await.unwrap();
     let cert = agent.certificate().await.unwrap();
@@ -146,7 +139,7 @@ async fn sealed_with_the_served_certificate_unseals_and_drift_is_repaired() {
 #[tokio::test]
 async fn bad_input_never_touches_an_existing_secret_and_names_the_key() {
     let env = RealEnv::load().unwrap();
-    crds_installed(&env).await;
+    env.install_crds().await.unwrap();
     let ns = TestNamespace::create(&env, "ss-bad").await.unwrap();
     let agent = RunningAgent::start(&env, ns.name()).await.unwrap();
     let cert = agent.certificate().await.unwrap();
@@ -240,7 +233,7 @@ async fn bad_input_never_touches_an_existing_secret_and_names_the_key() {
 #[tokio::test]
 async fn an_imported_upstream_style_key_works_without_a_restart() {
     let env = RealEnv::load().unwrap();
-    crds_installed(&env).await;
+    env.install_crds().await.unwrap();
     let ns = TestNamespace::create(&env, "ss-import").await.unwrap();
     let agent = RunningAgent::start(&env, ns.name()).await.unwrap();
 
@@ -367,7 +360,7 @@ async fn an_imported_upstream_style_key_works_without_a_restart() {
 #[tokio::test]
 async fn verify_and_rotate_use_only_metadata_and_never_templates() {
     let env = RealEnv::load().unwrap();
-    crds_installed(&env).await;
+    env.install_crds().await.unwrap();
     let ns = TestNamespace::create(&env, "ss-http").await.unwrap();
     let agent = RunningAgent::start(&env, ns.name()).await.unwrap();
     let cert = agent.certificate().await.unwrap();
@@ -446,7 +439,7 @@ async fn verify_and_rotate_use_only_metadata_and_never_templates() {
 #[tokio::test]
 async fn after_a_forced_renewal_old_objects_still_unseal_and_new_seals_use_the_new_key() {
     let env = RealEnv::load().unwrap();
-    crds_installed(&env).await;
+    env.install_crds().await.unwrap();
     let ns = TestNamespace::create(&env, "ss-renew").await.unwrap();
     let agent = RunningAgent::start(&env, ns.name()).await.unwrap();
     let first = agent.certificate().await.unwrap();

@@ -71,6 +71,9 @@ pub struct Watches {
 /// sync after the one running; an edit to revert still wakes it within this interval.
 const WAKE_INTERVAL: Duration = Duration::from_secs(3);
 
+/// How many Applications [`Wakes`] remembers before it forgets those not woken lately.
+const FORGET_ABOVE: usize = 256;
+
 /// Wake-ups sent to the Application controller, at most one per Application per
 /// [`WAKE_INTERVAL`]: the first at once, the rest of a burst as one more at the interval's end.
 struct Wakes {
@@ -88,8 +91,11 @@ impl Wakes {
             .state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        // Forget Applications not woken for a while (deleted ones, mostly).
-        state.retain(|_, (last, scheduled)| *scheduled || now < *last + WAKE_INTERVAL * 20);
+        // Forget Applications not woken for a while (deleted ones, mostly); only once the map
+        // has grown, so a burst of events does not scan every Application each time.
+        if state.len() > FORGET_ABOVE {
+            state.retain(|_, (last, scheduled)| *scheduled || now < *last + WAKE_INTERVAL * 20);
+        }
         match state.get_mut(&app) {
             Some((_, true)) => true,
             Some((last, scheduled)) if now < *last + WAKE_INTERVAL => {
