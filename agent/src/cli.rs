@@ -238,14 +238,14 @@ impl RunArgs {
     }
 
     /// The agent's Git cache, from the flags.
-    pub fn git_cache(&self) -> crate::git::GitCache {
+    pub fn git_cache(&self) -> crate::gitops::git::GitCache {
         let dir = self
             .git_cache_dir
             .clone()
             .unwrap_or_else(|| std::env::temp_dir().join("mooring-git"));
-        crate::git::GitCache::new(
+        crate::gitops::git::GitCache::new(
             dir,
-            crate::git::GitLimits {
+            crate::gitops::git::GitLimits {
                 timeout: self.git_timeout,
                 allow_file_urls: self.git_allow_file_urls,
                 ..Default::default()
@@ -254,8 +254,8 @@ impl RunArgs {
     }
 
     /// The kustomize runner shared by all renders, from the flags.
-    pub fn kustomize(&self) -> crate::render::Kustomize {
-        crate::render::Kustomize::new(
+    pub fn kustomize(&self) -> crate::gitops::render::Kustomize {
+        crate::gitops::render::Kustomize::new(
             self.kustomize_path.clone(),
             self.kustomize_timeout,
             self.kustomize_concurrency,

@@ -4,6 +4,9 @@ use std::path::{Path, PathBuf};
 
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
+/// The field manager of everything mooring applies (server-side apply).
+pub const FIELD_MANAGER: &str = "mooring";
+
 /// Why no client could be built.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -7,8 +7,7 @@ use kube::Api;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::wait::{await_condition, conditions};
 
-/// The field manager of everything mooring applies.
-pub const FIELD_MANAGER: &str = "mooring";
+use crate::cluster::FIELD_MANAGER;
 
 /// Why the CRDs could not be installed.
 #[derive(Debug, thiserror::Error)]
@@ -226,16 +225,20 @@ pub async fn apply_manifests(
     Ok(applied)
 }
 
-/// `mooring install`: prints the manifests of the chosen overlay, or applies them.
-pub async fn run(args: crate::cli::InstallArgs) -> Result<(), ApplyError> {
-    let manifests = args.overlay.manifests(&args.image);
-    if !args.apply {
+/// `mooring install`: prints the manifests of `overlay` running `image`, or with `apply`
+/// applies them to the cluster of `kubeconfig` (else the environment's).
+pub async fn run(
+    overlay: Overlay,
+    image: &str,
+    apply: bool,
+    kubeconfig: Option<&std::path::Path>,
+) -> Result<(), ApplyError> {
+    let manifests = overlay.manifests(image);
+    if !apply {
         print!("{manifests}");
         return Ok(());
     }
-    let client = crate::cluster::client(args.cluster.kubeconfig.as_deref())
-        .await
-        .map_err(Box::new)?;
+    let client = crate::cluster::client(kubeconfig).await.map_err(Box::new)?;
     let applied = apply_manifests(&client, &manifests, Duration::from_secs(60)).await?;
     for object in applied {
         println!("{object} applied");

@@ -3,23 +3,20 @@
 //! `mooring run` connects to the cluster, serves `/healthz` and `/readyz`, and stops cleanly on
 //! SIGTERM or Ctrl-C. The controllers (sync, SealedSecrets, ExternalSecrets) plug in here.
 
-pub mod apply;
 pub mod cli;
 pub mod cluster;
-pub mod coalesce;
 pub mod controllers;
 pub mod demo;
 pub mod duration;
+pub mod errors;
 pub mod events;
-pub mod git;
+pub mod external_secrets;
+pub mod gitops;
 pub mod http;
 pub mod install;
-pub mod keys;
 pub mod leader;
 pub mod metrics;
-pub mod providers;
-pub mod render;
-pub mod source;
+pub mod sealed_secrets;
 pub mod telemetry;
 
 use std::future::Future;
@@ -32,8 +29,9 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::cli::{ControllerKind, RunArgs};
-use crate::keys::{KeyRing, KeySettings};
+use crate::controllers::{Job, Stop};
 use crate::metrics::Metrics;
+use crate::sealed_secrets::keys::KeyRing;
 
 /// Why the agent stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -69,18 +67,6 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
-}
-
-/// An error and its sources on one line: "a: b: c". Errors are printed once, here.
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// Whether the agent can serve: the API server has answered and a sealing key is loaded.
@@ -177,14 +163,7 @@ impl Agent {
     ) -> Result<(), Error> {
         let addr = self.local_addr()?;
         tracing::info!(%addr, version = env!("CARGO_PKG_VERSION"), "mooring agent starting");
-        let (stop, stopped) = watch::channel(false);
-        let stop_signal = move || {
-            let mut stopped = stopped.clone();
-            async move {
-                let _ = stopped.wait_for(|s| *s).await;
-            }
-        };
-
+        let stop = Stop::new();
         let metrics = Arc::new(Metrics::default());
         let keys = Arc::new(KeyRing::new(&metrics.sealed_secrets));
         let sealed_secrets = self.args.runs(ControllerKind::SealedSecrets);
@@ -193,184 +172,52 @@ impl Agent {
         } else {
             Health::default()
         };
-        let events = events::EventSink::new(self.client.clone());
-        let settings = KeySettings {
-            namespace: self.args.namespace.clone(),
-            common_name: self.args.my_cn.clone(),
-            validity: self.args.key_ttl,
-            renew_period: self.args.key_renew_period,
-            cutoff: self.args.key_cutoff_time,
+        let (leading, leader_stop, election) = self.start_election();
+        let wiring = Wiring {
+            client: self.client.clone(),
+            args: &self.args,
+            metrics: &metrics,
+            events: events::EventSink::new(self.client.clone()),
+            stop: stop.clone(),
         };
 
-        // Without election this replica leads from the start.
-        let (leading_tx, leading) = watch::channel(!self.args.leader_elect);
-        let (leader_stop, leader_stopped) = tokio::sync::oneshot::channel::<()>();
-        let election = self.args.leader_elect.then(|| {
-            let identity = self
-                .args
-                .leader_identity
-                .clone()
-                .unwrap_or_else(leader::default_identity);
-            let mut settings = leader::LeaseSettings::new(&self.args.namespace, &identity);
-            settings.duration = self.args.leader_lease_duration;
-            settings.retry =
-                (settings.duration / 5).clamp(Duration::from_millis(200), Duration::from_secs(2));
-            tokio::spawn(leader::run(
-                self.client.clone(),
-                settings,
-                leading_tx,
-                async move {
-                    let _ = leader_stopped.await;
-                },
-            ))
-        });
-
         let mut tasks = tokio::task::JoinSet::new();
-        let readiness = wait_for_api_server(self.client.clone(), health.clone());
-        let readiness_stop = stop_signal();
-        tasks.spawn(async move {
-            tokio::select! {
-                () = readiness => {},
-                () = readiness_stop => {},
-            }
-        });
+        tasks.spawn(stop.until(wait_for_api_server(self.client.clone(), health.clone())));
+        // The controllers start once this replica leads.
+        let mut controllers: Vec<Job> = Vec::new();
         if sealed_secrets {
             // Every replica watches the keys (to serve the certificate); only the leader
             // generates them.
-            let key_manager = keys::run(
-                self.client.clone(),
-                settings,
+            let key_manager = sealed_secrets::start_keys(
+                &wiring,
                 Arc::clone(&keys),
-                metrics.sealed_secrets.clone(),
-                events.clone(),
                 Arc::clone(&self.renew_now),
                 leading.clone(),
             );
-            let key_stop = stop_signal();
-            tasks.spawn(async move {
-                tokio::select! {
-                    () = key_manager => {},
-                    () = key_stop => {},
-                }
-            });
-        }
-
-        // The controllers start once this replica leads.
-        let mut controllers = Vec::new();
-        if sealed_secrets {
-            let context = Arc::new(
-                controllers::sealed_secret::Context::new(
-                    self.client.clone(),
-                    Arc::clone(&keys),
-                    metrics.sealed_secrets.clone(),
-                    events.clone(),
-                    self.args.resync_period,
-                )
-                .with_controller_metrics(&metrics.controllers),
-            );
-            controllers.push(Box::pin(controllers::sealed_secret::run(
-                context,
-                self.args.watch_namespace.clone(),
-                stop_signal(),
-            ))
-                as std::pin::Pin<Box<dyn Future<Output = ()> + Send>>);
+            tasks.spawn(stop.until(key_manager));
+            controllers.push(sealed_secrets::start_controller(&wiring, Arc::clone(&keys)));
         }
         if self.args.runs(ControllerKind::Gitops) {
-            let limits = render::RenderLimits {
-                kustomize: self.args.kustomize(),
-                ..Default::default()
-            };
-            let source = source::GitSource::new(
-                self.client.clone(),
-                self.args.namespace.clone(),
-                Arc::new(self.args.git_cache().with_metrics(metrics.git.clone())),
-                limits,
-            );
-            let context = Arc::new(
-                controllers::application::Context::new(
-                    self.client.clone(),
-                    Arc::new(source),
-                    events.clone(),
-                    self.args.max_prune_fraction,
-                    self.args.default_poll_interval,
-                )
-                .with_selector(self.args.application_selector.clone())
-                .with_metrics(metrics.applications.clone())
-                .with_controller_metrics(&metrics.controllers),
-            );
-            controllers.push(Box::pin(controllers::application::run(
-                context,
-                self.args.watch_namespace.clone(),
-                stop_signal(),
-            )));
+            controllers.push(gitops::start(&wiring));
         }
         if self.args.runs(ControllerKind::ExternalSecrets) {
-            // One provider cache for both controllers: validating a store and reading from it share
-            // one login.
-            let provider_cache = Arc::new(providers::ProviderCache::default());
-            let provider_settings = providers::ProviderSettings {
-                aws_endpoint_url: self.args.aws_endpoint_url.clone(),
-            };
-            controllers.push(Box::pin(controllers::secret_store::run(
-                Arc::new(controllers::secret_store::Context {
-                    client: self.client.clone(),
-                    providers: Arc::clone(&provider_cache),
-                    settings: provider_settings.clone(),
-                    metrics: metrics.external_secrets.clone(),
-                    cluster_store_selector: self.args.cluster_secret_store_selector.clone(),
-                    reconciles: controllers::reconciles::Reconciles::new(
-                        controllers::secret_store::CONTROLLER,
-                        controllers::secret_store::CONCURRENCY,
-                        &metrics.controllers,
-                    ),
-                }),
-                self.args.watch_namespace.clone(),
-                stop_signal(),
-            )));
-            let external_secrets = Arc::new(
-                controllers::external_secret::Context::new(
-                    self.client.clone(),
-                    provider_cache,
-                    provider_settings,
-                    Arc::new(coalesce::SharedReads::new(
-                        self.args.provider_read_window,
-                        self.args.provider_qps,
-                        self.args.provider_burst,
-                    )),
-                    metrics.external_secrets.clone(),
-                    events.clone(),
-                )
-                .with_controller_metrics(&metrics.controllers),
-            );
-            controllers.push(Box::pin(controllers::external_secret::run(
-                external_secrets,
-                self.args.watch_namespace.clone(),
-                stop_signal(),
-            )));
+            controllers.extend(external_secrets::start(&wiring));
         }
-        drop(events);
-        let mut leads = leading.clone();
-        let start_stop = stop_signal();
-        tasks.spawn(async move {
-            tokio::select! {
-                led = leads.wait_for(|leading| *leading) => if led.is_err() { return },
-                () = start_stop => return,
-            }
-            futures::future::join_all(controllers).await;
-        });
+        drop(wiring);
+        tasks.spawn(start_when_leading(
+            controllers,
+            leading.clone(),
+            stop.clone(),
+        ));
 
-        let state = http::HttpState {
-            health,
-            keys,
-            limiter: Arc::new(http::RateLimiter::new(
-                self.args.rate_limit,
-                self.args.rate_limit_burst,
-            )),
-        };
-        let app = http::router(state).into_make_service_with_connect_info::<SocketAddr>();
-        let main_server = axum::serve(self.listener, app).with_graceful_shutdown(stop_signal());
+        let limiter =
+            sealed_secrets::api::RateLimiter::new(self.args.rate_limit, self.args.rate_limit_burst);
+        let kubeseal_api = sealed_secrets::api::router(keys, Arc::new(limiter));
+        let app =
+            http::router(health, kubeseal_api).into_make_service_with_connect_info::<SocketAddr>();
+        let main_server = axum::serve(self.listener, app).with_graceful_shutdown(stop.signal());
         let metrics_server = axum::serve(self.metrics_listener, http::metrics_router(metrics))
-            .with_graceful_shutdown(stop_signal());
+            .with_graceful_shutdown(stop.signal());
         let servers =
             async { tokio::try_join!(main_server.into_future(), metrics_server.into_future()) };
         tokio::pin!(servers);
@@ -380,16 +227,16 @@ impl Agent {
         let served = tokio::select! {
             result = &mut servers => result.map(|_| ()),
             () = shutdown => {
-                let _ = stop.send(true);
+                stop.stop();
                 servers.await.map(|_| ())
             }
             () = lost => {
                 lost_lease = true;
-                let _ = stop.send(true);
+                stop.stop();
                 servers.await.map(|_| ())
             }
         };
-        let _ = stop.send(true);
+        stop.stop();
         // Controllers finish their in-flight reconciles; anything else is cancelled.
         let drained = tokio::time::timeout(Duration::from_secs(10), async {
             while tasks.join_next().await.is_some() {}
@@ -411,6 +258,65 @@ impl Agent {
         tracing::info!("mooring agent stopped");
         Ok(())
     }
+}
+
+impl Agent {
+    /// Starts the leader election when it is on. Returns whether this replica leads (from the
+    /// start without election), the sender that releases the Lease, and the election's task.
+    fn start_election(
+        &self,
+    ) -> (
+        watch::Receiver<bool>,
+        tokio::sync::oneshot::Sender<()>,
+        Option<tokio::task::JoinHandle<()>>,
+    ) {
+        let (leading_tx, leading) = watch::channel(!self.args.leader_elect);
+        let (leader_stop, leader_stopped) = tokio::sync::oneshot::channel::<()>();
+        let election = self.args.leader_elect.then(|| {
+            let identity = self
+                .args
+                .leader_identity
+                .clone()
+                .unwrap_or_else(leader::default_identity);
+            let mut settings = leader::LeaseSettings::new(&self.args.namespace, &identity);
+            settings.duration = self.args.leader_lease_duration;
+            settings.retry =
+                (settings.duration / 5).clamp(Duration::from_millis(200), Duration::from_secs(2));
+            tokio::spawn(leader::run(
+                self.client.clone(),
+                settings,
+                leading_tx,
+                async move {
+                    let _ = leader_stopped.await;
+                },
+            ))
+        });
+        (leading, leader_stop, election)
+    }
+}
+
+/// What each job's start function is given: the cluster, the flags, the shared metrics and
+/// event sink, and the agent's stop signal.
+pub(crate) struct Wiring<'a> {
+    /// The API client.
+    pub client: kube::Client,
+    /// The agent's flags.
+    pub args: &'a RunArgs,
+    /// Every metric family.
+    pub metrics: &'a Metrics,
+    /// Where events are published.
+    pub events: events::EventSink,
+    /// Completes when the agent stops.
+    pub stop: Stop,
+}
+
+/// Runs `controllers` once this replica leads, until they end or the agent stops.
+async fn start_when_leading(controllers: Vec<Job>, mut leading: watch::Receiver<bool>, stop: Stop) {
+    tokio::select! {
+        led = leading.wait_for(|leading| *leading) => if led.is_err() { return },
+        () = stop.signal() => return,
+    }
+    futures::future::join_all(controllers).await;
 }
 
 /// Runs the agent until SIGTERM or Ctrl-C; SIGUSR1 adds a new sealing key, as upstream.

@@ -12,7 +12,12 @@ async fn main() -> ExitCode {
     let result: anyhow::Result<()> = match cli.command {
         Command::Run(args) => mooring_agent::run(*args).await.map_err(Into::into),
         Command::Demo(args) => mooring_agent::demo::run(args).await.map_err(Into::into),
-        Command::Install(args) => mooring_agent::install::run(args).await.map_err(Into::into),
+        Command::Install(args) => {
+            let kubeconfig = args.cluster.kubeconfig.as_deref();
+            mooring_agent::install::run(args.overlay, &args.image, args.apply, kubeconfig)
+                .await
+                .map_err(Into::into)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -29,6 +29,44 @@ pub struct Condition {
     pub observed_generation: Option<i64>,
 }
 
+impl Condition {
+    /// A condition with no transition time or generation yet (see [`stamp`]).
+    pub fn new(
+        type_: &str,
+        status: ConditionStatus,
+        reason: &str,
+        message: impl Into<String>,
+    ) -> Condition {
+        Condition {
+            type_: type_.into(),
+            status,
+            reason: reason.into(),
+            message: message.into(),
+            last_transition_time: None,
+            observed_generation: None,
+        }
+    }
+}
+
+/// Stamps freshly computed `conditions` before they are written: each records `generation`, and
+/// keeps the transition time of the condition of its type in `previous` when the status is the
+/// same (a condition that did not change did not transition), else takes `now` (RFC 3339).
+pub fn stamp(
+    conditions: &mut [Condition],
+    previous: &[Condition],
+    generation: Option<i64>,
+    now: &str,
+) {
+    for condition in conditions {
+        condition.observed_generation = generation;
+        condition.last_transition_time = previous
+            .iter()
+            .find(|p| p.type_ == condition.type_ && p.status == condition.status)
+            .and_then(|p| p.last_transition_time.clone())
+            .or_else(|| Some(now.to_string()));
+    }
+}
+
 /// The three states of a condition.
 #[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 pub enum ConditionStatus {
@@ -59,4 +97,41 @@ pub mod names {
     pub const PRUNE_PENDING: &str = "PrunePending";
     /// A manual change of a managed object was seen; the message names the field manager.
     pub const DRIFT_DETECTED: &str = "DriftDetected";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stamp_keeps_the_transition_time_only_while_the_status_is_the_same() {
+        let mut before = vec![
+            Condition::new("Ready", ConditionStatus::True, "Synced", "ok"),
+            Condition::new("Fetched", ConditionStatus::True, "Fetched", "ok"),
+        ];
+        stamp(&mut before, &[], Some(1), "2026-01-01T00:00:00Z");
+        assert!(before.iter().all(|c| c.last_transition_time.as_deref()
+            == Some("2026-01-01T00:00:00Z")
+            && c.observed_generation == Some(1)));
+
+        let mut after = vec![
+            Condition::new("Ready", ConditionStatus::True, "Synced", "still ok"),
+            Condition::new("Fetched", ConditionStatus::False, "NotFound", "gone"),
+            Condition::new("New", ConditionStatus::True, "New", "new"),
+        ];
+        stamp(&mut after, &before, Some(2), "2026-01-02T00:00:00Z");
+        let times: Vec<_> = after
+            .iter()
+            .map(|c| c.last_transition_time.as_deref().unwrap_or_default())
+            .collect();
+        assert_eq!(
+            times,
+            [
+                "2026-01-01T00:00:00Z",
+                "2026-01-02T00:00:00Z",
+                "2026-01-02T00:00:00Z"
+            ]
+        );
+        assert!(after.iter().all(|c| c.observed_generation == Some(2)));
+    }
 }

@@ -17,10 +17,10 @@ use kube::api::{
     ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams,
     PostParams,
 };
-use mooring_agent::apply::object::{AppId, ObjectKey, TRACKING_ID_ANNOTATION};
-use mooring_agent::apply::prune::PruneSettings;
-use mooring_agent::apply::{Engine, Mode, SyncReport, SyncRequest};
-use mooring_agent::controllers::application::{self, Desired, Source, SourceError};
+use mooring_agent::gitops::application::{self, Desired, Source, SourceError};
+use mooring_agent::gitops::apply::object::{AppId, ObjectKey, TRACKING_ID_ANNOTATION};
+use mooring_agent::gitops::apply::prune::PruneSettings;
+use mooring_agent::gitops::apply::{Engine, Mode, SyncReport, SyncRequest};
 use mooring_crds::application::{Application, HealthState, SyncState};
 use mooring_e2e::{RealEnv, TestNamespace, wait_for};
 use serde_json::{Value, json};

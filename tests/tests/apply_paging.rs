@@ -9,9 +9,9 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{DynamicObject, ListParams, Patch, PatchParams, PostParams};
-use mooring_agent::apply::object::{AppId, ObjectKey};
-use mooring_agent::apply::prune::PruneSettings;
-use mooring_agent::apply::{Engine, Mode, SyncReport, SyncRequest};
+use mooring_agent::gitops::apply::object::{AppId, ObjectKey};
+use mooring_agent::gitops::apply::prune::PruneSettings;
+use mooring_agent::gitops::apply::{Engine, Mode, SyncReport, SyncRequest};
 use mooring_crds::application::SyncState;
 use mooring_e2e::{RealEnv, TestNamespace};
 use serde_json::json;

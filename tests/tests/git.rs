@@ -12,8 +12,10 @@ use std::time::Duration;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{ObjectMeta, PostParams};
-use mooring_agent::git::{GitCache, GitError, GitLimits, RepoCredentials, credentials_for};
-use mooring_agent::render::{Kustomize, KustomizeOptions, RenderLimits, RenderOptions, render};
+use mooring_agent::gitops::git::{GitCache, GitError, GitLimits, RepoCredentials, credentials_for};
+use mooring_agent::gitops::render::{
+    Kustomize, KustomizeOptions, RenderLimits, RenderOptions, render,
+};
 use mooring_crds::application::{ApplicationSource, KustomizeSource};
 use mooring_e2e::{GitRepo, RealEnv, TestNamespace};
 use zeroize::Zeroizing;
@@ -635,9 +637,14 @@ async fn an_application_source_is_fetched_and_rendered_in_one_call() -> anyhow::
         }),
         ..Default::default()
     };
-    let rendered =
-        mooring_agent::source::fetch_and_render(&ns.client(), ns.name(), &cache, &source, &limits)
-            .await?;
+    let rendered = mooring_agent::gitops::source::fetch_and_render(
+        &ns.client(),
+        ns.name(),
+        &cache,
+        &source,
+        &limits,
+    )
+    .await?;
     assert_eq!(rendered.checkout.commit, commit);
     let mut names: Vec<String> = rendered
         .objects
@@ -654,10 +661,15 @@ async fn an_application_source_is_fetched_and_rendered_in_one_call() -> anyhow::
         path: Some("../outside".into()),
         ..source.clone()
     };
-    let error =
-        mooring_agent::source::fetch_and_render(&ns.client(), ns.name(), &cache, &broken, &limits)
-            .await
-            .unwrap_err();
+    let error = mooring_agent::gitops::source::fetch_and_render(
+        &ns.client(),
+        ns.name(),
+        &cache,
+        &broken,
+        &limits,
+    )
+    .await
+    .unwrap_err();
     assert_eq!(error.reason(), "InvalidSourcePath", "{error}");
     assert!(!error.is_retryable());
     Ok(())

@@ -47,7 +47,7 @@ async fn api_server_is_the_pinned_release_and_serves_the_application_crd() -> an
             ..Default::default()
         },
     );
-    let params = PatchParams::apply(mooring_agent::install::FIELD_MANAGER);
+    let params = PatchParams::apply(mooring_agent::cluster::FIELD_MANAGER);
     apps.patch("platform-api", &params, &Patch::Apply(&app))
         .await?;
 

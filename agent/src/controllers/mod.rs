@@ -1,11 +1,64 @@
-//! One module per controller; each has a `run` that drives it until shutdown.
+//! Plumbing every controller shares: the stop signal, bounded reconciles, draining on shutdown.
+//! The controllers themselves live with their job (`gitops`, `sealed_secrets`,
+//! `external_secrets`); each has a `run` that drives it until shutdown.
 
-pub mod application;
-pub mod external_secret;
 pub mod reconciles;
-pub mod refresh_gate;
-pub mod sealed_secret;
-pub mod secret_store;
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use tokio::sync::watch;
+
+/// A controller (or another long-running task of a job), ready to be driven.
+pub type Job = BoxFuture<'static, ()>;
+
+/// The agent's stop signal: cloned into every task, set once.
+#[derive(Clone, Debug)]
+pub struct Stop {
+    sender: std::sync::Arc<watch::Sender<bool>>,
+}
+
+impl Stop {
+    /// A signal not yet given.
+    pub fn new() -> Stop {
+        Stop {
+            sender: std::sync::Arc::new(watch::channel(false).0),
+        }
+    }
+
+    /// Gives the signal: every [`Stop::signal`] completes.
+    pub fn stop(&self) {
+        self.sender.send_replace(true);
+    }
+
+    /// Completes once [`Stop::stop`] was called.
+    pub fn signal(&self) -> impl Future<Output = ()> + Send + Sync + 'static {
+        let mut stopped = self.sender.subscribe();
+        async move {
+            let _ = stopped.wait_for(|stopped| *stopped).await;
+        }
+    }
+
+    /// Runs `task` until it ends or the signal is given.
+    pub fn until(&self, task: impl Future<Output = ()> + Send + 'static) -> Job {
+        let signal = self.signal();
+        Box::pin(async move {
+            tokio::select! {
+                () = task => {},
+                () = signal => {},
+            }
+        })
+    }
+}
+
+impl Default for Stop {
+    fn default() -> Stop {
+        Stop::new()
+    }
+}
 
 /// Drives `controller` until it ends, or, once `shutdown` has completed, until no reconcile is
 /// running (`in_flight` is 0). kube's graceful shutdown also waits for the first list of every
@@ -23,5 +76,73 @@ pub(crate) async fn run_until_drained(
     tokio::select! {
         () = controller => {},
         () = drained => {},
+    }
+}
+
+/// Locks `mutex`, also after a thread panicked while holding it: the maps the controllers keep
+/// are caches and counters that stay valid after any partial update, and a controller must not
+/// stop serving because one reconcile panicked.
+pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Consecutive failed reconciles per object (by UID), for the backoff of its next attempt.
+#[derive(Debug, Default)]
+pub struct Failures(Mutex<HashMap<String, u32>>);
+
+impl Failures {
+    /// Counts one more failure of `uid`; returns how many in a row that makes (1 for the first).
+    pub fn record(&self, uid: &str) -> u32 {
+        let mut failures = lock(&self.0);
+        let count = failures.entry(uid.to_string()).or_insert(0);
+        *count = count.saturating_add(1);
+        *count
+    }
+
+    /// `uid` succeeded: its next failure counts from 1 again.
+    pub fn clear(&self, uid: &str) {
+        lock(&self.0).remove(uid);
+    }
+
+    /// Forgets every object not in `live` (deleted objects).
+    pub fn retain(&self, live: &HashSet<String>) {
+        lock(&self.0).retain(|uid, _| live.contains(uid));
+    }
+}
+
+/// Exponential backoff after `attempts` failures in a row: 1 s, 2 s, 4 s … capped at 5 minutes,
+/// or at 10 minutes when the error is not retryable (bad input: a spec change wakes the object
+/// at once anyway).
+pub fn backoff(attempts: u32, retryable: bool) -> Duration {
+    let cap: u64 = if retryable { 300 } else { 600 };
+    let seconds = 1u64
+        .checked_shl(attempts.saturating_sub(1).min(16))
+        .unwrap_or(cap);
+    Duration::from_secs(seconds.min(cap))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_count_per_object_and_start_over_after_a_success() {
+        let failures = Failures::default();
+        assert_eq!(failures.record("a"), 1);
+        assert_eq!(failures.record("a"), 2);
+        assert_eq!(failures.record("b"), 1);
+        failures.clear("a");
+        assert_eq!(failures.record("a"), 1);
+        failures.retain(&HashSet::from(["a".to_string()]));
+        assert_eq!(failures.record("b"), 1, "b was forgotten");
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_its_cap() {
+        let seconds: Vec<u64> = (1..=10).map(|n| backoff(n, true).as_secs()).collect();
+        assert_eq!(seconds, [1, 2, 4, 8, 16, 32, 64, 128, 256, 300]);
+        assert_eq!(backoff(40, false).as_secs(), 600);
     }
 }

@@ -222,7 +222,7 @@ mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 
     use super::*;
-    use crate::apply::object::ARGO_SYNC_OPTIONS_ANNOTATION;
+    use crate::gitops::apply::object::ARGO_SYNC_OPTIONS_ANNOTATION;
 
     fn key(kind: &str, name: &str) -> ObjectKey {
         ObjectKey {

@@ -6,6 +6,8 @@
 //! referent ClusterSecretStores) and reuses it until the store, its credentials, or the token's
 //! lease change: no login per reconcile (ESO's #376, #1194).
 
+pub mod shared_reads;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

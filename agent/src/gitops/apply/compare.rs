@@ -4,7 +4,7 @@
 
 use serde_json::Value;
 
-use crate::install::FIELD_MANAGER;
+use crate::cluster::FIELD_MANAGER;
 
 /// SHA-256 of the canonical JSON of `manifest`, hex. serde_json maps are ordered, so equal
 /// manifests hash equal however their YAML was written.

@@ -30,11 +30,11 @@ use mooring_sealing::secret::unsealed_secret;
 use mooring_sealing::{EnvelopeError, Scope};
 use zeroize::Zeroizing;
 
+use crate::cluster::FIELD_MANAGER;
 use crate::controllers::reconciles::Reconciles;
 use crate::events::EventSink;
-use crate::install::FIELD_MANAGER;
-use crate::keys::KeyRing;
 use crate::metrics::{ControllerMetrics, ReasonLabels, SealedSecretMetrics, StatusLabels};
+use crate::sealed_secrets::keys::KeyRing;
 
 /// What the controller needs.
 pub struct Context {
@@ -200,7 +200,7 @@ impl Error {
                 "{self}; the values were sealed with scope {scope}: the SealedSecret was renamed, moved, \
                  or its scope annotation does not match how it was sealed"
             ),
-            other => crate::error_chain(other),
+            other => crate::errors::error_chain(other),
         }
     }
 }
@@ -251,7 +251,7 @@ pub async fn run(
             () = counting => {},
         }
     };
-    super::run_until_drained(controller, shutdown, in_flight).await;
+    crate::controllers::run_until_drained(controller, shutdown, in_flight).await;
 }
 
 /// Keeps the `mooring_sealedsecret_condition` gauge equal to the SealedSecrets in the watch

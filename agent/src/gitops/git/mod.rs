@@ -10,7 +10,7 @@
 //!
 //! The checkout is a jail: tree entries that would escape their directory are refused, and the
 //! files are written read-only. Whether a symlink leaves the checkout is checked where files are
-//! read, by the renderer (see `crate::render`).
+//! read, by the renderer (see `crate::gitops::render`).
 
 mod credentials;
 mod remote;

@@ -7,10 +7,12 @@ use futures::future::BoxFuture;
 use kube::api::DynamicObject;
 use mooring_crds::application::{Application, ApplicationSource};
 
-use crate::controllers::application;
+use crate::gitops::application;
 
-use crate::git::{Checkout, GitCache, GitError, credentials_for};
-use crate::render::{DirectoryOptions, KustomizeOptions, RenderError, RenderLimits, RenderOptions};
+use crate::gitops::git::{Checkout, GitCache, GitError, credentials_for};
+use crate::gitops::render::{
+    DirectoryOptions, KustomizeOptions, RenderError, RenderLimits, RenderOptions,
+};
 
 /// What `spec.source` rendered to at one commit.
 #[derive(Clone, Debug)]
@@ -95,7 +97,7 @@ pub async fn fetch_and_render(
         .await?;
     let options = render_options(source, limits.clone());
     let path = source.path.as_deref().unwrap_or(".");
-    let objects = crate::render::render(&checkout.root, path, &options).await?;
+    let objects = crate::gitops::render::render(&checkout.root, path, &options).await?;
     Ok(Rendered { checkout, objects })
 }
 
@@ -143,7 +145,7 @@ impl application::Source for GitSource {
             .await
             .map_err(|error| application::SourceError {
                 reason: error.reason(),
-                message: crate::error_chain(&error),
+                message: crate::errors::error_chain(&error),
                 retryable: error.is_retryable(),
             })?;
             Ok(application::Desired {

@@ -390,18 +390,18 @@ mod tests {
     /// `fetch` over the fake provider, with a context whose API client is never called.
     async fn fetch_with(
         store: &mooring_provider_fake::FakeProvider,
-        reads: &std::sync::Arc<crate::coalesce::SharedReads>,
+        reads: &std::sync::Arc<crate::external_secrets::providers::shared_reads::SharedReads>,
         spec: serde_json::Value,
     ) -> Result<BTreeMap<String, Vec<u8>>, Error> {
         use super::super::{Context, Source, fetch, policies};
-        use crate::providers::{StoreId, StoreKind};
+        use crate::external_secrets::providers::{StoreId, StoreKind};
         let client =
             kube::Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().unwrap()))
                 .unwrap();
         let ctx = Context::new(
             client.clone(),
             std::sync::Arc::default(),
-            crate::providers::ProviderSettings::default(),
+            crate::external_secrets::providers::ProviderSettings::default(),
             std::sync::Arc::clone(reads),
             crate::metrics::ExternalSecretMetrics::default(),
             crate::events::EventSink::new(client),
@@ -433,11 +433,13 @@ mod tests {
         store.set("app/a", "1", br#"{"x":"1"}"#);
         store.set("app/b", "1", br#"{"y":"2"}"#);
         store.set("db", "1", br#"{"a":"from-extract","b":"db-b","c/d":"cd"}"#);
-        let reads = std::sync::Arc::new(crate::coalesce::SharedReads::new(
-            std::time::Duration::from_secs(60),
-            0.0,
-            1,
-        ));
+        let reads = std::sync::Arc::new(
+            crate::external_secrets::providers::shared_reads::SharedReads::new(
+                std::time::Duration::from_secs(60),
+                0.0,
+                1,
+            ),
+        );
         // find (rewritten), then extract over it (later entries win), then data over all.
         let spec = serde_json::json!({
             "secretStoreRef": {"name": "fake"},

@@ -39,7 +39,7 @@ use self::object::{
     parse_tracking_id, split_api_version,
 };
 use self::prune::{Keep, PruneSettings, Refusal};
-use crate::install::FIELD_MANAGER;
+use crate::cluster::FIELD_MANAGER;
 
 /// How many objects of one step are compared or applied at once.
 const CONCURRENCY: usize = 16;
@@ -530,7 +530,7 @@ impl Engine {
             .discovery
             .resolve(&gvk)
             .await
-            .map_err(|error: DiscoveryError| (key.clone(), crate::error_chain(&error)))?;
+            .map_err(|error: DiscoveryError| (key.clone(), crate::errors::error_chain(&error)))?;
         match &served {
             Some(served) if !served.namespaced => key.namespace = None,
             // Unknown kinds (deferred) are keyed as namespaced when they name a namespace or
@@ -658,7 +658,7 @@ impl Engine {
                         };
                         return Outcome::Deferred(reason);
                     }
-                    Err(error) => return Outcome::Failed(crate::error_chain(&error)),
+                    Err(error) => return Outcome::Failed(crate::errors::error_chain(&error)),
                 }
             }
         };
@@ -1005,7 +1005,7 @@ impl Engine {
                 Err(error) => {
                     report
                         .failures
-                        .push((key.clone(), crate::error_chain(&error)));
+                        .push((key.clone(), crate::errors::error_chain(&error)));
                     still_owned.push(requires_pruning(entry));
                     continue;
                 }

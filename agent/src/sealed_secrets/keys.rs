@@ -536,7 +536,7 @@ pub async fn run(
 
 async fn renew(client: &kube::Client, settings: &KeySettings, ring: &KeyRing) {
     if let Err(error) = generate_and_store(client, settings, ring).await {
-        tracing::error!(error = %crate::error_chain(&error), "failed to renew the sealing key");
+        tracing::error!(error = %crate::errors::error_chain(&error), "failed to renew the sealing key");
     }
 }
 
@@ -556,7 +556,7 @@ async fn admit(secret: &Secret, events: &EventSink) -> Option<SealingKey> {
     match SealingKey::from_secret(secret) {
         Ok(key) => Some(key),
         Err(error) => {
-            let note = crate::error_chain(&error);
+            let note = crate::errors::error_chain(&error);
             tracing::warn!(error = %note, "skipping an unusable sealing key Secret");
             let event = Event {
                 type_: EventType::Warning,

@@ -1,7 +1,7 @@
 //! First syncs and spec changes before periodic refreshes (issue 5 §4).
 //!
 //! Every provider read of an ExternalSecret passes its store's request budget
-//! ([`crate::coalesce::SharedReads`]), a token bucket that serves callers in arrival order. When
+//! ([`crate::external_secrets::providers::shared_reads::SharedReads`]), a token bucket that serves callers in arrival order. When
 //! periodic refreshes ask for more than the budget allows — a thousand ExternalSecrets with a
 //! short `refreshInterval`, or all of them due after an outage — they queue in that bucket, and a
 //! newly created ExternalSecret (or one whose spec just changed) would wait for the whole
@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::providers::StoreId;
+use crate::external_secrets::providers::StoreId;
 
 /// How many periodic refreshes of one store may wait for or use the provider at once. Small,
 /// so that a new object waits for few reads; more than one, so that a slow read does not stall
@@ -97,8 +97,8 @@ impl RefreshGate {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::coalesce::{ReadKey, SharedReads};
-    use crate::providers::StoreKind;
+    use crate::external_secrets::providers::StoreKind;
+    use crate::external_secrets::providers::shared_reads::{ReadKey, SharedReads};
     use mooring_provider::{RemoteRef, SecretProvider};
     use mooring_provider_fake::FakeProvider;
     use std::time::Duration;

@@ -16,7 +16,7 @@ use mooring_provider::{ProviderError, SecretValue};
 use tokio::sync::OnceCell;
 use tokio::time::Instant;
 
-use crate::providers::StoreId;
+use crate::external_secrets::providers::StoreId;
 
 /// Identifies one provider read: the store (and consuming namespace for referent stores, whose
 /// credentials differ per namespace), the key and the version.
@@ -168,7 +168,9 @@ pub fn copy_error(error: &ProviderError) -> ProviderError {
         ProviderError::InvalidConfig(message) => ProviderError::InvalidConfig(message.clone()),
         ProviderError::Unavailable { detail, source } => ProviderError::Unavailable {
             detail: match source {
-                Some(source) => format!("{detail}: {}", crate::error_chain(source.as_ref())),
+                Some(source) => {
+                    format!("{detail}: {}", crate::errors::error_chain(source.as_ref()))
+                }
                 None => detail.clone(),
             },
             source: None,
@@ -179,7 +181,7 @@ pub fn copy_error(error: &ProviderError) -> ProviderError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::providers::StoreKind;
+    use crate::external_secrets::providers::StoreKind;
     use std::sync::atomic::{AtomicU32, Ordering};
 
     fn key(name: &str) -> ReadKey {

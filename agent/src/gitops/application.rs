@@ -29,13 +29,13 @@ use mooring_crds::application::{
 };
 use mooring_crds::conditions::{Condition, ConditionStatus, names};
 
-use crate::apply::object::AppId;
-use crate::apply::prune::PruneSettings;
-use crate::apply::watch::Watches;
-use crate::apply::{Engine, Mode, SyncReport, SyncRequest};
+use crate::cluster::FIELD_MANAGER;
 use crate::controllers::reconciles::Reconciles;
 use crate::events::EventSink;
-use crate::install::FIELD_MANAGER;
+use crate::gitops::apply::object::AppId;
+use crate::gitops::apply::prune::PruneSettings;
+use crate::gitops::apply::watch::Watches;
+use crate::gitops::apply::{Engine, Mode, SyncReport, SyncRequest};
 use crate::metrics::{ApplicationMetrics, ControllerMetrics, OutcomeLabels, ReasonLabels};
 
 /// The destinations that mean "this cluster" (Argo CD's in-cluster server URL and name).
@@ -177,7 +177,7 @@ pub enum Error {
     Source(#[from] SourceError),
     /// The sync as a whole failed.
     #[error(transparent)]
-    Sync(#[from] crate::apply::Error),
+    Sync(#[from] crate::gitops::apply::Error),
     /// Some objects could not be applied or pruned.
     #[error("failed to sync {count} object(s): {first}")]
     Objects {
@@ -273,7 +273,7 @@ pub async fn run(
         .graceful_shutdown_on(shutdown.clone())
         .run(counted_reconcile, error_policy, ctx)
         .for_each(|_| std::future::ready(()));
-    super::run_until_drained(controller, shutdown, in_flight).await;
+    crate::controllers::run_until_drained(controller, shutdown, in_flight).await;
 }
 
 /// [`reconcile`] in a sync slot. Each sync already runs 16 requests at once: a few
@@ -459,7 +459,7 @@ async fn reconcile(cached: Arc<Application>, ctx: Arc<Context>) -> Result<Action
         })
         .collect();
     if !hooks.is_empty() {
-        let listed = crate::apply::prune::summarize_names(&hooks);
+        let listed = crate::gitops::apply::prune::summarize_names(&hooks);
         match conditions
             .iter_mut()
             .find(|c| c.type_ == names::UNSUPPORTED_FIELDS)
@@ -629,7 +629,7 @@ async fn finalize(ctx: &Context, app: &Application, id: &AppId) -> Result<Action
     if !report.pruned.is_empty() {
         let note = format!(
             "deleted with the Application: {}",
-            crate::apply::prune::summarize(&report.pruned)
+            crate::gitops::apply::prune::summarize(&report.pruned)
         );
         publish(ctx, app, EventType::Normal, "ResourcesDeleted", &note).await;
     }
@@ -665,7 +665,7 @@ async fn finalize(ctx: &Context, app: &Application, id: &AppId) -> Result<Action
 }
 
 fn error_policy(app: Arc<Application>, error: &Error, ctx: Arc<Context>) -> Action {
-    tracing::warn!(app = %app.name_any(), error = %crate::error_chain(error), "sync failed");
+    tracing::warn!(app = %app.name_any(), error = %crate::errors::error_chain(error), "sync failed");
     ctx.metrics
         .errors
         .get_or_create(&ReasonLabels {
@@ -1039,7 +1039,10 @@ async fn announce(
         publish(ctx, app, EventType::Normal, "Applied", &note).await;
     }
     if !report.pruned.is_empty() {
-        let note = format!("pruned {}", crate::apply::prune::summarize(&report.pruned));
+        let note = format!(
+            "pruned {}",
+            crate::gitops::apply::prune::summarize(&report.pruned)
+        );
         publish(ctx, app, EventType::Normal, "Pruned", &note).await;
     }
 }

@@ -10,7 +10,7 @@
 //! - refreshes are spread by a per-object phase (no phase-locked storms after a restart, since
 //!   the schedule follows `status.refreshTime`);
 //! - first syncs and spec changes go ahead of periodic refreshes at a busy store
-//!   ([`super::refresh_gate`]);
+//!   ([`refresh_gate`]);
 //! - `Ready` keeps ESO's reasons, and a `Fetched` condition tells NotFound, Forbidden,
 //!   Unavailable and InvalidConfig apart;
 //! - the ExternalSecret's own labels and annotations are never copied onto the Secret (ESO's #68).
@@ -39,18 +39,21 @@ use mooring_crds::secret_store::{ClusterSecretStore, SecretStore, SecretStoreSpe
 use mooring_provider::{ProviderError, RemoteRef, SecretProvider, SecretValue};
 use zeroize::Zeroizing;
 
-use super::reconciles::Reconciles;
-use super::refresh_gate::{PERIODIC_PER_STORE, RefreshGate, Urgency};
-use crate::coalesce::{ReadKey, Served, SharedReads};
+use crate::cluster::FIELD_MANAGER;
+use crate::controllers::reconciles::Reconciles;
 use crate::events::EventSink;
-use crate::install::FIELD_MANAGER;
+use crate::external_secrets::providers::shared_reads::{ReadKey, Served, SharedReads};
+use crate::external_secrets::providers::{
+    ProviderCache, ProviderSettings, StoreError, StoreId, StoreKind,
+};
 use crate::metrics::{
     ControllerMetrics, ExternalSecretMetrics, OutcomeLabels, ReasonLabels, StatusLabels,
     StoreCallLabels,
 };
-use crate::providers::{ProviderCache, ProviderSettings, StoreError, StoreId, StoreKind};
+use refresh_gate::{PERIODIC_PER_STORE, RefreshGate, Urgency};
 
 mod data_from;
+pub mod refresh_gate;
 
 /// Label on every Secret mooring writes for an ExternalSecret (ESO's, so tools that look for
 /// it keep working); the Secret watch selects on it.
@@ -363,7 +366,7 @@ pub async fn run(
             () = housekeeping => {},
         }
     };
-    super::run_until_drained(controller, shutdown, in_flight).await;
+    crate::controllers::run_until_drained(controller, shutdown, in_flight).await;
 }
 
 /// Every 10 s: recounts the condition gauge from the watch cache, and forgets what is kept in
@@ -998,8 +1001,9 @@ pub fn is_handled_here(spec: &SecretStoreSpec) -> bool {
 
 /// The consuming namespace that keys the provider cache: set for referent ClusterSecretStores.
 fn consumer_of<'a>(store: &StoreId, spec: &SecretStoreSpec, namespace: &'a str) -> Option<&'a str> {
-    (store.kind == StoreKind::ClusterSecretStore && crate::providers::is_referent(spec))
-        .then_some(namespace)
+    (store.kind == StoreKind::ClusterSecretStore
+        && crate::external_secrets::providers::is_referent(spec))
+    .then_some(namespace)
 }
 
 /// The connected provider for a store, from the cache when its configuration is unchanged.
@@ -1010,8 +1014,14 @@ async fn provider_for(
     namespace: &str,
 ) -> Result<Arc<dyn SecretProvider>, Error> {
     let consumer = consumer_of(store, spec, namespace);
-    let connection =
-        crate::providers::resolve(&ctx.client, store, spec, Some(namespace), &ctx.settings).await?;
+    let connection = crate::external_secrets::providers::resolve(
+        &ctx.client,
+        store,
+        spec,
+        Some(namespace),
+        &ctx.settings,
+    )
+    .await?;
     let handle = ctx
         .providers
         .get(&ctx.client, store, consumer, connection)
@@ -1222,7 +1232,7 @@ async fn read_document(
     let version = reference.version.clone().filter(|v| !v.is_empty());
     let cache_key = (reference.key.clone(), version.clone());
     if let Some(found) = documents.get(&cache_key) {
-        return crate::coalesce::copy_result(found);
+        return crate::external_secrets::providers::shared_reads::copy_result(found);
     }
     let remote = RemoteRef {
         key: reference.key.clone(),
@@ -1248,7 +1258,7 @@ async fn read_document(
         Served::Coalesced => "coalesced",
     };
     count_call(ctx, store, call, outcome);
-    let copy = crate::coalesce::copy_result(&result);
+    let copy = crate::external_secrets::providers::shared_reads::copy_result(&result);
     documents.insert(cache_key, result);
     copy
 }
@@ -1591,7 +1601,7 @@ async fn record(es: &ExternalSecret, ctx: &Context, result: &SyncResult) {
                     reason: error.reason().into(),
                 })
                 .inc();
-            let message = crate::error_chain(error);
+            let message = crate::errors::error_chain(error);
             if previous.is_some_and(|c| c.status == ConditionStatus::False && c.message == message)
             {
                 return;
@@ -1654,7 +1664,7 @@ fn conditions(
             reasons::READY,
             ConditionStatus::False,
             reasons::SECRET_SYNCED_ERROR,
-            crate::error_chain(error),
+            crate::errors::error_chain(error),
         ),
     };
     let fetched = match result {
@@ -1669,7 +1679,7 @@ fn conditions(
                 reasons::FETCHED,
                 ConditionStatus::False,
                 fetched_reason(provider),
-                crate::error_chain(error),
+                crate::errors::error_chain(error),
             )
         }),
         Ok(_) => None,

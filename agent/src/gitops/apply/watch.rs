@@ -16,7 +16,7 @@ use kube::runtime::watcher::{self, Event};
 use tokio::sync::mpsc;
 
 use super::object::{AppId, TRACKING_ID_ANNOTATION, parse_tracking_id};
-use crate::install::FIELD_MANAGER;
+use crate::cluster::FIELD_MANAGER;
 
 /// Objects per page of a drift watch's initial LIST (kube's default is 500).
 const WATCH_PAGE: u32 = 100;

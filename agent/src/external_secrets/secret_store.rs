@@ -17,7 +17,7 @@ use mooring_crds::secret_store::{
 };
 
 use crate::controllers::reconciles::Reconciles;
-use crate::providers::{ProviderCache, ProviderSettings, StoreId, StoreKind};
+use crate::external_secrets::providers::{ProviderCache, ProviderSettings, StoreId, StoreKind};
 
 /// What the controller needs.
 pub struct Context {
@@ -117,7 +117,7 @@ async fn reconcile_namespaced(store: Arc<SecretStore>, ctx: Arc<Context>) -> Res
         namespace: Some(namespace.clone()),
         name: store.name_any(),
     };
-    if !crate::controllers::external_secret::is_handled_here(&store.spec) {
+    if !crate::external_secrets::external_secret::is_handled_here(&store.spec) {
         // Another controller class (ESO side by side): its status is not ours to write.
         return Ok(Action::await_change());
     }
@@ -130,7 +130,7 @@ async fn reconcile_namespaced(store: Arc<SecretStore>, ctx: Arc<Context>) -> Res
     let again = next_validation(
         &current,
         &ready,
-        crate::providers::store_refresh_interval(&store.spec),
+        crate::external_secrets::providers::store_refresh_interval(&store.spec),
         jiff::Timestamp::now(),
     );
     write_status(
@@ -155,11 +155,11 @@ async fn reconcile_cluster(
         name: store.name_any(),
     };
     let spec = store.spec.as_store_spec();
-    if !crate::controllers::external_secret::is_handled_here(&spec) {
+    if !crate::external_secrets::external_secret::is_handled_here(&spec) {
         return Ok(Action::await_change());
     }
     let slot = ctx.reconciles.admit().await;
-    let ready = if crate::providers::is_referent(&spec) {
+    let ready = if crate::external_secrets::providers::is_referent(&spec) {
         // Credentials resolve in each consuming namespace: nothing to validate here (ESO's
         // ValidationUnknown); each ExternalSecret reports its own outcome.
         condition(
@@ -177,7 +177,7 @@ async fn reconcile_cluster(
     let again = next_validation(
         &current,
         &ready,
-        crate::providers::store_refresh_interval(&spec),
+        crate::external_secrets::providers::store_refresh_interval(&spec),
         jiff::Timestamp::now(),
     );
     write_status(
@@ -248,22 +248,34 @@ async fn validate(
             format!("mooring does not implement: {}", unsupported.join(", ")),
         );
     }
-    let connection =
-        match crate::providers::resolve(&ctx.client, id, spec, namespace, &ctx.settings).await {
-            Ok(connection) => connection,
-            Err(error) => {
-                return condition(
-                    ConditionStatus::False,
-                    reasons::INVALID_PROVIDER_CONFIG,
-                    crate::error_chain(&error),
-                );
-            }
-        };
+    let connection = match crate::external_secrets::providers::resolve(
+        &ctx.client,
+        id,
+        spec,
+        namespace,
+        &ctx.settings,
+    )
+    .await
+    {
+        Ok(connection) => connection,
+        Err(error) => {
+            return condition(
+                ConditionStatus::False,
+                reasons::INVALID_PROVIDER_CONFIG,
+                crate::errors::error_chain(&error),
+            );
+        }
+    };
     let count = |call: &str, outcome: &str| {
-        crate::controllers::external_secret::count_provider_call(&ctx.metrics, id, call, outcome)
+        crate::external_secrets::external_secret::count_provider_call(
+            &ctx.metrics,
+            id,
+            call,
+            outcome,
+        )
     };
     let outcome_of = |error: &mooring_provider::ProviderError| {
-        crate::controllers::external_secret::provider_outcome(error)
+        crate::external_secrets::external_secret::provider_outcome(error)
     };
     let validated = match ctx.providers.get(&ctx.client, id, None, connection).await {
         Ok(handle) => {
@@ -272,10 +284,12 @@ async fn validate(
             }
             let result = handle.provider.validate().await;
             count("validate", result.as_ref().err().map_or("ok", outcome_of));
-            result.map_err(|source| crate::providers::StoreError::Provider {
-                store: id.to_string(),
-                source,
-            })
+            result.map_err(
+                |source| crate::external_secrets::providers::StoreError::Provider {
+                    store: id.to_string(),
+                    source,
+                },
+            )
         }
         Err(error) => {
             count(
@@ -301,7 +315,7 @@ async fn validate(
             condition(
                 ConditionStatus::False,
                 reasons::VALIDATION_FAILED,
-                crate::error_chain(&error),
+                crate::errors::error_chain(&error),
             )
         }
     }

@@ -1,0 +1,45 @@
+//! GitOps: the Application controller and its engine — fetch (`git`), render (`render`),
+//! apply, prune and self-heal (`apply`).
+
+pub mod application;
+pub mod apply;
+pub mod git;
+pub mod render;
+pub mod source;
+
+use std::sync::Arc;
+
+use crate::Wiring;
+use crate::controllers::Job;
+
+/// The Application controller, with the Git cache and renderers the flags configure.
+pub(crate) fn start(wiring: &Wiring<'_>) -> Job {
+    let args = wiring.args;
+    let limits = render::RenderLimits {
+        kustomize: args.kustomize(),
+        ..Default::default()
+    };
+    let source = source::GitSource::new(
+        wiring.client.clone(),
+        args.namespace.clone(),
+        Arc::new(args.git_cache().with_metrics(wiring.metrics.git.clone())),
+        limits,
+    );
+    let context = Arc::new(
+        application::Context::new(
+            wiring.client.clone(),
+            Arc::new(source),
+            wiring.events.clone(),
+            args.max_prune_fraction,
+            args.default_poll_interval,
+        )
+        .with_selector(args.application_selector.clone())
+        .with_metrics(wiring.metrics.applications.clone())
+        .with_controller_metrics(&wiring.metrics.controllers),
+    );
+    Box::pin(application::run(
+        context,
+        args.watch_namespace.clone(),
+        wiring.stop.signal(),
+    ))
+}
