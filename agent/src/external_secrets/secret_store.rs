@@ -117,7 +117,7 @@ async fn reconcile_namespaced(store: Arc<SecretStore>, ctx: Arc<Context>) -> Res
         namespace: Some(namespace.clone()),
         name: store.name_any(),
     };
-    if !crate::external_secrets::external_secret::is_handled_here(&store.spec) {
+    if !crate::external_secrets::providers::is_handled_here(&store.spec) {
         // Another controller class (ESO side by side): its status is not ours to write.
         return Ok(Action::await_change());
     }
@@ -155,7 +155,7 @@ async fn reconcile_cluster(
         name: store.name_any(),
     };
     let spec = store.spec.as_store_spec();
-    if !crate::external_secrets::external_secret::is_handled_here(&spec) {
+    if !crate::external_secrets::providers::is_handled_here(&spec) {
         return Ok(Action::await_change());
     }
     let slot = ctx.reconciles.admit().await;
@@ -267,15 +267,10 @@ async fn validate(
         }
     };
     let count = |call: &str, outcome: &str| {
-        crate::external_secrets::external_secret::count_provider_call(
-            &ctx.metrics,
-            id,
-            call,
-            outcome,
-        )
+        crate::external_secrets::providers::count_provider_call(&ctx.metrics, id, call, outcome)
     };
     let outcome_of = |error: &mooring_provider::ProviderError| {
-        crate::external_secrets::external_secret::provider_outcome(error)
+        crate::external_secrets::providers::fetched_reason(error)
     };
     let validated = match ctx.providers.get(&ctx.client, id, None, connection).await {
         Ok(handle) => {

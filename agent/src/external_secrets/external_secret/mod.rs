@@ -46,9 +46,9 @@ use crate::external_secrets::providers::shared_reads::{ReadKey, Served, SharedRe
 use crate::external_secrets::providers::{
     ProviderCache, ProviderSettings, StoreError, StoreId, StoreKind,
 };
+use crate::external_secrets::providers::{count_provider_call, fetched_reason, is_handled_here};
 use crate::metrics::{
     ControllerMetrics, ExternalSecretMetrics, OutcomeLabels, ReasonLabels, StatusLabels,
-    StoreCallLabels,
 };
 use refresh_gate::{PERIODIC_PER_STORE, RefreshGate, Urgency};
 
@@ -265,21 +265,6 @@ impl Error {
             Error::Api { .. } | Error::Read { .. } | Error::Status(_) => true,
             _ => false,
         }
-    }
-}
-
-/// The outcome label of a failed provider call (the `Fetched` reason).
-pub fn provider_outcome(error: &ProviderError) -> &'static str {
-    fetched_reason(error)
-}
-
-/// The `Fetched` reason for a provider error.
-fn fetched_reason(error: &ProviderError) -> &'static str {
-    match error {
-        ProviderError::NotFound { .. } => "NotFound",
-        ProviderError::PermissionDenied { .. } => "Forbidden",
-        ProviderError::InvalidConfig(_) => "InvalidConfig",
-        ProviderError::Unavailable { .. } => "Unavailable",
     }
 }
 
@@ -991,14 +976,6 @@ fn selector_matches(
     by_labels && by_expressions
 }
 
-/// Whether mooring handles stores of this controller class: no class, or `mooring` (ESO's
-/// `spec.controller`, so both can run side by side during a migration).
-pub fn is_handled_here(spec: &SecretStoreSpec) -> bool {
-    spec.controller
-        .as_deref()
-        .is_none_or(|class| class.is_empty() || class == "mooring")
-}
-
 /// The consuming namespace that keys the provider cache: set for referent ClusterSecretStores.
 fn consumer_of<'a>(store: &StoreId, spec: &SecretStoreSpec, namespace: &'a str) -> Option<&'a str> {
     (store.kind == StoreKind::ClusterSecretStore
@@ -1038,23 +1015,6 @@ async fn provider_for(
 
 fn count_call(ctx: &Context, store: &StoreId, call: &str, outcome: &str) {
     count_provider_call(&ctx.metrics, store, call, outcome);
-}
-
-/// Counts one provider call in `mooring_externalsecret_provider_calls_total`.
-pub fn count_provider_call(
-    metrics: &ExternalSecretMetrics,
-    store: &StoreId,
-    call: &str,
-    outcome: &str,
-) {
-    metrics
-        .provider_calls
-        .get_or_create(&StoreCallLabels {
-            store: store.to_string(),
-            call: call.to_string(),
-            outcome: outcome.to_string(),
-        })
-        .inc();
 }
 
 /// Reads every `dataFrom` and `data` entry. `None` when `deletionPolicy: Delete` and every

@@ -20,6 +20,8 @@ use mooring_crds::secret_store::{SecretKeySelector, SecretStoreSpec, ServiceAcco
 use mooring_provider::{ProviderError, SecretProvider};
 use zeroize::Zeroizing;
 
+use crate::metrics::{ExternalSecretMetrics, StoreCallLabels};
+
 /// The kind of a store reference.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum StoreKind {
@@ -1189,6 +1191,42 @@ pub fn store_refresh_interval(spec: &SecretStoreSpec) -> Duration {
             .unwrap_or(default),
         _ => default,
     }
+}
+
+/// The `Fetched` condition reason for a provider error, also the outcome label of a failed
+/// provider call.
+pub fn fetched_reason(error: &ProviderError) -> &'static str {
+    match error {
+        ProviderError::NotFound { .. } => "NotFound",
+        ProviderError::PermissionDenied { .. } => "Forbidden",
+        ProviderError::InvalidConfig(_) => "InvalidConfig",
+        ProviderError::Unavailable { .. } => "Unavailable",
+    }
+}
+
+/// Whether mooring handles stores of this controller class: no class, or `mooring` (ESO's
+/// `spec.controller`, so both can run side by side during a migration).
+pub fn is_handled_here(spec: &SecretStoreSpec) -> bool {
+    spec.controller
+        .as_deref()
+        .is_none_or(|class| class.is_empty() || class == "mooring")
+}
+
+/// Counts one provider call in `mooring_externalsecret_provider_calls_total`.
+pub fn count_provider_call(
+    metrics: &ExternalSecretMetrics,
+    store: &StoreId,
+    call: &str,
+    outcome: &str,
+) {
+    metrics
+        .provider_calls
+        .get_or_create(&StoreCallLabels {
+            store: store.to_string(),
+            call: call.to_string(),
+            outcome: outcome.to_string(),
+        })
+        .inc();
 }
 
 #[cfg(test)]
