@@ -11,3 +11,60 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
     }
     text
 }
+
+/// Fails when an error of `error`'s chain also prints its own cause: [`error_chain`] appends
+/// every cause, so a message that formats its `#[source]` shows it twice.
+#[cfg(test)]
+pub(crate) fn assert_each_cause_printed_once(error: &dyn std::error::Error) {
+    let mut current = error;
+    while let Some(cause) = current.source() {
+        let (outer, inner) = (current.to_string(), cause.to_string());
+        assert!(
+            inner.is_empty() || !outer.contains(&inner),
+            "{outer:?} prints its cause {inner:?}, and error_chain prints it again: {:?}",
+            error_chain(error)
+        );
+        current = cause;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gitops::git::{GitError, StorageStep};
+    use crate::gitops::render::{Glob, RenderError};
+    use crate::sealed_secrets::controller::Error as SealedSecretError;
+
+    #[test]
+    fn the_chain_joins_each_cause_once() {
+        let error = GitError::Storage {
+            step: StorageStep::Write,
+            path: "cache/file".into(),
+            source: std::io::Error::other("disk full"),
+        };
+        assert_eq!(error_chain(&error), "failed to write cache/file: disk full");
+    }
+
+    #[test]
+    fn errors_outside_the_controllers_print_each_cause_once() {
+        let glob = RenderError::InvalidGlob {
+            field: "include",
+            pattern: "[".into(),
+            source: Glob::new("[").expect_err("an unclosed class is not a glob"),
+        };
+        let unseal = SealedSecretError::Unseal {
+            source: mooring_sealing::secret::UnsealError::BothDataFormats,
+            reason: "ConflictingData",
+            sealed_for: None,
+        };
+        let storage = GitError::Storage {
+            step: StorageStep::PrepareSsh,
+            path: "cache/entry".into(),
+            source: std::io::Error::other("permission denied"),
+        };
+        let errors: [&dyn std::error::Error; 3] = [&glob, &unseal, &storage];
+        for error in errors {
+            assert_each_cause_printed_once(error);
+        }
+    }
+}

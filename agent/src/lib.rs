@@ -58,15 +58,6 @@ pub enum Error {
     /// leader, and its pod restarts as a candidate.
     #[error("lost the leader election lease; stopping")]
     LostLeadership,
-    /// A request to the API server failed.
-    #[error("failed to {action}")]
-    Request {
-        /// What was being done, as a verb phrase.
-        action: &'static str,
-        /// The API error.
-        #[source]
-        source: kube::Error,
-    },
 }
 
 /// Whether the agent can serve: the API server has answered and a sealing key is loaded.

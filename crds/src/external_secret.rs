@@ -432,7 +432,7 @@ fn unimplemented_choices(path: &str, reference: &ExternalSecretDataRemoteRef) ->
 mod tests {
     use super::*;
 
-    /// An ExternalSecret as ESO users write it (the reference's §1.1 example, every field set).
+    /// An ExternalSecret as ESO users write it (ESO's full example from its API reference, every field set).
     const FULL: &str = r#"
 apiVersion: external-secrets.io/v1
 kind: ExternalSecret

@@ -23,6 +23,41 @@ pub const PATCH_ANNOTATION: &str = "sealedsecrets.bitnami.com/patch";
 /// The condition type of a SealedSecret.
 pub const SYNCED: &str = "Synced";
 
+/// The reasons of the `Synced` condition, of events and of the `reason` metric label. The same
+/// failure has the same word as for an ExternalSecret (`TemplateFailed`, `SecretImmutable`).
+pub mod reasons {
+    /// Every value was opened and the Secret matches.
+    pub const UNSEALED: &str = "Unsealed";
+    /// No sealing key is loaded yet.
+    pub const NO_SEALING_KEY: &str = "NoSealingKey";
+    /// A value opens under another scope's label (renamed, moved, scope annotation changed).
+    pub const SCOPE_MISMATCH: &str = "ScopeMismatch";
+    /// A value is not valid base64.
+    pub const INVALID_BASE64: &str = "InvalidBase64";
+    /// A value is shorter than its own envelope says.
+    pub const TRUNCATED_DATA: &str = "TruncatedData";
+    /// A value's session key opened but its data did not (tampered with).
+    pub const CORRUPTED_DATA: &str = "CorruptedData";
+    /// No loaded key opens a value.
+    pub const DECRYPT_FAILED: &str = "DecryptFailed";
+    /// Both `encryptedData` and the legacy `data` are set.
+    pub const CONFLICTING_DATA: &str = "ConflictingData";
+    /// The legacy `data` does not open into a Secret.
+    pub const INVALID_LEGACY_DATA: &str = "InvalidLegacyData";
+    /// A `template.data` entry could not be rendered.
+    pub const TEMPLATE_FAILED: &str = "TemplateFailed";
+    /// A Secret of that name exists and is not managed by the SealedSecret.
+    pub const UNMANAGED: &str = "Unmanaged";
+    /// The existing Secret is immutable and its data differs.
+    pub const SECRET_IMMUTABLE: &str = "SecretImmutable";
+    /// RBAC refused a request: the message names the verb and the kind.
+    pub const FORBIDDEN: &str = "Forbidden";
+    /// Another API request failed.
+    pub const API_ERROR: &str = "ApiError";
+    /// The status could not be written.
+    pub const STATUS_UPDATE_FAILED: &str = "StatusUpdateFailed";
+}
+
 /// A Secret sealed with the cluster's public key; only the agent can open it.
 #[derive(CustomResource, Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[kube(

@@ -1,6 +1,7 @@
 //! The SealedSecret controller: unseals `bitnami.com/v1alpha1` SealedSecrets into Secrets.
 //!
-//! Behaves as upstream's controller (§3 of the sealed-secrets reference) with these differences
+//! Behaves as upstream's controller (github.com/bitnami-labs/sealed-secrets, pkg/controller) with
+//! these differences
 //! users asked for: a manually edited or deleted Secret is restored (every Secret change wakes
 //! the SealedSecret of the same name, and a periodic resync catches the rest); events are
 //! published only when something changed; the `Synced` condition carries a `reason`; the key that
@@ -23,7 +24,7 @@ use kube::runtime::watcher;
 use kube::{Api, Resource, ResourceExt};
 use mooring_crds::sealed_secret::{
     MANAGED_ANNOTATION, PATCH_ANNOTATION, SYNCED, SealedSecret, SealedSecretCondition,
-    SealedSecretStatus,
+    SealedSecretStatus, reasons,
 };
 use mooring_sealing::secret::UnsealError;
 use mooring_sealing::secret::unsealed_secret;
@@ -32,6 +33,7 @@ use zeroize::Zeroizing;
 
 use crate::cluster::FIELD_MANAGER;
 use crate::controllers::reconciles::Reconciles;
+use crate::controllers::{Failures, backoff, lock};
 use crate::events::EventSink;
 use crate::metrics::{ControllerMetrics, ReasonLabels, SealedSecretMetrics, StatusLabels};
 use crate::sealed_secrets::keys::KeyRing;
@@ -50,8 +52,8 @@ pub struct Context {
     pub resync: Duration,
     /// SealedSecret uid → fingerprint of the key that opened it last.
     opened_with: Mutex<HashMap<String, String>>,
-    /// SealedSecret uid → consecutive failures, for backoff.
-    failures: Mutex<HashMap<String, u32>>,
+    /// Consecutive failures per SealedSecret, for backoff.
+    failures: Failures,
     /// SealedSecret uid → what it was last unsealed from and a digest of the Secret that left
     /// in the API. A reconcile whose inputs and Secret are unchanged skips the RSA work (the
     /// watch wakes a SealedSecret for its own status write and for its Secret's events).
@@ -84,7 +86,7 @@ impl Context {
             events,
             resync,
             opened_with: Mutex::default(),
-            failures: Mutex::default(),
+            failures: Failures::default(),
             synced: Mutex::default(),
             statuses: Mutex::default(),
             reconciles: Reconciles::new(
@@ -123,7 +125,7 @@ pub enum Error {
     #[error("failed to unseal: no sealing key is loaded yet")]
     NoKeys,
     /// The sealed data could not be opened.
-    #[error("failed to unseal: {source}")]
+    #[error("failed to unseal")]
     Unseal {
         /// Why.
         #[source]
@@ -146,11 +148,27 @@ pub enum Error {
     /// The existing Secret is immutable and its data differs.
     #[error("failed to update Secret {0:?}: it is immutable; delete it to let mooring recreate it")]
     Immutable(String),
-    /// An API call failed.
-    #[error("failed to {action} Secret {name:?}")]
-    Api {
-        /// What was being done.
-        action: &'static str,
+    /// The Secret could not be read.
+    #[error("failed to read Secret {name:?}")]
+    ReadSecret {
+        /// The Secret.
+        name: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
+    /// The Secret could not be created.
+    #[error("failed to create Secret {name:?}")]
+    CreateSecret {
+        /// The Secret.
+        name: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
+    /// The Secret could not be updated.
+    #[error("failed to update Secret {name:?}")]
+    UpdateSecret {
         /// The Secret.
         name: String,
         /// The API error.
@@ -166,28 +184,45 @@ impl Error {
     /// A CamelCase reason for the condition, the event and the metric label.
     pub fn reason(&self) -> &'static str {
         match self {
-            Error::NoKeys => "NoSealingKey",
+            Error::NoKeys => reasons::NO_SEALING_KEY,
             Error::Unseal {
                 sealed_for: Some(_),
                 ..
-            } => "ScopeMismatch",
+            } => reasons::SCOPE_MISMATCH,
             Error::Unseal { reason, .. } => reason,
-            Error::Template(_) => "TemplateError",
-            Error::Unmanaged(_) => "Unmanaged",
-            Error::Immutable(_) => "ImmutableSecret",
+            Error::Template(_) => reasons::TEMPLATE_FAILED,
+            Error::Unmanaged(_) => reasons::UNMANAGED,
+            Error::Immutable(_) => reasons::SECRET_IMMUTABLE,
             // RBAC denied a verb: say so, so an operator knows to grant it (not a crash loop).
-            Error::Api {
+            Error::ReadSecret {
                 source: kube::Error::Api(response),
                 ..
-            } if response.code == 403 => "Forbidden",
-            Error::Api { .. } => "ApiError",
-            Error::Status(_) => "StatusUpdateFailed",
+            }
+            | Error::CreateSecret {
+                source: kube::Error::Api(response),
+                ..
+            }
+            | Error::UpdateSecret {
+                source: kube::Error::Api(response),
+                ..
+            } if response.code == 403 => reasons::FORBIDDEN,
+            Error::ReadSecret { .. } | Error::CreateSecret { .. } | Error::UpdateSecret { .. } => {
+                reasons::API_ERROR
+            }
+            Error::Status(_) => reasons::STATUS_UPDATE_FAILED,
         }
     }
 
     /// Whether retrying soon may help (API trouble, no key yet), as opposed to bad input.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Error::NoKeys | Error::Api { .. } | Error::Status(_))
+        matches!(
+            self,
+            Error::NoKeys
+                | Error::ReadSecret { .. }
+                | Error::CreateSecret { .. }
+                | Error::UpdateSecret { .. }
+                | Error::Status(_)
+        )
     }
 
     /// The sentence for the condition message and the event.
@@ -197,8 +232,9 @@ impl Error {
                 sealed_for: Some(scope),
                 ..
             } => format!(
-                "{self}; the values were sealed with scope {scope}: the SealedSecret was renamed, moved, \
-                 or its scope annotation does not match how it was sealed"
+                "{}; the values were sealed with scope {scope}: the SealedSecret was renamed, moved, \
+                 or its scope annotation does not match how it was sealed",
+                crate::errors::error_chain(self)
             ),
             other => crate::errors::error_chain(other),
         }
@@ -302,7 +338,7 @@ async fn reconcile_counted(sealed: &SealedSecret, ctx: &Context) -> Result<Actio
     match result {
         Ok(_) => {
             status?;
-            lock(&ctx.failures).remove(&uid);
+            ctx.failures.clear(&uid);
             Ok(Action::requeue(ctx.resync))
         }
         Err(error) => Err(error),
@@ -311,29 +347,8 @@ async fn reconcile_counted(sealed: &SealedSecret, ctx: &Context) -> Result<Actio
 
 fn error_policy(sealed: Arc<SealedSecret>, error: &Error, ctx: Arc<Context>) -> Action {
     let uid = sealed.uid().unwrap_or_default();
-    let attempts = {
-        let mut failures = lock(&ctx.failures);
-        let count = failures.entry(uid).or_insert(0);
-        *count = count.saturating_add(1);
-        *count
-    };
+    let attempts = ctx.failures.record(&uid);
     Action::requeue(backoff(attempts, error.is_retryable()))
-}
-
-/// Exponential backoff per object: 1s, 2s, 4s … capped at 5 minutes, or 10 minutes for bad
-/// input (a spec change wakes it at once anyway).
-fn backoff(attempts: u32, retryable: bool) -> Duration {
-    let cap: u64 = if retryable { 300 } else { 600 };
-    let seconds = 1u64
-        .checked_shl(attempts.saturating_sub(1).min(16))
-        .unwrap_or(cap);
-    Duration::from_secs(seconds.min(cap))
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// A written `Synced` condition: status, reason, message, observed generation.
@@ -384,11 +399,13 @@ async fn sync(sealed: &SealedSecret, ctx: &Context) -> Result<Outcome, Error> {
     let name = sealed.name_any();
     let api: Api<Secret> =
         Api::namespaced(ctx.client.clone(), &sealed.namespace().unwrap_or_default());
-    let existing = api.get_opt(&name).await.map_err(|source| Error::Api {
-        action: "read",
-        name: name.clone(),
-        source,
-    })?;
+    let existing = api
+        .get_opt(&name)
+        .await
+        .map_err(|source| Error::ReadSecret {
+            name: name.clone(),
+            source,
+        })?;
     let uid = sealed.uid().unwrap_or_default();
     let scope = Scope::from_annotations(sealed.annotations());
     let input = SyncInput {
@@ -510,13 +527,13 @@ fn render_templates(
 /// The condition reason for an unseal failure; `envelope` is the worst envelope error seen.
 fn unseal_reason(error: &UnsealError, envelope: Option<&EnvelopeError>) -> &'static str {
     match error {
-        UnsealError::BothDataFormats => "ConflictingData",
-        UnsealError::LegacyNotASecret => "InvalidLegacyData",
-        UnsealError::Keys(keys) if !keys.invalid_base64.is_empty() => "InvalidBase64",
+        UnsealError::BothDataFormats => reasons::CONFLICTING_DATA,
+        UnsealError::LegacyNotASecret => reasons::INVALID_LEGACY_DATA,
+        UnsealError::Keys(keys) if !keys.invalid_base64.is_empty() => reasons::INVALID_BASE64,
         _ => match envelope {
-            Some(EnvelopeError::Truncated) => "TruncatedData",
-            Some(EnvelopeError::DecryptValue) => "CorruptedData",
-            _ => "DecryptFailed",
+            Some(EnvelopeError::Truncated) => reasons::TRUNCATED_DATA,
+            Some(EnvelopeError::DecryptValue) => reasons::CORRUPTED_DATA,
+            _ => reasons::DECRYPT_FAILED,
         },
     }
 }
@@ -551,7 +568,9 @@ fn is_controlled_by(secret: &Secret, sealed: &SealedSecret) -> bool {
     })
 }
 
-/// The existing Secret changed to match (upstream §3.5 steps 4–6).
+/// The existing Secret changed to match, as upstream decides: only a Secret this SealedSecret
+/// owns, or one annotated `sealedsecrets.bitnami.com/managed` (take over) or `/patch` (merge the
+/// keys in) may be written.
 fn merged_secret(
     existing: &Secret,
     desired: Secret,
@@ -605,14 +624,6 @@ async fn write_secret(
     api: &Api<Secret>,
 ) -> Result<(Outcome, Secret), Error> {
     let name = sealed.name_any();
-    let api_error = |action: &'static str| {
-        let name = name.clone();
-        move |source| Error::Api {
-            action,
-            name,
-            source,
-        }
-    };
     let params = PostParams {
         field_manager: Some(FIELD_MANAGER.into()),
         ..Default::default()
@@ -621,7 +632,7 @@ async fn write_secret(
         let created = api
             .create(&params, &desired)
             .await
-            .map_err(api_error("create"))?;
+            .map_err(|source| Error::CreateSecret { name, source })?;
         return Ok((Outcome::Created, created));
     };
     let merged = merged_secret(&existing, desired, sealed)?;
@@ -634,7 +645,7 @@ async fn write_secret(
     let updated = api
         .replace(&name, &params, &merged)
         .await
-        .map_err(api_error("update"))?;
+        .map_err(|source| Error::UpdateSecret { name, source })?;
     Ok((Outcome::Updated, updated))
 }
 
@@ -660,7 +671,7 @@ async fn record(sealed: &SealedSecret, ctx: &Context, result: &Result<Outcome, E
             };
             Event {
                 type_: EventType::Normal,
-                reason: "Unsealed".into(),
+                reason: reasons::UNSEALED.into(),
                 note: Some(format!("SealedSecret unsealed successfully: Secret {verb}")),
                 action: "Unseal".into(),
                 secondary: None,
@@ -694,7 +705,7 @@ async fn record(sealed: &SealedSecret, ctx: &Context, result: &Result<Outcome, E
 /// The condition for a result (pure).
 fn condition(result: &Result<Outcome, Error>) -> (String, Option<String>, Option<String>) {
     match result {
-        Ok(_) => ("True".into(), Some("Unsealed".into()), None),
+        Ok(_) => ("True".into(), Some(reasons::UNSEALED.into()), None),
         Err(error) => (
             "False".into(),
             Some(error.reason().into()),

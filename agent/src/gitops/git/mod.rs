@@ -208,16 +208,55 @@ pub enum GitError {
         source: kube::Error,
     },
     /// The local cache directory could not be written.
-    #[error("failed to {action} {path}")]
+    #[error("failed to {step} {path}")]
     Storage {
         /// What was being done.
-        action: &'static str,
+        step: StorageStep,
         /// The local path.
         path: PathBuf,
         /// The OS error.
         #[source]
         source: std::io::Error,
     },
+}
+
+/// The step on the local cache that failed, for [`GitError::Storage`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StorageStep {
+    /// Creating a directory.
+    Create,
+    /// Writing a file of the checkout.
+    Write,
+    /// Creating a symlink of the checkout.
+    CreateSymlink,
+    /// Making a file or directory of the checkout read-only.
+    MakeReadOnly,
+    /// Moving a finished checkout into place.
+    RenameIntoPlace,
+    /// Removing an unfinished checkout.
+    Remove,
+    /// Removing a cached repository that cannot be opened.
+    RemoveBrokenRepository,
+    /// Initialising the cached bare repository.
+    InitRepository,
+    /// Writing the private ssh configuration of one fetch.
+    PrepareSsh,
+}
+
+impl std::fmt::Display for StorageStep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            StorageStep::Create => "create",
+            StorageStep::Write => "write",
+            StorageStep::CreateSymlink => "create symlink",
+            StorageStep::MakeReadOnly => "make read-only",
+            StorageStep::RenameIntoPlace => "rename into place",
+            StorageStep::Remove => "remove",
+            StorageStep::RemoveBrokenRepository => "remove a broken repository at",
+            StorageStep::InitRepository => "initialise a repository in",
+            StorageStep::PrepareSsh => "prepare the ssh configuration in",
+        })
+    }
 }
 
 impl GitError {

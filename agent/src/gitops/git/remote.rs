@@ -10,7 +10,7 @@ use gix::protocol::handshake::Ref;
 use gix::remote::Direction;
 use gix::remote::fetch::{Shallow, Tags};
 
-use super::{GitError, GitLimits, RepoCredentials, Revision, ssh, tree};
+use super::{GitError, GitLimits, RepoCredentials, Revision, StorageStep, ssh, tree};
 
 /// Everything one resolve needs, owned, to move into `spawn_blocking`.
 pub(super) struct Job {
@@ -64,7 +64,7 @@ impl Job {
             Ok(url) if url.scheme == gix::url::Scheme::Ssh => Some(
                 ssh::Session::new(self.credentials.as_ref()).map_err(|source| {
                     GitError::Storage {
-                        action: "prepare the ssh configuration in",
+                        step: StorageStep::PrepareSsh,
                         path: self.entry_dir.clone(),
                         source,
                     }
@@ -80,8 +80,8 @@ impl Job {
     }
 
     fn open_or_init(&self, repo_dir: &Path) -> Result<gix::Repository, GitError> {
-        let storage = |action, source| GitError::Storage {
-            action,
+        let storage = |step, source| GitError::Storage {
+            step,
             path: repo_dir.to_path_buf(),
             source,
         };
@@ -96,9 +96,9 @@ impl Job {
         }
         if repo_dir.exists() {
             std::fs::remove_dir_all(repo_dir)
-                .map_err(|e| storage("remove a broken repository at", e))?;
+                .map_err(|e| storage(StorageStep::RemoveBrokenRepository, e))?;
         }
-        std::fs::create_dir_all(repo_dir).map_err(|e| storage("create", e))?;
+        std::fs::create_dir_all(repo_dir).map_err(|e| storage(StorageStep::Create, e))?;
         gix::ThreadSafeRepository::init_opts(
             repo_dir,
             gix::create::Kind::Bare,
@@ -108,7 +108,7 @@ impl Job {
         .map(gix::Repository::from)
         .map_err(|error| {
             storage(
-                "initialise a repository in",
+                StorageStep::InitRepository,
                 std::io::Error::other(error.to_string()),
             )
         })

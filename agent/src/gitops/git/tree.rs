@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use gix::objs::tree::EntryKind;
 
-use super::{GitError, GitLimits};
+use super::{GitError, GitLimits, StorageStep};
 
 /// Writes tree `tree_id` into `root` (created next to it as `<root>.partial`, then renamed, so a
 /// `root` that exists is always complete). Files are read-only, directories too once filled.
@@ -18,7 +18,7 @@ pub(super) fn check_out(
 ) -> Result<(), GitError> {
     let partial = root.with_extension("partial");
     if partial.exists() {
-        remove(&partial).map_err(|e| storage("remove", &partial, e))?;
+        remove(&partial).map_err(|e| storage(StorageStep::Remove, &partial, e))?;
     }
     let mut budget = Budget {
         bytes: 0,
@@ -32,9 +32,9 @@ pub(super) fn check_out(
         return Err(error);
     }
     if let Some(parent) = root.parent() {
-        std::fs::create_dir_all(parent).map_err(|e| storage("create", parent, e))?;
+        std::fs::create_dir_all(parent).map_err(|e| storage(StorageStep::Create, parent, e))?;
     }
-    std::fs::rename(&partial, root).map_err(|e| storage("rename into place", root, e))
+    std::fs::rename(&partial, root).map_err(|e| storage(StorageStep::RenameIntoPlace, root, e))
 }
 
 struct Budget<'a> {
@@ -85,7 +85,7 @@ fn write_tree(
     prefix: &str,
     budget: &mut Budget<'_>,
 ) -> Result<(), GitError> {
-    std::fs::create_dir_all(dir).map_err(|e| storage("create", dir, e))?;
+    std::fs::create_dir_all(dir).map_err(|e| storage(StorageStep::Create, dir, e))?;
     let tree = repo
         .find_tree(tree_id)
         .map_err(|e| budget.jail(prefix, format!("unreadable tree: {e}")))?;
@@ -125,14 +125,15 @@ fn write_tree(
                     .find_blob(id)
                     .map_err(|e| budget.jail(&file, format!("unreadable file: {e}")))?;
                 budget.count(&file, blob.data.len() as u64)?;
-                std::fs::write(&path, &blob.data).map_err(|e| storage("write", &path, e))?;
+                std::fs::write(&path, &blob.data)
+                    .map_err(|e| storage(StorageStep::Write, &path, e))?;
                 let mode = if kind == EntryKind::BlobExecutable {
                     0o555
                 } else {
                     0o444
                 };
                 std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
-                    .map_err(|e| storage("make read-only", &path, e))?;
+                    .map_err(|e| storage(StorageStep::MakeReadOnly, &path, e))?;
             }
             EntryKind::Link => {
                 let blob = repo
@@ -147,12 +148,13 @@ fn write_tree(
                 // Written as is: whether it leaves the checkout is decided where it is read
                 // (`render`), so a stray link elsewhere in a monorepo does not block every app.
                 std::os::unix::fs::symlink(&target, &path)
-                    .map_err(|e| storage("create symlink", &path, e))?;
+                    .map_err(|e| storage(StorageStep::CreateSymlink, &path, e))?;
             }
             // Submodules are not fetched; git leaves an empty directory, and so do we.
             EntryKind::Commit => {
                 budget.count(&file, 0)?;
-                std::fs::create_dir_all(&path).map_err(|e| storage("create", &path, e))?;
+                std::fs::create_dir_all(&path)
+                    .map_err(|e| storage(StorageStep::Create, &path, e))?;
                 seal_dir(&path)?;
             }
         }
@@ -162,12 +164,12 @@ fn write_tree(
 
 fn seal_dir(dir: &Path) -> Result<(), GitError> {
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o555))
-        .map_err(|e| storage("make read-only", dir, e))
+        .map_err(|e| storage(StorageStep::MakeReadOnly, dir, e))
 }
 
-fn storage(action: &'static str, path: &Path, source: std::io::Error) -> GitError {
+fn storage(step: StorageStep, path: &Path, source: std::io::Error) -> GitError {
     GitError::Storage {
-        action,
+        step,
         path: path.to_path_buf(),
         source,
     }

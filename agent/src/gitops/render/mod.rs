@@ -152,7 +152,7 @@ pub enum RenderError {
         reason: String,
     },
     /// `directory.include` or `directory.exclude` is not a valid glob.
-    #[error("invalid directory {field} pattern {pattern:?}: {source}")]
+    #[error("invalid directory {field} pattern {pattern:?}")]
     InvalidGlob {
         /// `include` or `exclude`.
         field: &'static str,
