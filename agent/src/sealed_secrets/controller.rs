@@ -1,13 +1,12 @@
 //! The SealedSecret controller: unseals `bitnami.com/v1alpha1` SealedSecrets into Secrets.
 //!
 //! Behaves as upstream's controller (github.com/bitnami-labs/sealed-secrets, pkg/controller) with
-//! these differences
-//! users asked for: a manually edited or deleted Secret is restored (every Secret change wakes
-//! the SealedSecret of the same name, and a periodic resync catches the rest); events are
-//! published only when something changed; the `Synced` condition carries a `reason`; the key that
-//! opened an object is remembered (in memory, and on its Secret for restarts) so a re-unseal
-//! costs one RSA operation per value; RSA work runs on at most one thread per core, so a burst
-//! of objects queues instead of starting a thread each.
+//! these differences users asked for: a manually edited or deleted Secret is restored (every Secret
+//! change wakes the SealedSecret of the same name, and a periodic resync catches the rest); events
+//! are published only when something changed; the `Synced` condition carries a `reason`; the key
+//! that opened an object is remembered (in memory, and on its Secret for restarts) so a re-unseal
+//! costs one RSA operation per value; RSA work runs on at most one thread per core, so a burst of
+//! objects queues instead of starting a thread each.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
