@@ -10,7 +10,11 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::watch;
+
+use crate::metrics::StatusLabels;
 
 /// A controller (or another long-running task of a job), ready to be driven.
 pub type Job = BoxFuture<'static, ()>;
@@ -123,6 +127,30 @@ pub fn backoff(attempts: u32, retryable: bool) -> Duration {
     Duration::from_secs(seconds.min(cap))
 }
 
+/// How often the condition gauges are recounted from the watch cache.
+pub const RECOUNT_EVERY: Duration = Duration::from_secs(10);
+
+/// Sets a `{status}` gauge family to the number of objects per condition status (`statuses`,
+/// one per object in the watch cache). `True`, `False` and `Unknown` are always present, so a
+/// status no object has any more drops to 0 instead of keeping its last count.
+pub fn set_condition_counts<'a>(
+    family: &Family<StatusLabels, Gauge>,
+    statuses: impl IntoIterator<Item = &'a str>,
+) {
+    let mut counts: std::collections::BTreeMap<&str, i64> =
+        [("True", 0), ("False", 0), ("Unknown", 0)].into();
+    for status in statuses {
+        *counts.entry(status).or_default() += 1;
+    }
+    for (status, count) in counts {
+        family
+            .get_or_create(&StatusLabels {
+                status: status.to_string(),
+            })
+            .set(count);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,6 +165,22 @@ mod tests {
         assert_eq!(failures.record("a"), 1);
         failures.retain(&HashSet::from(["a".to_string()]));
         assert_eq!(failures.record("b"), 1, "b was forgotten");
+    }
+
+    #[test]
+    fn condition_counts_reset_statuses_no_object_has() {
+        let family = Family::<StatusLabels, Gauge>::default();
+        let count = |status: &str| {
+            family
+                .get_or_create(&StatusLabels {
+                    status: status.into(),
+                })
+                .get()
+        };
+        set_condition_counts(&family, ["True", "True", "False"]);
+        assert_eq!((count("True"), count("False"), count("Unknown")), (2, 1, 0));
+        set_condition_counts(&family, ["Unknown"]);
+        assert_eq!((count("True"), count("False"), count("Unknown")), (0, 0, 1));
     }
 
     #[test]

@@ -32,9 +32,9 @@ use zeroize::Zeroizing;
 
 use crate::cluster::FIELD_MANAGER;
 use crate::controllers::reconciles::Reconciles;
-use crate::controllers::{Failures, backoff, lock};
+use crate::controllers::{Failures, RECOUNT_EVERY, backoff, lock, set_condition_counts};
 use crate::events::EventSink;
-use crate::metrics::{ControllerMetrics, ReasonLabels, SealedSecretMetrics, StatusLabels};
+use crate::metrics::{ControllerMetrics, ReasonLabels, SealedSecretMetrics};
 use crate::sealed_secrets::keys::KeyRing;
 
 /// What the controller needs.
@@ -292,27 +292,18 @@ pub async fn run(
 /// Keeps the `mooring_sealedsecret_condition` gauge equal to the SealedSecrets in the watch
 /// cache by `Synced` status (recounted, so restarts and deletions are reflected).
 async fn count_conditions(store: Store<SealedSecret>, metrics: SealedSecretMetrics) {
-    let mut every = tokio::time::interval(Duration::from_secs(10));
+    let mut every = tokio::time::interval(RECOUNT_EVERY);
     loop {
         every.tick().await;
-        let mut counts: BTreeMap<String, i64> = ["True", "False", "Unknown"]
-            .into_iter()
-            .map(|s| (s.to_string(), 0))
-            .collect();
-        for sealed in store.state() {
-            let status = sealed
+        let cached = store.state();
+        let statuses = cached.iter().map(|sealed| {
+            sealed
                 .status
                 .as_ref()
                 .and_then(|s| s.conditions.iter().find(|c| c.type_ == SYNCED))
-                .map_or("Unknown", |c| c.status.as_str());
-            *counts.entry(status.to_string()).or_default() += 1;
-        }
-        for (status, count) in counts {
-            metrics
-                .conditions
-                .get_or_create(&StatusLabels { status })
-                .set(count);
-        }
+                .map_or("Unknown", |c| c.status.as_str())
+        });
+        set_condition_counts(&metrics.conditions, statuses);
     }
 }
 
