@@ -173,9 +173,13 @@ impl Job {
         .map_err(|e| self.classify(&e))?;
         let mut connection = remote.to_connection_with_transport(transport);
         connection.set_transport_options(Box::new(http_options(&self.limits)));
-        if let Some(account) = self.http_account()? {
+        if let Some((account, origin)) = self.http_account()? {
             connection.set_credentials(move |action| match action {
-                gix::credentials::helper::Action::Get(context) => {
+                // Only for the origin the credentials were configured for: a redirect to another
+                // host (or port, or scheme) gets none.
+                gix::credentials::helper::Action::Get(context)
+                    if Origin::of_context(&context).as_ref() == Some(&origin) =>
+                {
                     Ok(Some(gix::credentials::protocol::Outcome {
                         identity: account.clone(),
                         next: context.into(),
@@ -271,7 +275,8 @@ impl Job {
     /// The https account, if the credentials have one. Plain http gets credentials only on a
     /// loopback host (a test server, a local proxy): anywhere else they would cross the network
     /// readable by anyone on the path.
-    fn http_account(&self) -> Result<Option<gix::sec::identity::Account>, GitError> {
+    /// The account for https (or loopback http) basic auth, and the origin it is for.
+    fn http_account(&self) -> Result<Option<(gix::sec::identity::Account, Origin)>, GitError> {
         let Some(credentials) = self.credentials.as_ref() else {
             return Ok(None);
         };
@@ -294,11 +299,12 @@ impl Job {
             .map(|u| u.to_string())
             .filter(|u| !u.is_empty())
             .unwrap_or_else(|| "git".to_string());
-        Ok(Some(gix::sec::identity::Account {
+        let account = gix::sec::identity::Account {
             username,
             password: password.to_string(),
             oauth_refresh_token: None,
-        }))
+        };
+        Ok(Some((account, Origin::of_url(&url))))
     }
 
     fn invalid_url(&self, error: impl std::fmt::Display) -> GitError {
@@ -397,6 +403,39 @@ fn scrub(text: &str, url: &str, shown_url: &str) -> String {
     }
 }
 
+/// Where credentials may go: scheme, host and port (the port explicit or the scheme's default),
+/// compared exactly.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Origin {
+    scheme: String,
+    host: String,
+    port: Option<u16>,
+}
+
+impl Origin {
+    fn of_url(url: &gix::Url) -> Origin {
+        Origin {
+            scheme: url.scheme.as_str().to_ascii_lowercase(),
+            host: url.host().unwrap_or_default().to_ascii_lowercase(),
+            port: url.port_or_default(),
+        }
+    }
+
+    /// The origin a credential request is for: its `url`, else its protocol and host (with
+    /// the port, when not the default); `None` when it names neither.
+    fn of_context(context: &gix::credentials::protocol::Context) -> Option<Origin> {
+        if let Some(url) = context.url.as_ref() {
+            return gix::url::parse(url.as_bstr())
+                .ok()
+                .map(|url| Origin::of_url(&url));
+        }
+        let (protocol, host) = (context.protocol.as_deref()?, context.host.as_deref()?);
+        gix::url::parse(format!("{protocol}://{host}/").as_bytes().as_bstr())
+            .ok()
+            .map(|url| Origin::of_url(&url))
+    }
+}
+
 /// HTTP transport options: a request timeout as a backstop (gix's reqwest client has only a
 /// connect timeout), no proxy from the environment.
 fn http_options(
@@ -415,5 +454,72 @@ fn http_options(
         user_agent: Some(format!("mooring/{}", env!("CARGO_PKG_VERSION"))),
         backend: Some(Arc::new(std::sync::Mutex::new(backend))),
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Origin;
+    use gix::bstr::ByteSlice;
+
+    fn origin(url: &str) -> Origin {
+        Origin::of_url(&gix::url::parse(url.as_bytes().as_bstr()).unwrap())
+    }
+
+    fn context(
+        url: Option<&str>,
+        protocol: &str,
+        host: &str,
+    ) -> gix::credentials::protocol::Context {
+        gix::credentials::protocol::Context {
+            url: url.map(Into::into),
+            protocol: Some(protocol.into()),
+            host: Some(host.into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn credentials_are_for_the_configured_origin_only() {
+        let configured = origin("https://git.example/org/repo.git");
+        let asked = |url, protocol, host| Origin::of_context(&context(url, protocol, host));
+        assert_eq!(
+            asked(Some("https://git.example/other.git"), "https", "x"),
+            Some(configured.clone())
+        );
+        assert_eq!(
+            asked(None, "https", "git.example"),
+            Some(configured.clone())
+        );
+        assert_eq!(
+            asked(None, "https", "GIT.example:443"),
+            Some(configured.clone())
+        );
+        for (url, protocol, host) in [
+            (
+                Some("https://evil.example/org/repo.git"),
+                "https",
+                "git.example",
+            ),
+            (
+                Some("https://git.example:8443/org/repo.git"),
+                "https",
+                "git.example",
+            ),
+            (
+                Some("http://git.example/org/repo.git"),
+                "https",
+                "git.example",
+            ),
+            (None, "https", "git.example.evil.example"),
+        ] {
+            assert_ne!(
+                asked(url, protocol, host),
+                Some(configured.clone()),
+                "{url:?} {host}"
+            );
+        }
+        let nothing = gix::credentials::protocol::Context::default();
+        assert_eq!(Origin::of_context(&nothing), None);
     }
 }
