@@ -498,3 +498,95 @@ async fn a_new_process_reuses_the_checkout_on_disk_and_cleans_up_what_it_does_no
         "the tree on disk needs no fetch"
     );
 }
+
+/// Writes a raw tree object (entries as git encodes them, in the order given, duplicates
+/// allowed) into `repo`; returns its id.
+fn raw_tree(repo: &Path, entries: &[(&str, &str, &str)]) -> String {
+    let mut bytes = Vec::new();
+    for (mode, name, id) in entries {
+        bytes.extend_from_slice(format!("{mode} {name}\0").as_bytes());
+        let id: Vec<u8> = (0..id.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&id[i..i + 2], 16).unwrap())
+            .collect();
+        bytes.extend_from_slice(&id);
+    }
+    let file = repo.join("raw-tree");
+    std::fs::write(&file, bytes).unwrap();
+    let id = git(
+        repo,
+        &[
+            "hash-object",
+            "-t",
+            "tree",
+            "--literally",
+            "-w",
+            file.to_str().unwrap(),
+        ],
+    );
+    std::fs::remove_file(file).unwrap();
+    id
+}
+
+fn blob(repo: &Path, content: &str) -> String {
+    let file = repo.join("raw-blob");
+    std::fs::write(&file, content).unwrap();
+    let id = git(repo, &["hash-object", "-w", file.to_str().unwrap()]);
+    std::fs::remove_file(file).unwrap();
+    id
+}
+
+#[tokio::test]
+async fn a_tree_with_two_entries_of_one_name_is_refused_and_writes_nothing_outside() {
+    let repo = Fixture::new();
+    repo.commit(&[("readme", "x\n")], "first");
+    let outside = tempfile::tempdir().unwrap();
+    let link = blob(&repo.bare, outside.path().to_str().unwrap());
+    let file = blob(&repo.bare, "escaped\n");
+    let inner = raw_tree(&repo.bare, &[("100644", "escaped.yaml", &file)]);
+    // A symlink `a` to a directory outside the checkout, then a directory `a`; and the other
+    // order, then a file of the same name.
+    for entries in [
+        vec![
+            ("120000", "a", link.as_str()),
+            ("40000", "a", inner.as_str()),
+        ],
+        vec![
+            ("120000", "a", link.as_str()),
+            ("100644", "a", file.as_str()),
+        ],
+    ] {
+        let root = raw_tree(&repo.bare, &entries);
+        let commit = git(
+            &repo.bare,
+            &[
+                "-c",
+                "user.name=t",
+                "-c",
+                "user.email=t@mooring.invalid",
+                "commit-tree",
+                &root,
+                "-m",
+                "crafted",
+            ],
+        );
+        git(&repo.bare, &["update-ref", "refs/heads/main", &commit]);
+        let error = repo
+            .cache()
+            .resolve(&repo.url(), "main", None)
+            .await
+            .unwrap_err();
+        match &error {
+            GitError::Jail { file, reason, .. } => {
+                assert_eq!(file, "a");
+                assert!(reason.contains("two entries"), "{reason}");
+            }
+            other => panic!("expected the jail error, got {other:?}"),
+        }
+        let escaped: Vec<_> = std::fs::read_dir(outside.path()).unwrap().collect();
+        assert!(
+            escaped.is_empty(),
+            "written outside the checkout: {escaped:?}"
+        );
+    }
+}

@@ -104,6 +104,7 @@ fn write_tree(
             )
         })
         .collect();
+    let mut seen = std::collections::HashSet::new();
     for (kind, name, id) in entries {
         let file = if prefix.is_empty() {
             name.clone()
@@ -114,18 +115,23 @@ fn write_tree(
         if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\\', '\0']) {
             return Err(budget.jail(&file, "the tree entry name is not a plain file name"));
         }
+        // Git never writes two entries of one name, but a crafted tree can: a symlink `a` then a
+        // directory `a` would write through the link, outside the checkout.
+        if !seen.insert(name.clone()) {
+            return Err(budget.jail(&file, "the tree has two entries of this name"));
+        }
         let path = dir.join(&name);
         match kind {
             EntryKind::Tree => {
                 budget.count(&file, 0)?;
+                // Never an existing path (`create_dir`, not `create_dir_all`): nothing is
+                // written through a link.
+                std::fs::create_dir(&path).map_err(|e| storage(StorageStep::Create, &path, e))?;
                 write_tree(repo, id, &path, &file, budget)?;
             }
             EntryKind::Blob | EntryKind::BlobExecutable => {
-                let blob = repo
-                    .find_blob(id)
-                    .map_err(|e| budget.jail(&file, format!("unreadable file: {e}")))?;
-                budget.count(&file, blob.data.len() as u64)?;
-                std::fs::write(&path, &blob.data)
+                let blob = read_blob(repo, id, &file, budget, "file")?;
+                write_new_file(&path, &blob.data)
                     .map_err(|e| storage(StorageStep::Write, &path, e))?;
                 let mode = if kind == EntryKind::BlobExecutable {
                     0o555
@@ -136,10 +142,7 @@ fn write_tree(
                     .map_err(|e| storage(StorageStep::MakeReadOnly, &path, e))?;
             }
             EntryKind::Link => {
-                let blob = repo
-                    .find_blob(id)
-                    .map_err(|e| budget.jail(&file, format!("unreadable symlink: {e}")))?;
-                budget.count(&file, blob.data.len() as u64)?;
+                let blob = read_blob(repo, id, &file, budget, "symlink")?;
                 let target = String::from_utf8(blob.data.clone())
                     .map_err(|_| budget.jail(&file, "the symlink target is not UTF-8"))?;
                 if target.contains('\0') {
@@ -153,13 +156,40 @@ fn write_tree(
             // Submodules are not fetched; git leaves an empty directory, and so do we.
             EntryKind::Commit => {
                 budget.count(&file, 0)?;
-                std::fs::create_dir_all(&path)
-                    .map_err(|e| storage(StorageStep::Create, &path, e))?;
+                std::fs::create_dir(&path).map_err(|e| storage(StorageStep::Create, &path, e))?;
                 seal_dir(&path)?;
             }
         }
     }
     seal_dir(dir)
+}
+
+/// Reads a blob once its size, from the object header, fits the budget: a huge blob is refused
+/// before it is loaded.
+fn read_blob<'repo>(
+    repo: &'repo gix::Repository,
+    id: gix::ObjectId,
+    file: &str,
+    budget: &mut Budget<'_>,
+    what: &str,
+) -> Result<gix::Blob<'repo>, GitError> {
+    let header = repo
+        .find_header(id)
+        .map_err(|e| budget.jail(file, format!("unreadable {what}: {e}")))?;
+    budget.count(file, header.size())?;
+    repo.find_blob(id)
+        .map_err(|e| budget.jail(file, format!("unreadable {what}: {e}")))
+}
+
+/// Writes a file that must not exist yet (`O_EXCL`: an existing file or link is an error, never
+/// followed).
+fn write_new_file(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)?
+        .write_all(data)
 }
 
 fn seal_dir(dir: &Path) -> Result<(), GitError> {
