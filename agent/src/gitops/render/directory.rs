@@ -40,6 +40,7 @@ pub(super) fn render(
 
     let mut objects = Vec::new();
     let mut total = 0u64;
+    let mut alias_allowance = yaml::ALIAS_EXPANSION_BYTES;
     for (relative_to_source, path) in files {
         if exclude
             .as_ref()
@@ -98,7 +99,7 @@ pub(super) fn render(
             column: None,
             message: "the file is not UTF-8 text".into(),
         })?;
-        objects.extend(yaml::parse_objects(&file, &text)?);
+        objects.extend(yaml::parse_objects(&file, &text, &mut alias_allowance)?);
     }
     Ok(objects)
 }

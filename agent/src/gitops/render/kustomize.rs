@@ -171,7 +171,12 @@ impl Kustomize {
             column: None,
             message: "the output is not UTF-8 text".into(),
         })?;
-        yaml::parse_objects(&format!("{shown} (kustomize output)"), &text)
+        let mut alias_allowance = yaml::ALIAS_EXPANSION_BYTES;
+        yaml::parse_objects(
+            &format!("{shown} (kustomize output)"),
+            &text,
+            &mut alias_allowance,
+        )
     }
 }
 

@@ -13,6 +13,9 @@
 //! object its own starting line for error messages. No snippets of the input go into errors:
 //! a manifest may be a Secret.
 
+use std::cell::Cell;
+use std::rc::Rc;
+
 use kube::api::DynamicObject;
 use serde_json::Value;
 
@@ -52,35 +55,60 @@ fn split_documents(text: &str) -> Vec<Document<'_>> {
     documents
 }
 
-fn options() -> serde_saphyr::Options {
-    serde_saphyr::options! {
+/// How many bytes aliases may add to one render's values in total (beyond the text they were
+/// written in). Anchors are rare in manifests and small; without a budget a few hundred bytes
+/// of YAML that repeat a large anchored scalar expand to gigabytes.
+pub(super) const ALIAS_EXPANSION_BYTES: usize = 1024 * 1024;
+
+/// The options for one document of `text_bytes`: its values may hold at most its own text plus
+/// what is left of the render's alias allowance; `expanded` receives the bytes they did hold.
+fn options(
+    text_bytes: usize,
+    allowance: usize,
+    expanded: Rc<Cell<usize>>,
+) -> serde_saphyr::Options {
+    let mut options = serde_saphyr::options! {
         with_snippet: false,
         strict_booleans: true,
         legacy_octal_numbers: true,
-    }
+    };
+    let mut budget = options.budget.take().unwrap_or_default();
+    budget.max_total_scalar_bytes = text_bytes.saturating_add(allowance);
+    options.budget = Some(budget);
+    options.with_budget_report(move |report| expanded.set(report.total_scalar_bytes))
 }
 
 /// Parses every document of `text` (YAML or JSON) into objects; `file` names it in errors.
 /// `kind: List` documents (and other `*List` kinds with `items`) are flattened, as kubectl does.
-pub(super) fn parse_objects(file: &str, text: &str) -> Result<Vec<DynamicObject>, RenderError> {
+/// `alias_allowance` is what is left of the render's [`ALIAS_EXPANSION_BYTES`]; what aliases
+/// add here is taken from it.
+pub(super) fn parse_objects(
+    file: &str,
+    text: &str,
+    alias_allowance: &mut usize,
+) -> Result<Vec<DynamicObject>, RenderError> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut objects = Vec::new();
     for document in split_documents(text) {
         if document.text.trim().is_empty() {
             continue;
         }
-        let value: Value =
-            serde_saphyr::from_str_with_options(document.text, options()).map_err(|error| {
-                let location = error.location();
-                RenderError::Yaml {
-                    file: file.to_string(),
-                    line: location
-                        .as_ref()
-                        .map(|l| document.first_line + l.line().saturating_sub(1)),
-                    column: location.as_ref().map(|l| l.column()),
-                    message: first_line_of(&error.to_string()),
-                }
-            })?;
+        let expanded = Rc::new(Cell::new(0));
+        let options = options(document.text.len(), *alias_allowance, Rc::clone(&expanded));
+        let parsed = serde_saphyr::from_str_with_options(document.text, options);
+        *alias_allowance =
+            alias_allowance.saturating_sub(expanded.get().saturating_sub(document.text.len()));
+        let value: Value = parsed.map_err(|error| {
+            let location = error.location();
+            RenderError::Yaml {
+                file: file.to_string(),
+                line: location
+                    .as_ref()
+                    .map(|l| document.first_line + l.line().saturating_sub(1)),
+                column: location.as_ref().map(|l| l.column()),
+                message: first_line_of(&error.to_string()),
+            }
+        })?;
         match value {
             // Comments only, or an explicit null document.
             Value::Null => continue,
@@ -170,14 +198,66 @@ fn to_object(file: &str, line: u64, value: Value) -> Result<DynamicObject, Rende
 mod tests {
     use super::*;
 
+    /// Parses with a fresh render's alias allowance.
+    fn parse(file: &str, text: &str) -> Result<Vec<DynamicObject>, RenderError> {
+        parse_objects(file, text, &mut ALIAS_EXPANSION_BYTES.clone())
+    }
+
     fn data(object: &DynamicObject, key: &str) -> Value {
         object.data["data"][key].clone()
+    }
+
+    /// A ConfigMap whose `data` repeats one anchored scalar of `scalar_bytes` through `aliases`
+    /// aliases: a small file that expands to `scalar_bytes × aliases` bytes.
+    fn alias_bomb(scalar_bytes: usize, aliases: usize) -> String {
+        let mut text = format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: bomb\ndata:\n  a: &a \"{}\"\n",
+            "x".repeat(scalar_bytes)
+        );
+        for i in 0..aliases {
+            text.push_str(&format!("  k{i}: *a\n"));
+        }
+        text
+    }
+
+    #[test]
+    fn alias_expansion_is_bounded_in_bytes() {
+        let started = std::time::Instant::now();
+        // 256 KiB × 4096 aliases: 1 GiB once expanded, from a file of 300 KiB.
+        let error = parse_objects(
+            "bomb.yaml",
+            &alias_bomb(256 * 1024, 4096),
+            &mut ALIAS_EXPANSION_BYTES.clone(),
+        )
+        .unwrap_err();
+        assert!(error.to_string().contains("bomb.yaml"), "{error}");
+        eprintln!("{error} in {:?}", started.elapsed());
+        // Ordinary use of anchors still works.
+        let mut allowance = ALIAS_EXPANSION_BYTES;
+        let objects = parse_objects("ok.yaml", &alias_bomb(64, 8), &mut allowance).unwrap();
+        assert_eq!(data(&objects[0], "k7"), Value::String("x".repeat(64)));
+        assert!(
+            allowance < ALIAS_EXPANSION_BYTES,
+            "the aliases used some of the allowance"
+        );
+        // The allowance is the render's, across files: many small bombs add up.
+        let mut allowance = ALIAS_EXPANSION_BYTES;
+        let small = alias_bomb(20 * 1024, 10);
+        let parsed: Vec<_> = (0..10)
+            .map(|i| parse_objects(&format!("f{i}.yaml"), &small, &mut allowance).is_ok())
+            .collect();
+        assert_eq!(
+            parsed,
+            [
+                true, true, true, true, true, false, false, false, false, false
+            ]
+        );
     }
 
     #[test]
     fn multi_document_yaml_with_empty_and_comment_documents() {
         let text = "# leading comment\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\n---\n# only a comment\n--- # separator with comment\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: b\n...\n";
-        let objects = parse_objects("two.yaml", text).unwrap();
+        let objects = parse("two.yaml", text).unwrap();
         let names: Vec<_> = objects
             .iter()
             .map(|o| o.metadata.name.clone().unwrap())
@@ -189,7 +269,7 @@ mod tests {
     #[test]
     fn yaml_1_2_booleans_and_yaml_1_1_octals_like_kustomize() {
         let text = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\ndata:\n  a: yes\n  b: on\n  c: 0755\n  d: 1e3\n  e: ~\n  f: true\n  g: 'true'\n  h: n\n";
-        let object = &parse_objects("cm.yaml", text).unwrap()[0];
+        let object = &parse("cm.yaml", text).unwrap()[0];
         // These are what `kustomize build` (v5.8.2) prints for the same input.
         assert_eq!(data(object, "a"), Value::String("yes".into()));
         assert_eq!(data(object, "b"), Value::String("on".into()));
@@ -204,14 +284,14 @@ mod tests {
     #[test]
     fn json_files_parse_too() {
         let text = r#"{"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s"}, "spec": {"ports": [{"port": 80}]}}"#;
-        let object = &parse_objects("svc.json", text).unwrap()[0];
+        let object = &parse("svc.json", text).unwrap()[0];
         assert_eq!(object.data["spec"]["ports"][0]["port"], 80);
     }
 
     #[test]
     fn malformed_yaml_names_the_file_and_the_line_in_the_file() {
         let text = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: b\ndata:\n  key: [unclosed\n  other: x\n";
-        let error = parse_objects("apps/bad.yaml", text).unwrap_err();
+        let error = parse("apps/bad.yaml", text).unwrap_err();
         match &error {
             RenderError::Yaml { file, line, .. } => {
                 assert_eq!(file, "apps/bad.yaml");
@@ -227,7 +307,7 @@ mod tests {
     #[test]
     fn duplicate_keys_are_refused_with_their_line() {
         let text = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\n  name: b\n";
-        match parse_objects("dup.yaml", text).unwrap_err() {
+        match parse("dup.yaml", text).unwrap_err() {
             RenderError::Yaml { line, .. } => assert_eq!(line, Some(5)),
             other => panic!("expected a YAML error, got {other:?}"),
         }
@@ -236,14 +316,14 @@ mod tests {
     #[test]
     fn errors_quote_no_values() {
         let text = "apiVersion: v1\nkind: Secret\nmetadata:\n  name: s\nstringData:\n  password: \"hunter2\n";
-        let error = parse_objects("secret.yaml", text).unwrap_err();
+        let error = parse("secret.yaml", text).unwrap_err();
         assert!(!error.to_string().contains("hunter2"), "{error}");
     }
 
     #[test]
     fn objects_without_kind_or_name_are_refused_with_the_document_line() {
         let text = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\n---\napiVersion: v1\nmetadata:\n  name: b\n";
-        match parse_objects("x.yaml", text).unwrap_err() {
+        match parse("x.yaml", text).unwrap_err() {
             RenderError::NotAnObject { file, line, reason } => {
                 assert_eq!((file.as_str(), line), ("x.yaml", 6));
                 assert!(reason.contains("kind"), "{reason}");
@@ -252,11 +332,11 @@ mod tests {
         }
         let nameless = "apiVersion: v1\nkind: ConfigMap\nmetadata: {}\n";
         assert!(matches!(
-            parse_objects("y.yaml", nameless),
+            parse("y.yaml", nameless),
             Err(RenderError::NotAnObject { .. })
         ));
         assert!(matches!(
-            parse_objects("z.yaml", "just a string\n"),
+            parse("z.yaml", "just a string\n"),
             Err(RenderError::NotAnObject { .. })
         ));
     }
@@ -264,6 +344,6 @@ mod tests {
     #[test]
     fn lists_are_flattened() {
         let text = "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: ConfigMap\n  metadata:\n    name: a\n- apiVersion: v1\n  kind: ConfigMap\n  metadata:\n    name: b\n";
-        assert_eq!(parse_objects("list.yaml", text).unwrap().len(), 2);
+        assert_eq!(parse("list.yaml", text).unwrap().len(), 2);
     }
 }
