@@ -40,6 +40,7 @@ use self::object::{
 };
 use self::prune::{Keep, PruneSettings, Refusal};
 use crate::cluster::FIELD_MANAGER;
+use crate::controllers::lock;
 
 /// How many objects of one step are compared or applied at once.
 const CONCURRENCY: usize = 16;
@@ -1186,12 +1187,6 @@ fn propagation_policy(options: &[String]) -> PropagationPolicy {
     } else {
         PropagationPolicy::Foreground
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]
