@@ -12,6 +12,7 @@
 
 pub mod compare;
 pub mod discovery;
+pub mod failure;
 pub mod health;
 pub mod object;
 pub mod order;
@@ -34,6 +35,7 @@ use mooring_crds::application::{HealthState, HealthStatus, ResourceStatus, SyncS
 use serde_json::Value;
 
 use self::discovery::{Discovery, DiscoveryError, Served};
+pub use self::failure::{ObjectFailure, Step};
 use self::object::{
     APPLIED_HASH_ANNOTATION, AppId, ObjectKey, TRACKING_ID_ANNOTATION, has_option,
     parse_tracking_id, split_api_version,
@@ -108,8 +110,8 @@ pub struct SyncReport {
     pub kept: Vec<(ObjectKey, Keep)>,
     /// Why nothing was pruned, when a whole-prune guard refused.
     pub prune_refused: Option<(&'static str, String)>,
-    /// Objects that could not be applied or pruned, with the reason.
-    pub failures: Vec<(ObjectKey, String)>,
+    /// Objects that could not be applied or pruned: the step, the reason and the message.
+    pub failures: Vec<ObjectFailure>,
     /// The Application's sync state.
     pub sync: SyncState,
     /// The Application's rolled-up health.
@@ -204,7 +206,7 @@ enum Outcome {
         drift: Option<Drift>,
     },
     Deferred(String),
-    Failed(String),
+    Failed(ObjectFailure),
 }
 
 impl Engine {
@@ -278,13 +280,16 @@ impl Engine {
                     if seen.insert(item.key.clone()) {
                         desired.push(item);
                     } else {
-                        report.failures.push((
-                            item.key.clone(),
-                            "the object appears twice in the render".into(),
-                        ));
+                        report.failures.push(ObjectFailure {
+                            reason: "DuplicateObject",
+                            ..ObjectFailure::invalid(
+                                item.key.clone(),
+                                "the object appears twice in the render",
+                            )
+                        });
                     }
                 }
-                Err((key, message)) => report.failures.push((key, message)),
+                Err(failure) => report.failures.push(failure),
             }
         }
         let desired_keys: BTreeSet<ObjectKey> = seen;
@@ -324,9 +329,9 @@ impl Engine {
                 .buffered(CONCURRENCY)
                 .collect()
                 .await;
-            for (item, outcome) in &results {
-                if let Outcome::Failed(message) = outcome {
-                    report.failures.push((item.key.clone(), message.clone()));
+            for (_, outcome) in &results {
+                if let Outcome::Failed(failure) = outcome {
+                    report.failures.push(failure.clone());
                     failed_step = true;
                 }
             }
@@ -338,7 +343,7 @@ impl Engine {
                     {
                         continue;
                     }
-                    match self.wait_established(&item.key.name).await {
+                    match self.wait_established(&item.key).await {
                         // Its health is judged on the Established object, not the apply answer.
                         Ok(established) => match outcome {
                             Outcome::InSync(health) | Outcome::Written { health, .. } => {
@@ -347,8 +352,8 @@ impl Engine {
                             }
                             _ => {}
                         },
-                        Err(message) => {
-                            report.failures.push((item.key.clone(), message));
+                        Err(failure) => {
+                            report.failures.push(failure);
                             failed_step = true;
                         }
                     }
@@ -504,9 +509,9 @@ impl Engine {
         app: &AppId,
         object: &DynamicObject,
         destination_namespace: Option<&str>,
-    ) -> Result<Desired, (ObjectKey, String)> {
+    ) -> Result<Desired, ObjectFailure> {
         let mut key = ObjectKey::of_object(object).ok_or_else(|| {
-            (
+            ObjectFailure::invalid(
                 ObjectKey {
                     group: String::new(),
                     kind: object
@@ -517,7 +522,7 @@ impl Engine {
                     namespace: object.metadata.namespace.clone(),
                     name: object.metadata.name.clone().unwrap_or_default(),
                 },
-                "the object has no apiVersion, kind or metadata.name".to_string(),
+                "the object has no apiVersion, kind or metadata.name",
             )
         })?;
         let api_version = object
@@ -531,7 +536,9 @@ impl Engine {
             .discovery
             .resolve(&gvk)
             .await
-            .map_err(|error: DiscoveryError| (key.clone(), crate::errors::error_chain(&error)))?;
+            .map_err(|error: DiscoveryError| {
+                ObjectFailure::discovery(key.clone(), Step::Discover, &error)
+            })?;
         match &served {
             Some(served) if !served.namespaced => key.namespace = None,
             // Unknown kinds (deferred) are keyed as namespaced when they name a namespace or
@@ -541,16 +548,19 @@ impl Engine {
                     key.namespace = destination_namespace.map(str::to_string);
                 }
                 if served.is_some() && key.namespace.is_none() {
-                    return Err((
-                        key,
-                        "metadata.namespace is not set and the Application has no destination namespace"
-                            .into(),
-                    ));
+                    return Err(ObjectFailure {
+                        reason: "MissingNamespace",
+                        ..ObjectFailure::invalid(
+                            key,
+                            "metadata.namespace is not set and the Application has no destination namespace",
+                        )
+                    });
                 }
             }
         }
-        let mut manifest = serde_json::to_value(object)
-            .map_err(|error| (key.clone(), format!("failed to encode the object: {error}")))?;
+        let mut manifest = serde_json::to_value(object).map_err(|error| {
+            ObjectFailure::invalid(key.clone(), format!("failed to encode the object: {error}"))
+        })?;
         let tracking_id = key.tracking_id(app);
         if let Some(metadata) = manifest.get_mut("metadata").and_then(Value::as_object_mut) {
             // Server-owned fields from a copied live object would make the apply fail or lie.
@@ -593,8 +603,9 @@ impl Engine {
         {
             annotations.insert(APPLIED_HASH_ANNOTATION.into(), Value::String(hash.clone()));
         }
-        let manifest = serde_json::to_string(&manifest)
-            .map_err(|error| (key.clone(), format!("failed to encode the object: {error}")))?;
+        let manifest = serde_json::to_string(&manifest).map_err(|error| {
+            ObjectFailure::invalid(key.clone(), format!("failed to encode the object: {error}"))
+        })?;
         Ok(Desired {
             wave: order::sync_wave(&object.metadata),
             key,
@@ -626,9 +637,9 @@ impl Engine {
         let manifest: Value = match serde_json::from_str(&item.manifest) {
             Ok(manifest) => manifest,
             Err(error) => {
-                return Outcome::Failed(format!(
-                    "failed to decode the manifest of {}: {error}",
-                    item.key
+                return Outcome::Failed(ObjectFailure::invalid(
+                    item.key.clone(),
+                    format!("failed to decode the manifest of {}: {error}", item.key),
                 ));
             }
         };
@@ -659,7 +670,13 @@ impl Engine {
                         };
                         return Outcome::Deferred(reason);
                     }
-                    Err(error) => return Outcome::Failed(crate::errors::error_chain(&error)),
+                    Err(error) => {
+                        return Outcome::Failed(ObjectFailure::discovery(
+                            item.key.clone(),
+                            Step::Discover,
+                            &error,
+                        ));
+                    }
                 }
             }
         };
@@ -677,7 +694,12 @@ impl Engine {
                     if let Some(deferred) = self.kind_gone(item, &error).await {
                         return deferred;
                     }
-                    return Outcome::Failed(format!("failed to read {}: {error}", item.key));
+                    return Outcome::Failed(ObjectFailure::api(
+                        item.key.clone(),
+                        Step::Read,
+                        &error,
+                        format!("failed to read {}: {error}", item.key),
+                    ));
                 }
             },
         };
@@ -687,10 +709,17 @@ impl Engine {
             if let Some(owner) = foreign_owner(live, &request.app)
                 && !self.released_by(&owner, &item.key).await
             {
-                return Outcome::Failed(format!(
-                    "{} is already managed by Application {owner}; remove it from one of them",
-                    item.key
-                ));
+                return Outcome::Failed(ObjectFailure {
+                    key: item.key.clone(),
+                    step: Step::CheckOwner,
+                    reason: "SharedResource",
+                    // Only a change in Git (of one of the two Applications) resolves it.
+                    retryable: false,
+                    message: format!(
+                        "{} is already managed by Application {owner}; remove it from one of them",
+                        item.key
+                    ),
+                });
             }
             let live_hash = live
                 .pointer(&format!(
@@ -731,9 +760,11 @@ impl Engine {
                     result
                 }
                 Err(error) => {
-                    return Outcome::Failed(format!(
-                        "failed to apply {} (dry run): {error}",
-                        item.key
+                    return Outcome::Failed(ObjectFailure::api(
+                        item.key.clone(),
+                        Step::DryRun,
+                        &error,
+                        format!("failed to apply {} (dry run): {error}", item.key),
                     ));
                 }
             };
@@ -798,7 +829,12 @@ impl Engine {
                 if let Some(deferred) = self.kind_gone(item, &error).await {
                     return deferred;
                 }
-                Outcome::Failed(format!("failed to apply {}: {error}", item.key))
+                Outcome::Failed(ObjectFailure::api(
+                    item.key.clone(),
+                    Step::Apply,
+                    &error,
+                    format!("failed to apply {}: {error}", item.key),
+                ))
             }
         }
     }
@@ -925,20 +961,29 @@ impl Engine {
         }
     }
 
-    /// Waits until CRD `name` is Established and returns it as JSON.
-    async fn wait_established(&self, name: &str) -> Result<Value, String> {
+    /// Waits until the CRD `key` is Established and returns it as JSON.
+    async fn wait_established(&self, key: &ObjectKey) -> Result<Value, ObjectFailure> {
+        let name = &key.name;
         let api: Api<CustomResourceDefinition> = Api::all(self.client.clone());
         let established = await_condition(api, name, conditions::is_crd_established());
-        match tokio::time::timeout(self.crd_timeout, established).await {
-            Ok(Ok(crd)) => Ok(serde_json::to_value(&crd).unwrap_or_default()),
-            Ok(Err(error)) => Err(format!(
-                "failed to watch CustomResourceDefinition {name}: {error}"
-            )),
-            Err(_) => Err(format!(
+        let message = match tokio::time::timeout(self.crd_timeout, established).await {
+            Ok(Ok(crd)) => return Ok(serde_json::to_value(&crd).unwrap_or_default()),
+            Ok(Err(error)) => {
+                format!("failed to watch CustomResourceDefinition {name}: {error}")
+            }
+            Err(_) => format!(
                 "CustomResourceDefinition {name} was not Established within {:?}",
                 self.crd_timeout
-            )),
-        }
+            ),
+        };
+        Err(ObjectFailure {
+            key: key.clone(),
+            step: Step::WaitEstablished,
+            reason: "CrdNotEstablished",
+            // The API server may only be slow to accept a new CRD.
+            retryable: true,
+            message,
+        })
     }
 
     async fn ensure_namespace(&self, namespace: &str) -> Result<(), Error> {
@@ -1004,9 +1049,11 @@ impl Engine {
                 // The kind is gone (its CRD was deleted): so is the object.
                 Ok(None) => continue,
                 Err(error) => {
-                    report
-                        .failures
-                        .push((key.clone(), crate::errors::error_chain(&error)));
+                    report.failures.push(ObjectFailure::discovery(
+                        key.clone(),
+                        Step::Prune,
+                        &error,
+                    ));
                     still_owned.push(requires_pruning(entry));
                     continue;
                 }
@@ -1015,23 +1062,32 @@ impl Engine {
             let live = match api.get_opt(&key.name).await {
                 Ok(Some(live)) => live,
                 Ok(None) => continue,
-                Err(kube::Error::Api(status)) if status.code == 404 => {
+                Err(error @ kube::Error::Api(_)) if is_not_found(&error) => {
                     // The kind may be gone with its CRD, and the object with it.
                     self.discovery.forget(&gvk);
                     if let Ok(None) = self.discovery.resolve(&gvk).await {
                         continue;
                     }
-                    report.failures.push((
+                    let message = match &error {
+                        kube::Error::Api(status) => status.message.clone(),
+                        _ => error.to_string(),
+                    };
+                    report.failures.push(ObjectFailure::api(
                         key.clone(),
-                        format!("failed to read {key}: {}", status.message),
+                        Step::Prune,
+                        &error,
+                        format!("failed to read {key}: {message}"),
                     ));
                     still_owned.push(requires_pruning(entry));
                     continue;
                 }
                 Err(error) => {
-                    report
-                        .failures
-                        .push((key.clone(), format!("failed to read {key}: {error}")));
+                    report.failures.push(ObjectFailure::api(
+                        key.clone(),
+                        Step::Prune,
+                        &error,
+                        format!("failed to read {key}: {error}"),
+                    ));
                     still_owned.push(requires_pruning(entry));
                     continue;
                 }
@@ -1069,9 +1125,12 @@ impl Engine {
                 }
                 Err(kube::Error::Api(status)) if status.code == 404 => report.pruned.push(key),
                 Err(error) => {
-                    report
-                        .failures
-                        .push((key.clone(), format!("failed to delete {key}: {error}")));
+                    report.failures.push(ObjectFailure::api(
+                        key.clone(),
+                        Step::Prune,
+                        &error,
+                        format!("failed to delete {key}: {error}"),
+                    ));
                     still_owned.push(requires_pruning(entry));
                 }
             }
@@ -1166,6 +1225,10 @@ fn remember_kind(kinds: &mut Vec<ApiResource>, resource: &ApiResource) {
     }) {
         kinds.push(resource.clone());
     }
+}
+
+fn is_not_found(error: &kube::Error) -> bool {
+    matches!(error, kube::Error::Api(status) if status.code == 404)
 }
 
 /// An inventory entry kept although it left Git.
