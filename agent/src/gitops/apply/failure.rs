@@ -93,8 +93,12 @@ impl fmt::Display for ObjectFailure {
     }
 }
 
+/// The sentence for a failed discovery, naming each cause once: kube's errors already print
+/// their own cause in their message (`ApiError: …`) and also return it as their source, so
+/// [`crate::errors::error_chain`] would repeat it. This prints the API error as every other
+/// per-object message of the engine does (`failed to read …: {error}`).
 fn discovery_message(error: &DiscoveryError) -> String {
-    crate::errors::error_chain(error)
+    format!("{error}: {}", error.source)
 }
 
 /// Kubernetes' status reason for an API error, and whether retrying soon may help. The
@@ -169,6 +173,35 @@ mod tests {
         assert_eq!(
             (failure.reason, failure.retryable),
             ("InvalidObject", false)
+        );
+    }
+
+    #[test]
+    fn a_discovery_failure_names_each_cause_once() {
+        let error = DiscoveryError {
+            group: "example.com".into(),
+            version: "v1".into(),
+            kind: "Widget".into(),
+            source: api_error(503, "the server is currently unable to handle the request"),
+        };
+        let failure = ObjectFailure::discovery(key(), Step::Discover, &error);
+        let api = error.source.to_string();
+        assert_eq!(
+            failure.message,
+            format!("failed to discover the resource for example.com/v1 Widget: {api}")
+        );
+        // The chain printer would add the API status a second time: kube prints it in its
+        // own message and returns it as the source too.
+        assert_eq!(
+            crate::errors::error_chain(&error),
+            format!(
+                "{}: the server is currently unable to handle the request: Invalid",
+                failure.message
+            )
+        );
+        assert_eq!(
+            (failure.reason, failure.retryable),
+            ("DiscoveryFailed", true)
         );
     }
 }

@@ -253,6 +253,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_chain_shows_each_cause_of_a_sync_error_once() {
+        // A kube error whose message holds no cause of its own: what the chain prints beyond
+        // it is what mooring's errors add.
+        let cause = || kube::Error::LinesCodecMaxLineLengthExceeded;
+        let namespace = Error::CreateNamespace {
+            namespace: "team".into(),
+            source: cause(),
+        };
+        assert_eq!(
+            crate::errors::error_chain(&namespace),
+            "failed to create namespace team: Error finding newline character"
+        );
+        let discovery = discovery::DiscoveryError {
+            group: "example.com".into(),
+            version: "v1".into(),
+            kind: "Widget".into(),
+            source: cause(),
+        };
+        assert_eq!(
+            crate::errors::error_chain(&discovery),
+            "failed to discover the resource for example.com/v1 Widget: Error finding newline character"
+        );
+    }
+
+    #[test]
     fn drift_names_the_field_manager() {
         let key = ObjectKey {
             group: "apps".into(),
