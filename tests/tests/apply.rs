@@ -1341,7 +1341,7 @@ async fn create_namespace_creates_the_destination_namespace() {
         "without CreateNamespace the namespace is missing"
     );
     assert!(
-        without.failures[0].1.contains("not found"),
+        without.failures[0].message.contains("not found"),
         "{:?}",
         without.failures
     );
@@ -1617,7 +1617,7 @@ async fn an_object_moved_between_applications_is_taken_over_in_place() {
     assert_eq!(conflict.failures.len(), 1, "{:?}", conflict.failures);
     assert!(
         conflict.failures[0]
-            .1
+            .message
             .contains(&format!("already managed by Application {}/a", ns.name()))
     );
 

@@ -565,10 +565,10 @@ async fn reconcile(cached: Arc<Application>, ctx: Arc<Context>) -> Result<Action
         elapsed_ms = started.elapsed().as_millis(),
         "application synced"
     );
-    if let Some((key, message)) = report.failures.first() {
+    if let Some(failure) = report.failures.first() {
         return Err(Error::Objects {
             count: report.failures.len(),
-            first: format!("{key}: {message}"),
+            first: failure.to_string(),
         });
     }
     ctx.failures
@@ -633,10 +633,10 @@ async fn finalize(ctx: &Context, app: &Application, id: &AppId) -> Result<Action
         );
         publish(ctx, app, EventType::Normal, "ResourcesDeleted", &note).await;
     }
-    if let Some((key, message)) = report.failures.first() {
+    if let Some(failure) = report.failures.first() {
         return Err(Error::Objects {
             count: report.failures.len(),
-            first: format!("{key}: {message}"),
+            first: failure.to_string(),
         });
     }
     let remaining: Vec<String> = finalizers
@@ -860,11 +860,11 @@ fn report_conditions(report: &SyncReport, mode: Mode) -> Vec<Condition> {
             "SyncWaveNotHealthy",
             report.waiting.clone().unwrap_or_default(),
         ),
-        (Some((key, message)), _, _) => condition(
+        (Some(failure), _, _) => condition(
             names::SYNCED,
             ConditionStatus::False,
             "SyncFailed",
-            format!("{} object(s) failed; first: {key}: {message}", report.failures.len()),
+            format!("{} object(s) failed; first: {failure}", report.failures.len()),
         ),
         (None, SyncState::Synced, _) => condition(
             names::SYNCED,

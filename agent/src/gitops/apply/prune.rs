@@ -1,16 +1,24 @@
-//! Prune guards: which objects that left Git may be deleted. Pure decisions, so every guard is
-//! unit-tested; the engine executes them. Safety first: the inventory in the Application status
-//! *and* the tracking-id annotation on the live object must both say mooring owns the object for
-//! this Application, and whole-prune guards stop mass deletions after a bad render.
+//! Prune: which objects that left Git may be deleted, and deleting them. The guards are pure
+//! decisions, so every one is unit-tested; [`Engine`] executes them. Safety first: the inventory
+//! in the Application status *and* the tracking-id annotation on the live object must both say
+//! mooring owns the object for this Application, and whole-prune guards stop mass deletions
+//! after a bad render.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
-use kube::api::ObjectMeta;
+use kube::api::{
+    Api, DeleteParams, DynamicObject, GroupVersionKind, ObjectMeta, PropagationPolicy,
+};
+use mooring_crds::application::{ResourceStatus, SyncState};
 
+use super::failure::{ObjectFailure, Step};
 use super::object::{
     ALLOW_PRUNE_ANNOTATION, AppId, ObjectKey, TRACKING_ID_ANNOTATION, has_option,
     object_sync_options,
 };
+use super::order::{self, OrderKey};
+use super::{Engine, Mode, SyncReport, SyncRequest};
+use crate::controllers::lock;
 
 /// The fraction of the inventory one sync may prune unless configured otherwise.
 pub const DEFAULT_MAX_PRUNE_FRACTION: f64 = 0.5;
@@ -213,6 +221,234 @@ pub fn may_prune(app: &AppId, key: &ObjectKey, live: &ObjectMeta) -> Result<(), 
 pub fn prune_last(app_options: &[String], live: &ObjectMeta) -> bool {
     has_option(app_options, "PruneLast", "true")
         || has_option(&object_sync_options(live), "PruneLast", "true")
+}
+
+/// What to do with one prune candidate, decided on its live object.
+enum Candidate {
+    /// It is gone already, or its kind is (its CRD was deleted): drop it from the inventory.
+    Gone,
+    /// It could not be checked: it stays in the inventory and the next sync retries it.
+    Failed(ObjectFailure),
+    /// A guard keeps it.
+    Kept(Keep),
+    /// Delete it, in this order among the others.
+    Delete {
+        order: (bool, std::cmp::Reverse<OrderKey>),
+        /// Boxed: an `Api` is large beside the other variants.
+        api: Box<Api<DynamicObject>>,
+    },
+}
+
+impl Engine {
+    /// Prunes what left Git when every object applied and the whole-prune guards allow it.
+    /// Returns the inventory entries still owned: kept, refused and failed objects stay
+    /// tracked (requiring pruning) so the next sync decides again.
+    pub(super) async fn prune_left_git(
+        &self,
+        request: &SyncRequest,
+        in_inventory: &BTreeSet<ObjectKey>,
+        desired: &BTreeSet<ObjectKey>,
+        report: &mut SyncReport,
+    ) -> Vec<ResourceStatus> {
+        // Only after every object applied (deferred ones are not failures).
+        let prunable =
+            request.mode == Mode::Apply && report.failures.is_empty() && report.waiting.is_none();
+        let plan = plan(in_inventory, desired, &request.prune);
+        if plan.candidates.is_empty() {
+            return Vec::new();
+        }
+        let refusal = if prunable {
+            plan.refused.clone()
+        } else if request.mode == Mode::Compare {
+            Some(Refusal::Disabled)
+        } else {
+            None
+        };
+        let entries = entries_by_key(&request.inventory);
+        if let Some(refusal) = &refusal {
+            report.prune_refused = Some((refusal.reason(), refusal.message(&plan.candidates)));
+        }
+        if refusal.is_some() || !prunable {
+            // Refused, or a failed apply: keep everything, decide next time.
+            return plan
+                .candidates
+                .iter()
+                .filter_map(|key| entries.get(key))
+                .map(|entry| requires_pruning(entry))
+                .collect();
+        }
+        self.prune(request, &plan.candidates, &entries, report)
+            .await
+    }
+
+    /// Deletes the candidates that pass the per-object guards, in reverse apply order
+    /// (`PruneLast` ones at the very end). Returns the inventory entries still owned: kept and
+    /// failed objects stay tracked so the next sync retries them.
+    pub(super) async fn prune(
+        &self,
+        request: &SyncRequest,
+        candidates: &[ObjectKey],
+        entries: &HashMap<ObjectKey, &ResourceStatus>,
+        report: &mut SyncReport,
+    ) -> Vec<ResourceStatus> {
+        let mut still_owned = Vec::new();
+        let mut targets = Vec::new();
+        for key in candidates {
+            let Some(entry) = entries.get(key) else {
+                continue;
+            };
+            match self.check_candidate(request, key, entry).await {
+                Candidate::Gone => {}
+                Candidate::Failed(failure) => {
+                    report.failures.push(failure);
+                    still_owned.push(requires_pruning(entry));
+                }
+                Candidate::Kept(keep) => {
+                    // Not ours (any more): drop it from the inventory unless only a guard
+                    // keeps it.
+                    if keep != Keep::NotOwned {
+                        still_owned.push(requires_pruning(entry));
+                    }
+                    report.kept.push((key.clone(), keep));
+                }
+                Candidate::Delete { order, api } => targets.push((order, key, api, *entry)),
+            }
+        }
+        targets.sort_by(|a, b| a.0.cmp(&b.0));
+        let propagation = propagation_policy(&request.sync_options);
+        for (_, key, api, entry) in targets {
+            match self.delete(request, key, &api, &propagation).await {
+                Ok(()) => report.pruned.push(key.clone()),
+                Err(failure) => {
+                    report.failures.push(failure);
+                    still_owned.push(requires_pruning(entry));
+                }
+            }
+        }
+        still_owned
+    }
+
+    /// Looks the candidate up live and applies the per-object guards to it.
+    async fn check_candidate(
+        &self,
+        request: &SyncRequest,
+        key: &ObjectKey,
+        entry: &ResourceStatus,
+    ) -> Candidate {
+        let gvk = GroupVersionKind::gvk(&key.group, &entry.version, &key.kind);
+        let served = match self.discovery.resolve(&gvk).await {
+            Ok(Some(served)) => served,
+            // The kind is gone (its CRD was deleted): so is the object.
+            Ok(None) => return Candidate::Gone,
+            Err(error) => {
+                return Candidate::Failed(ObjectFailure::discovery(
+                    key.clone(),
+                    Step::Prune,
+                    &error,
+                ));
+            }
+        };
+        let api = self.api(&served, key.namespace.as_deref());
+        let live = match api.get_opt(&key.name).await {
+            Ok(Some(live)) => live,
+            Ok(None) => return Candidate::Gone,
+            Err(error) => return self.unreadable(key, &gvk, &error).await,
+        };
+        let decision = may_prune(&request.app, key, &live.metadata).and_then(|()| {
+            // `Prune=false` in the Application's own syncOptions protects every object.
+            if has_option(&request.sync_options, "Prune", "false") {
+                Err(Keep::PruneDisabled)
+            } else {
+                Ok(())
+            }
+        });
+        if let Err(keep) = decision {
+            return Candidate::Kept(keep);
+        }
+        let last = prune_last(&request.sync_options, &live.metadata);
+        let wave = order::sync_wave(&live.metadata);
+        Candidate::Delete {
+            order: order::prune_key(key, wave, last),
+            api: Box::new(api),
+        }
+    }
+
+    /// A candidate whose live object could not be read: gone when a 404 came with its kind
+    /// (the CRD was deleted, and the object with it), failed otherwise.
+    async fn unreadable(
+        &self,
+        key: &ObjectKey,
+        gvk: &GroupVersionKind,
+        error: &kube::Error,
+    ) -> Candidate {
+        let message = match error {
+            kube::Error::Api(status) if status.code == 404 => {
+                self.discovery.forget(gvk);
+                if let Ok(None) = self.discovery.resolve(gvk).await {
+                    return Candidate::Gone;
+                }
+                format!("failed to read {key}: {}", status.message)
+            }
+            _ => format!("failed to read {key}: {error}"),
+        };
+        Candidate::Failed(ObjectFailure::api(key.clone(), Step::Prune, error, message))
+    }
+
+    /// Deletes one object; one already gone counts as deleted.
+    async fn delete(
+        &self,
+        request: &SyncRequest,
+        key: &ObjectKey,
+        api: &Api<DynamicObject>,
+        propagation: &PropagationPolicy,
+    ) -> Result<(), ObjectFailure> {
+        let params = DeleteParams {
+            propagation_policy: Some(propagation.clone()),
+            ..DeleteParams::default()
+        };
+        match api.delete(&key.name, &params).await {
+            Ok(_) => {
+                lock(&self.verified).remove(&(request.app.clone(), key.clone()));
+                Ok(())
+            }
+            Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+            Err(error) => Err(ObjectFailure::api(
+                key.clone(),
+                Step::Prune,
+                &error,
+                format!("failed to delete {key}: {error}"),
+            )),
+        }
+    }
+}
+
+/// The inventory entries by object.
+pub(super) fn entries_by_key(inventory: &[ResourceStatus]) -> HashMap<ObjectKey, &ResourceStatus> {
+    inventory
+        .iter()
+        .map(|entry| (ObjectKey::of_status(entry), entry))
+        .collect()
+}
+
+/// An inventory entry kept although it left Git.
+fn requires_pruning(entry: &ResourceStatus) -> ResourceStatus {
+    ResourceStatus {
+        status: Some(SyncState::OutOfSync),
+        requires_pruning: Some(true),
+        ..entry.clone()
+    }
+}
+
+/// `PrunePropagationPolicy=foreground|background|orphan`; foreground by default, as Argo CD:
+/// a pruned Deployment is gone only when its pods are.
+fn propagation_policy(options: &[String]) -> PropagationPolicy {
+    if has_option(options, "PrunePropagationPolicy", "background") {
+        PropagationPolicy::Background
+    } else if has_option(options, "PrunePropagationPolicy", "orphan") {
+        PropagationPolicy::Orphan
+    } else {
+        PropagationPolicy::Foreground
+    }
 }
 
 #[cfg(test)]
@@ -418,5 +654,21 @@ mod tests {
             &ObjectMeta::default()
         ));
         assert!(!prune_last(&[], &ObjectMeta::default()));
+    }
+
+    #[test]
+    fn propagation_defaults_to_foreground() {
+        assert!(matches!(
+            propagation_policy(&[]),
+            PropagationPolicy::Foreground
+        ));
+        assert!(matches!(
+            propagation_policy(&["PrunePropagationPolicy=background".into()]),
+            PropagationPolicy::Background
+        ));
+        assert!(matches!(
+            propagation_policy(&["PrunePropagationPolicy=orphan".into()]),
+            PropagationPolicy::Orphan
+        ));
     }
 }

@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 
 use super::object::{AppId, TRACKING_ID_ANNOTATION, parse_tracking_id};
 use crate::cluster::FIELD_MANAGER;
+use crate::controllers::lock;
 
 /// Objects per page of a drift watch's initial LIST (kube's default is 500).
 const WATCH_PAGE: u32 = 100;
@@ -87,10 +88,7 @@ impl Wakes {
     /// controller is gone.
     fn wake(self: &Arc<Self>, app: AppId) -> bool {
         let now = tokio::time::Instant::now();
-        let mut state = self
-            .state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut state = lock(&self.state);
         // Forget Applications not woken for a while (deleted ones, mostly); only once the map
         // has grown, so a burst of events does not scan every Application each time.
         if state.len() > FORGET_ABOVE {
@@ -104,11 +102,7 @@ impl Wakes {
                 let wakes = Arc::clone(self);
                 tokio::spawn(async move {
                     tokio::time::sleep_until(at).await;
-                    wakes
-                        .state
-                        .lock()
-                        .unwrap_or_else(|poisoned| poisoned.into_inner())
-                        .insert(app.clone(), (tokio::time::Instant::now(), false));
+                    lock(&wakes.state).insert(app.clone(), (tokio::time::Instant::now(), false));
                     let _ = wakes.sender.send(app);
                 });
                 true
@@ -139,10 +133,7 @@ impl Watches {
     /// Starts a watch of `resource` in all namespaces unless one runs already.
     pub fn ensure(&self, resource: &ApiResource) {
         let gvk = GroupVersionKind::gvk(&resource.group, &resource.version, &resource.kind);
-        let mut running = self
-            .running
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut running = lock(&self.running);
         if running.get(&gvk).is_some_and(|task| !task.is_finished()) {
             return;
         }
@@ -201,10 +192,7 @@ impl Watches {
 
     /// How many kinds are watched.
     pub fn len(&self) -> usize {
-        self.running
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .len()
+        lock(&self.running).len()
     }
 
     /// Whether no kind is watched.

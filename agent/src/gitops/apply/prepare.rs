@@ -1,0 +1,307 @@
+//! Preparing a sync: the destination namespace when `CreateNamespace=true`, then every rendered
+//! object validated, keyed (discovery tells its scope) and turned into the manifest mooring
+//! applies, ordered and cut into the steps the sync runs one after the other.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, DynamicObject, GroupVersionKind, Patch, PatchParams};
+use serde_json::Value;
+
+use super::discovery::Served;
+use super::failure::{ObjectFailure, Step};
+use super::object::{
+    APPLIED_HASH_ANNOTATION, AppId, ObjectKey, TRACKING_ID_ANNOTATION, has_option,
+    split_api_version,
+};
+use super::{Engine, Error, Mode, SyncRequest, compare, order};
+use crate::cluster::FIELD_MANAGER;
+
+/// Metadata fields the API server owns: copied from a live object into Git, they would make
+/// the apply fail or lie.
+const SERVER_OWNED_FIELDS: [&str; 6] = [
+    "resourceVersion",
+    "uid",
+    "creationTimestamp",
+    "managedFields",
+    "generation",
+    "selfLink",
+];
+
+/// A desired object, validated and keyed.
+pub(super) struct Desired {
+    pub(super) key: ObjectKey,
+    pub(super) version: String,
+    pub(super) served: Option<Served>,
+    /// What mooring applies, as compact JSON: a fraction of the size of the same manifest as a
+    /// [`Value`] (a tree of small maps), and every object of a step is held until the step
+    /// ends. Parsed again while the object is compared and applied.
+    pub(super) manifest: String,
+    pub(super) hash: String,
+    pub(super) wave: i64,
+}
+
+/// The desired set, ready to sync.
+pub(super) struct Prepared {
+    /// The valid objects in apply order, cut into steps: the first stage, then one per wave.
+    pub(super) steps: Vec<Vec<Desired>>,
+    /// The keys of the valid objects: what prune compares the inventory with.
+    pub(super) keys: BTreeSet<ObjectKey>,
+    /// CRDs in the desired set: (group, kind) → CRD name, so a custom resource waiting for one
+    /// can name it.
+    pub(super) crds: BTreeMap<(String, String), String>,
+}
+
+impl Engine {
+    /// Creates the destination namespace first when the sync writes and `CreateNamespace=true`.
+    pub(super) async fn create_destination_namespace(
+        &self,
+        request: &SyncRequest,
+    ) -> Result<(), Error> {
+        if request.mode == Mode::Apply
+            && has_option(&request.sync_options, "CreateNamespace", "true")
+            && let Some(namespace) = &request.destination_namespace
+        {
+            self.ensure_namespace(namespace).await?;
+        }
+        Ok(())
+    }
+
+    async fn ensure_namespace(&self, namespace: &str) -> Result<(), Error> {
+        let api: Api<Namespace> = Api::all(self.client.clone());
+        let fail = |source| Error::CreateNamespace {
+            namespace: namespace.to_string(),
+            source,
+        };
+        if api.get_opt(namespace).await.map_err(fail)?.is_some() {
+            return Ok(());
+        }
+        let manifest = serde_json::json!({
+            "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}
+        });
+        api.patch(
+            namespace,
+            &PatchParams::apply(FIELD_MANAGER),
+            &Patch::Apply(&manifest),
+        )
+        .await
+        .map_err(fail)?;
+        Ok(())
+    }
+
+    /// Validates and keys every object; the invalid ones and duplicates go to `failures`.
+    pub(super) async fn prepare_all<O, I>(
+        &self,
+        request: &SyncRequest,
+        objects: I,
+        failures: &mut Vec<ObjectFailure>,
+    ) -> Prepared
+    where
+        O: std::borrow::Borrow<DynamicObject> + Send,
+        I: IntoIterator<Item = O>,
+        I::IntoIter: Send,
+    {
+        let mut crds = BTreeMap::new();
+        let mut desired: Vec<Desired> = Vec::new();
+        let mut keys = BTreeSet::new();
+        for object in objects {
+            let object = object.borrow();
+            crds.extend(crd_in_set(object));
+            let destination = request.destination_namespace.as_deref();
+            match self.prepare(&request.app, object, destination).await {
+                Ok(item) => {
+                    if keys.insert(item.key.clone()) {
+                        desired.push(item);
+                    } else {
+                        failures.push(ObjectFailure {
+                            reason: "DuplicateObject",
+                            ..ObjectFailure::invalid(
+                                item.key,
+                                "the object appears twice in the render",
+                            )
+                        });
+                    }
+                }
+                Err(failure) => failures.push(failure),
+            }
+        }
+        let mut keyed: Vec<_> = desired
+            .into_iter()
+            .map(|item| (order::order_key(&item.key, item.wave), item))
+            .collect();
+        keyed.sort_by(|a, b| a.0.cmp(&b.0));
+        Prepared {
+            steps: order::steps(keyed),
+            keys,
+            crds,
+        }
+    }
+
+    /// Keys an object, resolves its kind and builds the manifest mooring applies.
+    async fn prepare(
+        &self,
+        app: &AppId,
+        object: &DynamicObject,
+        destination_namespace: Option<&str>,
+    ) -> Result<Desired, ObjectFailure> {
+        let mut key = ObjectKey::of_object(object).ok_or_else(|| {
+            ObjectFailure::invalid(
+                unkeyed(object),
+                "the object has no apiVersion, kind or metadata.name",
+            )
+        })?;
+        let api_version = object
+            .types
+            .as_ref()
+            .map(|t| t.api_version.clone())
+            .unwrap_or_default();
+        let (group, version) = split_api_version(&api_version);
+        let gvk = GroupVersionKind::gvk(group, version, &key.kind);
+        let served = self
+            .discovery
+            .resolve(&gvk)
+            .await
+            .map_err(|error| ObjectFailure::discovery(key.clone(), Step::Discover, &error))?;
+        key.namespace = namespace_of(&key, served.as_ref(), destination_namespace);
+        if served.as_ref().is_some_and(|served| served.namespaced) && key.namespace.is_none() {
+            return Err(ObjectFailure {
+                reason: "MissingNamespace",
+                ..ObjectFailure::invalid(
+                    key,
+                    "metadata.namespace is not set and the Application has no destination namespace",
+                )
+            });
+        }
+        let (manifest, hash) = manifest_of(object, &key, app)
+            .map_err(|error| ObjectFailure::invalid(key.clone(), encode_failed(&error)))?;
+        Ok(Desired {
+            wave: order::sync_wave(&object.metadata),
+            key,
+            version: version.to_string(),
+            served,
+            manifest,
+            hash,
+        })
+    }
+}
+
+/// The key of an object that has none, for the failure that says so.
+fn unkeyed(object: &DynamicObject) -> ObjectKey {
+    ObjectKey {
+        group: String::new(),
+        kind: object
+            .types
+            .as_ref()
+            .map(|t| t.kind.clone())
+            .unwrap_or_default(),
+        namespace: object.metadata.namespace.clone(),
+        name: object.metadata.name.clone().unwrap_or_default(),
+    }
+}
+
+/// The namespace `key` lives in: none for a cluster-scoped kind, else its own or the
+/// destination namespace. Unknown kinds (deferred) are keyed as namespaced when they name a
+/// namespace or one is given, as their CRD most likely says.
+fn namespace_of(
+    key: &ObjectKey,
+    served: Option<&Served>,
+    destination_namespace: Option<&str>,
+) -> Option<String> {
+    match served {
+        Some(served) if !served.namespaced => None,
+        _ => key
+            .namespace
+            .clone()
+            .or_else(|| destination_namespace.map(str::to_string)),
+    }
+}
+
+fn encode_failed(error: &serde_json::Error) -> String {
+    format!("failed to encode the object: {error}")
+}
+
+/// The manifest mooring applies for `object` as compact JSON, and its hash: keyed to `key`'s
+/// namespace, without server-owned fields or status, with the tracking id and the applied-hash
+/// annotation (the hash of everything else).
+fn manifest_of(
+    object: &DynamicObject,
+    key: &ObjectKey,
+    app: &AppId,
+) -> Result<(String, String), serde_json::Error> {
+    let mut manifest = serde_json::to_value(object)?;
+    if let Some(metadata) = manifest.get_mut("metadata").and_then(Value::as_object_mut) {
+        for field in SERVER_OWNED_FIELDS {
+            metadata.remove(field);
+        }
+        match &key.namespace {
+            Some(namespace) => {
+                metadata.insert("namespace".into(), Value::String(namespace.clone()));
+            }
+            None => {
+                metadata.remove("namespace");
+            }
+        }
+        let annotations = metadata
+            .entry("annotations")
+            .or_insert_with(|| Value::Object(Default::default()));
+        if !annotations.is_object() {
+            *annotations = Value::Object(Default::default());
+        }
+        if let Some(annotations) = annotations.as_object_mut() {
+            annotations.insert(
+                TRACKING_ID_ANNOTATION.into(),
+                Value::String(key.tracking_id(app)),
+            );
+            annotations.remove(APPLIED_HASH_ANNOTATION);
+        }
+    }
+    if let Some(map) = manifest.as_object_mut() {
+        map.remove("status");
+    }
+    let hash = compare::manifest_hash(&manifest);
+    if let Some(annotations) = manifest
+        .pointer_mut("/metadata/annotations")
+        .and_then(Value::as_object_mut)
+    {
+        annotations.insert(APPLIED_HASH_ANNOTATION.into(), Value::String(hash.clone()));
+    }
+    Ok((serde_json::to_string(&manifest)?, hash))
+}
+
+/// When `object` is a CRD: the (group, kind) it serves and its name.
+fn crd_in_set(object: &DynamicObject) -> Option<((String, String), String)> {
+    let is_crd = object.types.as_ref().is_some_and(|t| {
+        t.kind == "CustomResourceDefinition" && t.api_version.starts_with("apiextensions.k8s.io/")
+    });
+    if !is_crd {
+        return None;
+    }
+    let group = object.data.pointer("/spec/group")?.as_str()?;
+    let kind = object.data.pointer("/spec/names/kind")?.as_str()?;
+    Some((
+        (group.to_string(), kind.to_string()),
+        object.metadata.name.clone()?,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crds_in_the_set_are_found_by_group_and_kind() {
+        let crd: DynamicObject = serde_json::from_value(serde_json::json!({
+            "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+            "metadata": {"name": "widgets.example.com"},
+            "spec": {"group": "example.com", "names": {"kind": "Widget", "plural": "widgets"}}
+        }))
+        .unwrap();
+        let found: BTreeMap<_, _> = crd_in_set(&crd).into_iter().collect();
+        assert_eq!(
+            found
+                .get(&("example.com".to_string(), "Widget".to_string()))
+                .map(String::as_str),
+            Some("widgets.example.com")
+        );
+    }
+}
