@@ -1,12 +1,19 @@
 //! How errors are printed: once, with their causes.
 
-/// An error and its sources on one line: "a: b: c". Errors are printed once, here.
+/// An error and its sources on one line: "a: b: c". Errors are printed once, here. A cause
+/// whose text its parent already shows is left out: some libraries' errors (kube's among them)
+/// print their cause and also return it as their source.
 pub fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
+    let mut parent = text.clone();
     let mut source = error.source();
     while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
+        let shown = cause.to_string();
+        if !parent.contains(&shown) {
+            text.push_str(": ");
+            text.push_str(&shown);
+        }
+        parent = shown;
         source = cause.source();
     }
     text
@@ -43,6 +50,25 @@ mod tests {
             source: std::io::Error::other("disk full"),
         };
         assert_eq!(error_chain(&error), "failed to write cache/file: disk full");
+    }
+
+    /// An error that prints its cause and returns it as its source too, as kube's do.
+    #[derive(Debug, thiserror::Error)]
+    #[error("api error: {0}")]
+    struct PrintsItsSource(#[source] std::io::Error);
+
+    #[test]
+    fn a_cause_the_parent_already_prints_is_left_out() {
+        let error = GitError::ReadKnownHosts {
+            config_map: "ns/hosts".into(),
+            source: kube::Error::Service(Box::new(PrintsItsSource(std::io::Error::other(
+                "refused",
+            )))),
+        };
+        assert_eq!(
+            error_chain(&error),
+            "failed to read the ssh known_hosts ConfigMap ns/hosts: ServiceError: api error: refused"
+        );
     }
 
     #[test]
