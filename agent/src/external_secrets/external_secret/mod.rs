@@ -33,6 +33,7 @@ use mooring_crds::external_secret::{
 use mooring_provider::ProviderError;
 
 use crate::controllers::reconciles::Reconciles;
+use crate::controllers::{Failures, backoff, lock};
 use crate::events::EventSink;
 use crate::external_secrets::providers::is_handled_here;
 use crate::external_secrets::providers::shared_reads::SharedReads;
@@ -89,7 +90,7 @@ pub struct Context {
     /// ExternalSecret uid → what was last written, for drift repair without a provider call.
     last: Mutex<HashMap<String, LastWrite>>,
     /// ExternalSecret uid → consecutive failures, for backoff.
-    failures: Mutex<HashMap<String, u32>>,
+    failures: Failures,
     /// ExternalSecret uid → the status this agent wrote last (the watch cache may lag).
     statuses: Mutex<HashMap<String, ExternalSecretStatus>>,
     /// Reconciles running now; shutdown waits for them.
@@ -116,7 +117,7 @@ impl Context {
             metrics,
             events,
             last: Mutex::default(),
-            failures: Mutex::default(),
+            failures: Failures::default(),
             statuses: Mutex::default(),
             reconciles: Reconciles::new(CONTROLLER, UNBOUNDED, &ControllerMetrics::default()),
             gate: RefreshGate::new(PERIODIC_PER_STORE),
@@ -259,16 +260,10 @@ async fn housekeeping(store: Store<ExternalSecret>, ctx: Arc<Context>) {
         if !live.is_empty() {
             lock(&ctx.last).retain(|uid, _| live.contains(uid));
             lock(&ctx.statuses).retain(|uid, _| live.contains(uid));
-            lock(&ctx.failures).retain(|uid, _| live.contains(uid));
+            ctx.failures.retain(&live);
         }
         ctx.gate.forget_idle();
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 async fn reconcile(es: Arc<ExternalSecret>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -298,7 +293,7 @@ async fn reconcile_counted(es: &ExternalSecret, ctx: &Context) -> Result<Action,
     match result {
         Ok(outcome) => {
             status?;
-            lock(&ctx.failures).remove(&uid);
+            ctx.failures.clear(&uid);
             Ok(next_refresh(&with_latest_status(es, ctx), outcome))
         }
         Err(error) => Err(error),
@@ -307,12 +302,7 @@ async fn reconcile_counted(es: &ExternalSecret, ctx: &Context) -> Result<Action,
 
 fn error_policy(es: Arc<ExternalSecret>, error: &Error, ctx: Arc<Context>) -> Action {
     let uid = es.uid().unwrap_or_default();
-    let attempts = {
-        let mut failures = lock(&ctx.failures);
-        let count = failures.entry(uid).or_insert(0);
-        *count = count.saturating_add(1);
-        *count
-    };
+    let attempts = ctx.failures.record(&uid);
     let delay = backoff(attempts, error.is_retryable());
     // Never wait longer than the refresh interval: a NotFound key that comes back is picked up
     // on schedule.
@@ -321,16 +311,6 @@ fn error_policy(es: Arc<ExternalSecret>, error: &Error, ctx: Arc<Context>) -> Ac
         _ => delay,
     };
     Action::requeue(delay)
-}
-
-/// Exponential backoff per object: 1 s, 2 s, 4 s … capped at 5 minutes, or 10 minutes for bad
-/// input (a spec change wakes it at once anyway).
-fn backoff(attempts: u32, retryable: bool) -> Duration {
-    let cap: u64 = if retryable { 300 } else { 600 };
-    let seconds = 1u64
-        .checked_shl(attempts.saturating_sub(1).min(16))
-        .unwrap_or(cap);
-    Duration::from_secs(seconds.min(cap))
 }
 
 async fn sync(es: &ExternalSecret, ctx: &Context) -> SyncResult {

@@ -4,12 +4,13 @@
 use kube::api::{Patch, PatchParams};
 use kube::runtime::events::{Event, EventType};
 use kube::{Api, Resource, ResourceExt};
-use mooring_crds::conditions::{Condition, ConditionStatus, names};
+use mooring_crds::conditions::{Condition, ConditionStatus, names, stamp};
 use mooring_crds::external_secret::{Binding, ExternalSecret, ExternalSecretStatus, reasons};
 
 use super::schedule::synced_resource_version;
 use super::target::target_name;
-use super::{Context, Error, Outcome, SyncResult, lock};
+use super::{Context, Error, Outcome, SyncResult};
+use crate::controllers::lock;
 use crate::external_secrets::providers::fetched_reason;
 use crate::metrics::{OutcomeLabels, ReasonLabels};
 
@@ -106,43 +107,34 @@ pub(super) async fn record(es: &ExternalSecret, ctx: &Context, result: &SyncResu
     ctx.events.publish(&es.object_ref(&()), event).await;
 }
 
-fn condition(type_: &str, status: ConditionStatus, reason: &str, message: String) -> Condition {
-    Condition {
-        type_: type_.into(),
-        status,
-        reason: reason.into(),
-        message,
-        last_transition_time: None,
-        observed_generation: None,
-    }
-}
-
-/// The conditions for a result (pure); `previous` keeps `Fetched` when nothing was read.
+/// The conditions for a result (pure), stamped with `generation` and, for those whose status
+/// changed, `now`; `previous` keeps `Fetched` when nothing was read.
 fn conditions(
     result: &SyncResult,
     previous: &[Condition],
     generation: Option<i64>,
+    now: &str,
 ) -> Vec<Condition> {
     let ready = match result {
-        Ok(Outcome::Missing) => condition(
+        Ok(Outcome::Missing) => Condition::new(
             reasons::READY,
             ConditionStatus::True,
             reasons::SECRET_MISSING,
-            "the target Secret does not exist (creationPolicy Merge never creates it)".into(),
+            "the target Secret does not exist (creationPolicy Merge never creates it)",
         ),
-        Ok(Outcome::Deleted) => condition(
+        Ok(Outcome::Deleted) => Condition::new(
             reasons::READY,
             ConditionStatus::False,
             reasons::SECRET_DELETED,
-            "the Secret was deleted: every remote value is gone (deletionPolicy Delete)".into(),
+            "the Secret was deleted: every remote value is gone (deletionPolicy Delete)",
         ),
-        Ok(_) => condition(
+        Ok(_) => Condition::new(
             reasons::READY,
             ConditionStatus::True,
             reasons::SECRET_SYNCED,
-            "secret synced".into(),
+            "secret synced",
         ),
-        Err(error) => condition(
+        Err(error) => Condition::new(
             reasons::READY,
             ConditionStatus::False,
             reasons::SECRET_SYNCED_ERROR,
@@ -150,14 +142,14 @@ fn conditions(
         ),
     };
     let fetched = match result {
-        Ok(outcome) if outcome.fetched() => Some(condition(
+        Ok(outcome) if outcome.fetched() => Some(Condition::new(
             reasons::FETCHED,
             ConditionStatus::True,
             "Fetched",
-            "values read from the store".into(),
+            "values read from the store",
         )),
         Err(error) => error.provider_error().map(|provider| {
-            condition(
+            Condition::new(
                 reasons::FETCHED,
                 ConditionStatus::False,
                 fetched_reason(provider),
@@ -175,21 +167,14 @@ fn conditions(
     let mut all = vec![ready];
     all.extend(fetched);
     if let Err(Error::Unsupported(fields)) = result {
-        all.push(condition(
+        all.push(Condition::new(
             names::UNSUPPORTED_FIELDS,
             ConditionStatus::True,
             names::UNSUPPORTED_FIELDS,
             format!("mooring does not implement: {}", fields.join(", ")),
         ));
     }
-    for c in &mut all {
-        c.observed_generation = generation;
-        // Keep the transition time when the status did not change.
-        c.last_transition_time = previous
-            .iter()
-            .find(|p| p.type_ == c.type_ && p.status == c.status)
-            .and_then(|p| p.last_transition_time.clone());
-    }
+    stamp(&mut all, previous, generation, now);
     all
 }
 
@@ -201,13 +186,8 @@ pub(super) async fn write_status(
 ) -> Result<(), Error> {
     let current = es.status.clone().unwrap_or_default();
     let mut new = current.clone();
-    new.conditions = conditions(result, &current.conditions, es.metadata.generation);
     let now = jiff::Timestamp::now().to_string();
-    for c in &mut new.conditions {
-        if c.last_transition_time.is_none() {
-            c.last_transition_time = Some(now.clone());
-        }
-    }
+    new.conditions = conditions(result, &current.conditions, es.metadata.generation, &now);
     if let Ok(outcome) = result {
         if outcome.fetched() {
             new.refresh_time = Some(now.clone());
@@ -253,6 +233,9 @@ mod tests {
     use super::*;
     use mooring_provider::ProviderError;
 
+    const BEFORE: &str = "2026-01-01T00:00:00Z";
+    const NOW: &str = "2026-01-02T00:00:00Z";
+
     #[test]
     fn conditions_keep_eso_reasons_and_tell_provider_errors_apart() {
         let not_found: SyncResult = Err(Error::Provider {
@@ -263,7 +246,7 @@ mod tests {
                 detail: "vault answered 404".into(),
             },
         });
-        let all = conditions(&not_found, &[], Some(1));
+        let all = conditions(&not_found, &[], Some(1), BEFORE);
         assert_eq!(
             (all[0].type_.as_str(), all[0].reason.as_str()),
             ("Ready", "SecretSyncedError")
@@ -280,17 +263,34 @@ mod tests {
                 detail: "403".into(),
             },
         });
-        assert_eq!(conditions(&denied, &[], None)[1].reason, "Forbidden");
-        let ok = conditions(&Ok(Outcome::Unchanged), &all, Some(1));
+        assert_eq!(conditions(&denied, &[], None, NOW)[1].reason, "Forbidden");
+        let ok = conditions(&Ok(Outcome::Unchanged), &all, Some(2), NOW);
         assert_eq!(ok[0].reason, "SecretSynced");
         assert_eq!(
             ok[1].reason, "NotFound",
             "Fetched kept when nothing was read"
         );
+        assert_eq!(
+            (
+                ok[0].last_transition_time.as_deref(),
+                ok[0].observed_generation
+            ),
+            (Some(NOW), Some(2)),
+            "Ready went from False to True"
+        );
+        assert_eq!(
+            (
+                ok[1].last_transition_time.as_deref(),
+                ok[1].observed_generation
+            ),
+            (Some(BEFORE), Some(2)),
+            "a kept Fetched keeps its transition time"
+        );
         let unsupported = conditions(
             &Err(Error::Unsupported(vec!["spec.dataFrom[0].find".into()])),
             &[],
             None,
+            NOW,
         );
         assert_eq!(unsupported[1].type_, "UnsupportedFields");
         assert!(unsupported[1].message.contains("spec.dataFrom[0].find"));
