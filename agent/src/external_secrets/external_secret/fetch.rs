@@ -237,7 +237,7 @@ fn tolerate(
     if tolerated {
         Ok(1)
     } else {
-        Err(Error::Provider {
+        Err(Error::ReadRemote {
             store: store.to_string(),
             key: key.to_string(),
             source: error,

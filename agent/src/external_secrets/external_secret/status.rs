@@ -50,11 +50,14 @@ pub(super) async fn record(es: &ExternalSecret, ctx: &Context, result: &SyncResu
                 })
                 .inc();
             let (reason, note) = match outcome {
-                Outcome::Created => ("Created", "secret created"),
-                Outcome::Updated => ("Updated", "secret updated"),
-                Outcome::Repaired => ("Updated", "secret restored from the last values read"),
+                Outcome::Created => (reasons::CREATED, "secret created"),
+                Outcome::Updated => (reasons::UPDATED, "secret updated"),
+                Outcome::Repaired => (
+                    reasons::UPDATED,
+                    "secret restored from the last values read",
+                ),
                 Outcome::Deleted => (
-                    "Deleted",
+                    reasons::DELETED,
                     "secret deleted: every remote value is gone (deletionPolicy Delete)",
                 ),
                 Outcome::Refreshed
@@ -66,7 +69,7 @@ pub(super) async fn record(es: &ExternalSecret, ctx: &Context, result: &SyncResu
                     {
                         return;
                     }
-                    ("Synced", "secret in sync again")
+                    (reasons::SYNCED, "secret in sync again")
                 }
             };
             Event {
@@ -97,7 +100,7 @@ pub(super) async fn record(es: &ExternalSecret, ctx: &Context, result: &SyncResu
             );
             Event {
                 type_: EventType::Warning,
-                reason: "UpdateFailed".into(),
+                reason: reasons::UPDATE_FAILED.into(),
                 note: Some(message),
                 action: "Sync".into(),
                 secondary: None,
@@ -145,7 +148,7 @@ fn conditions(
         Ok(outcome) if outcome.fetched() => Some(Condition::new(
             reasons::FETCHED,
             ConditionStatus::True,
-            "Fetched",
+            reasons::FETCHED,
             "values read from the store",
         )),
         Err(error) => error.provider_error().map(|provider| {
@@ -223,7 +226,7 @@ pub(super) async fn write_status(
         &Patch::Merge(&patch),
     )
     .await
-    .map_err(Error::Status)?;
+    .map_err(Error::WriteStatus)?;
     lock(&ctx.statuses).insert(uid, new);
     Ok(())
 }
@@ -238,7 +241,7 @@ mod tests {
 
     #[test]
     fn conditions_keep_eso_reasons_and_tell_provider_errors_apart() {
-        let not_found: SyncResult = Err(Error::Provider {
+        let not_found: SyncResult = Err(Error::ReadRemote {
             store: "SecretStore app/vault".into(),
             key: "db".into(),
             source: ProviderError::NotFound {
@@ -255,7 +258,7 @@ mod tests {
             (all[1].type_.as_str(), all[1].reason.as_str()),
             ("Fetched", "NotFound")
         );
-        let denied: SyncResult = Err(Error::Provider {
+        let denied: SyncResult = Err(Error::ReadRemote {
             store: "s".into(),
             key: "db".into(),
             source: ProviderError::PermissionDenied {

@@ -40,8 +40,8 @@ pub(super) async fn resolve_store(
         namespace: (kind == StoreKind::SecretStore).then(|| namespace.clone()),
         name: reference.name.clone(),
     };
-    let read_error = |source| Error::Read {
-        what: id.to_string(),
+    let read_error = |source| Error::ReadStore {
+        store: id.to_string(),
         source,
     };
     let spec = match kind {
@@ -82,8 +82,8 @@ async fn ensure_namespace_allowed(
     let labels = api
         .get_opt(namespace)
         .await
-        .map_err(|source| Error::Read {
-            what: format!("Namespace {namespace}"),
+        .map_err(|source| Error::ReadNamespace {
+            namespace: namespace.to_string(),
             source,
         })?
         .map(|ns| ns.metadata.labels.unwrap_or_default())

@@ -43,8 +43,7 @@ pub(super) fn target_name(es: &ExternalSecret) -> String {
 
 /// The target Secret, if it exists.
 pub(super) async fn read_secret(api: &Api<Secret>, name: &str) -> Result<Option<Secret>, Error> {
-    api.get_opt(name).await.map_err(|source| Error::Api {
-        action: "read",
+    api.get_opt(name).await.map_err(|source| Error::ReadSecret {
         name: name.to_string(),
         source,
     })
@@ -254,8 +253,7 @@ pub(super) async fn write_secret(
         &Patch::Apply(&body),
     )
     .await
-    .map_err(|source| Error::Api {
-        action: "apply",
+    .map_err(|source| Error::ApplySecret {
         name: name.clone(),
         source,
     })?;
@@ -279,11 +277,7 @@ pub(super) async fn delete_target(
     let name = existing.name_any();
     api.delete(&name, &DeleteParams::default())
         .await
-        .map_err(|source| Error::Api {
-            action: "delete",
-            name,
-            source,
-        })?;
+        .map_err(|source| Error::DeleteSecret { name, source })?;
     Ok(Outcome::Deleted)
 }
 
