@@ -1,5 +1,6 @@
 //! The ExternalSecret controller: reads values from a SecretStore's provider and writes them into
-//! a Secret, as the External Secrets Operator does (reference §4), with these differences:
+//! a Secret, as the External Secrets Operator does
+//! (<https://external-secrets.io/latest/api/externalsecret/>), with these differences:
 //!
 //! - one connected provider per store, reused across reconciles ([`ProviderCache`]); inside a
 //!   reconcile each `(key, version)` is read once, whatever properties are taken from it;

@@ -1,4 +1,4 @@
-//! First syncs and spec changes before periodic refreshes (issue 5 §4).
+//! First syncs and spec changes before periodic refreshes.
 //!
 //! Every provider read of an ExternalSecret passes its store's request budget
 //! ([`crate::external_secrets::providers::shared_reads::SharedReads`]), a token bucket that serves callers in arrival order. When

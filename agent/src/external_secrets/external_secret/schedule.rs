@@ -125,7 +125,11 @@ fn last_refresh(es: &ExternalSecret) -> Option<jiff::Timestamp> {
     es.status.as_ref()?.refresh_time.as_deref()?.parse().ok()
 }
 
-/// Whether the provider must be read now (reference §4.3, with `CreatedOnce` final).
+/// Whether a refresh is due, per ESO's refresh policies
+/// (<https://external-secrets.io/latest/api/externalsecret/>): `CreatedOnce` on the first sync
+/// only, `OnChange` also when the spec changed, `Periodic` also once the interval has passed.
+/// When none is due, drift is repaired from the values last read (a read happens only when they
+/// are not in memory, after a restart).
 pub(super) fn refresh_due(es: &ExternalSecret, policies: &Policies, synced_version: &str) -> bool {
     let status = es.status.clone().unwrap_or_default();
     let never_synced = status.refresh_time.is_none();

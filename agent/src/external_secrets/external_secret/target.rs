@@ -49,8 +49,9 @@ pub(super) async fn read_secret(api: &Api<Secret>, name: &str) -> Result<Option<
     })
 }
 
-/// The Secret to write: fetched values through `target.template` (reference §3's merge order
-/// for mooring's subset: `template.data` over the fetched values only with `mergePolicy: Merge`).
+/// The Secret to write: fetched values through `target.template`. As in ESO's templating
+/// (<https://external-secrets.io/latest/guides/templating/>), the rendered `template.data`
+/// replaces the fetched values, unless `mergePolicy: Merge` lays it over them.
 pub(super) fn desired_secret(
     es: &ExternalSecret,
     name: &str,
