@@ -5,15 +5,86 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use base64::Engine;
-use mooring_crds::external_secret::{ExternalSecret, ExternalSecretDataRemoteRef};
+use kube::ResourceExt;
+use mooring_crds::external_secret::{
+    ExternalSecret, ExternalSecretData, ExternalSecretDataFromRemoteRef,
+    ExternalSecretDataRemoteRef, ExternalSecretFind,
+};
 use mooring_provider::{ProviderError, RemoteRef, SecretProvider, SecretValue};
 use zeroize::Zeroizing;
 
 use super::policy::{Deletion, Policies};
-use super::store::count_call;
+use super::refresh_gate::Urgency;
+use super::store::{consumer_of, count_call, provider_for, resolve_store};
 use super::{Context, Error, data_from};
-use crate::external_secrets::providers::shared_reads::{ReadKey, Served};
-use crate::external_secrets::providers::{StoreId, fetched_reason};
+use crate::external_secrets::providers::shared_reads::{ReadKey, Served, copy_result};
+use crate::external_secrets::providers::{StoreId, fetched_reason, is_handled_here};
+
+/// Secret keys and their values, zeroized when dropped.
+pub(super) type Values = BTreeMap<String, Zeroizing<Vec<u8>>>;
+
+/// What reading the store gave.
+pub(super) enum Read {
+    /// The store belongs to another controller class (ESO running next to mooring): nothing was
+    /// read.
+    OtherController,
+    /// The values; `None` when `deletionPolicy: Delete` and every remote value is gone.
+    Values(Option<Values>),
+}
+
+/// Reads the ExternalSecret's values: finds its store and the connected provider, waits for a
+/// turn at the store (periodic refreshes take turns; a first sync or a spec change goes ahead),
+/// and fetches. A permission error makes the provider log in again next time.
+pub(super) async fn read_store(
+    es: &ExternalSecret,
+    ctx: &Context,
+    policies: &Policies,
+    urgency: Urgency,
+) -> Result<Read, Error> {
+    let namespace = es.namespace().unwrap_or_default();
+    let (store, spec) = resolve_store(es, ctx).await?;
+    if !is_handled_here(&spec) {
+        return Ok(Read::OtherController);
+    }
+    let provider = provider_for(ctx, &store, &spec, &namespace).await?;
+    let consumer = consumer_of(&store, &spec, &namespace);
+    let turn = {
+        // Waiting here is this controller's queue.
+        let _queued = ctx.reconciles.queued();
+        ctx.gate.admit(&store, urgency).await
+    };
+    let source = Source {
+        provider: provider.as_ref(),
+        store: &store,
+        consumer,
+        max_age: policies.interval,
+    };
+    let fetched = fetch(es, policies, &source, ctx).await;
+    drop(turn);
+    if let Err(error) = &fetched
+        && matches!(
+            error.provider_error(),
+            Some(ProviderError::PermissionDenied { .. })
+        )
+    {
+        // A token that expired or was revoked: log in again next time.
+        ctx.providers.forget(&store, consumer);
+    }
+    fetched.map(Read::Values)
+}
+
+/// Where one sync reads from.
+#[derive(Clone, Copy)]
+pub(super) struct Source<'a> {
+    /// The connected provider.
+    pub(super) provider: &'a dyn SecretProvider,
+    /// The store it belongs to.
+    pub(super) store: &'a StoreId,
+    /// The consuming namespace, for referent ClusterSecretStores.
+    pub(super) consumer: Option<&'a str>,
+    /// The ExternalSecret's refresh interval: a shared read older than this is not reused.
+    pub(super) max_age: Duration,
+}
 
 /// Reads every `dataFrom` and `data` entry. `None` when `deletionPolicy: Delete` and every
 /// remote value is gone. Each `(key, version)` is read once; properties are taken locally.
@@ -22,20 +93,50 @@ pub(super) async fn fetch(
     policies: &Policies,
     source: &Source<'_>,
     ctx: &Context,
-) -> Result<Option<BTreeMap<String, Zeroizing<Vec<u8>>>>, Error> {
-    let store = source.store;
-    let mut documents: HashMap<(String, Option<String>), Result<SecretValue, ProviderError>> =
-        HashMap::new();
-    let mut values: BTreeMap<String, Zeroizing<Vec<u8>>> = BTreeMap::new();
-    let mut missing = 0usize;
-    let mut entries = 0usize;
+) -> Result<Option<Values>, Error> {
+    let mut collected = Collected {
+        source,
+        policies,
+        ctx,
+        documents: HashMap::new(),
+        values: BTreeMap::new(),
+        entries: 0,
+        missing: 0,
+    };
     // ESO's precedence: dataFrom entries in order (later ones win), then data[] over all.
     for (index, from) in es.spec.data_from.iter().flatten().enumerate() {
+        collected.add_data_from(index, from).await?;
+    }
+    for data in es.spec.data.iter().flatten() {
+        collected.add_data(data).await?;
+    }
+    collected.finish()
+}
+
+/// The documents read by one fetch (each `(key, version)` once) and what was taken from them.
+struct Collected<'a> {
+    source: &'a Source<'a>,
+    policies: &'a Policies,
+    ctx: &'a Context,
+    documents: HashMap<(String, Option<String>), Result<SecretValue, ProviderError>>,
+    values: Values,
+    /// The `dataFrom` and `data` entries read.
+    entries: usize,
+    /// How many of them found nothing, tolerated by the deletion policy.
+    missing: usize,
+}
+
+impl Collected<'_> {
+    /// `dataFrom[index]`: the secrets a `find` selects (before `extract`, as ESO when both are
+    /// set) or the properties of an `extract`, their keys named and their values decoded.
+    async fn add_data_from(
+        &mut self,
+        index: usize,
+        from: &ExternalSecretDataFromRemoteRef,
+    ) -> Result<(), Error> {
         let rewrites = from.rewrite.as_deref();
         let (map, decoding, remote) = if let Some(find) = &from.find {
-            // find before extract, as ESO when both are set.
-            entries += 1;
-            let found = read_found(source, index, find, ctx).await?;
+            let found = read_found(self.source, index, find, self.ctx).await?;
             let named = found.map(|found| {
                 data_from::name_keys(
                     index,
@@ -51,8 +152,7 @@ pub(super) async fn fetch(
                 format!("spec.dataFrom[{index}].find"),
             )
         } else if let Some(extract) = &from.extract {
-            entries += 1;
-            let document = read_document(&mut documents, source, extract, ctx).await;
+            let document = read_document(&mut self.documents, self.source, extract, self.ctx).await;
             let map = document
                 .and_then(|doc| mooring_provider::json_properties(&extract.key, doc.expose()));
             let named = map.map(|map| {
@@ -70,22 +170,28 @@ pub(super) async fn fetch(
                 extract.key.clone(),
             )
         } else {
-            continue;
+            return Ok(());
         };
+        self.entries += 1;
         match map {
             Ok(named) => {
                 for (key, value) in named? {
                     let decoded = decode(&key, value.expose(), decoding)?;
-                    values.insert(key, decoded);
+                    self.values.insert(key, decoded);
                 }
             }
-            Err(error) => missing += tolerate(policies, store, &remote, error)?,
+            Err(error) => {
+                self.missing += tolerate(self.policies, self.source.store, &remote, error)?
+            }
         }
+        Ok(())
     }
-    for data in es.spec.data.iter().flatten() {
-        entries += 1;
+
+    /// A `data[]` entry: one property (or the whole value) of a document, decoded.
+    async fn add_data(&mut self, data: &ExternalSecretData) -> Result<(), Error> {
+        self.entries += 1;
         let reference = &data.remote_ref;
-        let document = read_document(&mut documents, source, reference, ctx).await;
+        let document = read_document(&mut self.documents, self.source, reference, self.ctx).await;
         let value = document.and_then(|doc| {
             let remote = RemoteRef {
                 key: reference.key.clone(),
@@ -101,51 +207,44 @@ pub(super) async fn fetch(
                     value.expose(),
                     reference.decoding_strategy.as_deref(),
                 )?;
-                values.insert(data.secret_key.clone(), decoded);
+                self.values.insert(data.secret_key.clone(), decoded);
             }
-            Err(error) => missing += tolerate(policies, store, &reference.key, error)?,
+            Err(error) => {
+                self.missing += tolerate(self.policies, self.source.store, &reference.key, error)?;
+            }
         }
+        Ok(())
     }
-    if entries == 0 {
-        return Err(Error::InvalidSpec(
-            "spec.data or spec.dataFrom must have at least one entry".into(),
-        ));
+
+    /// The values, or `None` when `deletionPolicy: Delete` and every entry found nothing.
+    fn finish(self) -> Result<Option<Values>, Error> {
+        if self.entries == 0 {
+            return Err(Error::InvalidSpec(
+                "spec.data or spec.dataFrom must have at least one entry".into(),
+            ));
+        }
+        if self.missing == self.entries && self.policies.deletion == Deletion::Delete {
+            return Ok(None);
+        }
+        Ok(Some(self.values))
     }
-    if missing == entries && policies.deletion == Deletion::Delete {
-        return Ok(None);
-    }
-    Ok(Some(values))
 }
 
 /// The secrets `dataFrom[index].find` selects, keyed by their full names: one read of the query
 /// shared with every ExternalSecret of the store that asks within the read window, admitted by
-/// the store's budget like any read; counts the call. No match at all is NotFound, so an empty
-/// result never empties a Secret (the deletion policies decide, as for a missing key).
+/// the store's budget like any read. No match at all is NotFound, so an empty result never
+/// empties a Secret (the deletion policies decide, as for a missing key).
 async fn read_found(
     source: &Source<'_>,
     index: usize,
-    find: &mooring_crds::external_secret::ExternalSecretFind,
+    find: &ExternalSecretFind,
     ctx: &Context,
 ) -> Result<Result<BTreeMap<String, SecretValue>, ProviderError>, Error> {
     let query = data_from::find_query(index, find)?;
-    let shared_key = ReadKey {
-        store: source.store.clone(),
-        consumer: source.consumer.map(str::to_string),
-        key: data_from::find_read_key(&query),
-        version: None,
-    };
     let provider = source.provider;
     let read = async { provider.find(&query).await.map(data_from::encode_found) };
-    let (result, served) = ctx.reads.get(shared_key, source.max_age, read).await;
-    let outcome = match &result {
-        Ok(_) => "ok",
-        Err(error) => fetched_reason(error),
-    };
-    let call = match served {
-        Served::Provider => "find",
-        Served::Coalesced => "coalesced",
-    };
-    count_call(ctx, source.store, call, outcome);
+    let key = data_from::find_read_key(&query);
+    let result = read_shared(source, ctx, key, None, "find", read).await;
     let field = format!("spec.dataFrom[{index}].find");
     Ok(result.and_then(|encoded| {
         let found =
@@ -163,65 +262,60 @@ async fn read_found(
     }))
 }
 
-/// Where one sync reads from.
-#[derive(Clone, Copy)]
-pub(super) struct Source<'a> {
-    /// The connected provider.
-    pub(super) provider: &'a dyn SecretProvider,
-    /// The store it belongs to.
-    pub(super) store: &'a StoreId,
-    /// The consuming namespace, for referent ClusterSecretStores.
-    pub(super) consumer: Option<&'a str>,
-    /// The ExternalSecret's refresh interval: a shared read older than this is not reused.
-    pub(super) max_age: Duration,
-}
-
-/// Reads `(key, version)` once per reconcile (and shares it with other ExternalSecrets within
-/// the read window); counts the call.
+/// Reads `(key, version)` once per fetch (and shares it with other ExternalSecrets within the
+/// read window).
 async fn read_document(
     documents: &mut HashMap<(String, Option<String>), Result<SecretValue, ProviderError>>,
     source: &Source<'_>,
     reference: &ExternalSecretDataRemoteRef,
     ctx: &Context,
 ) -> Result<SecretValue, ProviderError> {
-    let Source {
-        provider,
-        store,
-        consumer,
-        max_age,
-    } = *source;
     let version = reference.version.clone().filter(|v| !v.is_empty());
     let cache_key = (reference.key.clone(), version.clone());
     if let Some(found) = documents.get(&cache_key) {
-        return crate::external_secrets::providers::shared_reads::copy_result(found);
+        return copy_result(found);
     }
     let remote = RemoteRef {
         key: reference.key.clone(),
         property: None,
         version: version.clone(),
     };
+    let read = source.provider.get(&remote);
+    let result = read_shared(source, ctx, reference.key.clone(), version, "get", read).await;
+    let copy = copy_result(&result);
+    documents.insert(cache_key, result);
+    copy
+}
+
+/// One read through the store's shared reads, the single path by which values leave the
+/// provider: `read` runs unless a read of the same `key` by another ExternalSecret of the store
+/// serves it (within the read window and `max_age`). Counts the call as `call` (`get`, `find`)
+/// or `coalesced`, with the provider's answer.
+async fn read_shared(
+    source: &Source<'_>,
+    ctx: &Context,
+    key: String,
+    version: Option<String>,
+    call: &'static str,
+    read: impl Future<Output = Result<SecretValue, ProviderError>>,
+) -> Result<SecretValue, ProviderError> {
     let shared_key = ReadKey {
-        store: store.clone(),
-        consumer: consumer.map(str::to_string),
-        key: reference.key.clone(),
+        store: source.store.clone(),
+        consumer: source.consumer.map(str::to_string),
+        key,
         version,
     };
-    let (result, served) = ctx
-        .reads
-        .get(shared_key, max_age, provider.get(&remote))
-        .await;
+    let (result, served) = ctx.reads.get(shared_key, source.max_age, read).await;
     let outcome = match &result {
         Ok(_) => "ok",
         Err(error) => fetched_reason(error),
     };
     let call = match served {
-        Served::Provider => "get",
+        Served::Provider => call,
         Served::Coalesced => "coalesced",
     };
-    count_call(ctx, store, call, outcome);
-    let copy = crate::external_secrets::providers::shared_reads::copy_result(&result);
-    documents.insert(cache_key, result);
-    copy
+    count_call(ctx, source.store, call, outcome);
+    result
 }
 
 /// A missing remote value is tolerated (counted) when `deletionPolicy` is Delete or Merge;

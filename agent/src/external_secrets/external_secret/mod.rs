@@ -15,6 +15,12 @@
 //! - `Ready` keeps ESO's reasons, and a `Fetched` condition tells NotFound, Forbidden,
 //!   Unavailable and InvalidConfig apart;
 //! - the ExternalSecret's own labels and annotations are never copied onto the Secret (ESO's #68).
+//!
+//! One file per step of a sync: `policy` (the policy fields), `schedule` (whether a read is due,
+//! its urgency, the next refresh), `store` (which store, its namespace conditions, the connected
+//! provider), `fetch` (reading `dataFrom` and `data`; key naming in `data_from`), `target` (the
+//! Secret: desired, drift, apply, delete) and `status` (metrics, events, conditions, status);
+//! `error` says why a sync failed. This file drives them: `run`, `reconcile`, `sync`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -31,25 +37,19 @@ use mooring_crds::conditions::ConditionStatus;
 use mooring_crds::external_secret::{
     ExternalSecret, ExternalSecretStatus, reasons, unknown_fields,
 };
-use mooring_provider::ProviderError;
 
 use crate::controllers::reconciles::Reconciles;
 use crate::controllers::{Failures, backoff, lock};
 use crate::events::EventSink;
-use crate::external_secrets::providers::is_handled_here;
 use crate::external_secrets::providers::shared_reads::SharedReads;
 use crate::external_secrets::providers::{ProviderCache, ProviderSettings};
 use crate::metrics::{ControllerMetrics, ExternalSecretMetrics, StatusLabels};
-use fetch::{Source, fetch};
-use policy::{Creation, policies};
+use fetch::{Read, read_store};
+use policy::policies;
 use refresh_gate::{PERIODIC_PER_STORE, RefreshGate};
 use schedule::{next_refresh, refresh_due, synced_resource_version, urgency};
 use status::{record, with_latest_status, write_status};
-use store::{consumer_of, provider_for, resolve_store};
-use target::{
-    Desired, delete_target, desired_secret, is_as_written, matches_desired, read_secret,
-    target_name, write_secret,
-};
+use target::{LastWrite, keep_or_repair, write_fetched};
 
 mod data_from;
 mod error;
@@ -138,13 +138,6 @@ const CONTROLLER: &str = "externalsecret";
 /// No bound on reconciles at once: each waits where it must (the refresh gate, the store's read
 /// budget), and the refresh gate's waiters are the queue depth.
 const UNBOUNDED: usize = tokio::sync::Semaphore::MAX_PERMITS;
-
-/// The Secret mooring last wrote for an ExternalSecret, and the spec it came from.
-#[derive(Clone)]
-struct LastWrite {
-    synced_version: String,
-    desired: Desired,
-}
 
 /// What a sync did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -267,13 +260,15 @@ async fn housekeeping(store: Store<ExternalSecret>, ctx: Arc<Context>) {
     }
 }
 
+/// One reconcile: nothing while the ExternalSecret is being deleted (an owned Secret is
+/// garbage-collected with it); else a sync in a slot, timed and counted.
 async fn reconcile(es: Arc<ExternalSecret>, ctx: Arc<Context>) -> Result<Action, Error> {
     if es.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
     let slot = ctx.reconciles.admit().await;
     let started = std::time::Instant::now();
-    let result = reconcile_counted(&es, &ctx).await;
+    let result = sync_and_report(&es, &ctx).await;
     ctx.metrics
         .reconcile_seconds
         .inc_by(started.elapsed().as_secs_f64());
@@ -283,24 +278,21 @@ async fn reconcile(es: Arc<ExternalSecret>, ctx: Arc<Context>) -> Result<Action,
     result
 }
 
-async fn reconcile_counted(es: &ExternalSecret, ctx: &Context) -> Result<Action, Error> {
+/// Syncs, reports the result (metrics and events, then the status), and says when to look again.
+async fn sync_and_report(es: &ExternalSecret, ctx: &Context) -> Result<Action, Error> {
     let result = sync(es, ctx).await;
     if matches!(result, Ok(Outcome::OtherController)) {
         return Ok(Action::await_change());
     }
     record(es, ctx, &result).await;
     let status = write_status(es, ctx, &result).await;
-    let uid = es.uid().unwrap_or_default();
-    match result {
-        Ok(outcome) => {
-            status?;
-            ctx.failures.clear(&uid);
-            Ok(next_refresh(&with_latest_status(es, ctx), outcome))
-        }
-        Err(error) => Err(error),
-    }
+    let outcome = result?;
+    status?;
+    ctx.failures.clear(&es.uid().unwrap_or_default());
+    Ok(next_refresh(&with_latest_status(es, ctx), outcome))
 }
 
+/// After a failed reconcile: try again after a backoff per object.
 fn error_policy(es: Arc<ExternalSecret>, error: &Error, ctx: Arc<Context>) -> Action {
     let uid = es.uid().unwrap_or_default();
     let attempts = ctx.failures.record(&uid);
@@ -314,107 +306,34 @@ fn error_policy(es: Arc<ExternalSecret>, error: &Error, ctx: Arc<Context>) -> Ac
     Action::requeue(delay)
 }
 
+/// One sync, step by step: the spec is checked; when no refresh is due the Secret is kept or
+/// repaired from the values last read; else the store is read and what it holds is written.
 async fn sync(es: &ExternalSecret, ctx: &Context) -> SyncResult {
     let es = &with_latest_status(es, ctx);
-    let unsupported = unknown_fields(&es.spec);
-    if !unsupported.is_empty() {
-        return Err(Error::Unsupported(unsupported));
-    }
+    ensure_supported(es)?;
     let policies = policies(&es.spec)?;
-    let namespace = es.namespace().unwrap_or_default();
-    let target_name = target_name(es);
     let synced_version = synced_resource_version(es);
-    let uid = es.uid().unwrap_or_default();
-    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+    let secrets: Api<Secret> =
+        Api::namespaced(ctx.client.clone(), &es.namespace().unwrap_or_default());
+    if !refresh_due(es, &policies, &synced_version)
+        && let Some(outcome) = keep_or_repair(es, ctx, &policies, &synced_version, &secrets).await?
+    {
+        return Ok(outcome);
+    }
+    let urgency = urgency(es, &synced_version);
+    let fetched = match read_store(es, ctx, &policies, urgency).await? {
+        Read::OtherController => return Ok(Outcome::OtherController),
+        Read::Values(fetched) => fetched,
+    };
+    write_fetched(es, ctx, &policies, synced_version, fetched, &secrets).await
+}
 
-    if !refresh_due(es, &policies, &synced_version) {
-        if policies.creation == Creation::None {
-            return Ok(Outcome::Unchanged);
-        }
-        let existing = read_secret(&api, &target_name).await?;
-        let last = lock(&ctx.last)
-            .get(&uid)
-            .filter(|l| l.synced_version == synced_version)
-            .cloned();
-        match (&existing, last) {
-            (None, _) if policies.creation == Creation::Merge => return Ok(Outcome::Missing),
-            (Some(secret), Some(last)) if matches_desired(secret, &last.desired) => {
-                return Ok(Outcome::Unchanged);
-            }
-            (_, Some(last)) => {
-                // Drift: restore the last read values; no provider call.
-                let written =
-                    write_secret(es, &policies, existing.as_ref(), &last.desired, &api).await?;
-                return Ok(if written == Outcome::Unchanged {
-                    Outcome::Unchanged
-                } else {
-                    Outcome::Repaired
-                });
-            }
-            (Some(secret), None) if is_as_written(secret) => return Ok(Outcome::Unchanged),
-            // After a restart with a drifted or missing Secret: read again.
-            _ => {}
-        }
+/// Refuses a spec that sets fields mooring does not implement, naming them.
+fn ensure_supported(es: &ExternalSecret) -> Result<(), Error> {
+    let unsupported = unknown_fields(&es.spec);
+    if unsupported.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Unsupported(unsupported))
     }
-
-    let (store_id, spec) = resolve_store(es, ctx).await?;
-    if !is_handled_here(&spec) {
-        return Ok(Outcome::OtherController);
-    }
-    let provider = provider_for(ctx, &store_id, &spec, &namespace).await?;
-    // Periodic refreshes take turns at the store; a first sync or a spec change goes ahead.
-    let turn = {
-        // Waiting here is this controller's queue.
-        let _queued = ctx.reconciles.queued();
-        ctx.gate
-            .admit(&store_id, urgency(es, &synced_version))
-            .await
-    };
-    let source = Source {
-        provider: provider.as_ref(),
-        store: &store_id,
-        consumer: consumer_of(&store_id, &spec, &namespace),
-        max_age: policies.interval,
-    };
-    let fetched = fetch(es, &policies, &source, ctx).await;
-    drop(turn);
-    let fetched = match fetched {
-        Ok(fetched) => fetched,
-        Err(error) => {
-            if matches!(
-                error.provider_error(),
-                Some(ProviderError::PermissionDenied { .. })
-            ) {
-                // A token that expired or was revoked: log in again next time.
-                ctx.providers
-                    .forget(&store_id, consumer_of(&store_id, &spec, &namespace));
-            }
-            return Err(error);
-        }
-    };
-    let existing = read_secret(&api, &target_name).await?;
-    let Some(values) = fetched else {
-        // deletionPolicy Delete and every remote value is gone; nothing is left to repair.
-        lock(&ctx.last).remove(&uid);
-        return delete_target(es, existing.as_ref(), &api).await;
-    };
-    if policies.creation == Creation::None {
-        return Ok(Outcome::Refreshed);
-    }
-    if existing.is_none() && policies.creation == Creation::Merge {
-        return Ok(Outcome::Missing);
-    }
-    let desired = desired_secret(es, &target_name, values)?;
-    let outcome = write_secret(es, &policies, existing.as_ref(), &desired, &api).await?;
-    lock(&ctx.last).insert(
-        uid,
-        LastWrite {
-            synced_version,
-            desired,
-        },
-    );
-    Ok(match outcome {
-        Outcome::Unchanged => Outcome::Refreshed,
-        other => other,
-    })
 }

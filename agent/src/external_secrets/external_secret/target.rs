@@ -10,9 +10,22 @@ use kube::{Api, Resource, ResourceExt};
 use mooring_crds::external_secret::ExternalSecret;
 use zeroize::Zeroizing;
 
+use super::fetch::Values;
 use super::policy::{Creation, Policies};
-use super::{DATA_HASH_ANNOTATION, Error, MANAGED_LABEL, OWNER_ANNOTATION, Outcome, SyncResult};
+use super::{
+    Context, DATA_HASH_ANNOTATION, Error, MANAGED_LABEL, OWNER_ANNOTATION, Outcome, SyncResult,
+};
 use crate::cluster::FIELD_MANAGER;
+use crate::controllers::lock;
+
+/// The Secret mooring last wrote for an ExternalSecret, and the spec it came from.
+#[derive(Clone)]
+pub(super) struct LastWrite {
+    /// The `syncedResourceVersion` of the spec the values were read for.
+    pub(super) synced_version: String,
+    /// What was written.
+    pub(super) desired: Desired,
+}
 
 /// The part of a Secret an ExternalSecret decides. Values are zeroized when dropped.
 #[derive(Clone, Default)]
@@ -42,17 +55,93 @@ pub(super) fn target_name(es: &ExternalSecret) -> String {
 }
 
 /// The target Secret, if it exists.
-pub(super) async fn read_secret(api: &Api<Secret>, name: &str) -> Result<Option<Secret>, Error> {
+async fn read_secret(api: &Api<Secret>, name: &str) -> Result<Option<Secret>, Error> {
     api.get_opt(name).await.map_err(|source| Error::ReadSecret {
         name: name.to_string(),
         source,
     })
 }
 
+/// When no refresh is due: the Secret as it is, or restored from the values last read (drift),
+/// without a provider call. `None` when the provider must be read anyway: after a restart
+/// (nothing in memory) with a drifted or missing Secret.
+pub(super) async fn keep_or_repair(
+    es: &ExternalSecret,
+    ctx: &Context,
+    policies: &Policies,
+    synced_version: &str,
+    api: &Api<Secret>,
+) -> Result<Option<Outcome>, Error> {
+    if policies.creation == Creation::None {
+        return Ok(Some(Outcome::Unchanged));
+    }
+    let existing = read_secret(api, &target_name(es)).await?;
+    let last = lock(&ctx.last)
+        .get(&es.uid().unwrap_or_default())
+        .filter(|l| l.synced_version == synced_version)
+        .cloned();
+    let outcome = match (&existing, last) {
+        (None, _) if policies.creation == Creation::Merge => Outcome::Missing,
+        (Some(secret), Some(last)) if matches_desired(secret, &last.desired) => Outcome::Unchanged,
+        (_, Some(last)) => {
+            // Drift: restore the last read values; no provider call.
+            let written = write_secret(es, policies, existing.as_ref(), &last.desired, api).await?;
+            if written == Outcome::Unchanged {
+                Outcome::Unchanged
+            } else {
+                Outcome::Repaired
+            }
+        }
+        (Some(secret), None) if is_as_written(secret) => Outcome::Unchanged,
+        // After a restart with a drifted or missing Secret: read again.
+        _ => return Ok(None),
+    };
+    Ok(Some(outcome))
+}
+
+/// Writes freshly read values per `creationPolicy`, and remembers them for drift repair; deletes
+/// the Secret when `fetched` is `None` (`deletionPolicy: Delete` and every remote value gone).
+pub(super) async fn write_fetched(
+    es: &ExternalSecret,
+    ctx: &Context,
+    policies: &Policies,
+    synced_version: String,
+    fetched: Option<Values>,
+    api: &Api<Secret>,
+) -> SyncResult {
+    let uid = es.uid().unwrap_or_default();
+    let name = target_name(es);
+    let existing = read_secret(api, &name).await?;
+    let Some(values) = fetched else {
+        // Nothing is left to repair.
+        lock(&ctx.last).remove(&uid);
+        return delete_target(es, existing.as_ref(), api).await;
+    };
+    if policies.creation == Creation::None {
+        return Ok(Outcome::Refreshed);
+    }
+    if existing.is_none() && policies.creation == Creation::Merge {
+        return Ok(Outcome::Missing);
+    }
+    let desired = desired_secret(es, &name, values)?;
+    let outcome = write_secret(es, policies, existing.as_ref(), &desired, api).await?;
+    lock(&ctx.last).insert(
+        uid,
+        LastWrite {
+            synced_version,
+            desired,
+        },
+    );
+    Ok(match outcome {
+        Outcome::Unchanged => Outcome::Refreshed,
+        other => other,
+    })
+}
+
 /// The Secret to write: fetched values through `target.template`. As in ESO's templating
 /// (<https://external-secrets.io/latest/guides/templating/>), the rendered `template.data`
 /// replaces the fetched values, unless `mergePolicy: Merge` lays it over them.
-pub(super) fn desired_secret(
+fn desired_secret(
     es: &ExternalSecret,
     name: &str,
     values: BTreeMap<String, Zeroizing<Vec<u8>>>,
@@ -121,7 +210,7 @@ fn data_hash(data: &BTreeMap<String, Zeroizing<Vec<u8>>>) -> String {
 }
 
 /// Whether the Secret holds exactly what `desired` says for the parts mooring writes.
-pub(super) fn matches_desired(secret: &Secret, desired: &Desired) -> bool {
+fn matches_desired(secret: &Secret, desired: &Desired) -> bool {
     let data = secret.data.clone().unwrap_or_default();
     let values_match = desired
         .data
@@ -144,7 +233,7 @@ pub(super) fn matches_desired(secret: &Secret, desired: &Desired) -> bool {
 
 /// After a restart (nothing in memory): whether the keys mooring applied still hash to the
 /// annotation it wrote. The keys are those the `mooring` field manager owns under `data`.
-pub(super) fn is_as_written(secret: &Secret) -> bool {
+fn is_as_written(secret: &Secret) -> bool {
     let Some(expected) = secret.annotations().get(DATA_HASH_ANNOTATION) else {
         return false;
     };
@@ -182,7 +271,7 @@ fn is_controlled_by(secret: &Secret, es: &ExternalSecret) -> bool {
 }
 
 /// Server-side applies the desired Secret (only when it differs), per `creationPolicy`.
-pub(super) async fn write_secret(
+async fn write_secret(
     es: &ExternalSecret,
     policies: &Policies,
     existing: Option<&Secret>,
@@ -213,6 +302,31 @@ pub(super) async fn write_secret(
             return Err(Error::Immutable(name));
         }
     }
+    let body = applied_secret(es, policies, desired);
+    api.patch(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await
+    .map_err(|source| Error::ApplySecret {
+        name: name.clone(),
+        source,
+    })?;
+    Ok(if existing.is_some() {
+        Outcome::Updated
+    } else {
+        Outcome::Created
+    })
+}
+
+/// The Secret mooring applies: the desired keys, labels and annotations, plus the managed label,
+/// the owner annotation and the data hash; owned by the ExternalSecret with `creationPolicy: Owner`.
+fn applied_secret(
+    es: &ExternalSecret,
+    policies: &Policies,
+    desired: &Desired,
+) -> serde_json::Value {
     let mut labels = desired.labels.clone();
     labels.insert(MANAGED_LABEL.into(), "true".into());
     let mut annotations = desired.annotations.clone();
@@ -224,7 +338,7 @@ pub(super) async fn write_secret(
         .map(|(k, v)| (k, base64::engine::general_purpose::STANDARD.encode(v)))
         .collect();
     let mut metadata = serde_json::json!({
-        "name": name,
+        "name": desired.name,
         "namespace": es.namespace(),
         "labels": labels,
         "annotations": annotations,
@@ -248,26 +362,12 @@ pub(super) async fn write_secret(
     if desired.immutable {
         body["immutable"] = serde_json::json!(true);
     }
-    api.patch(
-        &name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&body),
-    )
-    .await
-    .map_err(|source| Error::ApplySecret {
-        name: name.clone(),
-        source,
-    })?;
-    Ok(if existing.is_some() {
-        Outcome::Updated
-    } else {
-        Outcome::Created
-    })
+    body
 }
 
 /// `deletionPolicy: Delete` with every remote value gone: deletes the Secret if this
 /// ExternalSecret controls it.
-pub(super) async fn delete_target(
+async fn delete_target(
     es: &ExternalSecret,
     existing: Option<&Secret>,
     api: &Api<Secret>,
