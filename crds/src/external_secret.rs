@@ -324,7 +324,7 @@ pub struct Binding {
 pub mod reasons {
     /// ESO's condition type.
     pub const READY: &str = "Ready";
-    /// mooring's condition with the provider's own answer.
+    /// mooring's condition with the provider's own answer; also its reason when values were read.
     pub const FETCHED: &str = "Fetched";
     /// The Secret matches the provider.
     pub const SECRET_SYNCED: &str = "SecretSynced";
@@ -334,6 +334,44 @@ pub mod reasons {
     pub const SECRET_DELETED: &str = "SecretDeleted";
     /// `creationPolicy: Merge` and the Secret does not exist.
     pub const SECRET_MISSING: &str = "SecretMissing";
+
+    // Why a sync failed: the reason of the error, in the error metric and the log.
+
+    /// The spec cannot be used as written.
+    pub const INVALID_SPEC: &str = "InvalidSpec";
+    /// The referenced store does not exist.
+    pub const STORE_NOT_FOUND: &str = "StoreNotFound";
+    /// A ClusterSecretStore's `conditions` do not allow the ExternalSecret's namespace.
+    pub const STORE_NOT_ALLOWED: &str = "StoreNotAllowed";
+    /// The store's spec cannot be used as written.
+    pub const INVALID_STORE_CONFIGURATION: &str = "InvalidStoreConfiguration";
+    /// The store's credential Secret or ServiceAccount could not be read.
+    pub const STORE_CREDENTIALS_UNAVAILABLE: &str = "StoreCredentialsUnavailable";
+    /// A value could not be decoded as `decodingStrategy` says.
+    pub const DECODE_FAILED: &str = "DecodeFailed";
+    /// A template could not be rendered.
+    pub const TEMPLATE_FAILED: &str = "TemplateFailed";
+    /// The target Secret is controlled by another object.
+    pub const SECRET_OWNED_BY_OTHER: &str = "SecretOwnedByOther";
+    /// The target Secret is immutable and its data differs.
+    pub const SECRET_IMMUTABLE: &str = "SecretImmutable";
+    /// A Kubernetes API call failed.
+    pub const API_ERROR: &str = "ApiError";
+    /// The ExternalSecret's status could not be written.
+    pub const STATUS_UPDATE_FAILED: &str = "StatusUpdateFailed";
+
+    // The reasons of the events on an ExternalSecret (ESO's words).
+
+    /// Event: the Secret was created.
+    pub const CREATED: &str = "Created";
+    /// Event: the Secret was updated or restored.
+    pub const UPDATED: &str = "Updated";
+    /// Event: `deletionPolicy: Delete` deleted the Secret.
+    pub const DELETED: &str = "Deleted";
+    /// Event: the Secret is in sync again after a failed sync.
+    pub const SYNCED: &str = "Synced";
+    /// Event: a sync failed.
+    pub const UPDATE_FAILED: &str = "UpdateFailed";
 }
 
 /// Dotted paths of every field present but not implemented, for a condition that names them.

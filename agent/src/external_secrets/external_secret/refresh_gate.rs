@@ -1,4 +1,4 @@
-//! First syncs and spec changes before periodic refreshes (issue 5 §4).
+//! First syncs and spec changes before periodic refreshes.
 //!
 //! Every provider read of an ExternalSecret passes its store's request budget
 //! ([`crate::external_secrets::providers::shared_reads::SharedReads`]), a token bucket that serves callers in arrival order. When
@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::controllers::lock;
 use crate::external_secrets::providers::StoreId;
 
 /// How many periodic refreshes of one store may wait for or use the provider at once. Small,
@@ -64,10 +65,7 @@ impl RefreshGate {
             return Turn { _permit: None };
         }
         let gate = {
-            let mut stores = self
-                .stores
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut stores = lock(&self.stores);
             Arc::clone(
                 stores
                     .entry(store.clone())
@@ -83,10 +81,7 @@ impl RefreshGate {
 
     /// Forgets the gates nobody holds or waits for (stores that were deleted or went quiet).
     pub fn forget_idle(&self) {
-        let mut stores = self
-            .stores
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut stores = lock(&self.stores);
         // Held by the map only, and every permit back: no turn is out or waited for.
         stores.retain(|_, gate| {
             Arc::strong_count(gate) > 1 || gate.available_permits() < self.per_store
