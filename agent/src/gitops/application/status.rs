@@ -1,0 +1,344 @@
+//! The status a reconcile writes: `sync`, `health`, `resources`, `conditions` and `history` for
+//! each outcome (wrong destination, suspended, source failed, synced), written only when it
+//! differs from the current one.
+
+use kube::api::{Patch, PatchParams};
+use kube::{Api, Resource, ResourceExt};
+use mooring_crds::application::{
+    Application, ApplicationStatus, HealthState, HealthStatus, RevisionHistory, SyncState,
+    SyncStatus,
+};
+use mooring_crds::conditions::{Condition, ConditionStatus, names};
+
+use super::{Context, Error, SourceError, first_failure};
+use crate::cluster::FIELD_MANAGER;
+use crate::gitops::apply::{Mode, SyncReport};
+
+/// `status.history` length when `spec.revisionHistoryLimit` is unset, as Argo CD.
+const DEFAULT_HISTORY: usize = 10;
+
+pub(super) fn condition(
+    type_: &str,
+    status: ConditionStatus,
+    reason: &str,
+    message: String,
+) -> Condition {
+    Condition {
+        type_: type_.into(),
+        status,
+        reason: reason.into(),
+        message,
+        last_transition_time: None,
+        observed_generation: None,
+    }
+}
+
+/// The destination is not this cluster: nothing was compared.
+pub(super) fn invalid_destination(
+    previous: ApplicationStatus,
+    mut conditions: Vec<Condition>,
+    message: String,
+) -> ApplicationStatus {
+    conditions.push(condition(
+        names::INVALID_DESTINATION,
+        ConditionStatus::True,
+        "InvalidDestination",
+        message.clone(),
+    ));
+    conditions.push(condition(
+        names::SYNCED,
+        ConditionStatus::False,
+        "InvalidDestination",
+        message.clone(),
+    ));
+    conditions.push(condition(
+        names::READY,
+        ConditionStatus::False,
+        "InvalidDestination",
+        message,
+    ));
+    ApplicationStatus {
+        sync: Some(SyncStatus {
+            status: SyncState::Unknown,
+            revision: None,
+        }),
+        conditions,
+        ..previous
+    }
+}
+
+/// `spec.suspend`: the rest of the status stays as the last sync left it.
+pub(super) fn suspended(
+    previous: ApplicationStatus,
+    mut conditions: Vec<Condition>,
+) -> ApplicationStatus {
+    conditions.push(condition(
+        names::SYNCED,
+        ConditionStatus::Unknown,
+        "Suspended",
+        "spec.suspend is true: nothing is applied or pruned".into(),
+    ));
+    conditions.push(condition(
+        names::READY,
+        ConditionStatus::False,
+        "Suspended",
+        "the Application is suspended".into(),
+    ));
+    ApplicationStatus {
+        health: Some(HealthStatus {
+            status: HealthState::Suspended,
+            message: Some("the Application is suspended".into()),
+        }),
+        conditions,
+        ..previous
+    }
+}
+
+/// Fetch or render failed: the sync state is unknown, the inventory and revision stay.
+pub(super) fn source_failed(
+    previous: ApplicationStatus,
+    mut conditions: Vec<Condition>,
+    error: &SourceError,
+) -> ApplicationStatus {
+    conditions.push(condition(
+        names::SYNCED,
+        ConditionStatus::False,
+        error.reason,
+        error.message.clone(),
+    ));
+    conditions.push(condition(
+        names::READY,
+        ConditionStatus::False,
+        error.reason,
+        error.message.clone(),
+    ));
+    ApplicationStatus {
+        sync: Some(SyncStatus {
+            status: SyncState::Unknown,
+            revision: previous.sync.as_ref().and_then(|s| s.revision.clone()),
+        }),
+        conditions,
+        ..previous
+    }
+}
+
+/// After a sync of `revision`: the report's inventory, health and conditions, and the revision
+/// added to the history once it is fully applied.
+pub(super) fn synced(
+    app: &Application,
+    previous: ApplicationStatus,
+    report: &SyncReport,
+    revision: &str,
+    mode: Mode,
+    mut conditions: Vec<Condition>,
+) -> ApplicationStatus {
+    conditions.extend(report_conditions(report, mode));
+    conditions.push(ready_condition(report));
+    // A revision counts as deployed once all of it is applied: while a custom resource waits
+    // for its CRD the Application stays in apply mode, so the CR follows when the CRD arrives.
+    let applied_cleanly = mode == Mode::Apply
+        && report.failures.is_empty()
+        && report.deferred.is_empty()
+        && report.waiting.is_none();
+    let mut history = previous.history;
+    if applied_cleanly {
+        record_deployment(app, &mut history, revision);
+    }
+    ApplicationStatus {
+        sync: Some(SyncStatus {
+            status: report.sync,
+            revision: Some(revision.to_string()),
+        }),
+        health: Some(report.health.clone()),
+        resources: report.resources.clone(),
+        conditions,
+        history,
+        observed_generation: app.metadata.generation,
+    }
+}
+
+/// Appends `revision` unless it is the last entry already, keeping `spec.revisionHistoryLimit`
+/// entries.
+fn record_deployment(app: &Application, history: &mut Vec<RevisionHistory>, revision: &str) {
+    if history.last().map(|h| h.revision.as_str()) == Some(revision) {
+        return;
+    }
+    history.push(RevisionHistory {
+        revision: revision.to_string(),
+        deployed_at: jiff::Timestamp::now().to_string(),
+    });
+    let limit = app
+        .spec
+        .revision_history_limit
+        .and_then(|l| usize::try_from(l).ok())
+        .unwrap_or(DEFAULT_HISTORY);
+    let excess = history.len().saturating_sub(limit);
+    history.drain(..excess);
+}
+
+/// The conditions a sync report sets.
+fn report_conditions(report: &SyncReport, mode: Mode) -> Vec<Condition> {
+    let mut conditions = vec![synced_condition(report, mode)];
+    if !report.deferred.is_empty() {
+        let message = report
+            .deferred
+            .iter()
+            .map(|(key, reason)| format!("{key}: {reason}"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        conditions.push(condition(
+            names::RESOURCES_DEFERRED,
+            ConditionStatus::True,
+            "MissingCustomResourceDefinition",
+            message,
+        ));
+    }
+    if let Some((reason, message)) = &report.prune_refused {
+        conditions.push(condition(
+            names::PRUNE_PENDING,
+            ConditionStatus::True,
+            reason,
+            message.clone(),
+        ));
+    } else if !report.kept.is_empty() {
+        let message = report
+            .kept
+            .iter()
+            .map(|(key, keep)| format!("{key} kept: {}", keep.describe()))
+            .collect::<Vec<_>>()
+            .join("; ");
+        conditions.push(condition(
+            names::PRUNE_PENDING,
+            ConditionStatus::True,
+            "PruneSkipped",
+            message,
+        ));
+    }
+    if mode == Mode::Compare && !report.drift.is_empty() {
+        let message = report
+            .drift
+            .iter()
+            .map(|d| d.describe())
+            .collect::<Vec<_>>()
+            .join("; ");
+        conditions.push(condition(
+            names::DRIFT_DETECTED,
+            ConditionStatus::True,
+            "ManualChange",
+            message,
+        ));
+    }
+    conditions
+}
+
+/// `Synced`: a failure first, then a wave still rolling out, then whether the cluster matches.
+fn synced_condition(report: &SyncReport, mode: Mode) -> Condition {
+    match (first_failure(report), report.sync, mode) {
+        (None, _, Mode::Apply) if report.waiting.is_some() => condition(
+            names::SYNCED,
+            ConditionStatus::False,
+            "SyncWaveNotHealthy",
+            report.waiting.clone().unwrap_or_default(),
+        ),
+        (Some(first), _, _) => condition(
+            names::SYNCED,
+            ConditionStatus::False,
+            "SyncFailed",
+            format!("{} object(s) failed; first: {first}", report.failures.len()),
+        ),
+        (None, SyncState::Synced, _) => condition(
+            names::SYNCED,
+            ConditionStatus::True,
+            "Synced",
+            format!("{} object(s) in sync", report.resources.len()),
+        ),
+        (None, _, Mode::Compare) => condition(
+            names::SYNCED,
+            ConditionStatus::False,
+            "OutOfSync",
+            "the cluster differs from Git and this sync only compares (no automated sync, or no selfHeal)".into(),
+        ),
+        (None, _, Mode::Apply) => condition(
+            names::SYNCED,
+            ConditionStatus::False,
+            "OutOfSync",
+            "some objects are not applied yet (deferred or left in the cluster)".into(),
+        ),
+    }
+}
+
+/// kstatus `Ready`: in sync with Git and healthy, so `kubectl wait --for=condition=Ready` and
+/// dependants can gate on an Application.
+fn ready_condition(report: &SyncReport) -> Condition {
+    match (report.sync, report.health.status) {
+        (SyncState::Synced, HealthState::Healthy) => condition(
+            names::READY,
+            ConditionStatus::True,
+            "Healthy",
+            "in sync with Git and healthy".into(),
+        ),
+        (SyncState::Synced, state) => condition(
+            names::READY,
+            ConditionStatus::False,
+            &format!("{state:?}"),
+            report
+                .health
+                .message
+                .clone()
+                .unwrap_or_else(|| format!("health is {state:?}")),
+        ),
+        (_, _) => condition(
+            names::READY,
+            ConditionStatus::False,
+            "OutOfSync",
+            "the cluster differs from Git".into(),
+        ),
+    }
+}
+
+/// Writes the status when it differs from the current one (a no-op sync writes nothing);
+/// condition transition times are kept while a condition's status stays the same.
+pub(super) async fn write(
+    ctx: &Context,
+    app: &Application,
+    mut status: ApplicationStatus,
+) -> Result<(), Error> {
+    let current = app.status.clone().unwrap_or_default();
+    let now = jiff::Timestamp::now().to_string();
+    for condition in &mut status.conditions {
+        condition.observed_generation = app.metadata.generation;
+        let before = current
+            .conditions
+            .iter()
+            .find(|c| c.type_ == condition.type_);
+        condition.last_transition_time = match before {
+            Some(before) if before.status == condition.status => {
+                before.last_transition_time.clone()
+            }
+            _ => Some(now.clone()),
+        };
+    }
+    status.observed_generation = app.metadata.generation;
+    if status == current {
+        return Ok(());
+    }
+    let api: Api<Application> =
+        Api::namespaced(ctx.client.clone(), &app.namespace().unwrap_or_default());
+    let patch = serde_json::json!({
+        "apiVersion": Application::api_version(&()),
+        "kind": Application::kind(&()),
+        "metadata": {"name": app.name_any(), "namespace": app.namespace()},
+        "status": status,
+    });
+    api.patch_status(
+        &app.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(|source| Error::Status {
+        name: app.name_any(),
+        source,
+    })?;
+    Ok(())
+}
