@@ -6,8 +6,6 @@ use kube::api::DynamicObject;
 use mooring_crds::application::Application;
 use mooring_crds::conditions::{Condition, ConditionStatus, names};
 
-use super::status::condition;
-
 /// The destinations that mean "this cluster" (Argo CD's in-cluster server URL and name).
 const IN_CLUSTER_SERVER: &str = "https://kubernetes.default.svc";
 const IN_CLUSTER_NAME: &str = "in-cluster";
@@ -35,7 +33,7 @@ pub(super) fn unsupported_fields_condition(app: &Application) -> Option<Conditio
     if unsupported.is_empty() {
         return None;
     }
-    Some(condition(
+    Some(Condition::new(
         names::UNSUPPORTED_FIELDS,
         ConditionStatus::True,
         "UnsupportedFields",
@@ -112,7 +110,7 @@ pub(super) fn note_sync_hooks(conditions: &mut Vec<Condition>, objects: &[Dynami
                 existing.message
             );
         }
-        None => conditions.push(condition(
+        None => conditions.push(Condition::new(
             names::UNSUPPORTED_FIELDS,
             ConditionStatus::True,
             "UnsupportedFields",

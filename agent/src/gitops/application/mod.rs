@@ -20,7 +20,6 @@ mod finalize;
 mod mode;
 mod status;
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -38,6 +37,7 @@ pub use self::checks::unsupported_fields;
 pub use self::error::Error;
 use self::error::{failed_objects, first_failure};
 use crate::controllers::reconciles::Reconciles;
+use crate::controllers::{Failures, lock};
 use crate::events::EventSink;
 use crate::gitops::apply::object::AppId;
 use crate::gitops::apply::watch::Watches;
@@ -105,7 +105,8 @@ pub struct Context {
     metrics: ApplicationMetrics,
     watches: Watches,
     triggers: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<AppId>>>,
-    failures: Mutex<HashMap<String, u32>>,
+    /// Failed reconciles in a row per Application uid, for the retry backoff.
+    failures: Failures,
     /// Application uid → self-heals in a row and when the last one happened: a controller
     /// fighting mooring over a field is slowed down, not fought in a tight loop.
     heals: mode::Heals,
@@ -137,7 +138,7 @@ impl Context {
             metrics: ApplicationMetrics::default(),
             watches,
             triggers: Mutex::new(Some(triggers)),
-            failures: Mutex::default(),
+            failures: Failures::default(),
             heals: Mutex::default(),
         }
     }
@@ -172,11 +173,7 @@ pub async fn run(
         Some(ns) => Api::namespaced(ctx.client.clone(), ns),
         None => Api::all(ctx.client.clone()),
     };
-    let triggers = ctx
-        .triggers
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .take();
+    let triggers = lock(&ctx.triggers).take();
     // The controller stops only once every trigger stream has ended: end the drift stream on
     // shutdown too.
     let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
@@ -270,10 +267,7 @@ async fn reconcile(cached: Arc<Application>, ctx: Arc<Context>) -> Result<Action
     if let Some(error) = failed_objects(&report) {
         return Err(error);
     }
-    ctx.failures
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .remove(&app.uid().unwrap_or_default());
+    ctx.failures.clear(&app.uid().unwrap_or_default());
     Ok(mode::next_look(&report, &plan, poll))
 }
 
@@ -376,14 +370,6 @@ fn error_policy(app: Arc<Application>, error: &Error, ctx: Arc<Context>) -> Acti
             reason: error.reason().to_owned(),
         })
         .inc();
-    let attempts = {
-        let mut failures = ctx
-            .failures
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let count = failures.entry(app.uid().unwrap_or_default()).or_insert(0);
-        *count = count.saturating_add(1);
-        *count
-    };
+    let attempts = ctx.failures.record(&app.uid().unwrap_or_default());
     Action::requeue(mode::retry_delay(&app, attempts, error.is_retryable()))
 }

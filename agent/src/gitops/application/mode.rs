@@ -16,6 +16,7 @@ use kube::api::DynamicObject;
 use kube::runtime::controller::Action;
 use mooring_crds::application::{Application, ApplicationStatus};
 
+use crate::controllers::lock;
 use crate::gitops::apply::object::AppId;
 use crate::gitops::apply::prune::PruneSettings;
 use crate::gitops::apply::{Mode, SyncReport, SyncRequest};
@@ -142,9 +143,7 @@ pub(super) fn heal_backoff(
     uid: &str,
     now: tokio::time::Instant,
 ) -> Option<Duration> {
-    let heals = heals
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let heals = lock(heals);
     let (count, last) = heals.get(uid)?;
     let since = now.saturating_duration_since(*last);
     if since >= HEAL_BACKOFF_CAP {
@@ -160,9 +159,7 @@ pub(super) fn heal_backoff(
 /// Counts a heal of `uid` at `now`; a heal after a quiet period as long as the cap counts as
 /// the first again.
 pub(super) fn record_heal(heals: &Heals, uid: &str, now: tokio::time::Instant) {
-    let mut heals = heals
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut heals = lock(heals);
     let entry = heals.entry(uid.to_string()).or_insert((0, now));
     if now.saturating_duration_since(entry.1) >= HEAL_BACKOFF_CAP {
         entry.0 = 0;

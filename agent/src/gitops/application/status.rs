@@ -8,7 +8,7 @@ use mooring_crds::application::{
     Application, ApplicationStatus, HealthState, HealthStatus, RevisionHistory, SyncState,
     SyncStatus,
 };
-use mooring_crds::conditions::{Condition, ConditionStatus, names};
+use mooring_crds::conditions::{Condition, ConditionStatus, names, stamp};
 
 use super::{Context, Error, SourceError, first_failure};
 use crate::cluster::FIELD_MANAGER;
@@ -17,41 +17,25 @@ use crate::gitops::apply::{Mode, SyncReport};
 /// `status.history` length when `spec.revisionHistoryLimit` is unset, as Argo CD.
 const DEFAULT_HISTORY: usize = 10;
 
-pub(super) fn condition(
-    type_: &str,
-    status: ConditionStatus,
-    reason: &str,
-    message: String,
-) -> Condition {
-    Condition {
-        type_: type_.into(),
-        status,
-        reason: reason.into(),
-        message,
-        last_transition_time: None,
-        observed_generation: None,
-    }
-}
-
 /// The destination is not this cluster: nothing was compared.
 pub(super) fn invalid_destination(
     previous: ApplicationStatus,
     mut conditions: Vec<Condition>,
     message: String,
 ) -> ApplicationStatus {
-    conditions.push(condition(
+    conditions.push(Condition::new(
         names::INVALID_DESTINATION,
         ConditionStatus::True,
         "InvalidDestination",
         message.clone(),
     ));
-    conditions.push(condition(
+    conditions.push(Condition::new(
         names::SYNCED,
         ConditionStatus::False,
         "InvalidDestination",
         message.clone(),
     ));
-    conditions.push(condition(
+    conditions.push(Condition::new(
         names::READY,
         ConditionStatus::False,
         "InvalidDestination",
@@ -72,17 +56,17 @@ pub(super) fn suspended(
     previous: ApplicationStatus,
     mut conditions: Vec<Condition>,
 ) -> ApplicationStatus {
-    conditions.push(condition(
+    conditions.push(Condition::new(
         names::SYNCED,
         ConditionStatus::Unknown,
         "Suspended",
-        "spec.suspend is true: nothing is applied or pruned".into(),
+        "spec.suspend is true: nothing is applied or pruned",
     ));
-    conditions.push(condition(
+    conditions.push(Condition::new(
         names::READY,
         ConditionStatus::False,
         "Suspended",
-        "the Application is suspended".into(),
+        "the Application is suspended",
     ));
     ApplicationStatus {
         health: Some(HealthStatus {
@@ -100,13 +84,13 @@ pub(super) fn source_failed(
     mut conditions: Vec<Condition>,
     error: &SourceError,
 ) -> ApplicationStatus {
-    conditions.push(condition(
+    conditions.push(Condition::new(
         names::SYNCED,
         ConditionStatus::False,
         error.reason,
         error.message.clone(),
     ));
-    conditions.push(condition(
+    conditions.push(Condition::new(
         names::READY,
         ConditionStatus::False,
         error.reason,
@@ -186,7 +170,7 @@ fn report_conditions(report: &SyncReport, mode: Mode) -> Vec<Condition> {
             .map(|(key, reason)| format!("{key}: {reason}"))
             .collect::<Vec<_>>()
             .join("; ");
-        conditions.push(condition(
+        conditions.push(Condition::new(
             names::RESOURCES_DEFERRED,
             ConditionStatus::True,
             "MissingCustomResourceDefinition",
@@ -194,7 +178,7 @@ fn report_conditions(report: &SyncReport, mode: Mode) -> Vec<Condition> {
         ));
     }
     if let Some((reason, message)) = &report.prune_refused {
-        conditions.push(condition(
+        conditions.push(Condition::new(
             names::PRUNE_PENDING,
             ConditionStatus::True,
             reason,
@@ -207,7 +191,7 @@ fn report_conditions(report: &SyncReport, mode: Mode) -> Vec<Condition> {
             .map(|(key, keep)| format!("{key} kept: {}", keep.describe()))
             .collect::<Vec<_>>()
             .join("; ");
-        conditions.push(condition(
+        conditions.push(Condition::new(
             names::PRUNE_PENDING,
             ConditionStatus::True,
             "PruneSkipped",
@@ -221,7 +205,7 @@ fn report_conditions(report: &SyncReport, mode: Mode) -> Vec<Condition> {
             .map(|d| d.describe())
             .collect::<Vec<_>>()
             .join("; ");
-        conditions.push(condition(
+        conditions.push(Condition::new(
             names::DRIFT_DETECTED,
             ConditionStatus::True,
             "ManualChange",
@@ -234,35 +218,35 @@ fn report_conditions(report: &SyncReport, mode: Mode) -> Vec<Condition> {
 /// `Synced`: a failure first, then a wave still rolling out, then whether the cluster matches.
 fn synced_condition(report: &SyncReport, mode: Mode) -> Condition {
     match (first_failure(report), report.sync, mode) {
-        (None, _, Mode::Apply) if report.waiting.is_some() => condition(
+        (None, _, Mode::Apply) if report.waiting.is_some() => Condition::new(
             names::SYNCED,
             ConditionStatus::False,
             "SyncWaveNotHealthy",
             report.waiting.clone().unwrap_or_default(),
         ),
-        (Some(first), _, _) => condition(
+        (Some(first), _, _) => Condition::new(
             names::SYNCED,
             ConditionStatus::False,
             "SyncFailed",
             format!("{} object(s) failed; first: {first}", report.failures.len()),
         ),
-        (None, SyncState::Synced, _) => condition(
+        (None, SyncState::Synced, _) => Condition::new(
             names::SYNCED,
             ConditionStatus::True,
             "Synced",
             format!("{} object(s) in sync", report.resources.len()),
         ),
-        (None, _, Mode::Compare) => condition(
+        (None, _, Mode::Compare) => Condition::new(
             names::SYNCED,
             ConditionStatus::False,
             "OutOfSync",
-            "the cluster differs from Git and this sync only compares (no automated sync, or no selfHeal)".into(),
+            "the cluster differs from Git and this sync only compares (no automated sync, or no selfHeal)",
         ),
-        (None, _, Mode::Apply) => condition(
+        (None, _, Mode::Apply) => Condition::new(
             names::SYNCED,
             ConditionStatus::False,
             "OutOfSync",
-            "some objects are not applied yet (deferred or left in the cluster)".into(),
+            "some objects are not applied yet (deferred or left in the cluster)",
         ),
     }
 }
@@ -271,13 +255,13 @@ fn synced_condition(report: &SyncReport, mode: Mode) -> Condition {
 /// dependants can gate on an Application.
 fn ready_condition(report: &SyncReport) -> Condition {
     match (report.sync, report.health.status) {
-        (SyncState::Synced, HealthState::Healthy) => condition(
+        (SyncState::Synced, HealthState::Healthy) => Condition::new(
             names::READY,
             ConditionStatus::True,
             "Healthy",
-            "in sync with Git and healthy".into(),
+            "in sync with Git and healthy",
         ),
-        (SyncState::Synced, state) => condition(
+        (SyncState::Synced, state) => Condition::new(
             names::READY,
             ConditionStatus::False,
             &format!("{state:?}"),
@@ -287,11 +271,11 @@ fn ready_condition(report: &SyncReport) -> Condition {
                 .clone()
                 .unwrap_or_else(|| format!("health is {state:?}")),
         ),
-        (_, _) => condition(
+        (_, _) => Condition::new(
             names::READY,
             ConditionStatus::False,
             "OutOfSync",
-            "the cluster differs from Git".into(),
+            "the cluster differs from Git",
         ),
     }
 }
@@ -305,19 +289,12 @@ pub(super) async fn write(
 ) -> Result<(), Error> {
     let current = app.status.clone().unwrap_or_default();
     let now = jiff::Timestamp::now().to_string();
-    for condition in &mut status.conditions {
-        condition.observed_generation = app.metadata.generation;
-        let before = current
-            .conditions
-            .iter()
-            .find(|c| c.type_ == condition.type_);
-        condition.last_transition_time = match before {
-            Some(before) if before.status == condition.status => {
-                before.last_transition_time.clone()
-            }
-            _ => Some(now.clone()),
-        };
-    }
+    stamp(
+        &mut status.conditions,
+        &current.conditions,
+        app.metadata.generation,
+        &now,
+    );
     status.observed_generation = app.metadata.generation;
     if status == current {
         return Ok(());
