@@ -3,7 +3,7 @@
 //! condition (they are ignored, not refused, so Argo CD manifests keep working).
 
 use kube::api::DynamicObject;
-use mooring_crds::application::Application;
+use mooring_crds::application::{Application, reasons};
 use mooring_crds::conditions::{Condition, ConditionStatus, names};
 
 /// The destinations that mean "this cluster" (Argo CD's in-cluster server URL and name).
@@ -36,7 +36,7 @@ pub(super) fn unsupported_fields_condition(app: &Application) -> Option<Conditio
     Some(Condition::new(
         names::UNSUPPORTED_FIELDS,
         ConditionStatus::True,
-        "UnsupportedFields",
+        reasons::UNSUPPORTED_FIELDS,
         format!(
             "mooring does not implement {}; they are ignored",
             unsupported.join(", ")
@@ -113,7 +113,7 @@ pub(super) fn note_sync_hooks(conditions: &mut Vec<Condition>, objects: &[Dynami
         None => conditions.push(Condition::new(
             names::UNSUPPORTED_FIELDS,
             ConditionStatus::True,
-            "UnsupportedFields",
+            reasons::UNSUPPORTED_FIELDS,
             format!("sync hooks are not implemented: {listed} are applied as plain resources"),
         )),
     }

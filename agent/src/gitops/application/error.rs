@@ -1,5 +1,7 @@
 //! Why a reconcile failed: its reason (condition, event, metric label) and whether to retry soon.
 
+use mooring_crds::application::reasons;
+
 use super::SourceError;
 use crate::gitops::apply::SyncReport;
 
@@ -54,11 +56,11 @@ impl Error {
     pub fn reason(&self) -> &'static str {
         match self {
             Error::Source(error) => error.reason,
-            Error::Sync(_) => "SyncFailed",
-            Error::Objects { .. } => "SyncFailed",
-            Error::Status { .. } => "StatusUpdateFailed",
-            Error::Finalizer { .. } => "FinalizerUpdateFailed",
-            Error::Read { .. } => "ApiError",
+            Error::Sync(_) => reasons::SYNC_FAILED,
+            Error::Objects { .. } => reasons::SYNC_FAILED,
+            Error::Status { .. } => reasons::STATUS_UPDATE_FAILED,
+            Error::Finalizer { .. } => reasons::FINALIZER_UPDATE_FAILED,
+            Error::Read { .. } => reasons::API_ERROR,
         }
     }
 

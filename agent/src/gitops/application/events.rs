@@ -5,7 +5,7 @@
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::Resource;
 use kube::runtime::events::{Event, EventType};
-use mooring_crds::application::Application;
+use mooring_crds::application::{Application, reasons};
 use mooring_crds::conditions::names;
 
 use super::{Context, SourceError};
@@ -32,7 +32,7 @@ pub(super) async fn announce(
             "pruned {}",
             crate::gitops::apply::prune::summarize(&report.pruned)
         );
-        publish(ctx, app, EventType::Normal, "Pruned", &note).await;
+        publish(ctx, app, EventType::Normal, reasons::PRUNED, &note).await;
     }
 }
 
@@ -62,18 +62,18 @@ async fn announce_drift(
         }
         let (reason, note) = match mode {
             Mode::Apply => (
-                "DriftReverted",
+                reasons::DRIFT_REVERTED,
                 format!("{}; reverted (selfHeal)", drift.describe()),
             ),
             Mode::Compare if healing_later => (
-                "DriftDetected",
+                reasons::DRIFT_DETECTED,
                 format!(
                     "{}; selfHeal reverts it after a backoff (it was reverted moments ago)",
                     drift.describe()
                 ),
             ),
             Mode::Compare => (
-                "DriftDetected",
+                reasons::DRIFT_DETECTED,
                 format!("{}; OutOfSync (selfHeal is off)", drift.describe()),
             ),
         };
@@ -115,7 +115,7 @@ async fn announce_applied(ctx: &Context, app: &Application, report: &SyncReport)
     } else {
         format!("applied {} object(s): {}", written.len(), names.join(", "))
     };
-    publish(ctx, app, EventType::Normal, "Applied", &note).await;
+    publish(ctx, app, EventType::Normal, reasons::APPLIED, &note).await;
 }
 
 /// A Warning with the source's reason and message.
@@ -132,7 +132,14 @@ pub(super) async fn resources_deleted(ctx: &Context, app: &Application, report: 
         "deleted with the Application: {}",
         crate::gitops::apply::prune::summarize(&report.pruned)
     );
-    publish(ctx, app, EventType::Normal, "ResourcesDeleted", &note).await;
+    publish(
+        ctx,
+        app,
+        EventType::Normal,
+        reasons::RESOURCES_DELETED,
+        &note,
+    )
+    .await;
 }
 
 async fn publish(ctx: &Context, app: &Application, type_: EventType, reason: &str, note: &str) {

@@ -6,7 +6,7 @@ use kube::api::{Patch, PatchParams};
 use kube::{Api, Resource, ResourceExt};
 use mooring_crds::application::{
     Application, ApplicationStatus, HealthState, HealthStatus, RevisionHistory, SyncState,
-    SyncStatus,
+    SyncStatus, reasons,
 };
 use mooring_crds::conditions::{Condition, ConditionStatus, names, stamp};
 
@@ -26,19 +26,19 @@ pub(super) fn invalid_destination(
     conditions.push(Condition::new(
         names::INVALID_DESTINATION,
         ConditionStatus::True,
-        "InvalidDestination",
+        reasons::INVALID_DESTINATION,
         message.clone(),
     ));
     conditions.push(Condition::new(
         names::SYNCED,
         ConditionStatus::False,
-        "InvalidDestination",
+        reasons::INVALID_DESTINATION,
         message.clone(),
     ));
     conditions.push(Condition::new(
         names::READY,
         ConditionStatus::False,
-        "InvalidDestination",
+        reasons::INVALID_DESTINATION,
         message,
     ));
     ApplicationStatus {
@@ -59,13 +59,13 @@ pub(super) fn suspended(
     conditions.push(Condition::new(
         names::SYNCED,
         ConditionStatus::Unknown,
-        "Suspended",
+        reasons::SUSPENDED,
         "spec.suspend is true: nothing is applied or pruned",
     ));
     conditions.push(Condition::new(
         names::READY,
         ConditionStatus::False,
-        "Suspended",
+        reasons::SUSPENDED,
         "the Application is suspended",
     ));
     ApplicationStatus {
@@ -173,7 +173,7 @@ fn report_conditions(report: &SyncReport, mode: Mode) -> Vec<Condition> {
         conditions.push(Condition::new(
             names::RESOURCES_DEFERRED,
             ConditionStatus::True,
-            "MissingCustomResourceDefinition",
+            reasons::MISSING_CUSTOM_RESOURCE_DEFINITION,
             message,
         ));
     }
@@ -194,7 +194,7 @@ fn report_conditions(report: &SyncReport, mode: Mode) -> Vec<Condition> {
         conditions.push(Condition::new(
             names::PRUNE_PENDING,
             ConditionStatus::True,
-            "PruneSkipped",
+            reasons::PRUNE_SKIPPED,
             message,
         ));
     }
@@ -208,7 +208,7 @@ fn report_conditions(report: &SyncReport, mode: Mode) -> Vec<Condition> {
         conditions.push(Condition::new(
             names::DRIFT_DETECTED,
             ConditionStatus::True,
-            "ManualChange",
+            reasons::MANUAL_CHANGE,
             message,
         ));
     }
@@ -221,31 +221,31 @@ fn synced_condition(report: &SyncReport, mode: Mode) -> Condition {
         (None, _, Mode::Apply) if report.waiting.is_some() => Condition::new(
             names::SYNCED,
             ConditionStatus::False,
-            "SyncWaveNotHealthy",
+            reasons::SYNC_WAVE_NOT_HEALTHY,
             report.waiting.clone().unwrap_or_default(),
         ),
         (Some(first), _, _) => Condition::new(
             names::SYNCED,
             ConditionStatus::False,
-            "SyncFailed",
+            reasons::SYNC_FAILED,
             format!("{} object(s) failed; first: {first}", report.failures.len()),
         ),
         (None, SyncState::Synced, _) => Condition::new(
             names::SYNCED,
             ConditionStatus::True,
-            "Synced",
+            reasons::SYNCED,
             format!("{} object(s) in sync", report.resources.len()),
         ),
         (None, _, Mode::Compare) => Condition::new(
             names::SYNCED,
             ConditionStatus::False,
-            "OutOfSync",
+            reasons::OUT_OF_SYNC,
             "the cluster differs from Git and this sync only compares (no automated sync, or no selfHeal)",
         ),
         (None, _, Mode::Apply) => Condition::new(
             names::SYNCED,
             ConditionStatus::False,
-            "OutOfSync",
+            reasons::OUT_OF_SYNC,
             "some objects are not applied yet (deferred or left in the cluster)",
         ),
     }
@@ -258,7 +258,7 @@ fn ready_condition(report: &SyncReport) -> Condition {
         (SyncState::Synced, HealthState::Healthy) => Condition::new(
             names::READY,
             ConditionStatus::True,
-            "Healthy",
+            reasons::HEALTHY,
             "in sync with Git and healthy",
         ),
         (SyncState::Synced, state) => Condition::new(
@@ -274,7 +274,7 @@ fn ready_condition(report: &SyncReport) -> Condition {
         (_, _) => Condition::new(
             names::READY,
             ConditionStatus::False,
-            "OutOfSync",
+            reasons::OUT_OF_SYNC,
             "the cluster differs from Git",
         ),
     }
