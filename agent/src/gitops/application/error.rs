@@ -5,26 +5,28 @@ use mooring_crds::application::reasons;
 use super::SourceError;
 use crate::gitops::apply::SyncReport;
 
-/// Why a reconcile failed (status is still written; this drives the retry).
+/// Why a reconcile failed (status is still written; this drives the retry). Each variant is
+/// the step that failed; a wrapped error is its `source`, printed once by
+/// [`crate::errors::error_chain`].
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// Fetch or render failed.
     #[error(transparent)]
-    Source(#[from] SourceError),
+    FetchAndRender(#[from] SourceError),
     /// The sync as a whole failed.
     #[error(transparent)]
     Sync(#[from] crate::gitops::apply::Error),
-    /// Some objects could not be applied or pruned.
+    /// Some objects could not be applied, pruned or deleted.
     #[error("failed to sync {count} object(s): {first}")]
-    Objects {
+    SyncObjects {
         /// How many.
         count: usize,
-        /// The first failure.
+        /// The first failure: the object and what went wrong.
         first: String,
     },
     /// The Application could not be read.
     #[error("failed to read Application {name}")]
-    Read {
+    ReadApplication {
         /// The Application.
         name: String,
         /// The API error.
@@ -33,7 +35,7 @@ pub enum Error {
     },
     /// The resources finalizer could not be removed after the objects were deleted.
     #[error("failed to remove the resources finalizer of Application {name}")]
-    Finalizer {
+    RemoveFinalizer {
         /// The Application.
         name: String,
         /// The API error.
@@ -42,7 +44,7 @@ pub enum Error {
     },
     /// The status could not be written.
     #[error("failed to update the status of Application {name}")]
-    Status {
+    WriteStatus {
         /// The Application.
         name: String,
         /// The API error.
@@ -55,19 +57,18 @@ impl Error {
     /// A CamelCase reason for the condition, the event and the metric label.
     pub fn reason(&self) -> &'static str {
         match self {
-            Error::Source(error) => error.reason,
-            Error::Sync(_) => reasons::SYNC_FAILED,
-            Error::Objects { .. } => reasons::SYNC_FAILED,
-            Error::Status { .. } => reasons::STATUS_UPDATE_FAILED,
-            Error::Finalizer { .. } => reasons::FINALIZER_UPDATE_FAILED,
-            Error::Read { .. } => reasons::API_ERROR,
+            Error::FetchAndRender(error) => error.reason,
+            Error::Sync(_) | Error::SyncObjects { .. } => reasons::SYNC_FAILED,
+            Error::WriteStatus { .. } => reasons::STATUS_UPDATE_FAILED,
+            Error::RemoveFinalizer { .. } => reasons::FINALIZER_UPDATE_FAILED,
+            Error::ReadApplication { .. } => reasons::API_ERROR,
         }
     }
 
     /// Whether retrying soon may help.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Error::Source(error) => error.retryable,
+            Error::FetchAndRender(error) => error.retryable,
             _ => true,
         }
     }
@@ -81,8 +82,44 @@ pub(super) fn first_failure(report: &SyncReport) -> Option<String> {
 
 /// The error for a sync in which some objects failed, if any did.
 pub(super) fn failed_objects(report: &SyncReport) -> Option<Error> {
-    Some(Error::Objects {
+    Some(Error::SyncObjects {
         count: report.failures.len(),
         first: first_failure(report)?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::errors::error_chain;
+
+    #[test]
+    fn the_chain_names_each_cause_once() {
+        let read = Error::ReadApplication {
+            name: "web".into(),
+            // A kube error without a cause of its own, so the expected text is exact.
+            source: kube::Error::LinesCodecMaxLineLengthExceeded,
+        };
+        assert_eq!(
+            error_chain(&read),
+            "failed to read Application web: Error finding newline character"
+        );
+        let source = Error::FetchAndRender(SourceError {
+            reason: "FetchFailed",
+            message: "failed to fetch https://git.example.test/repo.git: timed out".into(),
+            retryable: true,
+        });
+        assert_eq!(
+            error_chain(&source),
+            "failed to fetch https://git.example.test/repo.git: timed out"
+        );
+        let objects = Error::SyncObjects {
+            count: 2,
+            first: "apps/v1 Deployment web/api: forbidden".into(),
+        };
+        assert_eq!(
+            error_chain(&objects),
+            "failed to sync 2 object(s): apps/v1 Deployment web/api: forbidden"
+        );
+    }
 }

@@ -2,6 +2,8 @@
 //! (guarded like a prune) and then release the finalizer; without one, leave the objects in
 //! place (Argo CD's default).
 
+use json_patch::jsonptr::PointerBuf;
+use json_patch::{PatchOperation, ReplaceOperation, TestOperation};
 use kube::Api;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
@@ -88,22 +90,50 @@ async fn release_finalizer(
         .filter(|f| !is_resources_finalizer(f))
         .collect();
     let api: Api<Application> = Api::namespaced(ctx.client.clone(), &id.namespace);
-    // A JSON patch that tests the list first: another controller's finalizer change in between
-    // makes it fail and retry instead of being overwritten.
-    let patch = serde_json::json!([
-        {"op": "test", "path": "/metadata/finalizers", "value": app.metadata.finalizers},
-        {"op": "replace", "path": "/metadata/finalizers", "value": remaining},
-    ]);
-    let patch: json_patch::Patch =
-        serde_json::from_value(patch).map_err(|error| Error::Objects {
-            count: 1,
-            first: format!("failed to build the finalizer patch: {error}"),
-        })?;
+    let patch = finalizer_patch(app.metadata.finalizers.clone(), remaining);
     api.patch(&id.name, &PatchParams::default(), &Patch::<()>::Json(patch))
         .await
-        .map_err(|source| Error::Finalizer {
+        .map_err(|source| Error::RemoveFinalizer {
             name: id.name.clone(),
             source,
         })?;
     Ok(())
+}
+
+/// A JSON patch that replaces the finalizers `read` with `remaining`, testing the list first:
+/// another controller's finalizer change in between makes it fail and retry instead of being
+/// overwritten.
+fn finalizer_patch(read: Option<Vec<String>>, remaining: Vec<String>) -> json_patch::Patch {
+    let path = PointerBuf::from_tokens(["metadata", "finalizers"]);
+    json_patch::Patch(vec![
+        PatchOperation::Test(TestOperation {
+            path: path.clone(),
+            value: serde_json::Value::from(read),
+        }),
+        PatchOperation::Replace(ReplaceOperation {
+            path,
+            value: serde_json::Value::from(remaining),
+        }),
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_finalizer_patch_tests_the_list_before_replacing_it() {
+        let read = vec![RESOURCES_FINALIZER.to_string(), "other/finalizer".into()];
+        let patch = finalizer_patch(Some(read), vec!["other/finalizer".into()]);
+        assert_eq!(
+            serde_json::to_value(&patch).unwrap(),
+            serde_json::json!([
+                {"op": "test", "path": "/metadata/finalizers",
+                 "value": [RESOURCES_FINALIZER, "other/finalizer"]},
+                {"op": "replace", "path": "/metadata/finalizers", "value": ["other/finalizer"]},
+            ])
+        );
+        let unset = serde_json::to_value(finalizer_patch(None, Vec::new())).unwrap();
+        assert_eq!(unset[0]["value"], serde_json::Value::Null);
+    }
 }

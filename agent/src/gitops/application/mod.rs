@@ -278,10 +278,12 @@ async fn reconcile(cached: Arc<Application>, ctx: Arc<Context>) -> Result<Action
 /// already" must come from the current object, so read it.
 async fn read_current(ctx: &Context, id: &AppId) -> Result<Option<Application>, Error> {
     let api: Api<Application> = Api::namespaced(ctx.client.clone(), &id.namespace);
-    api.get_opt(&id.name).await.map_err(|source| Error::Read {
-        name: id.name.clone(),
-        source,
-    })
+    api.get_opt(&id.name)
+        .await
+        .map_err(|source| Error::ReadApplication {
+            name: id.name.clone(),
+            source,
+        })
 }
 
 /// Fetches and renders the desired state, timing it.

@@ -313,7 +313,7 @@ pub(super) async fn write(
         &Patch::Apply(&patch),
     )
     .await
-    .map_err(|source| Error::Status {
+    .map_err(|source| Error::WriteStatus {
         name: app.name_any(),
         source,
     })?;
