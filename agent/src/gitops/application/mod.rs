@@ -1,7 +1,7 @@
 //! The Application controller: fetch → render → plan → apply → prune, then status.
 //!
 //! Fetching and rendering sit behind [`Source`] (the Git cache and the renderers implement it),
-//! so this controller only decides *whether* and *how* to sync. [`reconcile`] reads as the list
+//! so this controller only decides *whether* and *how* to sync. `reconcile` reads as the list
 //! of steps; each step lives with its kind of decision:
 //!
 //! - `checks`: the destination must be this cluster; fields and hooks mooring does not
@@ -73,12 +73,13 @@ pub struct SourceError {
 
 /// Fetch and render: the Git cache and renderers behind one call.
 ///
-/// The agent's implementation resolves `spec.source.repoURL`/`targetRevision` with the Git cache
-/// (credentials from repository Secrets) and renders `spec.source.path` with the renderers; map
-/// their errors to [`SourceError`] with reasons such as `FetchFailed`, `AuthFailed` or
-/// `RenderFailed`. Wire it in `Agent::run` as
+/// The agent's implementation, [`crate::gitops::source::GitSource`], resolves
+/// `spec.source.repoURL`/`targetRevision` with the Git cache (credentials from repository
+/// Secrets) and renders `spec.source.path` with the renderers; it maps their errors to
+/// [`SourceError`] with reasons such as `FetchFailed`, `AuthFailed` or `RenderFailed`. The GitOps
+/// job wires it as
 /// `Context::new(client, Arc::new(source), events, max_prune_fraction, default_poll_interval)`
-/// and spawn [`run`]. Tests supply a fixed list of objects instead.
+/// and spawns [`run`]. Tests supply a fixed list of objects instead.
 pub trait Source: Send + Sync + 'static {
     /// The desired objects of `app` at its `targetRevision`.
     fn desired<'a>(&'a self, app: &'a Application) -> BoxFuture<'a, Result<Desired, SourceError>>;
@@ -364,6 +365,8 @@ fn log_sync(
     );
 }
 
+/// A failed reconcile: logged once with its causes, counted by reason, retried after Argo CD's
+/// `syncPolicy.retry.backoff` for this many failures in a row.
 fn error_policy(app: Arc<Application>, error: &Error, ctx: Arc<Context>) -> Action {
     tracing::warn!(app = %app.name_any(), error = %crate::errors::error_chain(error), "sync failed");
     ctx.metrics
