@@ -336,6 +336,51 @@ pub struct RevisionHistory {
     pub deployed_at: String,
 }
 
+/// Condition and event reasons the Application controller writes, so the controller, tests and
+/// docs share one spelling. Condition types are in [`crate::conditions::names`]; the `Ready`
+/// condition of an unhealthy but synced Application takes its [`HealthState`] as the reason, and
+/// fetch and render failures bring their own (`FetchFailed`, `RenderFailed`, …).
+pub mod reasons {
+    /// Fields mooring does not implement were set (or sync hooks were found); they are ignored.
+    pub const UNSUPPORTED_FIELDS: &str = "UnsupportedFields";
+    /// The destination is not this cluster; nothing is applied.
+    pub const INVALID_DESTINATION: &str = "InvalidDestination";
+    /// `spec.suspend` is true; nothing is applied or pruned.
+    pub const SUSPENDED: &str = "Suspended";
+    /// A sync wave is applied and the next one waits for it to become healthy.
+    pub const SYNC_WAVE_NOT_HEALTHY: &str = "SyncWaveNotHealthy";
+    /// The sync, or some of its objects, failed.
+    pub const SYNC_FAILED: &str = "SyncFailed";
+    /// Every object matches Git.
+    pub const SYNCED: &str = "Synced";
+    /// The cluster differs from Git.
+    pub const OUT_OF_SYNC: &str = "OutOfSync";
+    /// Custom resources wait for their CustomResourceDefinition.
+    pub const MISSING_CUSTOM_RESOURCE_DEFINITION: &str = "MissingCustomResourceDefinition";
+    /// Objects that left Git were kept (pruning is off or an object asks to be kept).
+    pub const PRUNE_SKIPPED: &str = "PruneSkipped";
+    /// A managed object was changed by hand and selfHeal is off.
+    pub const MANUAL_CHANGE: &str = "ManualChange";
+    /// In sync with Git and healthy (`Ready`).
+    pub const HEALTHY: &str = "Healthy";
+    /// The status could not be written.
+    pub const STATUS_UPDATE_FAILED: &str = "StatusUpdateFailed";
+    /// The resources finalizer could not be removed.
+    pub const FINALIZER_UPDATE_FAILED: &str = "FinalizerUpdateFailed";
+    /// The Application could not be read.
+    pub const API_ERROR: &str = "ApiError";
+    /// Event: selfHeal reverted a manual change.
+    pub const DRIFT_REVERTED: &str = "DriftReverted";
+    /// Event: a manual change was seen and not reverted (yet).
+    pub const DRIFT_DETECTED: &str = "DriftDetected";
+    /// Event: objects were applied.
+    pub const APPLIED: &str = "Applied";
+    /// Event: objects that left Git were pruned.
+    pub const PRUNED: &str = "Pruned";
+    /// Event: the resources finalizer deleted the Application's objects.
+    pub const RESOURCES_DELETED: &str = "ResourcesDeleted";
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

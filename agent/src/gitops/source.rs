@@ -26,9 +26,9 @@ pub struct Rendered {
 /// Why a source could not be fetched or rendered. Nothing may be applied or pruned after it.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
-    /// Credentials, fetch or checkout.
+    /// Reading the credentials, fetching or checking out the revision.
     #[error(transparent)]
-    Git(#[from] GitError),
+    Fetch(#[from] GitError),
     /// Rendering the checked-out path.
     #[error(transparent)]
     Render(#[from] RenderError),
@@ -38,7 +38,7 @@ impl SourceError {
     /// Whether retrying soon may help.
     pub fn is_retryable(&self) -> bool {
         match self {
-            SourceError::Git(error) => error.is_retryable(),
+            SourceError::Fetch(error) => error.is_retryable(),
             SourceError::Render(error) => error.is_retryable(),
         }
     }
@@ -46,7 +46,7 @@ impl SourceError {
     /// A CamelCase word for the condition reason, the event and metric labels.
     pub fn reason(&self) -> &'static str {
         match self {
-            SourceError::Git(error) => error.reason(),
+            SourceError::Fetch(error) => error.reason(),
             SourceError::Render(error) => error.reason(),
         }
     }
@@ -197,5 +197,17 @@ mod tests {
         let bare = render_options(&ApplicationSource::default(), RenderLimits::default());
         assert_eq!(bare.directory, DirectoryOptions::default());
         assert_eq!(bare.kustomize, KustomizeOptions::default());
+    }
+
+    #[test]
+    fn the_chain_names_each_cause_once() {
+        let error = SourceError::from(RenderError::Read {
+            file: "apps/web.yaml".into(),
+            source: std::io::Error::new(std::io::ErrorKind::PermissionDenied, "permission denied"),
+        });
+        assert_eq!(
+            crate::errors::error_chain(&error),
+            "failed to read apps/web.yaml: permission denied"
+        );
     }
 }

@@ -1,0 +1,191 @@
+//! Whether an Application can be synced as written: its destination must be this cluster, and
+//! the fields and hook annotations mooring accepts but does not implement are named in a
+//! condition (they are ignored, not refused, so Argo CD manifests keep working).
+
+use kube::api::DynamicObject;
+use mooring_crds::application::{Application, reasons};
+use mooring_crds::conditions::{Condition, ConditionStatus, names};
+
+/// The destinations that mean "this cluster" (Argo CD's in-cluster server URL and name).
+const IN_CLUSTER_SERVER: &str = "https://kubernetes.default.svc";
+const IN_CLUSTER_NAME: &str = "in-cluster";
+/// Annotations of Argo CD and Helm hooks: mooring has no hook phases, so such objects are
+/// applied like any other and a condition says so.
+const HOOK_ANNOTATIONS: &[&str] = &["argocd.argoproj.io/hook", "helm.sh/hook"];
+
+/// The destination must be this cluster.
+pub(super) fn check_destination(app: &Application) -> Result<(), String> {
+    let destination = &app.spec.destination;
+    match (destination.server.as_deref(), destination.name.as_deref()) {
+        (Some(IN_CLUSTER_SERVER) | None, Some(IN_CLUSTER_NAME) | None) => Ok(()),
+        (server, name) => Err(format!(
+            "mooring syncs only into its own cluster (server {IN_CLUSTER_SERVER} or name {IN_CLUSTER_NAME}); \
+             spec.destination has server {} and name {}",
+            server.unwrap_or("(unset)"),
+            name.unwrap_or("(unset)")
+        )),
+    }
+}
+
+/// The `UnsupportedFields` condition, when `app` sets any of them.
+pub(super) fn unsupported_fields_condition(app: &Application) -> Option<Condition> {
+    let unsupported = unsupported_fields(app);
+    if unsupported.is_empty() {
+        return None;
+    }
+    Some(Condition::new(
+        names::UNSUPPORTED_FIELDS,
+        ConditionStatus::True,
+        reasons::UNSUPPORTED_FIELDS,
+        format!(
+            "mooring does not implement {}; they are ignored",
+            unsupported.join(", ")
+        ),
+    ))
+}
+
+/// Set fields mooring accepts but does not implement, by their path.
+pub fn unsupported_fields(app: &Application) -> Vec<String> {
+    let spec = &app.spec;
+    let mut found = Vec::new();
+    if spec.sources.as_ref().is_some_and(|s| !s.is_empty()) {
+        found.push("spec.sources".to_string());
+    }
+    if spec
+        .ignore_differences
+        .as_ref()
+        .is_some_and(|s| !s.is_empty())
+    {
+        found.push("spec.ignoreDifferences".to_string());
+    }
+    if spec.source.helm.is_some() {
+        found.push("spec.source.helm".to_string());
+    }
+    if spec.source.plugin.is_some() {
+        found.push("spec.source.plugin".to_string());
+    }
+    if spec.source.chart.is_some() {
+        found.push("spec.source.chart".to_string());
+    }
+    if let Some(policy) = &spec.sync_policy {
+        if policy.managed_namespace_metadata.is_some() {
+            found.push("spec.syncPolicy.managedNamespaceMetadata".to_string());
+        }
+        for option in &policy.sync_options {
+            let name = option
+                .split_once('=')
+                .map_or(option.as_str(), |(n, _)| n.trim());
+            // ServerSideApply is what mooring always does; the rest are implemented.
+            let known = [
+                "CreateNamespace",
+                "PruneLast",
+                "Prune",
+                "PrunePropagationPolicy",
+                "ServerSideApply",
+                "ApplyOutOfSyncOnly",
+            ];
+            if !known.contains(&name) {
+                found.push(format!("spec.syncPolicy.syncOptions {option}"));
+            }
+        }
+    }
+    found
+}
+
+/// Names the rendered objects that carry a sync hook annotation in the `UnsupportedFields`
+/// condition (adding to it when fields are already named there).
+pub(super) fn note_sync_hooks(conditions: &mut Vec<Condition>, objects: &[DynamicObject]) {
+    let hooks = sync_hooks(objects);
+    if hooks.is_empty() {
+        return;
+    }
+    let listed = crate::gitops::apply::prune::summarize_names(&hooks);
+    match conditions
+        .iter_mut()
+        .find(|c| c.type_ == names::UNSUPPORTED_FIELDS)
+    {
+        Some(existing) => {
+            existing.message = format!(
+                "{}; sync hooks on {listed} are applied as plain resources",
+                existing.message
+            );
+        }
+        None => conditions.push(Condition::new(
+            names::UNSUPPORTED_FIELDS,
+            ConditionStatus::True,
+            reasons::UNSUPPORTED_FIELDS,
+            format!("sync hooks are not implemented: {listed} are applied as plain resources"),
+        )),
+    }
+}
+
+/// "Kind name" of each object annotated as an Argo CD or Helm hook.
+fn sync_hooks(objects: &[DynamicObject]) -> Vec<String> {
+    objects
+        .iter()
+        .filter(|o| {
+            o.metadata
+                .annotations
+                .as_ref()
+                .is_some_and(|a| HOOK_ANNOTATIONS.iter().any(|h| a.contains_key(*h)))
+        })
+        .filter_map(|o| {
+            Some(format!(
+                "{} {}",
+                o.types.as_ref()?.kind,
+                o.metadata.name.as_deref()?
+            ))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use mooring_crds::application::{ApplicationDestination, ApplicationSpec, SyncPolicy};
+
+    use super::*;
+
+    fn app(spec: ApplicationSpec) -> Application {
+        Application::new("web", spec)
+    }
+
+    #[test]
+    fn only_this_cluster_is_a_valid_destination() {
+        let to = |server: Option<&str>, name: Option<&str>| {
+            check_destination(&app(ApplicationSpec {
+                destination: ApplicationDestination {
+                    server: server.map(str::to_string),
+                    name: name.map(str::to_string),
+                    namespace: None,
+                },
+                ..Default::default()
+            }))
+        };
+        assert!(to(Some("https://kubernetes.default.svc"), None).is_ok());
+        assert!(to(None, Some("in-cluster")).is_ok());
+        assert!(to(None, None).is_ok());
+        let error = to(Some("https://prod.example.com:6443"), None).unwrap_err();
+        assert!(error.contains("https://prod.example.com:6443"), "{error}");
+        assert!(to(None, Some("prod")).is_err());
+    }
+
+    #[test]
+    fn unsupported_fields_are_named() {
+        let mut spec = ApplicationSpec::default();
+        spec.source.helm = Some(serde_json::json!({"valueFiles": ["v.yaml"]}));
+        spec.ignore_differences = Some(vec![serde_json::json!({"kind": "Deployment"})]);
+        spec.sync_policy = Some(SyncPolicy {
+            sync_options: vec!["CreateNamespace=true".into(), "Replace=true".into()],
+            ..Default::default()
+        });
+        assert_eq!(
+            unsupported_fields(&app(spec)),
+            [
+                "spec.ignoreDifferences",
+                "spec.source.helm",
+                "spec.syncPolicy.syncOptions Replace=true"
+            ]
+        );
+        assert!(unsupported_fields(&app(ApplicationSpec::default())).is_empty());
+    }
+}

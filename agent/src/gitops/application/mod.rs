@@ -1,0 +1,380 @@
+//! The Application controller: fetch → render → plan → apply → prune, then status.
+//!
+//! Fetching and rendering sit behind [`Source`] (the Git cache and the renderers implement it),
+//! so this controller only decides *whether* and *how* to sync. `reconcile` reads as the list
+//! of steps; each step lives with its kind of decision:
+//!
+//! - `checks`: the destination must be this cluster; fields and hooks mooring does not
+//!   implement are named in a condition.
+//! - `mode`: apply or only compare (automated, selfHeal and its backoff), and when to look again.
+//! - `status`: the conditions and status of each outcome, written only when they changed.
+//! - `events`: drift (naming the field manager that made it), writes and prunes.
+//! - `finalize`: Argo CD's resources finalizer.
+//!
+//! Drift watches on the managed kinds wake an Application within seconds of a manual change.
+
+mod checks;
+mod error;
+mod events;
+mod finalize;
+mod mode;
+mod status;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use kube::api::DynamicObject;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Api, ResourceExt};
+use mooring_crds::application::{Application, ApplicationStatus};
+use mooring_crds::conditions::Condition;
+
+pub use self::checks::unsupported_fields;
+pub use self::error::Error;
+use self::error::{failed_objects, first_failure};
+use crate::controllers::reconciles::Reconciles;
+use crate::controllers::{Failures, lock};
+use crate::events::EventSink;
+use crate::gitops::apply::object::AppId;
+use crate::gitops::apply::watch::Watches;
+use crate::gitops::apply::{Engine, Mode, SyncReport};
+use crate::metrics::{ApplicationMetrics, ControllerMetrics, OutcomeLabels, ReasonLabels};
+
+/// How many Applications sync at once (Flux's default is 4).
+const SYNC_CONCURRENCY: usize = 4;
+/// The `controller` label of this controller's metrics.
+const CONTROLLER: &str = "application";
+
+/// The rendered desired state of an Application at one revision.
+#[derive(Clone, Debug)]
+pub struct Desired {
+    /// The commit SHA rendered.
+    pub revision: String,
+    /// The objects.
+    pub objects: Vec<DynamicObject>,
+}
+
+/// Why the desired state could not be produced (fetch or render failed). Nothing is applied or
+/// pruned after this.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct SourceError {
+    /// A CamelCase reason for the condition and the event (`FetchFailed`, `RenderFailed`, …).
+    pub reason: &'static str,
+    /// What went wrong, naming the URL, file or line; never secret values.
+    pub message: String,
+    /// Whether retrying soon may help (network trouble rather than bad input).
+    pub retryable: bool,
+}
+
+/// Fetch and render: the Git cache and renderers behind one call.
+///
+/// The agent's implementation, [`crate::gitops::source::GitSource`], resolves
+/// `spec.source.repoURL`/`targetRevision` with the Git cache (credentials from repository
+/// Secrets) and renders `spec.source.path` with the renderers; it maps their errors to
+/// [`SourceError`] with reasons such as `FetchFailed`, `AuthFailed` or `RenderFailed`. The GitOps
+/// job wires it as
+/// `Context::new(client, Arc::new(source), events, max_prune_fraction, default_poll_interval)`
+/// and spawns [`run`]. Tests supply a fixed list of objects instead.
+pub trait Source: Send + Sync + 'static {
+    /// The desired objects of `app` at its `targetRevision`.
+    fn desired<'a>(&'a self, app: &'a Application) -> BoxFuture<'a, Result<Desired, SourceError>>;
+}
+
+/// What the controller needs.
+pub struct Context {
+    /// The API client.
+    pub client: kube::Client,
+    /// The sync engine.
+    pub engine: Engine,
+    /// Fetch and render.
+    pub source: Arc<dyn Source>,
+    /// Events.
+    pub events: EventSink,
+    /// The most of an inventory one sync may prune (0..=1).
+    pub max_prune_fraction: f64,
+    /// How often an Application is looked at without a trigger (`spec.pollInterval` wins).
+    pub default_poll_interval: Duration,
+    /// Only Applications matching this label selector (sharding across agents).
+    selector: Option<String>,
+    /// Sync slots, queue depth and results; shutdown waits for the running syncs.
+    reconciles: Reconciles,
+    metrics: ApplicationMetrics,
+    watches: Watches,
+    triggers: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<AppId>>>,
+    /// Failed reconciles in a row per Application uid, for the retry backoff.
+    failures: Failures,
+    /// Application uid → self-heals in a row and when the last one happened: a controller
+    /// fighting mooring over a field is slowed down, not fought in a tight loop.
+    heals: mode::Heals,
+}
+
+impl Context {
+    /// A context; the drift watches start as Applications sync.
+    pub fn new(
+        client: kube::Client,
+        source: Arc<dyn Source>,
+        events: EventSink,
+        max_prune_fraction: f64,
+        default_poll_interval: Duration,
+    ) -> Context {
+        let (watches, triggers) = Watches::new(client.clone());
+        Context {
+            engine: Engine::new(client.clone()),
+            client,
+            source,
+            events,
+            max_prune_fraction,
+            default_poll_interval,
+            selector: None,
+            reconciles: Reconciles::new(
+                CONTROLLER,
+                SYNC_CONCURRENCY,
+                &ControllerMetrics::default(),
+            ),
+            metrics: ApplicationMetrics::default(),
+            watches,
+            triggers: Mutex::new(Some(triggers)),
+            failures: Failures::default(),
+            heals: Mutex::default(),
+        }
+    }
+
+    /// Reports reconciles, errors, queue depth and durations into the agent's shared metrics.
+    pub fn with_controller_metrics(mut self, metrics: &ControllerMetrics) -> Context {
+        self.reconciles = Reconciles::new(CONTROLLER, SYNC_CONCURRENCY, metrics);
+        self
+    }
+
+    /// Counts syncs, errors, applied and pruned objects and source times into `metrics`.
+    pub fn with_metrics(mut self, metrics: ApplicationMetrics) -> Context {
+        self.metrics = metrics;
+        self
+    }
+
+    /// Limits this agent to the Applications matching `selector` (a label selector such as
+    /// `mooring.dev/shard=a`), so several agents can share a cluster's Applications.
+    pub fn with_selector(mut self, selector: Option<String>) -> Context {
+        self.selector = selector.filter(|s| !s.is_empty());
+        self
+    }
+}
+
+/// Runs the controller until `shutdown` completes. `namespace` limits it to one namespace.
+pub async fn run(
+    ctx: Arc<Context>,
+    namespace: Option<String>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let api: Api<Application> = match &namespace {
+        Some(ns) => Api::namespaced(ctx.client.clone(), ns),
+        None => Api::all(ctx.client.clone()),
+    };
+    let triggers = lock(&ctx.triggers).take();
+    // The controller stops only once every trigger stream has ended: end the drift stream on
+    // shutdown too.
+    let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
+    let in_flight = ctx.reconciles.subscribe();
+    let drift = futures::stream::unfold(triggers, |receiver| async move {
+        let mut receiver = receiver?;
+        let app = receiver.recv().await?;
+        Some((
+            ObjectRef::<Application>::new(&app.name).within(&app.namespace),
+            Some(receiver),
+        ))
+    });
+    let mut config = watcher::Config::default();
+    if let Some(selector) = &ctx.selector {
+        config = config.labels(selector);
+    }
+    let controller = Controller::new(api, config)
+        .reconcile_on(drift.take_until(shutdown.clone()))
+        .graceful_shutdown_on(shutdown.clone())
+        .run(counted_reconcile, error_policy, ctx)
+        .for_each(|_| std::future::ready(()));
+    crate::controllers::run_until_drained(controller, shutdown, in_flight).await;
+}
+
+/// [`reconcile`] in a sync slot. Each sync already runs 16 requests at once: a few
+/// Applications at a time keep the API server (and a cold start with hundreds of Applications)
+/// responsive; the others wait, counted as the queue depth, and a shutdown waits for running
+/// syncs only.
+async fn counted_reconcile(app: Arc<Application>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let slot = ctx.reconciles.admit().await;
+    // Boxed, so an Application waiting for a slot holds a small future, not a whole sync's.
+    let result = Box::pin(reconcile(app, Arc::clone(&ctx))).await;
+    ctx.reconciles
+        .record(result.as_ref().map(|_| ()).map_err(Error::reason));
+    drop(slot);
+    result
+}
+
+/// One Application, step by step: read it, finalize or check it, fetch and render, sync, then
+/// events, status and when to look again.
+async fn reconcile(cached: Arc<Application>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = tokio::time::Instant::now();
+    let id = AppId {
+        namespace: cached.namespace().unwrap_or_default(),
+        name: cached.name_any(),
+    };
+    let Some(app) = read_current(&ctx, &id).await? else {
+        return Ok(Action::await_change());
+    };
+    if app.metadata.deletion_timestamp.is_some() {
+        return finalize::finalize(&ctx, &app, &id).await;
+    }
+    let poll = mode::poll(&app, ctx.default_poll_interval);
+    let mut conditions: Vec<Condition> = checks::unsupported_fields_condition(&app)
+        .into_iter()
+        .collect();
+    let previous = app.status.clone().unwrap_or_default();
+    if let Err(message) = checks::check_destination(&app) {
+        let status = status::invalid_destination(previous, conditions, message);
+        status::write(&ctx, &app, status).await?;
+        return Ok(Action::requeue(poll));
+    }
+    if app.spec.suspend == Some(true) {
+        status::write(&ctx, &app, status::suspended(previous, conditions)).await?;
+        return Ok(Action::await_change());
+    }
+    // A failed fetch or render keeps the old inventory and prunes nothing.
+    let desired = match fetch_desired(&ctx, &app).await {
+        Ok(desired) => desired,
+        Err(error) => {
+            events::source_failed(&ctx, &app, &error).await;
+            let status = status::source_failed(previous, conditions, &error);
+            status::write(&ctx, &app, status).await?;
+            return Err(error.into());
+        }
+    };
+    checks::note_sync_hooks(&mut conditions, &desired.objects);
+    let plan = mode::plan(&app, &previous, &desired.revision, &ctx.heals);
+    let report = sync(&ctx, &app, &id, &previous, desired.objects, &plan).await?;
+    events::announce(&ctx, &app, &report, plan.mode, plan.heal_wait.is_some()).await;
+    let status = status::synced(
+        &app,
+        previous,
+        &report,
+        &desired.revision,
+        plan.mode,
+        conditions,
+    );
+    status::write(&ctx, &app, status).await?;
+    log_sync(&id, &desired.revision, plan.mode, &report, started);
+    if let Some(error) = failed_objects(&report) {
+        return Err(error);
+    }
+    ctx.failures.clear(&app.uid().unwrap_or_default());
+    Ok(mode::next_look(&report, &plan, poll))
+}
+
+/// The Application as stored now, `None` once it is gone.
+///
+/// The watch cache may not show the status this agent wrote a moment ago (a reconcile woken by
+/// a drift watch right after a sync): the inventory, the history and "was this revision applied
+/// already" must come from the current object, so read it.
+async fn read_current(ctx: &Context, id: &AppId) -> Result<Option<Application>, Error> {
+    let api: Api<Application> = Api::namespaced(ctx.client.clone(), &id.namespace);
+    api.get_opt(&id.name)
+        .await
+        .map_err(|source| Error::ReadApplication {
+            name: id.name.clone(),
+            source,
+        })
+}
+
+/// Fetches and renders the desired state, timing it.
+async fn fetch_desired(ctx: &Context, app: &Application) -> Result<Desired, SourceError> {
+    let fetch_started = std::time::Instant::now();
+    let fetched = ctx.source.desired(app).await;
+    ctx.metrics
+        .source_seconds
+        .observe(fetch_started.elapsed().as_secs_f64());
+    fetched
+}
+
+/// Applies (or only compares) `objects`, counts the outcome, remembers a self-heal for its
+/// backoff, and watches the synced kinds for drift.
+async fn sync(
+    ctx: &Context,
+    app: &Application,
+    id: &AppId,
+    previous: &ApplicationStatus,
+    objects: Vec<DynamicObject>,
+    plan: &mode::Plan,
+) -> Result<SyncReport, Error> {
+    let request = mode::request(
+        app,
+        id,
+        previous,
+        objects,
+        plan.mode,
+        ctx.max_prune_fraction,
+    );
+    // Owned: the rendered objects are dropped one by one as the engine prepares them.
+    let report = ctx.engine.sync_owned(request).await?;
+    count_sync(&ctx.metrics, &report);
+    if plan.healed(&report) {
+        let uid = app.uid().unwrap_or_default();
+        mode::record_heal(&ctx.heals, &uid, tokio::time::Instant::now());
+    }
+    for kind in &report.kinds {
+        ctx.watches.ensure(kind);
+    }
+    Ok(report)
+}
+
+fn count_sync(metrics: &ApplicationMetrics, report: &SyncReport) {
+    metrics
+        .objects_applied
+        .inc_by(u64::try_from(report.written.len()).unwrap_or(u64::MAX));
+    metrics
+        .objects_pruned
+        .inc_by(u64::try_from(report.pruned.len()).unwrap_or(u64::MAX));
+    metrics
+        .syncs
+        .get_or_create(&OutcomeLabels {
+            outcome: format!("{:?}", report.sync),
+        })
+        .inc();
+}
+
+/// One line per sync: how long it took and what it wrote (operators and the benchmark
+/// tests/bench/gitops read it; a no-op resync shows written=0 pruned=0).
+fn log_sync(
+    id: &AppId,
+    revision: &str,
+    mode: Mode,
+    report: &SyncReport,
+    started: tokio::time::Instant,
+) {
+    tracing::info!(
+        application = %id,
+        revision = %revision,
+        apply = mode == Mode::Apply,
+        objects = report.resources.len(),
+        written = report.written.len(),
+        pruned = report.pruned.len(),
+        drift = report.drift.len(),
+        elapsed_ms = started.elapsed().as_millis(),
+        "application synced"
+    );
+}
+
+/// A failed reconcile: logged once with its causes, counted by reason, retried after Argo CD's
+/// `syncPolicy.retry.backoff` for this many failures in a row.
+fn error_policy(app: Arc<Application>, error: &Error, ctx: Arc<Context>) -> Action {
+    tracing::warn!(app = %app.name_any(), error = %crate::errors::error_chain(error), "sync failed");
+    ctx.metrics
+        .errors
+        .get_or_create(&ReasonLabels {
+            reason: error.reason().to_owned(),
+        })
+        .inc();
+    let attempts = ctx.failures.record(&app.uid().unwrap_or_default());
+    Action::requeue(mode::retry_delay(&app, attempts, error.is_retryable()))
+}
