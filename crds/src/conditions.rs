@@ -48,6 +48,17 @@ impl Condition {
     }
 }
 
+impl ConditionStatus {
+    /// `True`, `False` or `Unknown`, as serialized.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConditionStatus::True => "True",
+            ConditionStatus::False => "False",
+            ConditionStatus::Unknown => "Unknown",
+        }
+    }
+}
+
 /// Stamps freshly computed `conditions` before they are written: each records `generation`, and
 /// keeps the transition time of the condition of its type in `previous` when the status is the
 /// same (a condition that did not change did not transition), else takes `now` (RFC 3339).

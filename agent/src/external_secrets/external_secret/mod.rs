@@ -22,9 +22,8 @@
 //! Secret: desired, drift, apply, delete) and `status` (metrics, events, conditions, status);
 //! `error` says why a sync failed. This file drives them: `run`, `reconcile`, `sync`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
@@ -39,11 +38,11 @@ use mooring_crds::external_secret::{
 };
 
 use crate::controllers::reconciles::Reconciles;
-use crate::controllers::{Failures, backoff, lock};
+use crate::controllers::{Failures, RECOUNT_EVERY, backoff, lock, set_condition_counts};
 use crate::events::EventSink;
 use crate::external_secrets::providers::shared_reads::SharedReads;
 use crate::external_secrets::providers::{ProviderCache, ProviderSettings};
-use crate::metrics::{ControllerMetrics, ExternalSecretMetrics, StatusLabels};
+use crate::metrics::{ControllerMetrics, ExternalSecretMetrics};
 use fetch::{Read, read_store};
 use policy::policies;
 use refresh_gate::{PERIODIC_PER_STORE, RefreshGate};
@@ -228,29 +227,22 @@ pub async fn run(
 /// Every 10 s: recounts the condition gauge from the watch cache, and forgets what is kept in
 /// memory for ExternalSecrets that no longer exist.
 async fn housekeeping(store: Store<ExternalSecret>, ctx: Arc<Context>) {
-    let mut every = tokio::time::interval(Duration::from_secs(10));
+    let mut every = tokio::time::interval(RECOUNT_EVERY);
     loop {
         every.tick().await;
-        let mut counts: BTreeMap<String, i64> = ["True", "False", "Unknown"]
-            .into_iter()
-            .map(|s| (s.to_string(), 0))
+        let cached = store.state();
+        let live: HashSet<String> = cached
+            .iter()
+            .map(|es| es.uid().unwrap_or_default())
             .collect();
-        let mut live = std::collections::HashSet::new();
-        for es in store.state() {
-            live.insert(es.uid().unwrap_or_default());
-            let status = es
-                .status
+        let statuses = cached.iter().map(|es| {
+            es.status
                 .as_ref()
                 .and_then(|s| s.conditions.iter().find(|c| c.type_ == reasons::READY))
-                .map_or(ConditionStatus::Unknown, |c| c.status);
-            *counts.entry(format!("{status:?}")).or_default() += 1;
-        }
-        for (status, count) in counts {
-            ctx.metrics
-                .conditions
-                .get_or_create(&StatusLabels { status })
-                .set(count);
-        }
+                .map_or(ConditionStatus::Unknown, |c| c.status)
+                .as_str()
+        });
+        set_condition_counts(&ctx.metrics.conditions, statuses);
         if !live.is_empty() {
             lock(&ctx.last).retain(|uid, _| live.contains(uid));
             lock(&ctx.statuses).retain(|uid, _| live.contains(uid));
