@@ -1194,14 +1194,9 @@ pub fn store_refresh_interval(spec: &SecretStoreSpec) -> Duration {
 }
 
 /// The `Fetched` condition reason for a provider error, also the outcome label of a failed
-/// provider call.
+/// provider call: the provider's own [`ProviderError::reason`].
 pub fn fetched_reason(error: &ProviderError) -> &'static str {
-    match error {
-        ProviderError::NotFound { .. } => "NotFound",
-        ProviderError::PermissionDenied { .. } => "Forbidden",
-        ProviderError::InvalidConfig(_) => "InvalidConfig",
-        ProviderError::Unavailable { .. } => "Unavailable",
-    }
+    error.reason()
 }
 
 /// Whether mooring handles stores of this controller class: no class, or `mooring` (ESO's
