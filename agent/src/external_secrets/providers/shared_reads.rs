@@ -16,6 +16,7 @@ use mooring_provider::{ProviderError, SecretValue};
 use tokio::sync::OnceCell;
 use tokio::time::Instant;
 
+use crate::controllers::lock;
 use crate::external_secrets::providers::StoreId;
 
 /// Identifies one provider read: the store (and consuming namespace for referent stores, whose
@@ -136,12 +137,6 @@ impl SharedReads {
             tokio::time::sleep(wait).await;
         }
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// A copy of a shared result (an error's source is reduced to its message).
