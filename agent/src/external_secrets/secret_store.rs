@@ -15,9 +15,12 @@ use mooring_crds::external_secret::reasons::READY;
 use mooring_crds::secret_store::{
     ClusterSecretStore, SecretStore, SecretStoreSpec, SecretStoreStatus, reasons, unknown_fields,
 };
+use mooring_provider::ProviderError;
 
 use crate::controllers::reconciles::Reconciles;
-use crate::external_secrets::providers::{ProviderCache, ProviderSettings, StoreId, StoreKind};
+use crate::external_secrets::providers::{
+    ProviderCache, ProviderSettings, StoreError, StoreId, StoreKind,
+};
 
 /// What the controller needs.
 pub struct Context {
@@ -232,6 +235,33 @@ fn condition(status: ConditionStatus, reason: &str, message: String) -> Conditio
     }
 }
 
+/// Why a store failed its round trip.
+#[derive(Debug, thiserror::Error)]
+enum ValidationError {
+    /// The store could not be connected (credentials, login).
+    #[error(transparent)]
+    Connect(StoreError),
+    /// The provider refused the authenticated request, or could not be reached.
+    #[error("failed to validate {store}")]
+    Validate {
+        /// The store.
+        store: String,
+        /// The provider's error.
+        #[source]
+        source: ProviderError,
+    },
+}
+
+impl ValidationError {
+    /// The provider's answer, when there was one.
+    fn provider_error(&self) -> Option<&ProviderError> {
+        match self {
+            ValidationError::Connect(error) => error.provider_error(),
+            ValidationError::Validate { source, .. } => Some(source),
+        }
+    }
+}
+
 /// Resolves the store's credentials, connects (through the cache), and makes one authenticated
 /// request.
 async fn validate(
@@ -269,9 +299,8 @@ async fn validate(
     let count = |call: &str, outcome: &str| {
         crate::external_secrets::providers::count_provider_call(&ctx.metrics, id, call, outcome)
     };
-    let outcome_of = |error: &mooring_provider::ProviderError| {
-        crate::external_secrets::providers::fetched_reason(error)
-    };
+    let outcome_of =
+        |error: &ProviderError| crate::external_secrets::providers::fetched_reason(error);
     let validated = match ctx.providers.get(&ctx.client, id, None, connection).await {
         Ok(handle) => {
             if handle.fresh {
@@ -279,19 +308,17 @@ async fn validate(
             }
             let result = handle.provider.validate().await;
             count("validate", result.as_ref().err().map_or("ok", outcome_of));
-            result.map_err(
-                |source| crate::external_secrets::providers::StoreError::Provider {
-                    store: id.to_string(),
-                    source,
-                },
-            )
+            result.map_err(|source| ValidationError::Validate {
+                store: id.to_string(),
+                source,
+            })
         }
         Err(error) => {
             count(
                 "login",
                 error.provider_error().map_or("StoreError", outcome_of),
             );
-            Err(error)
+            Err(ValidationError::Connect(error))
         }
     };
     match validated {
@@ -303,7 +330,7 @@ async fn validate(
         Err(error) => {
             if matches!(
                 error.provider_error(),
-                Some(mooring_provider::ProviderError::PermissionDenied { .. })
+                Some(ProviderError::PermissionDenied { .. })
             ) {
                 ctx.providers.forget(id, None);
             }

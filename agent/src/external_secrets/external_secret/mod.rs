@@ -235,8 +235,8 @@ impl Error {
             Error::StoreNotFound(_) => "StoreNotFound",
             Error::StoreDenied { .. } => "StoreNotAllowed",
             Error::Store(StoreError::InvalidSpec { .. }) => "InvalidStoreConfiguration",
-            Error::Store(StoreError::Credentials { .. }) => "StoreCredentialsUnavailable",
-            Error::Store(StoreError::Provider { source, .. }) | Error::Provider { source, .. } => {
+            Error::Store(StoreError::ReadCredentials { .. }) => "StoreCredentialsUnavailable",
+            Error::Store(StoreError::Login { source, .. }) | Error::Provider { source, .. } => {
                 fetched_reason(source)
             }
             Error::Decode { .. } => "DecodeFailed",

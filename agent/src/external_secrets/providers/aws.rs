@@ -232,11 +232,14 @@ impl mooring_provider_aws::WebIdentityTokenSource for ServiceAccountTokens {
                     self.namespace, self.account.name
                 );
                 match error {
-                    StoreError::Credentials { source, .. } => ProviderError::Unavailable {
+                    StoreError::ReadCredentials { source, .. } => ProviderError::Unavailable {
                         detail,
                         source: Some(Box::new(source)),
                     },
-                    other => ProviderError::InvalidConfig(format!("{detail}: {other}")),
+                    other => ProviderError::InvalidConfig(format!(
+                        "{detail}: {}",
+                        crate::errors::error_chain(&other)
+                    )),
                 }
             })
     }
@@ -287,7 +290,7 @@ impl Connect for AwsConnection {
         provider
             .authenticate()
             .await
-            .map_err(|source| StoreError::Provider {
+            .map_err(|source| StoreError::Login {
                 store: store.to_string(),
                 source,
             })?;

@@ -34,9 +34,9 @@ impl CredentialReader<'_> {
 
     /// A failed read of `object` (named for the message, with the field that references it).
     fn read_failed(&self, object: String) -> impl FnOnce(kube::Error) -> StoreError + '_ {
-        move |source| StoreError::Credentials {
+        move |source| StoreError::ReadCredentials {
             store: self.store.to_string(),
-            what: object,
+            object,
             source,
         }
     }
@@ -238,9 +238,9 @@ pub(super) async fn service_account_token(
     let issued = api
         .create_token_request(&account.name, &kube::api::PostParams::default(), &request)
         .await
-        .map_err(|source| StoreError::Credentials {
+        .map_err(|source| StoreError::ReadCredentials {
             store: store.to_string(),
-            what: format!("a token for ServiceAccount {namespace}/{}", account.name),
+            object: format!("a token for ServiceAccount {namespace}/{}", account.name),
             source,
         })?;
     issued

@@ -54,20 +54,21 @@ pub enum StoreError {
         /// What is wrong, naming the field.
         message: String,
     },
-    /// A credential Secret or ServiceAccount could not be read.
-    #[error("{store}: failed to read {what}")]
-    Credentials {
+    /// A credential (a key of a Secret or ConfigMap, a ServiceAccount or its token) could not
+    /// be read.
+    #[error("{store}: failed to read {object}")]
+    ReadCredentials {
         /// The store.
         store: String,
-        /// Which object.
-        what: String,
+        /// Which object, and the field that references it.
+        object: String,
         /// The API error.
         #[source]
         source: kube::Error,
     },
-    /// The provider refused, or could not be reached.
-    #[error("{store}: {source}")]
-    Provider {
+    /// The provider refused the login, or could not be reached.
+    #[error("failed to log in to {store}")]
+    Login {
         /// The store.
         store: String,
         /// The provider's error.
@@ -88,7 +89,7 @@ impl StoreError {
     /// The provider error, if the provider answered.
     pub fn provider_error(&self) -> Option<&ProviderError> {
         match self {
-            StoreError::Provider { source, .. } => Some(source),
+            StoreError::Login { source, .. } => Some(source),
             _ => None,
         }
     }
@@ -97,8 +98,8 @@ impl StoreError {
     pub fn is_retryable(&self) -> bool {
         match self {
             StoreError::InvalidSpec { .. } => false,
-            StoreError::Credentials { .. } => true,
-            StoreError::Provider { source, .. } => source.is_retryable(),
+            StoreError::ReadCredentials { .. } => true,
+            StoreError::Login { source, .. } => source.is_retryable(),
         }
     }
 }
@@ -178,4 +179,50 @@ struct Connected {
     provider: Arc<dyn SecretProvider>,
     /// After this, log in again (a lease that would otherwise expire).
     renew_at: Option<Instant>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whether each error of the chain leaves its cause to the chain, so `error_chain` prints
+    /// every cause once.
+    fn prints_each_cause_once(error: &dyn std::error::Error) -> bool {
+        let mut current = error;
+        while let Some(cause) = current.source() {
+            if current.to_string().contains(&cause.to_string()) {
+                return false;
+            }
+            current = cause;
+        }
+        true
+    }
+
+    #[test]
+    fn store_errors_print_each_cause_once() {
+        let refused = std::io::Error::other("connection refused");
+        let login = StoreError::Login {
+            store: "SecretStore app/vault".into(),
+            source: ProviderError::Unavailable {
+                detail: "vault answered 503".into(),
+                source: Some(Box::new(refused)),
+            },
+        };
+        assert!(prints_each_cause_once(&login));
+        assert_eq!(
+            crate::errors::error_chain(&login),
+            "failed to log in to SecretStore app/vault: store unavailable: vault answered 503: connection refused"
+        );
+        let read = StoreError::ReadCredentials {
+            store: "SecretStore app/vault".into(),
+            object: "Secret app/token (spec.provider.vault.auth.tokenSecretRef)".into(),
+            source: kube::Error::Api(
+                kube::core::Status::failure("secrets \"token\" is forbidden", "Forbidden").boxed(),
+            ),
+        };
+        assert!(crate::errors::error_chain(&read).starts_with(
+            "SecretStore app/vault: failed to read Secret app/token (spec.provider.vault.auth.tokenSecretRef): ApiError: "
+        ));
+        assert!(!read.to_string().contains("forbidden"), "{read}");
+    }
 }

@@ -293,7 +293,7 @@ impl Connect for VaultConnection {
                 VaultProvider::login_trusting(config, trust, &auth).await
             }
         }
-        .map_err(|source| StoreError::Provider {
+        .map_err(|source| StoreError::Login {
             store: store.to_string(),
             source,
         })?;
