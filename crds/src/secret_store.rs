@@ -508,6 +508,11 @@ pub struct SecretStoreStatus {
 
 /// Store condition reasons, as ESO.
 pub mod reasons {
+    /// The store's one condition type.
+    pub const READY: &str = "Ready";
+    /// A referent ClusterSecretStore: credentials resolve per consuming namespace, so it is
+    /// validated on use.
+    pub const VALIDATION_UNKNOWN: &str = "ValidationUnknown";
     /// The provider answered an authenticated request.
     pub const VALID: &str = "Valid";
     /// The spec cannot be used (a missing field, an unsupported provider).
