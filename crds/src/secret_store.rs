@@ -6,7 +6,7 @@
 //! stored as written (never pruned, never defaulted) and collected by [`unknown_fields`] so the
 //! controller can name them in a condition instead of ignoring them silently. No schema carries a
 //! `default`, so the API server never writes defaults back into a user's spec (ESO's permanent
-//! Argo CD diff, #5895).
+//! Argo CD diff: <https://github.com/external-secrets/external-secrets/issues/5895>).
 
 use std::collections::BTreeMap;
 

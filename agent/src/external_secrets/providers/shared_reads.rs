@@ -5,7 +5,8 @@
 //! ExternalSecret that asks within the read window — callers that arrive while it runs wait for
 //! it — and never served older than the caller's own `refreshInterval`. Reads that do reach a
 //! provider pass a token bucket per store, so a burst of ExternalSecrets cannot exceed the
-//! provider's rate limits (ESO's #58, #1769).
+//! provider's rate limits (ESO's <https://github.com/external-secrets/external-secrets/issues/58>
+//! and <https://github.com/external-secrets/external-secrets/issues/1769>).
 
 use std::collections::HashMap;
 use std::future::Future;
