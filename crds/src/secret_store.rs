@@ -6,7 +6,7 @@
 //! stored as written (never pruned, never defaulted) and collected by [`unknown_fields`] so the
 //! controller can name them in a condition instead of ignoring them silently. No schema carries a
 //! `default`, so the API server never writes defaults back into a user's spec (ESO's permanent
-//! Argo CD diff, #5895).
+//! Argo CD diff: <https://github.com/external-secrets/external-secrets/issues/5895>).
 
 use std::collections::BTreeMap;
 
@@ -154,6 +154,87 @@ pub struct SecretStoreProvider {
     #[serde(flatten)]
     #[schemars(skip)]
     pub unknown: UnknownFields,
+}
+
+/// The one provider a store reads from, borrowed from its [`SecretStoreProvider`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum ProviderSpec<'a> {
+    /// `spec.provider.vault`.
+    Vault(&'a VaultProvider),
+    /// `spec.provider.aws`.
+    Aws(&'a AwsProvider),
+    /// `spec.provider.azurekv`.
+    AzureKv(&'a AzureKvProvider),
+}
+
+impl ProviderSpec<'_> {
+    /// The field under `spec.provider` that sets this provider.
+    pub fn field(self) -> &'static str {
+        match self {
+            ProviderSpec::Vault(_) => "vault",
+            ProviderSpec::Aws(_) => "aws",
+            ProviderSpec::AzureKv(_) => "azurekv",
+        }
+    }
+}
+
+/// Why `spec.provider` does not name exactly one provider mooring implements.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ProviderChoiceError {
+    /// No provider is set.
+    #[error("spec.provider must set exactly one of vault, aws, azurekv")]
+    Missing,
+    /// More than one provider is set.
+    #[error(
+        "spec.provider must set exactly one of vault, aws, azurekv, not {}",
+        .fields.join(" and ")
+    )]
+    Several {
+        /// The fields set, in declaration order.
+        fields: Vec<&'static str>,
+    },
+    /// A provider ESO has and mooring does not is set.
+    #[error(
+        "spec.provider.{} is not supported by mooring (supported: vault, aws, azurekv)",
+        .fields.join(", spec.provider.")
+    )]
+    Unsupported {
+        /// The unsupported fields, by name.
+        fields: Vec<String>,
+    },
+}
+
+impl SecretStoreProvider {
+    /// The provider this one-of sets: exactly one, and one mooring implements.
+    pub fn kind(&self) -> Result<ProviderSpec<'_>, ProviderChoiceError> {
+        // Destructured, so a provider added to the struct must be added here too.
+        let SecretStoreProvider {
+            vault,
+            aws,
+            azurekv,
+            unknown,
+        } = self;
+        if !unknown.is_empty() {
+            return Err(ProviderChoiceError::Unsupported {
+                fields: unknown.keys().cloned().collect(),
+            });
+        }
+        let set: Vec<ProviderSpec<'_>> = [
+            vault.as_ref().map(ProviderSpec::Vault),
+            aws.as_ref().map(ProviderSpec::Aws),
+            azurekv.as_ref().map(ProviderSpec::AzureKv),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        match set.as_slice() {
+            [] => Err(ProviderChoiceError::Missing),
+            [one] => Ok(*one),
+            several => Err(ProviderChoiceError::Several {
+                fields: several.iter().map(|p| p.field()).collect(),
+            }),
+        }
+    }
 }
 
 /// A key of a Kubernetes Secret, as ESO's `SecretKeySelector`.
@@ -427,6 +508,11 @@ pub struct SecretStoreStatus {
 
 /// Store condition reasons, as ESO.
 pub mod reasons {
+    /// The store's one condition type.
+    pub const READY: &str = "Ready";
+    /// A referent ClusterSecretStore: credentials resolve per consuming namespace, so it is
+    /// validated on use.
+    pub const VALIDATION_UNKNOWN: &str = "ValidationUnknown";
     /// The provider answered an authenticated request.
     pub const VALID: &str = "Valid";
     /// The spec cannot be used (a missing field, an unsupported provider).
@@ -690,6 +776,67 @@ spec:
         }))
         .unwrap();
         assert_eq!(unknown_fields(&gcp.spec, "spec"), ["spec.provider.gcpsm"]);
+    }
+
+    fn provider(json: serde_json::Value) -> SecretStoreProvider {
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn no_provider_is_missing() {
+        let empty = provider(serde_json::json!({}));
+        assert_eq!(empty.kind(), Err(ProviderChoiceError::Missing));
+        assert_eq!(
+            empty.kind().unwrap_err().to_string(),
+            "spec.provider must set exactly one of vault, aws, azurekv"
+        );
+    }
+
+    #[test]
+    fn one_provider_is_its_kind() {
+        let vault = provider(serde_json::json!({"vault": {"server": "http://v"}}));
+        assert!(matches!(vault.kind(), Ok(ProviderSpec::Vault(v)) if v.server == "http://v"));
+        let aws = provider(serde_json::json!({"aws": {"service": "SecretsManager"}}));
+        assert_eq!(aws.kind().unwrap().field(), "aws");
+        let azure = provider(serde_json::json!({"azurekv": {"vaultUrl": "https://a"}}));
+        assert!(matches!(azure.kind(), Ok(ProviderSpec::AzureKv(_))));
+    }
+
+    #[test]
+    fn two_providers_are_named() {
+        let two = provider(serde_json::json!({
+            "vault": {"server": "http://v"}, "aws": {"service": "SecretsManager"}}));
+        assert_eq!(
+            two.kind(),
+            Err(ProviderChoiceError::Several {
+                fields: vec!["vault", "aws"]
+            })
+        );
+        assert_eq!(
+            two.kind().unwrap_err().to_string(),
+            "spec.provider must set exactly one of vault, aws, azurekv, not vault and aws"
+        );
+    }
+
+    #[test]
+    fn unsupported_providers_are_named_alone_or_beside_another() {
+        let alone = provider(serde_json::json!({"gcpsm": {"projectID": "p"}}));
+        assert_eq!(
+            alone.kind().unwrap_err().to_string(),
+            "spec.provider.gcpsm is not supported by mooring (supported: vault, aws, azurekv)"
+        );
+        let beside = provider(serde_json::json!({
+            "vault": {"server": "http://v"}, "gcpsm": {}, "kubernetes": {}}));
+        assert_eq!(
+            beside.kind(),
+            Err(ProviderChoiceError::Unsupported {
+                fields: vec!["gcpsm".into(), "kubernetes".into()]
+            })
+        );
+        assert_eq!(
+            beside.kind().unwrap_err().to_string(),
+            "spec.provider.gcpsm, spec.provider.kubernetes is not supported by mooring (supported: vault, aws, azurekv)"
+        );
     }
 
     #[test]

@@ -10,14 +10,18 @@ use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
-use mooring_crds::conditions::{Condition, ConditionStatus};
-use mooring_crds::external_secret::reasons::READY;
+use mooring_crds::conditions::{Condition, ConditionStatus, stamp};
 use mooring_crds::secret_store::{
     ClusterSecretStore, SecretStore, SecretStoreSpec, SecretStoreStatus, reasons, unknown_fields,
 };
+use mooring_provider::ProviderError;
 
 use crate::controllers::reconciles::Reconciles;
-use crate::external_secrets::providers::{ProviderCache, ProviderSettings, StoreId, StoreKind};
+use crate::errors::error_chain;
+use crate::external_secrets::providers::{
+    Connection, ProviderCache, ProviderSettings, StoreError, StoreId, StoreKind,
+    count_provider_call, is_handled_here, is_referent, resolve, store_refresh_interval,
+};
 
 /// What the controller needs.
 pub struct Context {
@@ -117,7 +121,7 @@ async fn reconcile_namespaced(store: Arc<SecretStore>, ctx: Arc<Context>) -> Res
         namespace: Some(namespace.clone()),
         name: store.name_any(),
     };
-    if !crate::external_secrets::providers::is_handled_here(&store.spec) {
+    if !is_handled_here(&store.spec) {
         // Another controller class (ESO side by side): its status is not ours to write.
         return Ok(Action::await_change());
     }
@@ -126,23 +130,14 @@ async fn reconcile_namespaced(store: Arc<SecretStore>, ctx: Arc<Context>) -> Res
     record(&ctx, &ready);
     drop(slot);
     let api: Api<SecretStore> = Api::namespaced(ctx.client.clone(), &namespace);
-    let current = store.status.clone().unwrap_or_default();
-    let again = next_validation(
-        &current,
-        &ready,
-        crate::external_secrets::providers::store_refresh_interval(&store.spec),
-        jiff::Timestamp::now(),
-    );
-    write_status(
-        &api,
-        &id,
-        &store.name_any(),
-        &current,
-        ready,
-        store.metadata.generation,
-    )
-    .await?;
-    Ok(Action::requeue(again))
+    let status = StatusUpdate {
+        id: &id,
+        current: store.status.clone().unwrap_or_default(),
+        generation: store.metadata.generation,
+    };
+    status
+        .write_and_requeue(&api, ready, store_refresh_interval(&store.spec))
+        .await
 }
 
 async fn reconcile_cluster(
@@ -155,17 +150,17 @@ async fn reconcile_cluster(
         name: store.name_any(),
     };
     let spec = store.spec.as_store_spec();
-    if !crate::external_secrets::providers::is_handled_here(&spec) {
+    if !is_handled_here(&spec) {
         return Ok(Action::await_change());
     }
     let slot = ctx.reconciles.admit().await;
-    let ready = if crate::external_secrets::providers::is_referent(&spec) {
+    let ready = if is_referent(&spec) {
         // Credentials resolve in each consuming namespace: nothing to validate here (ESO's
         // ValidationUnknown); each ExternalSecret reports its own outcome.
-        condition(
+        ready_condition(
             ConditionStatus::True,
-            "ValidationUnknown",
-            "credentials are resolved in each consuming namespace; validated on use".into(),
+            reasons::VALIDATION_UNKNOWN,
+            "credentials are resolved in each consuming namespace; validated on use",
         )
     } else {
         validate(&ctx, &id, &spec, None).await
@@ -173,23 +168,14 @@ async fn reconcile_cluster(
     record(&ctx, &ready);
     drop(slot);
     let api: Api<ClusterSecretStore> = Api::all(ctx.client.clone());
-    let current = store.status.clone().unwrap_or_default();
-    let again = next_validation(
-        &current,
-        &ready,
-        crate::external_secrets::providers::store_refresh_interval(&spec),
-        jiff::Timestamp::now(),
-    );
-    write_status(
-        &api,
-        &id,
-        &store.name_any(),
-        &current,
-        ready,
-        store.metadata.generation,
-    )
-    .await?;
-    Ok(Action::requeue(again))
+    let status = StatusUpdate {
+        id: &id,
+        current: store.status.clone().unwrap_or_default(),
+        generation: store.metadata.generation,
+    };
+    status
+        .write_and_requeue(&api, ready, store_refresh_interval(&spec))
+        .await
 }
 
 /// The first retry after a failed validation.
@@ -212,7 +198,7 @@ fn next_validation(
     let failing_since = current
         .conditions
         .iter()
-        .find(|c| c.type_ == READY && c.status == ConditionStatus::False)
+        .find(|c| c.type_ == reasons::READY && c.status == ConditionStatus::False)
         .and_then(|c| c.last_transition_time.as_deref())
         .and_then(|t| t.parse::<jiff::Timestamp>().ok());
     let failing_for = failing_since
@@ -221,19 +207,40 @@ fn next_validation(
     failing_for.max(FIRST_RETRY).min(interval.max(FIRST_RETRY))
 }
 
-fn condition(status: ConditionStatus, reason: &str, message: String) -> Condition {
-    Condition {
-        type_: READY.into(),
-        status,
-        reason: reason.into(),
-        message,
-        last_transition_time: None,
-        observed_generation: None,
+/// A store's `Ready` condition.
+fn ready_condition(status: ConditionStatus, reason: &str, message: impl Into<String>) -> Condition {
+    Condition::new(reasons::READY, status, reason, message)
+}
+
+/// Why a store failed its round trip.
+#[derive(Debug, thiserror::Error)]
+enum ValidationError {
+    /// The store could not be connected (credentials, login).
+    #[error(transparent)]
+    Connect(StoreError),
+    /// The provider refused the authenticated request, or could not be reached.
+    #[error("failed to validate {store}")]
+    Validate {
+        /// The store.
+        store: String,
+        /// The provider's error.
+        #[source]
+        source: ProviderError,
+    },
+}
+
+impl ValidationError {
+    /// The provider's answer, when there was one.
+    fn provider_error(&self) -> Option<&ProviderError> {
+        match self {
+            ValidationError::Connect(error) => error.provider_error(),
+            ValidationError::Validate { source, .. } => Some(source),
+        }
     }
 }
 
-/// Resolves the store's credentials, connects (through the cache), and makes one authenticated
-/// request.
+/// The `Ready` condition of a store: its fields are all implemented, its credentials resolve,
+/// and an authenticated request succeeds.
 async fn validate(
     ctx: &Context,
     id: &StoreId,
@@ -242,113 +249,123 @@ async fn validate(
 ) -> Condition {
     let unsupported = unknown_fields(spec, "spec");
     if !unsupported.is_empty() {
-        return condition(
+        return ready_condition(
             ConditionStatus::False,
             reasons::INVALID_PROVIDER_CONFIG,
             format!("mooring does not implement: {}", unsupported.join(", ")),
         );
     }
-    let connection = match crate::external_secrets::providers::resolve(
-        &ctx.client,
-        id,
-        spec,
-        namespace,
-        &ctx.settings,
-    )
-    .await
-    {
+    let connection = match resolve(&ctx.client, id, spec, namespace, &ctx.settings).await {
         Ok(connection) => connection,
         Err(error) => {
-            return condition(
+            return ready_condition(
                 ConditionStatus::False,
                 reasons::INVALID_PROVIDER_CONFIG,
-                crate::errors::error_chain(&error),
+                error_chain(&error),
             );
         }
     };
-    let count = |call: &str, outcome: &str| {
-        crate::external_secrets::providers::count_provider_call(&ctx.metrics, id, call, outcome)
-    };
-    let outcome_of = |error: &mooring_provider::ProviderError| {
-        crate::external_secrets::providers::fetched_reason(error)
-    };
-    let validated = match ctx.providers.get(&ctx.client, id, None, connection).await {
-        Ok(handle) => {
-            if handle.fresh {
-                count("login", "ok");
-            }
-            let result = handle.provider.validate().await;
-            count("validate", result.as_ref().err().map_or("ok", outcome_of));
-            result.map_err(
-                |source| crate::external_secrets::providers::StoreError::Provider {
-                    store: id.to_string(),
-                    source,
-                },
-            )
-        }
-        Err(error) => {
-            count(
-                "login",
-                error.provider_error().map_or("StoreError", outcome_of),
-            );
-            Err(error)
-        }
-    };
-    match validated {
-        Ok(()) => condition(
-            ConditionStatus::True,
-            reasons::VALID,
-            "store validated".into(),
-        ),
+    match round_trip(ctx, id, connection).await {
+        Ok(()) => ready_condition(ConditionStatus::True, reasons::VALID, "store validated"),
         Err(error) => {
             if matches!(
                 error.provider_error(),
-                Some(mooring_provider::ProviderError::PermissionDenied { .. })
+                Some(ProviderError::PermissionDenied { .. })
             ) {
+                // A refused token: log in again next time rather than reuse it.
                 ctx.providers.forget(id, None);
             }
-            condition(
+            ready_condition(
                 ConditionStatus::False,
                 reasons::VALIDATION_FAILED,
-                crate::errors::error_chain(&error),
+                error_chain(&error),
             )
         }
     }
 }
 
-/// Patches the status when the condition changed.
-async fn write_status<K>(
-    api: &Api<K>,
+/// Connects (through the cache, so a login is shared with the ExternalSecret controller) and
+/// makes one authenticated request, counting both calls.
+async fn round_trip(
+    ctx: &Context,
     id: &StoreId,
-    name: &str,
-    current: &SecretStoreStatus,
-    mut ready: Condition,
-    generation: Option<i64>,
-) -> Result<(), Error>
-where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    ready.observed_generation = generation;
-    let previous = current.conditions.iter().find(|c| c.type_ == READY);
-    ready.last_transition_time = match previous {
-        Some(p) if p.status == ready.status => p.last_transition_time.clone(),
-        _ => Some(jiff::Timestamp::now().to_string()),
-    };
-    let new = SecretStoreStatus {
-        conditions: vec![ready],
-        capabilities: Some("ReadOnly".into()),
-    };
-    if &new == current {
-        return Ok(());
-    }
-    let patch = serde_json::json!({ "status": new });
-    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+    connection: Connection,
+) -> Result<(), ValidationError> {
+    let count = |call: &str, outcome: &str| count_provider_call(&ctx.metrics, id, call, outcome);
+    let handle = ctx
+        .providers
+        .get(&ctx.client, id, None, connection)
         .await
-        .map_err(|source| Error::Status {
-            store: id.to_string(),
-            source,
+        .map_err(|error| {
+            let outcome = error
+                .provider_error()
+                .map_or("StoreError", ProviderError::reason);
+            count("login", outcome);
+            ValidationError::Connect(error)
         })?;
-    Ok(())
+    if handle.fresh {
+        count("login", "ok");
+    }
+    let result = handle.provider.validate().await;
+    count(
+        "validate",
+        result.as_ref().err().map_or("ok", ProviderError::reason),
+    );
+    result.map_err(|source| ValidationError::Validate {
+        store: id.to_string(),
+        source,
+    })
+}
+
+/// The status a store has, and where to write a new one.
+struct StatusUpdate<'a> {
+    /// The store.
+    id: &'a StoreId,
+    /// Its status as read.
+    current: SecretStoreStatus,
+    /// Its `metadata.generation`.
+    generation: Option<i64>,
+}
+
+impl StatusUpdate<'_> {
+    /// Writes `ready` (when the status changed) and says when to validate again.
+    async fn write_and_requeue<K>(
+        self,
+        api: &Api<K>,
+        ready: Condition,
+        interval: Duration,
+    ) -> Result<Action, Error>
+    where
+        K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    {
+        let now = jiff::Timestamp::now();
+        let again = next_validation(&self.current, &ready, interval, now);
+        let mut conditions = vec![ready];
+        stamp(
+            &mut conditions,
+            &self.current.conditions,
+            self.generation,
+            &now.to_string(),
+        );
+        let new = SecretStoreStatus {
+            conditions,
+            capabilities: Some("ReadOnly".into()),
+        };
+        if new != self.current {
+            let patch = serde_json::json!({ "status": new });
+            api.patch_status(
+                &self.id.name,
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+            .map_err(|source| Error::Status {
+                store: self.id.to_string(),
+                source,
+            })?;
+        }
+        Ok(Action::requeue(again))
+    }
 }
 
 #[cfg(test)]
@@ -356,7 +373,7 @@ mod tests {
     use super::*;
 
     fn status_failing_since(time: &str) -> SecretStoreStatus {
-        let mut failed = condition(ConditionStatus::False, "ValidationFailed", "x".into());
+        let mut failed = ready_condition(ConditionStatus::False, reasons::VALIDATION_FAILED, "x");
         failed.last_transition_time = Some(time.into());
         SecretStoreStatus {
             conditions: vec![failed],
@@ -365,11 +382,41 @@ mod tests {
     }
 
     #[test]
+    fn validation_errors_print_each_cause_once() {
+        let refused = ValidationError::Validate {
+            store: "SecretStore app/vault".into(),
+            source: ProviderError::PermissionDenied {
+                key: String::new(),
+                detail: "vault answered 403".into(),
+            },
+        };
+        assert_eq!(
+            error_chain(&refused),
+            "failed to validate SecretStore app/vault: permission denied reading \"\": vault answered 403"
+        );
+        let unreachable = ValidationError::Connect(StoreError::Login {
+            store: "SecretStore app/vault".into(),
+            source: ProviderError::Unavailable {
+                detail: "connection refused".into(),
+                source: None,
+            },
+        });
+        assert_eq!(
+            error_chain(&unreachable),
+            "failed to log in to SecretStore app/vault: store unavailable: connection refused"
+        );
+        assert_eq!(
+            unreachable.provider_error().map(ProviderError::reason),
+            Some("Unavailable")
+        );
+    }
+
+    #[test]
     fn failed_validations_back_off_and_valid_stores_wait_their_interval() {
         let now: jiff::Timestamp = "2026-01-01T00:10:00Z".parse().unwrap();
         let interval = Duration::from_secs(300);
-        let failed = condition(ConditionStatus::False, "ValidationFailed", "x".into());
-        let valid = condition(ConditionStatus::True, "Valid", "ok".into());
+        let failed = ready_condition(ConditionStatus::False, reasons::VALIDATION_FAILED, "x");
+        let valid = ready_condition(ConditionStatus::True, reasons::VALID, "ok");
         let fresh = SecretStoreStatus::default();
         assert_eq!(next_validation(&fresh, &valid, interval, now), interval);
         // First failure: retried soon.

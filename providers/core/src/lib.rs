@@ -106,11 +106,13 @@ impl ProviderError {
         matches!(self, ProviderError::Unavailable { .. })
     }
 
-    /// A CamelCase word for condition reasons, events and metric labels.
+    /// A CamelCase word for condition reasons, events and metric labels: ESO's words for the
+    /// `Fetched` condition (`NotFound`, `Forbidden`, `InvalidConfig`, `Unavailable`), which the
+    /// README documents.
     pub fn reason(&self) -> &'static str {
         match self {
             ProviderError::NotFound { .. } => "NotFound",
-            ProviderError::PermissionDenied { .. } => "PermissionDenied",
+            ProviderError::PermissionDenied { .. } => "Forbidden",
             ProviderError::InvalidConfig(_) => "InvalidConfig",
             ProviderError::Unavailable { .. } => "Unavailable",
         }
@@ -343,7 +345,7 @@ mod tests {
             detail: "403".into(),
         };
         assert!(!denied.is_retryable());
-        assert_eq!(denied.reason(), "PermissionDenied");
+        assert_eq!(denied.reason(), "Forbidden");
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! ExternalSecret that asks within the read window — callers that arrive while it runs wait for
 //! it — and never served older than the caller's own `refreshInterval`. Reads that do reach a
 //! provider pass a token bucket per store, so a burst of ExternalSecrets cannot exceed the
-//! provider's rate limits (ESO's #58, #1769).
+//! provider's rate limits (ESO's <https://github.com/external-secrets/external-secrets/issues/58>
+//! and <https://github.com/external-secrets/external-secrets/issues/1769>).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -16,6 +17,7 @@ use mooring_provider::{ProviderError, SecretValue};
 use tokio::sync::OnceCell;
 use tokio::time::Instant;
 
+use crate::controllers::lock;
 use crate::external_secrets::providers::StoreId;
 
 /// Identifies one provider read: the store (and consuming namespace for referent stores, whose
@@ -136,12 +138,6 @@ impl SharedReads {
             tokio::time::sleep(wait).await;
         }
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// A copy of a shared result (an error's source is reduced to its message).
