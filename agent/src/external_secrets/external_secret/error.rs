@@ -117,9 +117,12 @@ impl Error {
             Error::StoreNotFound(_) => reasons::STORE_NOT_FOUND,
             Error::StoreDenied { .. } => reasons::STORE_NOT_ALLOWED,
             Error::Store(StoreError::InvalidSpec { .. }) => reasons::INVALID_STORE_CONFIGURATION,
-            Error::Store(StoreError::ReadCredentials { .. }) => reasons::STORE_CREDENTIALS_UNAVAILABLE,
-            Error::Store(StoreError::Login { source, .. })
-            | Error::ReadRemote { source, .. } => fetched_reason(source),
+            Error::Store(StoreError::ReadCredentials { .. }) => {
+                reasons::STORE_CREDENTIALS_UNAVAILABLE
+            }
+            Error::Store(StoreError::Login { source, .. }) | Error::ReadRemote { source, .. } => {
+                fetched_reason(source)
+            }
             Error::Decode { .. } => reasons::DECODE_FAILED,
             Error::Template(_) => reasons::TEMPLATE_FAILED,
             Error::ForeignOwner(_) => reasons::SECRET_OWNED_BY_OTHER,

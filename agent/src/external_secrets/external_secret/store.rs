@@ -1,18 +1,18 @@
 //! Which store an ExternalSecret reads from, whether its namespace may use it, and the connected
 //! provider for it.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Namespace;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::{Api, ResourceExt};
 use mooring_crds::external_secret::ExternalSecret;
 use mooring_crds::secret_store::{ClusterSecretStore, SecretStore, SecretStoreSpec};
 use mooring_provider::SecretProvider;
 
 use super::{Context, Error};
-use crate::external_secrets::providers::{StoreId, StoreKind, count_provider_call, fetched_reason};
+use crate::external_secrets::providers::{
+    StoreId, StoreKind, count_provider_call, fetched_reason, namespace_is_allowed,
+};
 
 /// Finds the referenced store and checks that this namespace may use it.
 pub(super) async fn resolve_store(
@@ -88,22 +88,7 @@ async fn ensure_namespace_allowed(
         })?
         .map(|ns| ns.metadata.labels.unwrap_or_default())
         .unwrap_or_default();
-    let allowed = conditions.iter().any(|condition| {
-        let by_name = condition
-            .namespaces
-            .iter()
-            .flatten()
-            .any(|name| name == namespace);
-        let by_selector = condition
-            .namespace_selector
-            .as_ref()
-            .is_some_and(|selector| selector_matches(selector, namespace, &labels));
-        let by_regex = condition.namespace_regexes.iter().flatten().any(|pattern| {
-            // An invalid pattern allows nothing.
-            regex::Regex::new(pattern).is_ok_and(|re| re.is_match(namespace))
-        });
-        by_name || by_selector || by_regex
-    });
+    let allowed = namespace_is_allowed(conditions, namespace, &labels);
     if allowed {
         Ok(())
     } else {
@@ -112,33 +97,6 @@ async fn ensure_namespace_allowed(
             namespace: namespace.to_string(),
         })
     }
-}
-
-/// A label selector over a namespace's labels (plus the implicit `kubernetes.io/metadata.name`).
-fn selector_matches(
-    selector: &LabelSelector,
-    namespace: &str,
-    labels: &BTreeMap<String, String>,
-) -> bool {
-    let mut labels = labels.clone();
-    labels.insert("kubernetes.io/metadata.name".into(), namespace.into());
-    let by_labels = selector
-        .match_labels
-        .iter()
-        .flatten()
-        .all(|(k, v)| labels.get(k) == Some(v));
-    let by_expressions = selector.match_expressions.iter().flatten().all(|e| {
-        let value = labels.get(&e.key);
-        let values = e.values.clone().unwrap_or_default();
-        match e.operator.as_str() {
-            "In" => value.is_some_and(|v| values.contains(v)),
-            "NotIn" => value.is_none_or(|v| !values.contains(v)),
-            "Exists" => value.is_some(),
-            "DoesNotExist" => value.is_none(),
-            _ => false,
-        }
-    });
-    by_labels && by_expressions
 }
 
 /// The consuming namespace that keys the provider cache: set for referent ClusterSecretStores.
@@ -184,37 +142,4 @@ pub(super) async fn provider_for(
 
 pub(super) fn count_call(ctx: &Context, store: &StoreId, call: &str, outcome: &str) {
     count_provider_call(&ctx.metrics, store, call, outcome);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::external_secrets::providers::is_handled_here;
-
-    #[test]
-    fn stores_of_another_controller_class_are_left_alone() {
-        let with = |class: Option<&str>| {
-            let mut spec: SecretStoreSpec =
-                serde_json::from_value(serde_json::json!({"provider": {}})).unwrap();
-            spec.controller = class.map(str::to_string);
-            is_handled_here(&spec)
-        };
-        assert!(with(None));
-        assert!(with(Some("")));
-        assert!(with(Some("mooring")));
-        assert!(!with(Some("eso")));
-    }
-
-    #[test]
-    fn namespace_selectors() {
-        let labels = BTreeMap::from([("team".to_string(), "a".to_string())]);
-        let selector: LabelSelector =
-            serde_json::from_value(serde_json::json!({"matchLabels": {"team": "a"}})).unwrap();
-        assert!(selector_matches(&selector, "x", &labels));
-        assert!(!selector_matches(&selector, "x", &BTreeMap::new()));
-        let by_name: LabelSelector = serde_json::from_value(serde_json::json!({
-            "matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["x"]}]})).unwrap();
-        assert!(selector_matches(&by_name, "x", &BTreeMap::new()));
-        assert!(!selector_matches(&by_name, "y", &BTreeMap::new()));
-    }
 }

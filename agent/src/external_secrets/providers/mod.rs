@@ -30,8 +30,8 @@ use zeroize::Zeroizing;
 
 pub use cache::{Handle, ProviderCache};
 pub use stores::{
-    StoreId, StoreKind, count_provider_call, is_handled_here, is_referent, resolve,
-    store_refresh_interval,
+    StoreId, StoreKind, count_provider_call, is_handled_here, is_referent, namespace_is_allowed,
+    resolve, store_refresh_interval,
 };
 
 use credentials::CredentialReader;

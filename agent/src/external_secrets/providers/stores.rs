@@ -1,9 +1,14 @@
 //! Stores: which store, which controller class handles it, whether it is referent, which
 //! provider it names (the one `match` over providers), and resolving it into a connection.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
-use mooring_crds::secret_store::{ProviderChoiceError, ProviderSpec, SecretStoreSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+
+use mooring_crds::secret_store::{
+    ClusterSecretStoreCondition, ProviderChoiceError, ProviderSpec, SecretStoreSpec,
+};
 
 use super::{Connection, CredentialReader, ProviderConfig, ProviderSettings, StoreError};
 use crate::metrics::{ExternalSecretMetrics, StoreCallLabels};
@@ -93,6 +98,60 @@ fn provider_config(spec: &SecretStoreSpec) -> Result<&dyn ProviderConfig, Provid
         ProviderSpec::AzureKv(azure) => azure,
     };
     Ok(config)
+}
+
+/// Whether a ClusterSecretStore's `conditions` let `namespace` (with `labels`) use it, as ESO's
+/// `shouldProcessSecret` decides: any condition that matches by name list, label selector or
+/// name regex allows. An invalid regex allows nothing.
+pub fn namespace_is_allowed(
+    conditions: &[ClusterSecretStoreCondition],
+    namespace: &str,
+    labels: &BTreeMap<String, String>,
+) -> bool {
+    conditions.iter().any(|condition| {
+        let by_name = condition
+            .namespaces
+            .iter()
+            .flatten()
+            .any(|name| name == namespace);
+        let by_selector = condition
+            .namespace_selector
+            .as_ref()
+            .is_some_and(|selector| selector_matches(selector, namespace, labels));
+        let by_regex = condition
+            .namespace_regexes
+            .iter()
+            .flatten()
+            .any(|pattern| regex::Regex::new(pattern).is_ok_and(|re| re.is_match(namespace)));
+        by_name || by_selector || by_regex
+    })
+}
+
+/// A label selector over a namespace's labels (plus the implicit `kubernetes.io/metadata.name`).
+fn selector_matches(
+    selector: &LabelSelector,
+    namespace: &str,
+    labels: &BTreeMap<String, String>,
+) -> bool {
+    let mut labels = labels.clone();
+    labels.insert("kubernetes.io/metadata.name".into(), namespace.into());
+    let by_labels = selector
+        .match_labels
+        .iter()
+        .flatten()
+        .all(|(k, v)| labels.get(k) == Some(v));
+    let by_expressions = selector.match_expressions.iter().flatten().all(|e| {
+        let value = labels.get(&e.key);
+        let values = e.values.clone().unwrap_or_default();
+        match e.operator.as_str() {
+            "In" => value.is_some_and(|v| values.contains(v)),
+            "NotIn" => value.is_none_or(|v| !values.contains(v)),
+            "Exists" => value.is_some(),
+            "DoesNotExist" => value.is_none(),
+            _ => false,
+        }
+    });
+    by_labels && by_expressions
 }
 
 /// Whether credentials of a ClusterSecretStore are resolved in the consuming namespace (a
@@ -232,5 +291,52 @@ pub(super) mod tests {
         assert_eq!(with(serde_json::json!(60)), Duration::from_secs(60));
         assert_eq!(with(serde_json::json!("2m")), Duration::from_secs(120));
         assert_eq!(with(serde_json::json!(0)), Duration::from_secs(300));
+    }
+
+    #[test]
+    fn stores_of_another_controller_class_are_left_alone() {
+        let with = |class: Option<&str>| {
+            let mut spec: SecretStoreSpec =
+                serde_json::from_value(serde_json::json!({"provider": {}})).unwrap();
+            spec.controller = class.map(str::to_string);
+            is_handled_here(&spec)
+        };
+        assert!(with(None));
+        assert!(with(Some("")));
+        assert!(with(Some("mooring")));
+        assert!(!with(Some("eso")));
+    }
+
+    #[test]
+    fn namespace_selectors() {
+        let labels = BTreeMap::from([("team".to_string(), "a".to_string())]);
+        let selector: LabelSelector =
+            serde_json::from_value(serde_json::json!({"matchLabels": {"team": "a"}})).unwrap();
+        assert!(selector_matches(&selector, "x", &labels));
+        assert!(!selector_matches(&selector, "x", &BTreeMap::new()));
+        let by_name: LabelSelector = serde_json::from_value(serde_json::json!({
+            "matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["x"]}]})).unwrap();
+        assert!(selector_matches(&by_name, "x", &BTreeMap::new()));
+        assert!(!selector_matches(&by_name, "y", &BTreeMap::new()));
+    }
+
+    #[test]
+    fn any_condition_that_matches_allows_the_namespace() {
+        let conditions: Vec<ClusterSecretStoreCondition> =
+            serde_json::from_value(serde_json::json!([
+                {"namespaces": ["a"]},
+                {"namespaceRegexes": ["^team-", "("]},
+                {"namespaceSelector": {"matchLabels": {"tier": "web"}}},
+            ]))
+            .unwrap();
+        let none = BTreeMap::new();
+        let web = BTreeMap::from([("tier".to_string(), "web".to_string())]);
+        assert!(namespace_is_allowed(&conditions, "a", &none));
+        assert!(namespace_is_allowed(&conditions, "team-x", &none));
+        assert!(namespace_is_allowed(&conditions, "b", &web));
+        assert!(
+            !namespace_is_allowed(&conditions, "b", &none),
+            "an invalid regex allows nothing"
+        );
     }
 }
