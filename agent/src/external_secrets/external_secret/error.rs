@@ -4,7 +4,7 @@ use mooring_crds::conditions::names;
 use mooring_crds::external_secret::reasons;
 use mooring_provider::ProviderError;
 
-use crate::external_secrets::providers::{StoreError, fetched_reason};
+use crate::external_secrets::providers::StoreError;
 
 /// Why an ExternalSecret could not be synced. Messages name objects, fields and keys, never
 /// values.
@@ -121,7 +121,7 @@ impl Error {
                 reasons::STORE_CREDENTIALS_UNAVAILABLE
             }
             Error::Store(StoreError::Login { source, .. }) | Error::ReadRemote { source, .. } => {
-                fetched_reason(source)
+                source.reason()
             }
             Error::Decode { .. } => reasons::DECODE_FAILED,
             Error::Template(_) => reasons::TEMPLATE_FAILED,

@@ -18,7 +18,7 @@ use super::refresh_gate::Urgency;
 use super::store::{consumer_of, count_call, provider_for, resolve_store};
 use super::{Context, Error, data_from};
 use crate::external_secrets::providers::shared_reads::{ReadKey, Served, copy_result};
-use crate::external_secrets::providers::{StoreId, fetched_reason, is_handled_here};
+use crate::external_secrets::providers::{StoreId, is_handled_here};
 
 /// Secret keys and their values, zeroized when dropped.
 pub(super) type Values = BTreeMap<String, Zeroizing<Vec<u8>>>;
@@ -308,7 +308,7 @@ async fn read_shared(
     let (result, served) = ctx.reads.get(shared_key, source.max_age, read).await;
     let outcome = match &result {
         Ok(_) => "ok",
-        Err(error) => fetched_reason(error),
+        Err(error) => error.reason(),
     };
     let call = match served {
         Served::Provider => call,

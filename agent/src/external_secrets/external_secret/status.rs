@@ -11,7 +11,6 @@ use super::schedule::synced_resource_version;
 use super::target::target_name;
 use super::{Context, Error, Outcome, SyncResult};
 use crate::controllers::lock;
-use crate::external_secrets::providers::fetched_reason;
 use crate::metrics::{OutcomeLabels, ReasonLabels};
 
 /// The object with the status this agent wrote last when the watch cache has not caught up
@@ -155,7 +154,7 @@ fn conditions(
             Condition::new(
                 reasons::FETCHED,
                 ConditionStatus::False,
-                fetched_reason(provider),
+                provider.reason(),
                 crate::errors::error_chain(error),
             )
         }),

@@ -7,11 +7,12 @@ use k8s_openapi::api::core::v1::Namespace;
 use kube::{Api, ResourceExt};
 use mooring_crds::external_secret::ExternalSecret;
 use mooring_crds::secret_store::{ClusterSecretStore, SecretStore, SecretStoreSpec};
+use mooring_provider::ProviderError;
 use mooring_provider::SecretProvider;
 
 use super::{Context, Error};
 use crate::external_secrets::providers::{
-    StoreId, StoreKind, count_provider_call, fetched_reason, namespace_is_allowed,
+    StoreId, StoreKind, count_provider_call, namespace_is_allowed,
 };
 
 /// Finds the referenced store and checks that this namespace may use it.
@@ -131,7 +132,9 @@ pub(super) async fn provider_for(
         .get(&ctx.client, store, consumer, connection)
         .await
         .inspect_err(|error| {
-            let outcome = error.provider_error().map_or("StoreError", fetched_reason);
+            let outcome = error
+                .provider_error()
+                .map_or("StoreError", ProviderError::reason);
             count_call(ctx, store, "login", outcome);
         })?;
     if handle.fresh {

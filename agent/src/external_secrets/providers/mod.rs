@@ -104,12 +104,6 @@ impl StoreError {
     }
 }
 
-/// The `Fetched` condition reason for a provider error, also the outcome label of a failed
-/// provider call: the provider's own [`ProviderError::reason`].
-pub fn fetched_reason(error: &ProviderError) -> &'static str {
-    error.reason()
-}
-
 /// One provider's part of a store spec, as the agent reads it.
 #[async_trait::async_trait]
 trait ProviderConfig: Sync {
