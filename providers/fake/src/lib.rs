@@ -62,7 +62,7 @@ impl FakeProvider {
     }
 
     /// Makes every read of `key` fail with the error whose `reason()` is `reason`
-    /// (`NotFound`, `PermissionDenied`, `InvalidConfig` or `Unavailable`).
+    /// (`NotFound`, `Forbidden`, `InvalidConfig` or `Unavailable`).
     pub fn fail(&self, key: &str, reason: &'static str) {
         self.with_state(|state| {
             state.failures.insert(key.to_string(), reason);
@@ -115,7 +115,7 @@ fn injected(key: &str, reason: &str) -> ProviderError {
             key: key.into(),
             detail,
         },
-        "PermissionDenied" => ProviderError::PermissionDenied {
+        "Forbidden" => ProviderError::PermissionDenied {
             key: key.into(),
             detail,
         },
