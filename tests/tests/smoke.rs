@@ -168,7 +168,7 @@ async fn openbao_kv_v2_write_then_read_through_the_vault_provider() -> anyhow::R
     let bad_token = mooring_provider_vault::VaultProvider::with_token(config, "not-a-token")?;
     assert_eq!(
         bad_token.validate().await.unwrap_err().reason(),
-        "PermissionDenied"
+        "Forbidden"
     );
     Ok(())
 }
