@@ -108,6 +108,21 @@ impl Reconciles {
         )
     }
 
+    /// Runs one reconcile in a slot and records its result (`reason` names an error). The work
+    /// is boxed, so an object waiting for a slot holds a small future, not a whole reconcile's
+    /// (an async fn's state is as large as its largest await point).
+    pub async fn run_in_slot<T, E>(
+        &self,
+        work: impl std::future::Future<Output = Result<T, E>>,
+        reason: impl FnOnce(&E) -> &'static str,
+    ) -> Result<T, E> {
+        let slot = self.admit().await;
+        let result = Box::pin(work).await;
+        self.record(result.as_ref().map(|_| ()).map_err(reason));
+        drop(slot);
+        result
+    }
+
     /// Records how a reconcile ended: `Ok(())` or the error's reason.
     pub fn record(&self, outcome: Result<(), &str>) {
         let result = if outcome.is_ok() { "success" } else { "error" };

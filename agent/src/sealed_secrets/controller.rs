@@ -278,7 +278,7 @@ pub async fn run(
             Some(ObjectRef::<SealedSecret>::new(&secret.name_any()).within(&secret.namespace()?))
         })
         .graceful_shutdown_on(shutdown.clone())
-        .run(reconcile, error_policy, ctx)
+        .run(reconcile_in_slot, error_policy, ctx)
         .for_each(|_| std::future::ready(()));
     let controller = async move {
         tokio::select! {
@@ -307,20 +307,19 @@ async fn count_conditions(store: Store<SealedSecret>, metrics: SealedSecretMetri
     }
 }
 
-async fn reconcile(sealed: Arc<SealedSecret>, ctx: Arc<Context>) -> Result<Action, Error> {
+/// One reconcile in a slot: nothing while the SealedSecret is being deleted (its Secret is
+/// garbage-collected with it), else a sync, its report, and when to look again.
+async fn reconcile_in_slot(sealed: Arc<SealedSecret>, ctx: Arc<Context>) -> Result<Action, Error> {
     if sealed.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
-    let _slot = ctx.reconciles.admit().await;
-    // Boxed: a burst of objects waits for slots above, and each waiting future must stay small
-    // (an async fn's state is as large as its largest await point) until it runs.
-    let result = Box::pin(reconcile_counted(&sealed, &ctx)).await;
     ctx.reconciles
-        .record(result.as_ref().map(|_| ()).map_err(Error::reason));
-    result
+        .run_in_slot(sync_and_report(&sealed, &ctx), Error::reason)
+        .await
 }
 
-async fn reconcile_counted(sealed: &SealedSecret, ctx: &Context) -> Result<Action, Error> {
+/// Syncs, reports the result (metrics and events, then the status), and says when to look again.
+async fn sync_and_report(sealed: &SealedSecret, ctx: &Context) -> Result<Action, Error> {
     let result = sync(sealed, ctx).await;
     record(sealed, ctx, &result).await;
     let status = write_status(sealed, ctx, &result).await;

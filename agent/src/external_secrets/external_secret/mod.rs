@@ -213,7 +213,7 @@ pub async fn run(
             Some(ObjectRef::<ExternalSecret>::new(&owner).within(&secret.namespace()?))
         })
         .graceful_shutdown_on(shutdown.clone())
-        .run(reconcile, error_policy, ctx)
+        .run(reconcile_in_slot, error_policy, ctx)
         .for_each(|_| std::future::ready(()));
     let controller = async move {
         tokio::select! {
@@ -254,20 +254,19 @@ async fn housekeeping(store: Store<ExternalSecret>, ctx: Arc<Context>) {
 
 /// One reconcile: nothing while the ExternalSecret is being deleted (an owned Secret is
 /// garbage-collected with it); else a sync in a slot, timed and counted.
-async fn reconcile(es: Arc<ExternalSecret>, ctx: Arc<Context>) -> Result<Action, Error> {
+async fn reconcile_in_slot(es: Arc<ExternalSecret>, ctx: Arc<Context>) -> Result<Action, Error> {
     if es.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
-    let slot = ctx.reconciles.admit().await;
-    let started = std::time::Instant::now();
-    let result = sync_and_report(&es, &ctx).await;
-    ctx.metrics
-        .reconcile_seconds
-        .inc_by(started.elapsed().as_secs_f64());
-    ctx.reconciles
-        .record(result.as_ref().map(|_| ()).map_err(Error::reason));
-    drop(slot);
-    result
+    let timed = async {
+        let started = std::time::Instant::now();
+        let result = sync_and_report(&es, &ctx).await;
+        ctx.metrics
+            .reconcile_seconds
+            .inc_by(started.elapsed().as_secs_f64());
+        result
+    };
+    ctx.reconciles.run_in_slot(timed, Error::reason).await
 }
 
 /// Syncs, reports the result (metrics and events, then the status), and says when to look again.

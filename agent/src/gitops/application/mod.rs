@@ -194,7 +194,7 @@ pub async fn run(
     let controller = Controller::new(api, config)
         .reconcile_on(drift.take_until(shutdown.clone()))
         .graceful_shutdown_on(shutdown.clone())
-        .run(counted_reconcile, error_policy, ctx)
+        .run(reconcile_in_slot, error_policy, ctx)
         .for_each(|_| std::future::ready(()));
     crate::controllers::run_until_drained(controller, shutdown, in_flight).await;
 }
@@ -203,14 +203,10 @@ pub async fn run(
 /// Applications at a time keep the API server (and a cold start with hundreds of Applications)
 /// responsive; the others wait, counted as the queue depth, and a shutdown waits for running
 /// syncs only.
-async fn counted_reconcile(app: Arc<Application>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let slot = ctx.reconciles.admit().await;
-    // Boxed, so an Application waiting for a slot holds a small future, not a whole sync's.
-    let result = Box::pin(reconcile(app, Arc::clone(&ctx))).await;
+async fn reconcile_in_slot(app: Arc<Application>, ctx: Arc<Context>) -> Result<Action, Error> {
     ctx.reconciles
-        .record(result.as_ref().map(|_| ()).map_err(Error::reason));
-    drop(slot);
-    result
+        .run_in_slot(reconcile(app, Arc::clone(&ctx)), Error::reason)
+        .await
 }
 
 /// One Application, step by step: read it, finalize or check it, fetch and render, sync, then
