@@ -1,0 +1,235 @@
+//! Many ExternalSecrets over fewer OpenBao keys, with AppRole auth (`BENCH_EXTERNAL_SECRETS`,
+//! default 1000, over `BENCH_KEYS`, default 100; refreshInterval 1m). The requests that reach
+//! OpenBao are counted at its door: the store points at a forwarder that counts request lines on
+//! the wire (OpenBao refuses audit devices through its API, and its metrics are shared with every
+//! other client). Counted during the first sync and during one refresh cycle; the agent runs as
+//! its binary so its RSS can be read. Fails unless one login serves the whole run.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use kube::Api;
+use kube::api::{ObjectMeta, PostParams};
+use mooring_crds::external_secret::ExternalSecret;
+use mooring_crds::secret_store::SecretStore;
+use mooring_e2e::{RealEnv, TestNamespace};
+use reqwest::Method;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::support::{bao, env_number, rss_kib, start_agent, wait_for_every_secret};
+
+/// Runs the measurement and prints its `BENCH` line.
+pub async fn run() -> anyhow::Result<()> {
+    let count = env_number("BENCH_EXTERNAL_SECRETS", 1000);
+    let keys = env_number("BENCH_KEYS", 100);
+    let env = RealEnv::load()?;
+    env.install_crds().await?;
+    let ns = TestNamespace::create(&env, "es-bench").await?;
+    let approle = format!("approle-{}", ns.name());
+    let prefix = format!("secret/data/mooring-bench/{}/", ns.name());
+    let door = approle_store_behind_a_door(&env, &ns, &approle, &prefix, keys).await?;
+
+    let mut agent = start_agent(&env, &ns, "127.0.0.1:0", &["--provider-qps", "0"])?;
+    let pid = agent.id().context("the agent has no pid")?;
+    let started = Instant::now();
+    let api: Api<ExternalSecret> = ns.api();
+    for i in 0..count {
+        let es: ExternalSecret = serde_json::from_value(json!({
+            "apiVersion": "external-secrets.io/v1", "kind": "ExternalSecret",
+            "metadata": {"name": format!("es-{i}")},
+            "spec": {"secretStoreRef": {"name": "store"}, "refreshInterval": "1m",
+                     "data": [{"secretKey": "password",
+                               "remoteRef": {"key": format!("mooring-bench/{}/k{}", ns.name(), i % keys),
+                                             "property": "password"}}]}
+        }))?;
+        api.create(&PostParams::default(), &es).await?;
+    }
+    let created = started.elapsed();
+    wait_for_every_secret(&ns, count).await?;
+    let synced = started.elapsed();
+    let (first_reads, first_logins) = (door.count(0), door.count(1));
+
+    // One refresh cycle: 1 min plus the spread (a tenth of the interval). A fixed window is
+    // what is measured here, so this waits on the clock.
+    tokio::time::sleep(Duration::from_secs(70)).await;
+    let (cycle_reads, cycle_logins) = (door.count(0) - first_reads, door.count(1) - first_logins);
+    let rss = rss_kib(pid, "VmRSS:");
+    let peak = rss_kib(pid, "VmHWM:");
+
+    let _ = agent.start_kill();
+    let _ = agent.wait().await;
+    bao(&env, Method::DELETE, &format!("sys/auth/{approle}"), None).await?;
+
+    println!(
+        "BENCH external secrets={count} keys={keys}: created in {created:?}, all synced after {synced:?}; \
+         first sync: {first_reads} reads, {first_logins} logins; one refresh cycle (70 s): \
+         {cycle_reads} reads, {cycle_logins} logins; agent RSS {rss} KiB (peak {peak} KiB)"
+    );
+    anyhow::ensure!(
+        first_logins <= 1 && cycle_logins == 0,
+        "one login per token lifetime"
+    );
+    Ok(())
+}
+
+/// Writes `keys` keys under `prefix`, a policy reading them and AppRole `approle` with it;
+/// creates Secret `approle` (its secret id) and SecretStore `store` that reaches OpenBao through
+/// a counting door, which is returned (its counts: reads under `prefix`, logins).
+async fn approle_store_behind_a_door(
+    env: &RealEnv,
+    ns: &TestNamespace,
+    approle: &str,
+    prefix: &str,
+    keys: usize,
+) -> anyhow::Result<CountingDoor> {
+    let policy_name = format!("bench-{}", ns.name());
+    for k in 0..keys {
+        let value = json!({"data": {"password": format!("value-{k}")}});
+        bao(env, Method::POST, &format!("{prefix}k{k}"), Some(value)).await?;
+    }
+    let policy = format!("path \"{prefix}*\" {{ capabilities = [\"read\"] }}");
+    let path = format!("sys/policies/acl/{policy_name}");
+    bao(env, Method::PUT, &path, Some(json!({"policy": policy}))).await?;
+    let path = format!("sys/auth/{approle}");
+    bao(env, Method::POST, &path, Some(json!({"type": "approle"}))).await?;
+    let role = json!({"token_policies": [policy_name], "token_ttl": "1h"});
+    let path = format!("auth/{approle}/role/bench");
+    bao(env, Method::POST, &path, Some(role)).await?;
+    let path = format!("auth/{approle}/role/bench/role-id");
+    let role_id = bao(env, Method::GET, &path, None).await?["data"]["role_id"]
+        .as_str()
+        .context("no role_id")?
+        .to_string();
+    let path = format!("auth/{approle}/role/bench/secret-id");
+    let secret_id = bao(env, Method::POST, &path, None).await?["data"]["secret_id"]
+        .as_str()
+        .context("no secret_id")?
+        .to_string();
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some("approle".into()),
+            ..Default::default()
+        },
+        data: Some(BTreeMap::from([(
+            "secret-id".into(),
+            ByteString(secret_id.into_bytes()),
+        )])),
+        ..Default::default()
+    };
+    ns.api::<Secret>()
+        .create(&PostParams::default(), &secret)
+        .await?;
+    let door = CountingDoor::open(
+        env.var("VAULT_ADDR")?
+            .trim_start_matches("http://")
+            .to_string(),
+        vec![
+            format!("GET /v1/{prefix}"),
+            format!("POST /v1/auth/{approle}/login "),
+        ],
+    )
+    .await?;
+    let store: SecretStore = serde_json::from_value(json!({
+        "apiVersion": "external-secrets.io/v1", "kind": "SecretStore", "metadata": {"name": "store"},
+        "spec": {"provider": {"vault": {"server": format!("http://{}", door.addr), "path": "secret",
+            "auth": {"appRole": {"path": approle, "roleId": role_id,
+                                 "secretRef": {"name": "approle", "key": "secret-id"}}}}}}
+    }))?;
+    ns.api::<SecretStore>()
+        .create(&PostParams::default(), &store)
+        .await?;
+    Ok(door)
+}
+
+/// A forwarder to OpenBao that counts, on the wire, requests whose request line starts with one
+/// of `patterns` (for example `GET /v1/secret/data/<prefix>`).
+struct CountingDoor {
+    addr: std::net::SocketAddr,
+    counts: Arc<Vec<AtomicUsize>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl CountingDoor {
+    async fn open(target: String, patterns: Vec<String>) -> anyhow::Result<CountingDoor> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let counts: Arc<Vec<AtomicUsize>> =
+            Arc::new(patterns.iter().map(|_| Default::default()).collect());
+        let patterns = Arc::new(patterns);
+        let shared = counts.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                let (target, patterns, counts) = (target.clone(), patterns.clone(), shared.clone());
+                tokio::spawn(forward_counting(inbound, target, patterns, counts));
+            }
+        });
+        Ok(CountingDoor {
+            addr,
+            counts,
+            accept,
+        })
+    }
+
+    fn count(&self, i: usize) -> usize {
+        self.counts[i].load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for CountingDoor {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+/// Forwards one connection to `target`, counting what the client sends against `patterns`.
+async fn forward_counting(
+    inbound: tokio::net::TcpStream,
+    target: String,
+    patterns: Arc<Vec<String>>,
+    counts: Arc<Vec<AtomicUsize>>,
+) {
+    let Ok(outbound) = tokio::net::TcpStream::connect(target).await else {
+        return;
+    };
+    let (mut in_read, mut in_write) = inbound.into_split();
+    let (mut out_read, mut out_write) = outbound.into_split();
+    let upstream = async move {
+        let mut buffer = vec![0u8; 64 * 1024];
+        // The tail of the previous chunk, so a request line split across reads is still seen
+        // once.
+        let mut carry: Vec<u8> = Vec::new();
+        loop {
+            let n = match in_read.read(&mut buffer).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            let mut window = std::mem::take(&mut carry);
+            let skip = window.len();
+            window.extend_from_slice(&buffer[..n]);
+            for (i, pattern) in patterns.iter().enumerate() {
+                let p = pattern.as_bytes();
+                let found = window
+                    .windows(p.len())
+                    .enumerate()
+                    .filter(|(at, w)| *w == p && at + p.len() > skip)
+                    .count();
+                counts[i].fetch_add(found, Ordering::SeqCst);
+            }
+            let keep = window.len().min(256);
+            carry = window[window.len() - keep..].to_vec();
+            if out_write.write_all(&buffer[..n]).await.is_err() {
+                break;
+            }
+        }
+    };
+    let downstream = async move {
+        let _ = tokio::io::copy(&mut out_read, &mut in_write).await;
+    };
+    tokio::join!(upstream, downstream);
+}
