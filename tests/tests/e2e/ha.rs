@@ -2,9 +2,6 @@
 //! only the leader writes; when the leader dies the other takes over within the lease duration,
 //! and a leader stopped with SIGTERM hands over at once.
 
-// Test helpers outside #[test] functions may unwrap: a failure is a test failure.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};

@@ -1,9 +1,6 @@
 //! SealedSecrets end to end: the agent runs in-process against the real API server, generates its
 //! key, serves its certificate, and unseals what is sealed against it.
 
-// Test helpers outside #[test] functions may unwrap: a failure is a test failure.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 

@@ -5,9 +5,6 @@
 //! re-create, so no consumer ever sees it missing) and keeps it in step with the store; a
 //! SecretStore another controller class owns (`spec.controller`) is left to that controller.
 
-// Test helpers outside #[test] functions may unwrap: a failure is a test failure.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 

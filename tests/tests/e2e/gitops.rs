@@ -2,9 +2,6 @@
 //! API server and the real git servers, with the seed article's repository layout:
 //! `bootstrap/root-app.yaml` → `argocd-apps/` (app of apps) → `apps/platform-api/{base,overlays}`.
 
-// Test helpers outside #[test] functions may unwrap: a failure is a test failure.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;

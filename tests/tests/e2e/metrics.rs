@@ -2,9 +2,6 @@
 //! agent's `/metrics` after real work against the real API server: reconciles by result, errors
 //! by reason, the queue drained back to zero, reconcile durations.
 
-// Test helpers outside #[test] functions may unwrap: a failure is a test failure.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 

@@ -3,15 +3,10 @@
 //! identity and assumed-role credentials fetched once and reused. Calls are counted on the wire
 //! by a loopback door in front of moto; every test uses its own secret names.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod aws_support;
-
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use aws_support::{Door, delete, moto, put};
 use mooring_e2e::RealEnv;
 use mooring_provider::{FindQuery, RemoteRef, SecretProvider};
 use mooring_provider_aws::{
@@ -19,6 +14,8 @@ use mooring_provider_aws::{
     WebIdentityTokenSource,
 };
 use zeroize::Zeroizing;
+
+use crate::aws_support::{Door, delete, moto, put};
 
 /// A name no other test (or run) uses.
 fn unique(what: &str) -> String {

@@ -3,9 +3,6 @@
 //! sealed by upstream `kubeseal`; then its key Secret is copied to mooring's namespace, the
 //! upstream controller stops, and mooring takes over the same objects without touching them.
 
-// Test helpers outside #[test] functions may unwrap: a failure is a test failure.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;

@@ -2,13 +2,8 @@
 //! the realenv. Each provider is one test: build the provider under test, a seed that writes
 //! through the store's own API under a path unique to the run, run the suite, clean up.
 
-// Test helpers outside #[test] functions may unwrap: a failure is a test failure.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
 use std::collections::BTreeMap;
 use std::sync::Mutex;
-
-mod aws_support;
 
 use mooring_e2e::RealEnv;
 use mooring_provider::conformance::{self, Report, Seed};
@@ -349,7 +344,7 @@ async fn moto_secrets_manager_passes_the_conformance_suite() {
     use mooring_provider_aws::{AwsConfig, AwsSecretsManagerProvider, StaticCredentials};
     let env = RealEnv::load().unwrap();
     let seed = MotoSeed {
-        client: aws_support::moto(&env).await,
+        client: crate::aws_support::moto(&env).await,
         scope: format!("mooring-conformance/{}", unique("aws")),
         written: Mutex::default(),
     };
@@ -366,7 +361,7 @@ async fn moto_secrets_manager_passes_the_conformance_suite() {
     .await;
     let report = conformance::run(&provider, &seed).await;
     let written = std::mem::take(&mut *seed.written.lock().unwrap());
-    aws_support::delete(&seed.client, &written).await;
+    crate::aws_support::delete(&seed.client, &written).await;
     let (passed, skipped) = outcome(report);
     assert_eq!(passed, conformance::CHECKS);
     assert!(

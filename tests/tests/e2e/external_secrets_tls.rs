@@ -2,9 +2,6 @@
 //! CA is `VAULT_TLS_CACERT`): `caBundle`, `caProvider` from a ConfigMap and from a Secret, a
 //! wrong CA, the system roots; and ClusterSecretStores validated by a real round trip.
 
-// Test helpers outside #[test] functions may unwrap: a failure is a test failure.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 

@@ -2,8 +2,6 @@
 //! write nothing, guarded prune, deferred custom resources, and self-heal through the
 //! Application controller.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -1,9 +1,6 @@
 //! `mooring install`: the manifests it embeds are exactly `deploy/` rendered by the pinned
 //! kustomize, and `--apply` installs them into the real API server.
 
-// Test helpers outside #[test] functions may unwrap: a failure is a test failure.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 

@@ -1,8 +1,6 @@
-//! Shared by the AWS test files: an admin client for moto, and a loopback door in front of moto
-//! that keeps what clients send, so tests count STS and Secrets Manager calls on the wire and
-//! see which credentials signed them.
-
-#![allow(dead_code)]
+//! Shared by the tests that talk to moto: an admin client for it, and a loopback door in front
+//! of it that keeps what clients send, so tests count STS and Secrets Manager calls on the wire
+//! and see which credentials signed them.
 
 use std::sync::{Arc, Mutex};
 

@@ -5,9 +5,6 @@
 //! object Argo CD tracked that is not in Git is left alone, even with `prune: true`: mooring never
 //! prunes what it did not apply itself.
 
-// Test helpers outside #[test] functions may unwrap: a failure is a test failure.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ConfigMap;

@@ -4,14 +4,9 @@
 //! the wire by a loopback door in front of moto, so the tests see that credentials are fetched
 //! once and reused across refreshes, and which credentials signed each read.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod aws_support;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use aws_support::{Door, delete, jwt_claims, moto, put};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use kube::api::{ObjectMeta, PostParams};
@@ -19,6 +14,8 @@ use mooring_crds::conditions::Condition;
 use mooring_crds::external_secret::ExternalSecret;
 use mooring_crds::secret_store::SecretStore;
 use mooring_e2e::{RealEnv, RunningAgent, TestNamespace, wait_for};
+
+use crate::aws_support::{Door, delete, jwt_claims, moto, put};
 
 async fn service_account(ns: &TestNamespace, name: &str, annotations: &[(&str, &str)]) {
     let account = ServiceAccount {

@@ -1,8 +1,5 @@
 //! Smoke tests: each peer of `tests/realenv/up` is real and reachable the way mooring will use it.
 
-// Test helpers outside #[test] functions may unwrap: a failure is a test failure.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
 use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::Duration;

@@ -2,9 +2,6 @@
 //! ServiceAccount with exactly those rules (a bound token from TokenRequest) and does its work;
 //! without a verb it needs it reports a clear condition and keeps running.
 
-// Test helpers outside #[test] functions may unwrap: a failure is a test failure.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 

@@ -2,9 +2,6 @@
 //! OpenBao and moto servers of the realenv; every test has its own namespace and its own paths in
 //! the shared servers.
 
-// Test helpers outside #[test] functions may unwrap: a failure is a test failure.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
 use std::collections::BTreeMap;
 use std::process::Stdio;
 use std::time::Duration;

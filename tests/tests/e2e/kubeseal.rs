@@ -4,9 +4,6 @@
 //! kubeseal finds the certificate and the verify/rotate endpoints through
 //! `/api/v1/namespaces/<ns>/services/http:mooring:http/proxy/…`.
 
-// Test helpers outside #[test] functions may unwrap: a failure is a test failure.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
 use std::collections::BTreeMap;
 use std::process::{Output, Stdio};
 

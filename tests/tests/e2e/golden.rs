@@ -11,8 +11,6 @@
 //! 1 MiB value, in both directions, and so is every way a value may or may not move: renamed,
 //! moved to another namespace, opened under another scope or with another key.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

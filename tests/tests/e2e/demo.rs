@@ -3,8 +3,6 @@
 //! ExternalSecret reading the real OpenBao, root Application, everything synced; then a commit
 //! to the staging overlay is followed, and a second run reuses the repository.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;

@@ -2,8 +2,6 @@
 //! basic auth and sshd with a fixed host key. Each test pushes a repository of its own (a unique
 //! name under GIT_REPO_ROOT) in the seed's layout.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;

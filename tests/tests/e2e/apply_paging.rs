@@ -3,8 +3,6 @@
 //! field manager of a manual change made on a later page (only mooring's own `managedFields`
 //! entry is dropped from listed objects).
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::ConfigMap;
