@@ -6,12 +6,14 @@
 //! - [`wait_for`] polls a condition with a bound;
 //! - [`TestNamespace::service_account_client`] acts as a fresh ServiceAccount (TokenRequest);
 //! - [`RunningAgent`] runs the agent in-process, [`AgentProcess`] as the built binary;
-//! - [`GitRepo`] is a repository of a test's own, [`TestHost`] a network namespace of its own.
+//! - [`GitRepo`] is a repository of a test's own, [`TestHost`] a network namespace of its own;
+//! - [`external_secrets`] creates stores and ExternalSecrets and waits for their conditions.
 //!
 //! A missing environment is an error, never a skip: the suite runs against real peers or fails.
 
 mod agent;
 mod env;
+pub mod external_secrets;
 mod git;
 mod host;
 mod namespace;

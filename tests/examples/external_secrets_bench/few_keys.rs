@@ -5,24 +5,17 @@
 //! other client). Counted during the first sync and during one refresh cycle; the agent runs as
 //! its binary so its RSS can be read. Fails unless one login serves the whole run.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::Secret;
-use kube::Api;
-use kube::api::{ObjectMeta, PostParams};
-use mooring_crds::external_secret::ExternalSecret;
-use mooring_crds::secret_store::SecretStore;
 use mooring_e2e::{RealEnv, TestNamespace};
 use reqwest::Method;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::support::{bao, env_number, rss_kib, start_agent, wait_for_every_secret};
+use crate::support::{env_number, rss_kib, start_agent, wait_for_every_secret};
 
 /// Runs the measurement and prints its `BENCH` line.
 pub async fn run() -> anyhow::Result<()> {
@@ -38,17 +31,12 @@ pub async fn run() -> anyhow::Result<()> {
     let mut agent = start_agent(&env, &ns, "127.0.0.1:0", &["--provider-qps", "0"])?;
     let pid = agent.id().context("the agent has no pid")?;
     let started = Instant::now();
-    let api: Api<ExternalSecret> = ns.api();
     for i in 0..count {
-        let es: ExternalSecret = serde_json::from_value(json!({
-            "apiVersion": "external-secrets.io/v1", "kind": "ExternalSecret",
-            "metadata": {"name": format!("es-{i}")},
-            "spec": {"secretStoreRef": {"name": "store"}, "refreshInterval": "1m",
-                     "data": [{"secretKey": "password",
-                               "remoteRef": {"key": format!("mooring-bench/{}/k{}", ns.name(), i % keys),
-                                             "property": "password"}}]}
-        }))?;
-        api.create(&PostParams::default(), &es).await?;
+        let key = format!("mooring-bench/{}/k{}", ns.name(), i % keys);
+        let spec = json!({"secretStoreRef": {"name": "store"}, "refreshInterval": "1m",
+                          "data": [{"secretKey": "password",
+                                    "remoteRef": {"key": key, "property": "password"}}]});
+        ns.create_external_secret(&format!("es-{i}"), spec).await?;
     }
     let created = started.elapsed();
     wait_for_every_secret(&ns, count).await?;
@@ -64,7 +52,8 @@ pub async fn run() -> anyhow::Result<()> {
 
     let _ = agent.start_kill();
     let _ = agent.wait().await;
-    bao(&env, Method::DELETE, &format!("sys/auth/{approle}"), None).await?;
+    env.openbao_api(Method::DELETE, &format!("sys/auth/{approle}"), None)
+        .await?;
 
     println!(
         "BENCH external secrets={count} keys={keys}: created in {created:?}, all synced after {synced:?}; \
@@ -91,39 +80,19 @@ async fn approle_store_behind_a_door(
     let policy_name = format!("bench-{}", ns.name());
     for k in 0..keys {
         let value = json!({"data": {"password": format!("value-{k}")}});
-        bao(env, Method::POST, &format!("{prefix}k{k}"), Some(value)).await?;
+        env.openbao_api(Method::POST, &format!("{prefix}k{k}"), Some(value))
+            .await?;
     }
     let policy = format!("path \"{prefix}*\" {{ capabilities = [\"read\"] }}");
     let path = format!("sys/policies/acl/{policy_name}");
-    bao(env, Method::PUT, &path, Some(json!({"policy": policy}))).await?;
+    env.openbao_api(Method::PUT, &path, Some(json!({"policy": policy})))
+        .await?;
     let path = format!("sys/auth/{approle}");
-    bao(env, Method::POST, &path, Some(json!({"type": "approle"}))).await?;
+    env.openbao_api(Method::POST, &path, Some(json!({"type": "approle"})))
+        .await?;
     let role = json!({"token_policies": [policy_name], "token_ttl": "1h"});
-    let path = format!("auth/{approle}/role/bench");
-    bao(env, Method::POST, &path, Some(role)).await?;
-    let path = format!("auth/{approle}/role/bench/role-id");
-    let role_id = bao(env, Method::GET, &path, None).await?["data"]["role_id"]
-        .as_str()
-        .context("no role_id")?
-        .to_string();
-    let path = format!("auth/{approle}/role/bench/secret-id");
-    let secret_id = bao(env, Method::POST, &path, None).await?["data"]["secret_id"]
-        .as_str()
-        .context("no secret_id")?
-        .to_string();
-    let secret = Secret {
-        metadata: ObjectMeta {
-            name: Some("approle".into()),
-            ..Default::default()
-        },
-        data: Some(BTreeMap::from([(
-            "secret-id".into(),
-            ByteString(secret_id.into_bytes()),
-        )])),
-        ..Default::default()
-    };
-    ns.api::<Secret>()
-        .create(&PostParams::default(), &secret)
+    let (role_id, secret_id) = env.openbao_approle(approle, "bench", role).await?;
+    ns.create_secret("approle", &[("secret-id", &secret_id)])
         .await?;
     let door = CountingDoor::open(
         env.var("VAULT_ADDR")?
@@ -135,15 +104,10 @@ async fn approle_store_behind_a_door(
         ],
     )
     .await?;
-    let store: SecretStore = serde_json::from_value(json!({
-        "apiVersion": "external-secrets.io/v1", "kind": "SecretStore", "metadata": {"name": "store"},
-        "spec": {"provider": {"vault": {"server": format!("http://{}", door.addr), "path": "secret",
-            "auth": {"appRole": {"path": approle, "roleId": role_id,
-                                 "secretRef": {"name": "approle", "key": "secret-id"}}}}}}
-    }))?;
-    ns.api::<SecretStore>()
-        .create(&PostParams::default(), &store)
-        .await?;
+    let provider = json!({"vault": {"server": format!("http://{}", door.addr), "path": "secret",
+        "auth": {"appRole": {"path": approle, "roleId": role_id,
+                             "secretRef": {"name": "approle", "key": "secret-id"}}}}});
+    ns.create_secret_store("store", provider).await?;
     Ok(door)
 }
 

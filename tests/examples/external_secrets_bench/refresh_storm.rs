@@ -5,15 +5,11 @@
 //! asked for twice what its budget allows. Fails unless the new ones become Ready and the
 //! periodic refreshes keep going (no starvation).
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
-use kube::api::{ObjectMeta, PostParams};
 use mooring_crds::external_secret::ExternalSecret;
-use mooring_crds::secret_store::SecretStore;
+use mooring_e2e::external_secrets::openbao_token_provider;
 use mooring_e2e::{RealEnv, TestNamespace, wait_for};
 
 use crate::support::{env_number, metric, start_agent, wait_for_every_secret};
@@ -43,15 +39,14 @@ pub async fn run() -> anyhow::Result<()> {
     ];
     let mut agent = start_agent(&env, &ns, &metrics_addr, &extra)?;
 
-    let api: Api<ExternalSecret> = ns.api();
     let started = Instant::now();
     // Created in batches of 50, so the API server is not the bottleneck being measured.
     let all: Vec<usize> = (0..count).collect();
     for batch in all.chunks(50) {
         let creates = batch.iter().map(|i| {
-            let es = external_secret(&format!("es-{i}"), &format!("{prefix}/k{i}"));
-            let api = api.clone();
-            async move { anyhow::Ok(api.create(&PostParams::default(), &es?).await?) }
+            let (name, spec) = (format!("es-{i}"), reading(&format!("{prefix}/k{i}")));
+            let ns = &ns;
+            async move { ns.create_external_secret(&name, spec).await }
         });
         futures::future::try_join_all(creates).await?;
     }
@@ -62,7 +57,7 @@ pub async fn run() -> anyhow::Result<()> {
     // `qps` per second. A fixed window is what is measured, so this waits on the clock.
     let storm_start = metric(&metrics_addr, READS).await?;
     tokio::time::sleep(Duration::from_secs(30)).await;
-    let times = newcomers_time_to_ready(&api, &prefix, count).await?;
+    let times = newcomers_time_to_ready(&ns, &prefix, count).await?;
     let storm_reads = metric(&metrics_addr, READS).await? - storm_start;
     let storm_seconds = 30.0 + times.iter().map(Duration::as_secs_f64).sum::<f64>() + 15.0;
     let _ = agent.start_kill();
@@ -104,28 +99,8 @@ async fn token_store_with_a_key_each(
     });
     futures::future::try_join_all(writes).await?;
 
-    let secret = Secret {
-        metadata: ObjectMeta {
-            name: Some("bao-token".into()),
-            ..Default::default()
-        },
-        data: Some(BTreeMap::from([(
-            "token".to_string(),
-            ByteString(token.as_bytes().to_vec()),
-        )])),
-        ..Default::default()
-    };
-    ns.api::<Secret>()
-        .create(&PostParams::default(), &secret)
-        .await?;
-    let store: SecretStore = serde_json::from_value(serde_json::json!({
-        "apiVersion": "external-secrets.io/v1", "kind": "SecretStore",
-        "metadata": {"name": "store"},
-        "spec": {"provider": {"vault": {"server": addr, "path": "secret",
-            "auth": {"tokenSecretRef": {"name": "bao-token", "key": "token"}}}}}
-    }))?;
-    ns.api::<SecretStore>()
-        .create(&PostParams::default(), &store)
+    ns.create_openbao_token(env).await?;
+    ns.create_secret_store("store", openbao_token_provider(addr))
         .await?;
     Ok(())
 }
@@ -133,16 +108,17 @@ async fn token_store_with_a_key_each(
 /// Creates five new ExternalSecrets during the storm, one after the other, and returns how long
 /// each took to become Ready (at most 5 minutes each).
 async fn newcomers_time_to_ready(
-    api: &Api<ExternalSecret>,
+    ns: &TestNamespace,
     prefix: &str,
     count: usize,
 ) -> anyhow::Result<Vec<Duration>> {
+    let api: Api<ExternalSecret> = ns.api();
     let mut times = Vec::new();
     for n in 0..5 {
         let name = format!("newcomer-{n}");
-        let es = external_secret(&name, &format!("{prefix}/k{}", count + n))?;
+        let spec = reading(&format!("{prefix}/k{}", count + n));
         let created = Instant::now();
-        api.create(&PostParams::default(), &es).await?;
+        ns.create_external_secret(&name, spec).await?;
         let ready = wait_for(&format!("{name} Ready"), Duration::from_secs(300), || {
             let api = api.clone();
             let name = name.clone();
@@ -159,15 +135,11 @@ async fn newcomers_time_to_ready(
     Ok(times)
 }
 
-/// ExternalSecret `name` reading `key`'s `password`, refreshing every 10 s from `store`.
-fn external_secret(name: &str, key: &str) -> serde_json::Result<ExternalSecret> {
-    serde_json::from_value(serde_json::json!({
-        "apiVersion": "external-secrets.io/v1", "kind": "ExternalSecret",
-        "metadata": {"name": name},
-        "spec": {"secretStoreRef": {"name": "store"}, "refreshInterval": "10s",
-                 "data": [{"secretKey": "password",
-                           "remoteRef": {"key": key, "property": "password"}}]}
-    }))
+/// The spec of an ExternalSecret reading `key`'s `password`, refreshing every 10 s from `store`.
+fn reading(key: &str) -> serde_json::Value {
+    serde_json::json!({"secretStoreRef": {"name": "store"}, "refreshInterval": "10s",
+                       "data": [{"secretKey": "password",
+                                 "remoteRef": {"key": key, "property": "password"}}]})
 }
 
 fn is_ready(es: &ExternalSecret) -> bool {

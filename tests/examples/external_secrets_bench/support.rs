@@ -80,24 +80,3 @@ pub async fn metric(addr: &str, series: &str) -> anyhow::Result<f64> {
         .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
         .sum())
 }
-
-/// A raw OpenBao API call with the realenv's root token; the JSON answer, `null` when empty.
-pub async fn bao(
-    env: &RealEnv,
-    method: reqwest::Method,
-    path: &str,
-    body: Option<serde_json::Value>,
-) -> anyhow::Result<serde_json::Value> {
-    let url = format!("{}/v1/{path}", env.var("VAULT_ADDR")?);
-    let mut request = reqwest::Client::new()
-        .request(method.clone(), &url)
-        .header("X-Vault-Token", env.var("VAULT_TOKEN")?);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await?;
-    let status = response.status();
-    let text = response.text().await?;
-    anyhow::ensure!(status.is_success(), "{method} {path}: {status} {text}");
-    Ok(serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))
-}

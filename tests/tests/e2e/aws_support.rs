@@ -4,7 +4,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use mooring_e2e::RealEnv;
+use mooring_e2e::{RealEnv, TestNamespace};
 
 /// A Secrets Manager client for moto with the realenv's static keys (test set-up only).
 pub async fn moto(env: &RealEnv) -> aws_sdk_secretsmanager::Client {
@@ -23,6 +23,31 @@ pub async fn moto(env: &RealEnv) -> aws_sdk_secretsmanager::Client {
         .load()
         .await;
     aws_sdk_secretsmanager::Client::new(&sdk)
+}
+
+/// Creates Secret `aws-keys` with the realenv's static keys (`access-key`, `secret-access-key`),
+/// which [`static_keys_auth`] reads.
+pub async fn create_static_keys(env: &RealEnv, ns: &TestNamespace) {
+    ns.create_secret(
+        "aws-keys",
+        &[
+            ("access-key", env.var("AWS_ACCESS_KEY_ID").unwrap()),
+            (
+                "secret-access-key",
+                env.var("AWS_SECRET_ACCESS_KEY").unwrap(),
+            ),
+        ],
+    )
+    .await
+    .unwrap();
+}
+
+/// The `auth` of an AWS store that signs with the keys of [`create_static_keys`].
+pub fn static_keys_auth() -> serde_json::Value {
+    serde_json::json!({"secretRef": {
+        "accessKeyIDSecretRef": {"name": "aws-keys", "key": "access-key"},
+        "secretAccessKeySecretRef": {"name": "aws-keys", "key": "secret-access-key"},
+    }})
 }
 
 /// Creates (or overwrites) a secret in moto with `tags`.

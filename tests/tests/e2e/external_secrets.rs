@@ -6,121 +6,30 @@ use std::collections::BTreeMap;
 use std::process::Stdio;
 use std::time::Duration;
 
-use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{Event, Secret};
 use kube::Api;
 use kube::api::{ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use mooring_crds::conditions::Condition;
 use mooring_crds::external_secret::ExternalSecret;
 use mooring_crds::secret_store::SecretStore;
+use mooring_e2e::external_secrets::{
+    agent_with_aws_endpoint, openbao_token_provider, wait_for_store_ready,
+};
 use mooring_e2e::{RealEnv, RunningAgent, TestNamespace, wait_for};
 use tokio::io::AsyncReadExt;
 
+use crate::aws_support::{create_static_keys, moto, static_keys_auth};
+
 /// Arguments for an agent watching `namespace`, with the realenv's AWS endpoint.
 fn agent_args(env: &RealEnv, namespace: &str) -> mooring_agent::cli::RunArgs {
-    let mut args = mooring_e2e::agent(env, namespace).unwrap();
-    args.aws_endpoint_url = Some(env.var("AWS_ENDPOINT_URL").unwrap().into());
-    args
+    agent_with_aws_endpoint(env, namespace, env.var("AWS_ENDPOINT_URL").unwrap()).unwrap()
 }
 
-async fn create_secret(ns: &TestNamespace, name: &str, values: &[(&str, &str)]) {
-    let secret = Secret {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            ..Default::default()
-        },
-        data: Some(
-            values
-                .iter()
-                .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
-                .collect(),
-        ),
-        ..Default::default()
-    };
-    ns.api::<Secret>()
-        .create(&PostParams::default(), &secret)
+/// Waits until SecretStore `name` is Ready (reason `Valid`).
+async fn store_valid(ns: &TestNamespace, name: &str) -> Condition {
+    wait_for_store_ready(&ns.api::<SecretStore>(), name, |c| c.reason == "Valid")
         .await
-        .unwrap();
-}
-
-async fn create_store(ns: &TestNamespace, name: &str, provider: serde_json::Value) {
-    let store: SecretStore = serde_json::from_value(serde_json::json!({
-        "apiVersion": "external-secrets.io/v1",
-        "kind": "SecretStore",
-        "metadata": {"name": name},
-        "spec": {"provider": provider},
-    }))
-    .unwrap();
-    ns.api::<SecretStore>()
-        .create(&PostParams::default(), &store)
-        .await
-        .unwrap();
-}
-
-async fn create_external_secret(ns: &TestNamespace, name: &str, spec: serde_json::Value) {
-    let es: ExternalSecret = serde_json::from_value(serde_json::json!({
-        "apiVersion": "external-secrets.io/v1",
-        "kind": "ExternalSecret",
-        "metadata": {"name": name},
-        "spec": spec,
-    }))
-    .unwrap();
-    ns.api::<ExternalSecret>()
-        .create(&PostParams::default(), &es)
-        .await
-        .unwrap();
-}
-
-/// Waits until condition `type_` of ExternalSecret `name` has `status` and `reason`.
-async fn wait_for_condition(
-    ns: &TestNamespace,
-    name: &str,
-    type_: &str,
-    status: &str,
-    reason: &str,
-) -> Condition {
-    let api: Api<ExternalSecret> = ns.api();
-    wait_for(
-        &format!("ExternalSecret {name} {type_}={status} ({reason})"),
-        Duration::from_secs(60),
-        || {
-            let api = api.clone();
-            async move {
-                let es = api.get(name).await.ok()?;
-                let condition = es
-                    .status?
-                    .conditions
-                    .into_iter()
-                    .find(|c| c.type_ == type_)?;
-                let status_text = serde_json::to_value(condition.status).ok()?;
-                (status_text == status && condition.reason == reason).then_some(condition)
-            }
-        },
-    )
-    .await
-    .unwrap()
-}
-
-async fn wait_for_store_ready(ns: &TestNamespace, name: &str) -> Condition {
-    let api: Api<SecretStore> = ns.api();
-    wait_for(
-        &format!("SecretStore {name} Ready"),
-        Duration::from_secs(60),
-        || {
-            let api = api.clone();
-            async move {
-                let store = api.get(name).await.ok()?;
-                let ready = store
-                    .status?
-                    .conditions
-                    .into_iter()
-                    .find(|c| c.type_ == "Ready")?;
-                (ready.reason == "Valid").then_some(ready)
-            }
-        },
-    )
-    .await
-    .unwrap()
+        .unwrap()
 }
 
 /// Every Event of the namespace, as text.
@@ -142,8 +51,7 @@ async fn create_update_delete(
     store_label: &str,
     remote: &dyn RemoteStore,
 ) {
-    create_external_secret(
-        ns,
+    ns.create_external_secret(
         "db",
         serde_json::json!({
             "secretStoreRef": {"name": "store", "kind": "SecretStore"},
@@ -159,7 +67,8 @@ async fn create_update_delete(
             "dataFrom": [{"extract": {"key": remote.key()}}],
         }),
     )
-    .await;
+    .await
+    .unwrap();
     let secret = ns
         .wait_for_secret("db-creds", "password", b"first-password")
         .await
@@ -183,8 +92,10 @@ async fn create_update_delete(
         managers.contains(&("mooring".into(), "Apply".into())),
         "written by server-side apply as mooring: {managers:?}"
     );
-    wait_for_condition(ns, "db", "Ready", "True", "SecretSynced").await;
-    wait_for_store_ready(ns, "store").await;
+    ns.wait_for_condition("db", "Ready", "True", "SecretSynced")
+        .await
+        .unwrap();
+    store_valid(ns, "store").await;
 
     // The remote value changes: the Secret follows within the refresh interval (2 s + jitter).
     remote
@@ -202,13 +113,18 @@ async fn create_update_delete(
 
     // The remote key is deleted: the Secret is kept, the status says NotFound.
     remote.delete().await;
-    let fetched = wait_for_condition(ns, "db", "Fetched", "False", "NotFound").await;
+    let fetched = ns
+        .wait_for_condition("db", "Fetched", "False", "NotFound")
+        .await
+        .unwrap();
     assert!(
         fetched.message.contains(remote.key()),
         "{}",
         fetched.message
     );
-    wait_for_condition(ns, "db", "Ready", "False", "SecretSyncedError").await;
+    ns.wait_for_condition("db", "Ready", "False", "SecretSyncedError")
+        .await
+        .unwrap();
     let kept = ns.api::<Secret>().get("db-creds").await.unwrap();
     assert_eq!(
         kept.data.as_ref().unwrap()["password"].0,
@@ -315,24 +231,10 @@ async fn openbao_kv2_token_auth_create_update_and_not_found() {
     remote
         .put(r#"{"username":"app","password":"first-password"}"#)
         .await;
-    create_secret(
-        &ns,
-        "bao-token",
-        &[("token", env.var("VAULT_TOKEN").unwrap())],
-    )
-    .await;
-    create_store(
-        &ns,
-        "store",
-        serde_json::json!({"vault": {
-            "server": env.var("VAULT_ADDR").unwrap(),
-            "path": "secret",
-            "version": "v2",
-            "auth": {"tokenSecretRef": {"name": "bao-token", "key": "token"}},
-        }}),
-    )
-    .await;
-    let agent = RunningAgent::start_with(agent_args(&env, ns.name()))
+    let mut provider = openbao_token_provider(env.var("VAULT_ADDR").unwrap());
+    provider["vault"]["version"] = "v2".into();
+    let agent = ns
+        .start_agent_with_store(&env, provider, agent_args(&env, ns.name()))
         .await
         .unwrap();
     create_update_delete(&ns, &agent, "openbao", &remote).await;
@@ -380,24 +282,6 @@ impl RemoteStore for MotoSecret {
     }
 }
 
-async fn moto(env: &RealEnv) -> aws_sdk_secretsmanager::Client {
-    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new(
-            env.var("AWS_REGION").unwrap().to_string(),
-        ))
-        .endpoint_url(env.var("AWS_ENDPOINT_URL").unwrap())
-        .credentials_provider(aws_sdk_secretsmanager::config::Credentials::new(
-            env.var("AWS_ACCESS_KEY_ID").unwrap(),
-            env.var("AWS_SECRET_ACCESS_KEY").unwrap(),
-            None,
-            None,
-            "e2e",
-        ))
-        .load()
-        .await;
-    aws_sdk_secretsmanager::Client::new(&sdk)
-}
-
 #[tokio::test]
 async fn aws_secrets_manager_static_keys_create_update_and_not_found() {
     let env = RealEnv::load().unwrap();
@@ -410,31 +294,17 @@ async fn aws_secrets_manager_static_keys_create_update_and_not_found() {
     remote
         .put(r#"{"username":"app","password":"first-password"}"#)
         .await;
-    create_secret(
-        &ns,
-        "aws-keys",
-        &[
-            ("access-key", env.var("AWS_ACCESS_KEY_ID").unwrap()),
-            (
-                "secret-access-key",
-                env.var("AWS_SECRET_ACCESS_KEY").unwrap(),
-            ),
-        ],
-    )
-    .await;
-    create_store(
-        &ns,
+    create_static_keys(&env, &ns).await;
+    ns.create_secret_store(
         "store",
         serde_json::json!({"aws": {
             "service": "SecretsManager",
             "region": env.var("AWS_REGION").unwrap(),
-            "auth": {"secretRef": {
-                "accessKeyIDSecretRef": {"name": "aws-keys", "key": "access-key"},
-                "secretAccessKeySecretRef": {"name": "aws-keys", "key": "secret-access-key"},
-            }},
+            "auth": static_keys_auth(),
         }}),
     )
-    .await;
+    .await
+    .unwrap();
     let agent = RunningAgent::start_with(agent_args(&env, ns.name()))
         .await
         .unwrap();
@@ -457,22 +327,13 @@ async fn secret_bytes_never_reach_status_events_or_logs() {
     vaultrs::kv2::set(&vault, "secret", &path, &data)
         .await
         .unwrap();
-    create_secret(
-        &ns,
-        "bao-token",
-        &[("token", env.var("VAULT_TOKEN").unwrap())],
-    )
-    .await;
-    create_store(
-        &ns,
+    ns.create_openbao_token(&env).await.unwrap();
+    ns.create_secret_store(
         "store",
-        serde_json::json!({"vault": {
-            "server": env.var("VAULT_ADDR").unwrap(),
-            "path": "secret",
-            "auth": {"tokenSecretRef": {"name": "bao-token", "key": "token"}},
-        }}),
+        openbao_token_provider(env.var("VAULT_ADDR").unwrap()),
     )
-    .await;
+    .await
+    .unwrap();
 
     // The agent binary, as deployed, with debug logs captured.
     let mut child = tokio::process::Command::new(mooring_e2e::binary("mooring").unwrap())
@@ -516,30 +377,40 @@ async fn secret_bytes_never_reach_status_events_or_logs() {
 
     let ok = serde_json::json!({"secretStoreRef": {"name": "store"}, "refreshInterval": "1s",
         "data": [{"secretKey": "password", "remoteRef": {"key": path, "property": "password"}}]});
-    create_external_secret(&ns, "ok", ok).await;
+    ns.create_external_secret("ok", ok).await.unwrap();
     let template = serde_json::json!({"secretStoreRef": {"name": "store"}, "refreshInterval": "1s",
         "target": {"template": {"data": {"x": "{{ .password | b64dec }}"}}},
         "data": [{"secretKey": "password", "remoteRef": {"key": path, "property": "password"}}]});
-    create_external_secret(&ns, "template", template).await;
+    ns.create_external_secret("template", template)
+        .await
+        .unwrap();
     let decode = serde_json::json!({"secretStoreRef": {"name": "store"}, "refreshInterval": "1s",
         "data": [{"secretKey": "password", "remoteRef": {"key": path, "property": "password", "decodingStrategy": "Base64"}}]});
-    create_external_secret(&ns, "decode", decode).await;
+    ns.create_external_secret("decode", decode).await.unwrap();
     let property = serde_json::json!({"secretStoreRef": {"name": "store"}, "refreshInterval": "1s",
         "data": [{"secretKey": "p", "remoteRef": {"key": path, "property": "nope"}}]});
-    create_external_secret(&ns, "property", property).await;
+    ns.create_external_secret("property", property)
+        .await
+        .unwrap();
 
     ns.wait_for_secret("ok", "password", VALUE.as_bytes())
         .await
         .unwrap();
-    let template_failed =
-        wait_for_condition(&ns, "template", "Ready", "False", "SecretSyncedError").await;
+    let template_failed = ns
+        .wait_for_condition("template", "Ready", "False", "SecretSyncedError")
+        .await
+        .unwrap();
     assert!(
         template_failed.message.contains("\"x\""),
         "{}",
         template_failed.message
     );
-    wait_for_condition(&ns, "decode", "Ready", "False", "SecretSyncedError").await;
-    wait_for_condition(&ns, "property", "Fetched", "False", "NotFound").await;
+    ns.wait_for_condition("decode", "Ready", "False", "SecretSyncedError")
+        .await
+        .unwrap();
+    ns.wait_for_condition("property", "Fetched", "False", "NotFound")
+        .await
+        .unwrap();
     // Let more refreshes and failure retries go by: wait for two more refreshes of "ok".
     let refreshed = |es: ExternalSecret| es.status.and_then(|s| s.refresh_time);
     let first = refreshed(ns.api::<ExternalSecret>().get("ok").await.unwrap());
@@ -606,36 +477,27 @@ async fn drift_is_repaired_without_a_provider_call_and_unsupported_fields_are_na
     vaultrs::kv2::set(&vault, "secret", &path, &data)
         .await
         .unwrap();
-    create_secret(
-        &ns,
-        "bao-token",
-        &[("token", env.var("VAULT_TOKEN").unwrap())],
-    )
-    .await;
-    create_store(
-        &ns,
-        "store",
-        serde_json::json!({"vault": {
-            "server": env.var("VAULT_ADDR").unwrap(),
-            "path": "secret",
-            "auth": {"tokenSecretRef": {"name": "bao-token", "key": "token"}},
-        }}),
-    )
-    .await;
-    let agent = RunningAgent::start_with(agent_args(&env, ns.name()))
+    let agent = ns
+        .start_agent_with_store(
+            &env,
+            openbao_token_provider(env.var("VAULT_ADDR").unwrap()),
+            agent_args(&env, ns.name()),
+        )
         .await
         .unwrap();
-    create_external_secret(
-        &ns,
+    ns.create_external_secret(
         "drift",
         serde_json::json!({"secretStoreRef": {"name": "store"}, "refreshInterval": "1h",
             "data": [{"secretKey": "password", "remoteRef": {"key": path, "property": "password"}}]}),
     )
-    .await;
+    .await
+    .unwrap();
     ns.wait_for_secret("drift", "password", b"drift-password")
         .await
         .unwrap();
-    wait_for_condition(&ns, "drift", "Ready", "True", "SecretSynced").await;
+    ns.wait_for_condition("drift", "Ready", "True", "SecretSynced")
+        .await
+        .unwrap();
     let reads_metric = format!(
         "mooring_externalsecret_provider_calls_total{{store=\"SecretStore {}/store\",call=\"get\"",
         ns.name()
@@ -663,41 +525,37 @@ async fn drift_is_repaired_without_a_provider_call_and_unsupported_fields_are_na
 
     // A store without `path` (the mount is the key's first segment, `data/` tolerated, as ESO)
     // and a nested property.
-    create_store(
-        &ns,
+    ns.create_secret_store(
         "nopath",
         serde_json::json!({"vault": {
             "server": env.var("VAULT_ADDR").unwrap(),
             "auth": {"tokenSecretRef": {"name": "bao-token", "key": "token"}},
         }}),
     )
-    .await;
-    create_external_secret(
-        &ns,
+    .await
+    .unwrap();
+    ns.create_external_secret(
         "nested",
         serde_json::json!({"secretStoreRef": {"name": "nopath"},
             "data": [{"secretKey": "user", "remoteRef": {"key": format!("secret/data/{path}"), "property": "db.user"}}]}),
     )
-    .await;
+    .await
+    .unwrap();
     ns.wait_for_secret("nested", "user", b"nested-user")
         .await
         .unwrap();
 
-    create_external_secret(
-        &ns,
+    ns.create_external_secret(
         "merge",
         serde_json::json!({"secretStoreRef": {"name": "store"},
             "dataFrom": [{"find": {"name": {"regexp": ".*"}}, "rewrite": [{"merge": {"into": "all"}}]}]}),
     )
-    .await;
-    let unsupported = wait_for_condition(
-        &ns,
-        "merge",
-        "UnsupportedFields",
-        "True",
-        "UnsupportedFields",
-    )
-    .await;
+    .await
+    .unwrap();
+    let unsupported = ns
+        .wait_for_condition("merge", "UnsupportedFields", "True", "UnsupportedFields")
+        .await
+        .unwrap();
     assert!(
         unsupported
             .message
@@ -706,32 +564,6 @@ async fn drift_is_repaired_without_a_provider_call_and_unsupported_fields_are_na
         unsupported.message
     );
     agent.stop().await.unwrap();
-}
-
-/// A raw OpenBao API call as root (mounts, policies and auth methods are test set-up, and not
-/// all of them are in vaultrs).
-async fn bao(
-    env: &RealEnv,
-    method: reqwest::Method,
-    path: &str,
-    body: Option<serde_json::Value>,
-) -> serde_json::Value {
-    let url = format!("{}/v1/{path}", env.var("VAULT_ADDR").unwrap());
-    let mut request = reqwest::Client::new()
-        .request(method.clone(), &url)
-        .header("X-Vault-Token", env.var("VAULT_TOKEN").unwrap());
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status();
-    let text = response.text().await.unwrap();
-    assert!(status.is_success(), "{method} {path}: {status} {text}");
-    if text.is_empty() {
-        serde_json::Value::Null
-    } else {
-        serde_json::from_str(&text).unwrap()
-    }
 }
 
 /// Mounts and auth methods of one test in the shared OpenBao, removed when dropped.
@@ -772,13 +604,13 @@ async fn bao_policy(env: &RealEnv, ns: &TestNamespace, kv1: &str) -> String {
          path \"secret/data/mooring-e2e/{ns}/*\" {{ capabilities = [\"read\"] }}\n",
         ns = ns.name()
     );
-    bao(
-        env,
+    env.openbao_api(
         reqwest::Method::PUT,
         &format!("sys/policies/acl/{name}"),
         Some(serde_json::json!({"policy": policy})),
     )
-    .await;
+    .await
+    .unwrap();
     name
 }
 
@@ -793,58 +625,40 @@ async fn openbao_approle_auth_with_kv_v1() {
         env: env.clone(),
         paths: vec![format!("sys/mounts/{kv1}"), format!("sys/auth/{approle}")],
     };
-    bao(
-        &env,
+    env.openbao_api(
         reqwest::Method::POST,
         &format!("sys/mounts/{kv1}"),
         Some(serde_json::json!({"type": "kv", "options": {"version": "1"}})),
     )
-    .await;
-    bao(
-        &env,
+    .await
+    .unwrap();
+    env.openbao_api(
         reqwest::Method::POST,
         &format!("{kv1}/db"),
         Some(serde_json::json!({"username": "app", "password": "approle-password"})),
     )
-    .await;
+    .await
+    .unwrap();
     let policy = bao_policy(&env, &ns, &kv1).await;
-    bao(
-        &env,
+    env.openbao_api(
         reqwest::Method::POST,
         &format!("sys/auth/{approle}"),
         Some(serde_json::json!({"type": "approle"})),
     )
-    .await;
-    bao(
-        &env,
-        reqwest::Method::POST,
-        &format!("auth/{approle}/role/app"),
-        Some(serde_json::json!({"token_policies": [policy], "token_ttl": "1h"})),
-    )
-    .await;
-    let role_id = bao(
-        &env,
-        reqwest::Method::GET,
-        &format!("auth/{approle}/role/app/role-id"),
-        None,
-    )
-    .await["data"]["role_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let secret_id = bao(
-        &env,
-        reqwest::Method::POST,
-        &format!("auth/{approle}/role/app/secret-id"),
-        None,
-    )
-    .await["data"]["secret_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    create_secret(&ns, "approle", &[("secret-id", &secret_id)]).await;
-    create_store(
-        &ns,
+    .await
+    .unwrap();
+    let (role_id, secret_id) = env
+        .openbao_approle(
+            &approle,
+            "app",
+            serde_json::json!({"token_policies": [policy], "token_ttl": "1h"}),
+        )
+        .await
+        .unwrap();
+    ns.create_secret("approle", &[("secret-id", &secret_id)])
+        .await
+        .unwrap();
+    ns.create_secret_store(
         "store",
         serde_json::json!({"vault": {
             "server": env.var("VAULT_ADDR").unwrap(),
@@ -854,19 +668,20 @@ async fn openbao_approle_auth_with_kv_v1() {
                                  "secretRef": {"name": "approle", "key": "secret-id"}}},
         }}),
     )
-    .await;
+    .await
+    .unwrap();
     let agent = RunningAgent::start_with(agent_args(&env, ns.name()))
         .await
         .unwrap();
-    let ready = wait_for_store_ready(&ns, "store").await;
+    let ready = store_valid(&ns, "store").await;
     assert_eq!(ready.message, "store validated");
-    create_external_secret(
-        &ns,
+    ns.create_external_secret(
         "db",
         serde_json::json!({"secretStoreRef": {"name": "store"}, "refreshInterval": "1s",
             "dataFrom": [{"extract": {"key": "db"}}]}),
     )
-    .await;
+    .await
+    .unwrap();
     ns.wait_for_secret("db", "password", b"approle-password")
         .await
         .unwrap();
@@ -892,39 +707,19 @@ async fn openbao_approle_auth_with_kv_v1() {
 
     // A token that expires after 6 s: the agent logs in again before it does (two thirds of
     // the lease), and no read is ever refused.
-    bao(
-        &env,
-        reqwest::Method::POST,
-        &format!("auth/approle-{}/role/short", ns.name()),
-        Some(
+    let (short_role, short_secret) = env
+        .openbao_approle(
+            &approle,
+            "short",
             serde_json::json!({"token_policies": [format!("e2e-{}", ns.name())],
-            "token_ttl": "6s", "token_max_ttl": "6s"}),
-        ),
-    )
-    .await;
-    let short_role = bao(
-        &env,
-        reqwest::Method::GET,
-        &format!("auth/approle-{}/role/short/role-id", ns.name()),
-        None,
-    )
-    .await["data"]["role_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let short_secret = bao(
-        &env,
-        reqwest::Method::POST,
-        &format!("auth/approle-{}/role/short/secret-id", ns.name()),
-        None,
-    )
-    .await["data"]["secret_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    create_secret(&ns, "short", &[("secret-id", &short_secret)]).await;
-    create_store(
-        &ns,
+                "token_ttl": "6s", "token_max_ttl": "6s"}),
+        )
+        .await
+        .unwrap();
+    ns.create_secret("short", &[("secret-id", &short_secret)])
+        .await
+        .unwrap();
+    ns.create_secret_store(
         "short",
         serde_json::json!({"vault": {
             "server": env.var("VAULT_ADDR").unwrap(),
@@ -934,14 +729,15 @@ async fn openbao_approle_auth_with_kv_v1() {
                                  "secretRef": {"name": "short", "key": "secret-id"}}},
         }}),
     )
-    .await;
-    create_external_secret(
-        &ns,
+    .await
+    .unwrap();
+    ns.create_external_secret(
         "short",
         serde_json::json!({"secretStoreRef": {"name": "short"}, "refreshInterval": "1s",
             "dataFrom": [{"extract": {"key": "db"}}]}),
     )
-    .await;
+    .await
+    .unwrap();
     ns.wait_for_secret("short", "password", b"approle-password")
         .await
         .unwrap();
@@ -978,14 +774,13 @@ async fn openbao_approle_auth_with_kv_v1() {
     );
 
     // A wrong secret id: the store says ValidationFailed (a real round trip, not a config check).
-    create_secret(
-        &ns,
+    ns.create_secret(
         "wrong",
         &[("secret-id", "00000000-0000-0000-0000-000000000000")],
     )
-    .await;
-    create_store(
-        &ns,
+    .await
+    .unwrap();
+    ns.create_secret_store(
         "wrong",
         serde_json::json!({"vault": {
             "server": env.var("VAULT_ADDR").unwrap(),
@@ -995,26 +790,11 @@ async fn openbao_approle_auth_with_kv_v1() {
                                  "secretRef": {"name": "wrong", "key": "secret-id"}}},
         }}),
     )
-    .await;
-    let api: Api<SecretStore> = ns.api();
-    let failed = wait_for(
-        "the wrong store to fail validation",
-        Duration::from_secs(60),
-        || {
-            let api = api.clone();
-            async move {
-                let ready = api
-                    .get("wrong")
-                    .await
-                    .ok()?
-                    .status?
-                    .conditions
-                    .into_iter()
-                    .find(|c| c.type_ == "Ready")?;
-                (ready.reason == "ValidationFailed").then_some(ready)
-            }
-        },
-    )
+    .await
+    .unwrap();
+    let failed = wait_for_store_ready(&ns.api::<SecretStore>(), "wrong", |c| {
+        c.reason == "ValidationFailed"
+    })
     .await
     .unwrap();
     assert!(
@@ -1067,26 +847,26 @@ async fn openbao_kubernetes_auth_with_a_requested_service_account_token() {
     )
     .unwrap();
     let host = env.admin_config().await.unwrap().cluster_url.to_string();
-    bao(
-        &env,
+    env.openbao_api(
         reqwest::Method::POST,
         &format!("sys/auth/{mount}"),
         Some(serde_json::json!({"type": "kubernetes"})),
     )
-    .await;
-    bao(&env, reqwest::Method::POST, &format!("auth/{mount}/config"),
+    .await
+    .unwrap();
+    env.openbao_api(reqwest::Method::POST, &format!("auth/{mount}/config"),
         Some(serde_json::json!({"kubernetes_host": host.trim_end_matches('/'), "kubernetes_ca_cert": ca,
-            "token_reviewer_jwt": reviewer_jwt, "disable_local_ca_jwt": true}))).await;
+            "token_reviewer_jwt": reviewer_jwt, "disable_local_ca_jwt": true}))).await.unwrap();
     let policy = bao_policy(&env, &ns, "none").await;
-    bao(
-        &env,
+    env.openbao_api(
         reqwest::Method::POST,
         &format!("auth/{mount}/role/app"),
         Some(serde_json::json!({"bound_service_account_names": ["app"],
             "bound_service_account_namespaces": [ns.name()],
             "token_policies": [policy], "token_ttl": "1h"})),
     )
-    .await;
+    .await
+    .unwrap();
     // The application's ServiceAccount; the agent requests its token (TokenRequest).
     ns.api::<ServiceAccount>()
         .create(
@@ -1106,8 +886,7 @@ async fn openbao_kubernetes_auth_with_a_requested_service_account_token() {
     vaultrs::kv2::set(&env.openbao().unwrap(), "secret", &path, &data)
         .await
         .unwrap();
-    create_store(
-        &ns,
+    ns.create_secret_store(
         "store",
         serde_json::json!({"vault": {
             "server": env.var("VAULT_ADDR").unwrap(),
@@ -1117,18 +896,19 @@ async fn openbao_kubernetes_auth_with_a_requested_service_account_token() {
                                     "serviceAccountRef": {"name": "app"}}},
         }}),
     )
-    .await;
+    .await
+    .unwrap();
     let agent = RunningAgent::start_with(agent_args(&env, ns.name()))
         .await
         .unwrap();
-    wait_for_store_ready(&ns, "store").await;
-    create_external_secret(
-        &ns,
+    store_valid(&ns, "store").await;
+    ns.create_external_secret(
         "db",
         serde_json::json!({"secretStoreRef": {"name": "store"},
             "data": [{"secretKey": "password", "remoteRef": {"key": path, "property": "password"}}]}),
     )
-    .await;
+    .await
+    .unwrap();
     ns.wait_for_secret("db", "password", b"k8s-auth-password")
         .await
         .unwrap();
@@ -1158,12 +938,7 @@ async fn shared_reads_cluster_store_conditions_and_policies() {
     vaultrs::kv2::set(&vault, "secret", &gone, &data)
         .await
         .unwrap();
-    create_secret(
-        &ns,
-        "bao-token",
-        &[("token", env.var("VAULT_TOKEN").unwrap())],
-    )
-    .await;
+    ns.create_openbao_token(&env).await.unwrap();
     let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(ns.client());
     let label = |value: Option<&str>| serde_json::json!({"metadata": {"labels": {"e2e.mooring.dev/css-allowed": value}}});
     namespaces
@@ -1191,29 +966,25 @@ async fn shared_reads_cluster_store_conditions_and_policies() {
     .unwrap();
     let stores: Api<ClusterSecretStore> = Api::all(ns.client());
     stores.create(&PostParams::default(), &css).await.unwrap();
-    create_store(
-        &ns,
+    ns.create_secret_store(
         "store",
-        serde_json::json!({"vault": {
-            "server": env.var("VAULT_ADDR").unwrap(),
-            "path": "secret",
-            "auth": {"tokenSecretRef": {"name": "bao-token", "key": "token"}},
-        }}),
+        openbao_token_provider(env.var("VAULT_ADDR").unwrap()),
     )
-    .await;
+    .await
+    .unwrap();
     let agent = RunningAgent::start_with(agent_args(&env, ns.name()))
         .await
         .unwrap();
 
     // Two ExternalSecrets, one remote read.
     for name in ["a", "b"] {
-        create_external_secret(
-            &ns,
+        ns.create_external_secret(
             name,
             serde_json::json!({"secretStoreRef": {"name": css_name, "kind": "ClusterSecretStore"},
                 "data": [{"secretKey": "password", "remoteRef": {"key": path, "property": "password"}}]}),
         )
-        .await;
+        .await
+        .unwrap();
     }
     ns.wait_for_secret("a", "password", b"shared-password")
         .await
@@ -1250,7 +1021,10 @@ async fn shared_reads_cluster_store_conditions_and_policies() {
         .patch("a", &PatchParams::default(), &Patch::Merge(&force))
         .await
         .unwrap();
-    let denied = wait_for_condition(&ns, "a", "Ready", "False", "SecretSyncedError").await;
+    let denied = ns
+        .wait_for_condition("a", "Ready", "False", "SecretSyncedError")
+        .await
+        .unwrap();
     assert!(
         denied.message.contains("not allowed from namespace"),
         "{}",
@@ -1262,15 +1036,17 @@ async fn shared_reads_cluster_store_conditions_and_policies() {
     );
 
     // creationPolicy Merge: keys go into an existing Secret, whose other keys and owner stay.
-    create_secret(&ns, "existing", &[("keep", "theirs")]).await;
-    create_external_secret(
-        &ns,
+    ns.create_secret("existing", &[("keep", "theirs")])
+        .await
+        .unwrap();
+    ns.create_external_secret(
         "merge",
         serde_json::json!({"secretStoreRef": {"name": "store"},
             "target": {"name": "existing", "creationPolicy": "Merge"},
             "data": [{"secretKey": "password", "remoteRef": {"key": path, "property": "password"}}]}),
     )
-    .await;
+    .await
+    .unwrap();
     let merged = ns
         .wait_for_secret("existing", "password", b"shared-password")
         .await
@@ -1278,15 +1054,17 @@ async fn shared_reads_cluster_store_conditions_and_policies() {
     assert_eq!(merged.data.as_ref().unwrap()["keep"].0, b"theirs");
     assert!(merged.metadata.owner_references.is_none());
     // ... and never creates one.
-    create_external_secret(
-        &ns,
+    ns.create_external_secret(
         "merge-missing",
         serde_json::json!({"secretStoreRef": {"name": "store"},
             "target": {"name": "absent", "creationPolicy": "Merge"},
             "data": [{"secretKey": "password", "remoteRef": {"key": path, "property": "password"}}]}),
     )
-    .await;
-    wait_for_condition(&ns, "merge-missing", "Ready", "True", "SecretMissing").await;
+    .await
+    .unwrap();
+    ns.wait_for_condition("merge-missing", "Ready", "True", "SecretMissing")
+        .await
+        .unwrap();
     assert!(
         ns.api::<Secret>()
             .get_opt("absent")
@@ -1296,14 +1074,14 @@ async fn shared_reads_cluster_store_conditions_and_policies() {
     );
 
     // creationPolicy Orphan: no owner reference.
-    create_external_secret(
-        &ns,
+    ns.create_external_secret(
         "orphan",
         serde_json::json!({"secretStoreRef": {"name": "store"},
             "target": {"creationPolicy": "Orphan"},
             "data": [{"secretKey": "password", "remoteRef": {"key": path, "property": "password"}}]}),
     )
-    .await;
+    .await
+    .unwrap();
     let orphan = ns
         .wait_for_secret("orphan", "password", b"shared-password")
         .await
@@ -1311,21 +1089,23 @@ async fn shared_reads_cluster_store_conditions_and_policies() {
     assert!(orphan.metadata.owner_references.is_none());
 
     // deletionPolicy Delete: the Secret goes when the remote data is gone.
-    create_external_secret(
-        &ns,
+    ns.create_external_secret(
         "gone",
         serde_json::json!({"secretStoreRef": {"name": "store"}, "refreshInterval": "1s",
             "target": {"deletionPolicy": "Delete"},
             "data": [{"secretKey": "password", "remoteRef": {"key": gone, "property": "password"}}]}),
     )
-    .await;
+    .await
+    .unwrap();
     ns.wait_for_secret("gone", "password", b"shared-password")
         .await
         .unwrap();
     vaultrs::kv2::delete_metadata(&vault, "secret", &gone)
         .await
         .unwrap();
-    wait_for_condition(&ns, "gone", "Ready", "False", "SecretDeleted").await;
+    ns.wait_for_condition("gone", "Ready", "False", "SecretDeleted")
+        .await
+        .unwrap();
     assert!(
         ns.api::<Secret>().get_opt("gone").await.unwrap().is_none(),
         "Secret deleted"
@@ -1416,40 +1196,34 @@ async fn server_outage_keeps_the_secret_reports_unavailable_and_recovers() {
         .trim_start_matches("http://")
         .to_string();
     let outage = Outage::forward_to(target).await;
-    create_secret(
-        &ns,
-        "bao-token",
-        &[("token", env.var("VAULT_TOKEN").unwrap())],
-    )
-    .await;
-    create_store(
-        &ns,
-        "store",
-        serde_json::json!({"vault": {
-            "server": outage.url(),
-            "path": "secret",
-            "auth": {"tokenSecretRef": {"name": "bao-token", "key": "token"}},
-        }}),
-    )
-    .await;
-    let agent = RunningAgent::start_with(agent_args(&env, ns.name()))
+    let agent = ns
+        .start_agent_with_store(
+            &env,
+            openbao_token_provider(&outage.url()),
+            agent_args(&env, ns.name()),
+        )
         .await
         .unwrap();
-    create_external_secret(
-        &ns,
+    ns.create_external_secret(
         "db",
         serde_json::json!({"secretStoreRef": {"name": "store"}, "refreshInterval": "1s",
             "data": [{"secretKey": "password", "remoteRef": {"key": path, "property": "password"}}]}),
     )
-    .await;
+    .await
+    .unwrap();
     ns.wait_for_secret("db", "password", b"outage-password")
         .await
         .unwrap();
 
     outage.down();
-    let fetched = wait_for_condition(&ns, "db", "Fetched", "False", "Unavailable").await;
+    let fetched = ns
+        .wait_for_condition("db", "Fetched", "False", "Unavailable")
+        .await
+        .unwrap();
     assert!(fetched.message.contains(&path), "{}", fetched.message);
-    wait_for_condition(&ns, "db", "Ready", "False", "SecretSyncedError").await;
+    ns.wait_for_condition("db", "Ready", "False", "SecretSyncedError")
+        .await
+        .unwrap();
     let kept = ns.api::<Secret>().get("db").await.unwrap();
     assert_eq!(
         kept.data.unwrap()["password"].0,
@@ -1458,8 +1232,12 @@ async fn server_outage_keeps_the_secret_reports_unavailable_and_recovers() {
     );
 
     outage.up();
-    wait_for_condition(&ns, "db", "Ready", "True", "SecretSynced").await;
-    wait_for_condition(&ns, "db", "Fetched", "True", "Fetched").await;
+    ns.wait_for_condition("db", "Ready", "True", "SecretSynced")
+        .await
+        .unwrap();
+    ns.wait_for_condition("db", "Fetched", "True", "Fetched")
+        .await
+        .unwrap();
     agent.stop().await.unwrap();
 }
 
@@ -1480,33 +1258,22 @@ async fn an_immutable_target_is_never_rewritten() {
     )
     .await
     .unwrap();
-    create_secret(
-        &ns,
-        "bao-token",
-        &[("token", env.var("VAULT_TOKEN").unwrap())],
-    )
-    .await;
-    create_store(
-        &ns,
-        "store",
-        serde_json::json!({"vault": {
-            "server": env.var("VAULT_ADDR").unwrap(),
-            "path": "secret",
-            "auth": {"tokenSecretRef": {"name": "bao-token", "key": "token"}},
-        }}),
-    )
-    .await;
-    let agent = RunningAgent::start_with(agent_args(&env, ns.name()))
+    let agent = ns
+        .start_agent_with_store(
+            &env,
+            openbao_token_provider(env.var("VAULT_ADDR").unwrap()),
+            agent_args(&env, ns.name()),
+        )
         .await
         .unwrap();
-    create_external_secret(
-        &ns,
+    ns.create_external_secret(
         "frozen",
         serde_json::json!({"secretStoreRef": {"name": "store"}, "refreshInterval": "1s",
             "target": {"immutable": true},
             "data": [{"secretKey": "password", "remoteRef": {"key": path, "property": "password"}}]}),
     )
-    .await;
+    .await
+    .unwrap();
     let secret = ns
         .wait_for_secret("frozen", "password", b"v1")
         .await
@@ -1520,7 +1287,10 @@ async fn an_immutable_target_is_never_rewritten() {
     )
     .await
     .unwrap();
-    let failed = wait_for_condition(&ns, "frozen", "Ready", "False", "SecretSyncedError").await;
+    let failed = ns
+        .wait_for_condition("frozen", "Ready", "False", "SecretSyncedError")
+        .await
+        .unwrap();
     assert!(failed.message.contains("immutable"), "{}", failed.message);
     let kept = ns.api::<Secret>().get("frozen").await.unwrap();
     assert_eq!(kept.data.unwrap()["password"].0, b"v1");
@@ -1570,39 +1340,24 @@ async fn openbao_find_by_name_and_tags_with_rewrite_and_new_matches() {
         put(format!("{base}/tagged/two"), serde_json::json!({"t": "2"})).await,
     ];
     for (path, team) in [("tagged/one", ns.name()), ("tagged/two", "someone-else")] {
-        bao(
-            &env,
+        env.openbao_api(
             reqwest::Method::POST,
             &format!("secret/metadata/{base}/{path}"),
             Some(serde_json::json!({"custom_metadata": {"team": team}})),
         )
-        .await;
+        .await
+        .unwrap();
     }
-    create_secret(
-        &ns,
-        "bao-token",
-        &[("token", env.var("VAULT_TOKEN").unwrap())],
-    )
-    .await;
-    create_store(
-        &ns,
-        "store",
-        serde_json::json!({"vault": {
-            "server": env.var("VAULT_ADDR").unwrap(),
-            "path": "secret",
-            "version": "v2",
-            "auth": {"tokenSecretRef": {"name": "bao-token", "key": "token"}},
-        }}),
-    )
-    .await;
-    let agent = RunningAgent::start_with(agent_args(&env, ns.name()))
+    let mut provider = openbao_token_provider(env.var("VAULT_ADDR").unwrap());
+    provider["vault"]["version"] = "v2".into();
+    let agent = ns
+        .start_agent_with_store(&env, provider, agent_args(&env, ns.name()))
         .await
         .unwrap();
 
     // By name regexp under a path, keys rewritten in order: a regexp with a group, then a
     // template.
-    create_external_secret(
-        &ns,
+    ns.create_external_secret(
         "found",
         serde_json::json!({
             "secretStoreRef": {"name": "store"},
@@ -1616,12 +1371,12 @@ async fn openbao_find_by_name_and_tags_with_rewrite_and_new_matches() {
             }],
         }),
     )
-    .await;
+    .await
+    .unwrap();
     // By tags (KV v2 custom metadata); keys named by the default conversion (`/` → `_`). Two
     // ExternalSecrets with one query share one read of it.
     for name in ["tagged", "tagged-again"] {
-        create_external_secret(
-            &ns,
+        ns.create_external_secret(
             name,
             serde_json::json!({
                 "secretStoreRef": {"name": "store"},
@@ -1629,11 +1384,11 @@ async fn openbao_find_by_name_and_tags_with_rewrite_and_new_matches() {
                 "dataFrom": [{"find": {"path": base, "tags": {"team": ns.name()}}}],
             }),
         )
-        .await;
+        .await
+        .unwrap();
     }
     // A rewrite that cannot compile: the error names the field.
-    create_external_secret(
-        &ns,
+    ns.create_external_secret(
         "bad-rewrite",
         serde_json::json!({
             "secretStoreRef": {"name": "store"},
@@ -1643,7 +1398,8 @@ async fn openbao_find_by_name_and_tags_with_rewrite_and_new_matches() {
             }],
         }),
     )
-    .await;
+    .await
+    .unwrap();
 
     ns.wait_for_secret(
         "found",
@@ -1667,7 +1423,9 @@ async fn openbao_find_by_name_and_tags_with_rewrite_and_new_matches() {
         ]),
         "exactly the matches, rewritten"
     );
-    wait_for_condition(&ns, "found", "Ready", "True", "SecretSynced").await;
+    ns.wait_for_condition("found", "Ready", "True", "SecretSynced")
+        .await
+        .unwrap();
 
     let tagged_key = format!("{}_tagged_one", base.replace('/', "_"));
     ns.wait_for_secret("tagged", &tagged_key, br#"{"t":"1"}"#)
@@ -1693,7 +1451,10 @@ async fn openbao_find_by_name_and_tags_with_rewrite_and_new_matches() {
         "the second tag query was served from the first: {shared}"
     );
 
-    let bad = wait_for_condition(&ns, "bad-rewrite", "Ready", "False", "SecretSyncedError").await;
+    let bad = ns
+        .wait_for_condition("bad-rewrite", "Ready", "False", "SecretSyncedError")
+        .await
+        .unwrap();
     assert!(
         bad.message
             .contains("spec.dataFrom[0].rewrite[0].regexp.source"),

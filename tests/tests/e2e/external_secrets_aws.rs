@@ -4,18 +4,18 @@
 //! the wire by a loopback door in front of moto, so the tests see that credentials are fetched
 //! once and reused across refreshes, and which credentials signed each read.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
-use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::api::{ObjectMeta, PostParams};
 use mooring_crds::conditions::Condition;
-use mooring_crds::external_secret::ExternalSecret;
 use mooring_crds::secret_store::SecretStore;
+use mooring_e2e::external_secrets::{agent_with_aws_endpoint, wait_for_store_ready};
 use mooring_e2e::{RealEnv, RunningAgent, TestNamespace, wait_for};
 
-use crate::aws_support::{Door, delete, jwt_claims, moto, put};
+use crate::aws_support::{
+    Door, create_static_keys, delete, jwt_claims, moto, put, static_keys_auth,
+};
 
 async fn service_account(ns: &TestNamespace, name: &str, annotations: &[(&str, &str)]) {
     let account = ServiceAccount {
@@ -37,61 +37,23 @@ async fn service_account(ns: &TestNamespace, name: &str, annotations: &[(&str, &
         .unwrap();
 }
 
-async fn create_store(ns: &TestNamespace, name: &str, aws: serde_json::Value) {
-    let store: SecretStore = serde_json::from_value(serde_json::json!({
-        "apiVersion": "external-secrets.io/v1", "kind": "SecretStore",
-        "metadata": {"name": name},
-        "spec": {"provider": {"aws": aws}},
-    }))
-    .unwrap();
-    ns.api::<SecretStore>()
-        .create(&PostParams::default(), &store)
-        .await
-        .unwrap();
-}
-
-/// An ExternalSecret `name` refreshing every second: key `password` from `key`'s `password`.
-async fn create_external_secret(ns: &TestNamespace, name: &str, store: &str, key: &str) {
-    let es: ExternalSecret = serde_json::from_value(serde_json::json!({
-        "apiVersion": "external-secrets.io/v1", "kind": "ExternalSecret",
-        "metadata": {"name": name},
-        "spec": {"secretStoreRef": {"name": store}, "refreshInterval": "1s",
-                 "data": [{"secretKey": "password",
-                           "remoteRef": {"key": key, "property": "password"}}]},
-    }))
-    .unwrap();
-    ns.api::<ExternalSecret>()
-        .create(&PostParams::default(), &es)
-        .await
-        .unwrap();
+/// An ExternalSecret's spec refreshing every second: key `password` from `key`'s `password`,
+/// through SecretStore `store`.
+fn reading(store: &str, key: &str) -> serde_json::Value {
+    serde_json::json!({"secretStoreRef": {"name": store}, "refreshInterval": "1s",
+             "data": [{"secretKey": "password",
+                       "remoteRef": {"key": key, "property": "password"}}]})
 }
 
 /// The store's Ready condition once its reason is `reason`.
 async fn store_condition(ns: &TestNamespace, name: &str, reason: &str) -> Condition {
-    let api = ns.api::<SecretStore>();
-    wait_for(
-        &format!("SecretStore {name} Ready reason {reason}"),
-        Duration::from_secs(60),
-        || {
-            let api = api.clone();
-            async move {
-                let store = api.get(name).await.ok()?;
-                store
-                    .status?
-                    .conditions
-                    .into_iter()
-                    .find(|c| c.type_ == "Ready" && c.reason == reason)
-            }
-        },
-    )
-    .await
-    .unwrap()
+    wait_for_store_ready(&ns.api::<SecretStore>(), name, |c| c.reason == reason)
+        .await
+        .unwrap()
 }
 
 fn agent_args(env: &RealEnv, namespace: &str, door: &Door) -> mooring_agent::cli::RunArgs {
-    let mut args = mooring_e2e::agent(env, namespace).unwrap();
-    args.aws_endpoint_url = Some(door.url.clone());
-    args
+    agent_with_aws_endpoint(env, namespace, &door.url).unwrap()
 }
 
 /// Waits until the door has seen at least `n` reads of single secrets.
@@ -120,19 +82,21 @@ async fn web_identity_from_a_service_account_token_is_exchanged_once_across_refr
         &[("eks.amazonaws.com/role-arn", role_arn.as_str())],
     )
     .await;
-    create_store(
-        &ns,
+    ns.create_secret_store(
         "store",
-        serde_json::json!({"service": "SecretsManager", "region": env.var("AWS_REGION").unwrap(),
-            "auth": {"jwt": {"serviceAccountRef": {"name": "app", "audiences": ["extra-aud"]}}}}),
+        serde_json::json!({"aws": {"service": "SecretsManager", "region": env.var("AWS_REGION").unwrap(),
+            "auth": {"jwt": {"serviceAccountRef": {"name": "app", "audiences": ["extra-aud"]}}}}}),
     )
-    .await;
+    .await
+    .unwrap();
     let door = Door::open(&env).await;
     let agent = RunningAgent::start_with(agent_args(&env, ns.name(), &door))
         .await
         .unwrap();
     store_condition(&ns, "store", "Valid").await;
-    create_external_secret(&ns, "db", "store", &key).await;
+    ns.create_external_secret("db", reading("store", &key))
+        .await
+        .unwrap();
     ns.wait_for_secret("db", "password", b"first-jwt")
         .await
         .unwrap();
@@ -175,50 +139,25 @@ async fn an_assumed_role_with_an_external_id_is_assumed_once_across_refreshes() 
     let admin = moto(&env).await;
     let key = format!("mooring-e2e/{}/role", ns.name());
     put(&admin, &key, r#"{"password":"role-password"}"#, &[]).await;
-    let keys = Secret {
-        metadata: ObjectMeta {
-            name: Some("aws-keys".into()),
-            ..Default::default()
-        },
-        data: Some(BTreeMap::from([
-            (
-                "access-key".to_string(),
-                ByteString(env.var("AWS_ACCESS_KEY_ID").unwrap().as_bytes().to_vec()),
-            ),
-            (
-                "secret-access-key".to_string(),
-                ByteString(
-                    env.var("AWS_SECRET_ACCESS_KEY")
-                        .unwrap()
-                        .as_bytes()
-                        .to_vec(),
-                ),
-            ),
-        ])),
-        ..Default::default()
-    };
-    ns.api::<Secret>()
-        .create(&PostParams::default(), &keys)
-        .await
-        .unwrap();
+    create_static_keys(&env, &ns).await;
     let role_arn = format!("arn:aws:iam::123456789012:role/{}-reader", ns.name());
     let external_id = format!("tenant-{}", ns.name());
-    create_store(
-        &ns,
+    ns.create_secret_store(
         "store",
-        serde_json::json!({"service": "SecretsManager", "region": env.var("AWS_REGION").unwrap(),
+        serde_json::json!({"aws": {"service": "SecretsManager", "region": env.var("AWS_REGION").unwrap(),
             "role": role_arn, "externalID": external_id,
-            "auth": {"secretRef": {
-                "accessKeyIDSecretRef": {"name": "aws-keys", "key": "access-key"},
-                "secretAccessKeySecretRef": {"name": "aws-keys", "key": "secret-access-key"}}}}),
+            "auth": static_keys_auth()}}),
     )
-    .await;
+    .await
+    .unwrap();
     let door = Door::open(&env).await;
     let agent = RunningAgent::start_with(agent_args(&env, ns.name(), &door))
         .await
         .unwrap();
     store_condition(&ns, "store", "Valid").await;
-    create_external_secret(&ns, "db", "store", &key).await;
+    ns.create_external_secret("db", reading("store", &key))
+        .await
+        .unwrap();
     ns.wait_for_secret("db", "password", b"role-password")
         .await
         .unwrap();
@@ -242,20 +181,20 @@ async fn web_identity_errors_name_the_store_field_and_service_account() {
     // A ServiceAccount without the role annotation, and a store naming one that does not exist.
     service_account(&ns, "plain", &[]).await;
     let region = env.var("AWS_REGION").unwrap();
-    create_store(
-        &ns,
+    ns.create_secret_store(
         "no-role",
-        serde_json::json!({"service": "SecretsManager", "region": region,
-            "auth": {"jwt": {"serviceAccountRef": {"name": "plain"}}}}),
+        serde_json::json!({"aws": {"service": "SecretsManager", "region": region,
+            "auth": {"jwt": {"serviceAccountRef": {"name": "plain"}}}}}),
     )
-    .await;
-    create_store(
-        &ns,
+    .await
+    .unwrap();
+    ns.create_secret_store(
         "no-account",
-        serde_json::json!({"service": "SecretsManager", "region": region,
-            "auth": {"jwt": {"serviceAccountRef": {"name": "missing"}}}}),
+        serde_json::json!({"aws": {"service": "SecretsManager", "region": region,
+            "auth": {"jwt": {"serviceAccountRef": {"name": "missing"}}}}}),
     )
-    .await;
+    .await
+    .unwrap();
     let door = Door::open(&env).await;
     let agent = RunningAgent::start_with(agent_args(&env, ns.name(), &door))
         .await
@@ -332,19 +271,11 @@ async fn a_referent_cluster_store_exchanges_the_consuming_namespaces_service_acc
         .await
         .unwrap();
     for (name, key) in ["a", "b"].iter().zip(&keys) {
-        let es: ExternalSecret = serde_json::from_value(serde_json::json!({
-            "apiVersion": "external-secrets.io/v1", "kind": "ExternalSecret",
-            "metadata": {"name": name},
-            "spec": {"secretStoreRef": {"name": css_name, "kind": "ClusterSecretStore"},
-                     "refreshInterval": "1s",
-                     "data": [{"secretKey": "password",
-                               "remoteRef": {"key": key, "property": "password"}}]},
-        }))
-        .unwrap();
-        ns.api::<ExternalSecret>()
-            .create(&PostParams::default(), &es)
-            .await
-            .unwrap();
+        let spec = serde_json::json!({"secretStoreRef": {"name": css_name, "kind": "ClusterSecretStore"},
+                 "refreshInterval": "1s",
+                 "data": [{"secretKey": "password",
+                           "remoteRef": {"key": key, "property": "password"}}]});
+        ns.create_external_secret(name, spec).await.unwrap();
     }
     ns.wait_for_secret("a", "password", b"first-css")
         .await
@@ -445,13 +376,13 @@ async fn web_identity_works_with_exactly_the_deployed_secret_controller_rbac() {
         &[("eks.amazonaws.com/role-arn", role_arn.as_str())],
     )
     .await;
-    create_store(
-        &ns,
+    ns.create_secret_store(
         "store",
-        serde_json::json!({"service": "SecretsManager", "region": env.var("AWS_REGION").unwrap(),
-            "auth": {"jwt": {"serviceAccountRef": {"name": "app"}}}}),
+        serde_json::json!({"aws": {"service": "SecretsManager", "region": env.var("AWS_REGION").unwrap(),
+            "auth": {"jwt": {"serviceAccountRef": {"name": "app"}}}}}),
     )
-    .await;
+    .await
+    .unwrap();
     let door = Door::open(&env).await;
     // The agent as ServiceAccount `agent`: a bound token, no admin rights.
     let dir = tempfile::tempdir().unwrap();
@@ -465,7 +396,9 @@ async fn web_identity_works_with_exactly_the_deployed_secret_controller_rbac() {
     ];
     let agent = RunningAgent::start_with(args).await.unwrap();
     store_condition(&ns, "store", "Valid").await;
-    create_external_secret(&ns, "db", "store", &key).await;
+    ns.create_external_secret("db", reading("store", &key))
+        .await
+        .unwrap();
     ns.wait_for_secret("db", "password", b"rbac-jwt")
         .await
         .unwrap();

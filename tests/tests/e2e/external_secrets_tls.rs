@@ -6,13 +6,12 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use base64::Engine;
-use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::Api;
 use kube::api::{DeleteParams, ObjectMeta, PostParams};
 use mooring_crds::conditions::Condition;
-use mooring_crds::external_secret::ExternalSecret;
 use mooring_crds::secret_store::{ClusterSecretStore, SecretStore};
+use mooring_e2e::external_secrets::{has_status, openbao_token_provider, wait_for_store_ready};
 use mooring_e2e::{RealEnv, RunningAgent, TestNamespace, wait_for};
 use mooring_provider::{ProviderError, SecretProvider};
 use mooring_provider_vault::{KvVersion, ServerTrust, VaultConfig, VaultProvider};
@@ -94,95 +93,22 @@ async fn the_vault_client_trusts_exactly_the_configured_ca() {
     assert!(ServerTrust::from_pem(b"not a certificate", "caBundle").is_err());
 }
 
-async fn create_store(ns: &TestNamespace, name: &str, vault: serde_json::Value) {
-    let store: SecretStore = serde_json::from_value(serde_json::json!({
-        "apiVersion": "external-secrets.io/v1",
-        "kind": "SecretStore",
-        "metadata": {"name": name},
-        "spec": {"provider": {"vault": vault}},
-    }))
-    .unwrap();
-    ns.api::<SecretStore>()
-        .create(&PostParams::default(), &store)
-        .await
-        .unwrap();
-}
-
-async fn create_external_secret(
-    ns: &TestNamespace,
-    name: &str,
-    store: &str,
-    kind: &str,
-    key: &str,
-) {
-    let es: ExternalSecret = serde_json::from_value(serde_json::json!({
-        "apiVersion": "external-secrets.io/v1",
-        "kind": "ExternalSecret",
-        "metadata": {"name": name},
-        "spec": {
-            "secretStoreRef": {"name": store, "kind": kind},
-            "refreshInterval": "1h",
-            "data": [{"secretKey": "password", "remoteRef": {"key": key, "property": "password"}}],
-        },
-    }))
-    .unwrap();
-    ns.api::<ExternalSecret>()
-        .create(&PostParams::default(), &es)
-        .await
-        .unwrap();
-}
-
-/// The `Ready` condition of a store, once `accept` takes it.
-async fn store_ready<K>(
-    api: &Api<K>,
-    name: &str,
-    accept: impl Fn(&Condition) -> bool,
-) -> anyhow::Result<Condition>
-where
-    K: kube::Resource
-        + Clone
-        + k8s_openapi::serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + StoreStatus,
-{
-    wait_for(
-        &format!("store {name} Ready condition"),
-        Duration::from_secs(60),
-        || async {
-            let store = api.get(name).await.ok()?;
-            let ready = store
-                .conditions()
-                .into_iter()
-                .find(|c| c.type_ == "Ready")?;
-            accept(&ready).then_some(ready)
-        },
-    )
-    .await
-}
-
-/// Both store kinds' conditions.
-trait StoreStatus {
-    fn conditions(&self) -> Vec<Condition>;
-}
-
-impl StoreStatus for SecretStore {
-    fn conditions(&self) -> Vec<Condition> {
-        self.status.clone().unwrap_or_default().conditions
-    }
-}
-
-impl StoreStatus for ClusterSecretStore {
-    fn conditions(&self) -> Vec<Condition> {
-        self.status.clone().unwrap_or_default().conditions
-    }
+/// An ExternalSecret's spec: key `password` from `key`'s `password`, through store `store` of
+/// `kind`.
+fn reading(store: &str, kind: &str, key: &str) -> serde_json::Value {
+    serde_json::json!({
+        "secretStoreRef": {"name": store, "kind": kind},
+        "refreshInterval": "1h",
+        "data": [{"secretKey": "password", "remoteRef": {"key": key, "property": "password"}}],
+    })
 }
 
 fn is_valid(c: &Condition) -> bool {
-    c.reason == "Valid" && serde_json::to_value(c.status).unwrap() == "True"
+    c.reason == "Valid" && has_status(c, "True")
 }
 
 fn is_failed(c: &Condition) -> bool {
-    c.reason == "ValidationFailed" && serde_json::to_value(c.status).unwrap() == "False"
+    c.reason == "ValidationFailed" && has_status(c, "False")
 }
 
 /// SecretStores over TLS: the CA from `caBundle`, from a ConfigMap and from a Secret → Ready and
@@ -198,29 +124,11 @@ async fn secret_stores_trust_their_ca_bundle_or_ca_provider_and_nothing_else() {
     write_tls_kv(&env, &path, &BTreeMap::from([("password", "tls-password")])).await;
     let server = env.var("VAULT_TLS_ADDR").unwrap();
     let ca = tls_ca(&env);
-    let secret = |name: &str, values: &[(&str, &str)]| Secret {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            ..Default::default()
-        },
-        data: Some(
-            values
-                .iter()
-                .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
-                .collect(),
-        ),
-        ..Default::default()
-    };
     let secrets = ns.api::<Secret>();
-    for object in [
-        secret("bao-token", &[("token", env.var("VAULT_TOKEN").unwrap())]),
-        secret("bao-ca", &[("ca.crt", &ca)]),
-    ] {
-        secrets
-            .create(&PostParams::default(), &object)
-            .await
-            .unwrap();
-    }
+    ns.create_openbao_token(&env).await.unwrap();
+    ns.create_secret("bao-ca", &[("ca.crt", &ca)])
+        .await
+        .unwrap();
     let config_map = ConfigMap {
         metadata: ObjectMeta {
             name: Some("bao-ca".into()),
@@ -233,7 +141,6 @@ async fn secret_stores_trust_their_ca_bundle_or_ca_provider_and_nothing_else() {
         .create(&PostParams::default(), &config_map)
         .await
         .unwrap();
-    let token = serde_json::json!({"tokenSecretRef": {"name": "bao-token", "key": "token"}});
     let base64 = |pem: &str| base64::engine::general_purpose::STANDARD.encode(pem);
     let stores = [
         ("bundle", serde_json::json!({"caBundle": base64(&ca)})),
@@ -255,24 +162,28 @@ async fn secret_stores_trust_their_ca_bundle_or_ca_provider_and_nothing_else() {
         ),
     ];
     for (name, trust) in &stores {
-        let mut vault = serde_json::json!({"server": server, "path": "secret", "auth": token});
+        let mut provider = openbao_token_provider(server);
         for (field, value) in trust.as_object().unwrap() {
-            vault[field] = value.clone();
+            provider["vault"][field] = value.clone();
         }
-        create_store(&ns, name, vault).await;
-        create_external_secret(&ns, name, name, "SecretStore", &path).await;
+        ns.create_secret_store(name, provider).await.unwrap();
+        ns.create_external_secret(name, reading(name, "SecretStore", &path))
+            .await
+            .unwrap();
     }
     let agent = RunningAgent::start(&env, ns.name()).await.unwrap();
     let api = ns.api::<SecretStore>();
 
     for name in ["bundle", "from-configmap", "from-secret"] {
-        store_ready(&api, name, is_valid).await.unwrap();
+        wait_for_store_ready(&api, name, is_valid).await.unwrap();
         ns.wait_for_secret(name, "password", b"tls-password")
             .await
             .unwrap();
     }
 
-    let refused = store_ready(&api, "wrong-ca", is_failed).await.unwrap();
+    let refused = wait_for_store_ready(&api, "wrong-ca", is_failed)
+        .await
+        .unwrap();
     assert!(
         refused.message.contains(server) && refused.message.contains("not trusted"),
         "the condition names the server and the untrusted certificate: {}",
@@ -282,21 +193,15 @@ async fn secret_stores_trust_their_ca_bundle_or_ca_provider_and_nothing_else() {
         secrets.get_opt("wrong-ca").await.unwrap().is_none(),
         "nothing written through an untrusted connection"
     );
-    let fetched = wait_for(
-        "ExternalSecret wrong-ca Fetched=Unavailable",
-        Duration::from_secs(60),
-        || async {
-            let es = ns.api::<ExternalSecret>().get("wrong-ca").await.ok()?;
-            let fetched = es
-                .status?
-                .conditions
-                .into_iter()
-                .find(|c| c.type_ == "Fetched")?;
-            (fetched.reason == "Unavailable").then_some(fetched)
-        },
-    )
-    .await
-    .unwrap();
+    let fetched = ns
+        .wait_for_external_secret(
+            "ExternalSecret wrong-ca Fetched=Unavailable",
+            "wrong-ca",
+            "Fetched",
+            |c| c.reason == "Unavailable",
+        )
+        .await
+        .unwrap();
     assert!(
         fetched.message.contains("not trusted") && fetched.message.contains(server),
         "the ExternalSecret says why, naming the server: {}",
@@ -316,9 +221,10 @@ async fn secret_stores_trust_their_ca_bundle_or_ca_provider_and_nothing_else() {
     .await
     .unwrap();
 
-    let elsewhere = store_ready(&api, "elsewhere", |c| c.reason == "InvalidProviderConfig")
-        .await
-        .unwrap();
+    let elsewhere =
+        wait_for_store_ready(&api, "elsewhere", |c| c.reason == "InvalidProviderConfig")
+            .await
+            .unwrap();
     assert!(
         elsewhere
             .message
@@ -336,7 +242,9 @@ async fn secret_stores_trust_their_ca_bundle_or_ca_provider_and_nothing_else() {
     )
     .await
     .unwrap();
-    store_ready(&api, "wrong-ca", is_valid).await.unwrap();
+    wait_for_store_ready(&api, "wrong-ca", is_valid)
+        .await
+        .unwrap();
     agent.stop().await.unwrap();
 }
 
@@ -352,26 +260,10 @@ async fn cluster_secret_stores_are_validated_for_real_and_their_namespace_list_e
     write_tls_kv(&env, &path, &BTreeMap::from([("password", "css-password")])).await;
     let server = env.var("VAULT_TLS_ADDR").unwrap();
     let secrets = ns.api::<Secret>();
-    for (name, token) in [
-        ("bao-token", env.var("VAULT_TOKEN").unwrap()),
-        ("bad-token", "not-a-real-token"),
-    ] {
-        let secret = Secret {
-            metadata: ObjectMeta {
-                name: Some(name.into()),
-                ..Default::default()
-            },
-            data: Some(BTreeMap::from([(
-                "token".to_string(),
-                ByteString(token.as_bytes().to_vec()),
-            )])),
-            ..Default::default()
-        };
-        secrets
-            .create(&PostParams::default(), &secret)
-            .await
-            .unwrap();
-    }
+    ns.create_openbao_token(&env).await.unwrap();
+    ns.create_secret("bad-token", &[("token", "not-a-real-token")])
+        .await
+        .unwrap();
     let config_map = ConfigMap {
         metadata: ObjectMeta {
             name: Some("bao-ca".into()),
@@ -427,16 +319,25 @@ async fn cluster_secret_stores_are_validated_for_real_and_their_namespace_list_e
         .iter()
         .map(|s| s.metadata.name.clone().unwrap())
         .collect();
-    create_external_secret(&ns, "good", &names[0], "ClusterSecretStore", &path).await;
-    create_external_secret(&ns, "elsewhere", &names[2], "ClusterSecretStore", &path).await;
+    ns.create_external_secret("good", reading(&names[0], "ClusterSecretStore", &path))
+        .await
+        .unwrap();
+    let elsewhere_spec = reading(&names[2], "ClusterSecretStore", &path);
+    ns.create_external_secret("elsewhere", elsewhere_spec)
+        .await
+        .unwrap();
 
     let mut args = mooring_e2e::agent(&env, ns.name()).unwrap();
     args.cluster_secret_store_selector = Some(label.clone());
     let agent = RunningAgent::start_with(args).await.unwrap();
 
-    let valid = store_ready(&stores, &names[0], is_valid).await.unwrap();
+    let valid = wait_for_store_ready(&stores, &names[0], is_valid)
+        .await
+        .unwrap();
     assert_eq!(valid.message, "store validated");
-    let refused = store_ready(&stores, &names[1], is_failed).await.unwrap();
+    let refused = wait_for_store_ready(&stores, &names[1], is_failed)
+        .await
+        .unwrap();
     assert!(
         refused.message.contains("permission denied") && refused.message.contains(&names[1]),
         "the condition names the store and the refusal: {}",
@@ -449,9 +350,10 @@ async fn cluster_secret_stores_are_validated_for_real_and_their_namespace_list_e
     ns.wait_for_secret("good", "password", b"css-password")
         .await
         .unwrap();
-    let unpinned = store_ready(&stores, &names[3], |c| c.reason == "InvalidProviderConfig")
-        .await
-        .unwrap();
+    let unpinned =
+        wait_for_store_ready(&stores, &names[3], |c| c.reason == "InvalidProviderConfig")
+            .await
+            .unwrap();
     assert!(
         unpinned
             .message
@@ -460,22 +362,18 @@ async fn cluster_secret_stores_are_validated_for_real_and_their_namespace_list_e
         unpinned.message
     );
     // The store itself is fine; this namespace is not on its list.
-    store_ready(&stores, &names[2], is_valid).await.unwrap();
-    let denied = wait_for(
-        "ExternalSecret elsewhere denied",
-        Duration::from_secs(60),
-        || async {
-            let es = ns.api::<ExternalSecret>().get("elsewhere").await.ok()?;
-            let ready = es
-                .status?
-                .conditions
-                .into_iter()
-                .find(|c| c.type_ == "Ready")?;
-            (ready.reason == "SecretSyncedError").then_some(ready)
-        },
-    )
-    .await
-    .unwrap();
+    wait_for_store_ready(&stores, &names[2], is_valid)
+        .await
+        .unwrap();
+    let denied = ns
+        .wait_for_external_secret(
+            "ExternalSecret elsewhere denied",
+            "elsewhere",
+            "Ready",
+            |c| c.reason == "SecretSyncedError",
+        )
+        .await
+        .unwrap();
     assert!(
         denied.message.contains("not allowed from namespace"),
         "{}",

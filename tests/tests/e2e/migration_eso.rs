@@ -14,27 +14,17 @@ use kube::api::{ObjectMeta, PostParams};
 use kube::{Resource, ResourceExt};
 use mooring_crds::external_secret::ExternalSecret;
 use mooring_crds::secret_store::SecretStore;
+use mooring_e2e::external_secrets::openbao_token_provider;
 use mooring_e2e::{RealEnv, RunningAgent, TestNamespace, wait_for};
 
-async fn create_external_secret(ns: &TestNamespace, object: serde_json::Value) -> ExternalSecret {
-    let object: ExternalSecret = serde_json::from_value(object).unwrap();
-    ns.api::<ExternalSecret>()
-        .create(&PostParams::default(), &object)
-        .await
-        .unwrap()
-}
-
+/// The spec of ExternalSecret `name` as ESO users write it: key `password` from `key`'s
+/// `password`, into a Secret of the same name that it owns.
 fn external_secret(name: &str, store: &str, key: &str) -> serde_json::Value {
     serde_json::json!({
-        "apiVersion": "external-secrets.io/v1",
-        "kind": "ExternalSecret",
-        "metadata": {"name": name},
-        "spec": {
-            "refreshInterval": "1h",
-            "secretStoreRef": {"name": store, "kind": "SecretStore"},
-            "target": {"name": name, "creationPolicy": "Owner"},
-            "data": [{"secretKey": "password", "remoteRef": {"key": key, "property": "password"}}],
-        },
+        "refreshInterval": "1h",
+        "secretStoreRef": {"name": store, "kind": "SecretStore"},
+        "target": {"name": name, "creationPolicy": "Owner"},
+        "data": [{"secretKey": "password", "remoteRef": {"key": key, "property": "password"}}],
     })
 }
 
@@ -80,39 +70,33 @@ async fn secrets_made_by_eso_are_adopted_in_place() {
         .await
         .unwrap();
 
-    ns.create_secret("bao-token", &[("token", env.var("VAULT_TOKEN").unwrap())])
+    ns.create_openbao_token(&env).await.unwrap();
+    let mut provider = openbao_token_provider(env.var("VAULT_ADDR").unwrap());
+    provider["vault"]["version"] = "v2".into();
+    ns.create_secret_store("openbao", provider.clone())
         .await
         .unwrap();
-    let provider = |controller: Option<&str>| {
-        let mut spec = serde_json::json!({"provider": {"vault": {
-            "server": env.var("VAULT_ADDR").unwrap(),
-            "path": "secret",
-            "version": "v2",
-            "auth": {"tokenSecretRef": {"name": "bao-token", "key": "token"}},
-        }}});
-        if let Some(controller) = controller {
-            spec["controller"] = serde_json::json!(controller);
-        }
-        spec
-    };
-    for (name, controller) in [("openbao", None), ("still-eso", Some("eso-canary"))] {
-        let store: SecretStore = serde_json::from_value(serde_json::json!({
-            "apiVersion": "external-secrets.io/v1",
-            "kind": "SecretStore",
-            "metadata": {"name": name},
-            "spec": provider(controller),
-        }))
+    let still_eso: SecretStore = serde_json::from_value(serde_json::json!({
+        "apiVersion": "external-secrets.io/v1",
+        "kind": "SecretStore",
+        "metadata": {"name": "still-eso"},
+        "spec": {"controller": "eso-canary", "provider": provider},
+    }))
+    .unwrap();
+    ns.api::<SecretStore>()
+        .create(&PostParams::default(), &still_eso)
+        .await
         .unwrap();
-        ns.api::<SecretStore>()
-            .create(&PostParams::default(), &store)
-            .await
-            .unwrap();
-    }
 
     // What ESO left: the ExternalSecrets, and the Secret it made from the first (an old value).
-    let es = create_external_secret(&ns, external_secret("db", "openbao", &key)).await;
+    let es = ns
+        .create_external_secret("db", external_secret("db", "openbao", &key))
+        .await
+        .unwrap();
     let before = eso_secret(&ns, &es, "from-eso").await;
-    create_external_secret(&ns, external_secret("other", "still-eso", &key)).await;
+    ns.create_external_secret("other", external_secret("other", "still-eso", &key))
+        .await
+        .unwrap();
 
     let agent = RunningAgent::start(&env, ns.name()).await.unwrap();
     let after = ns
@@ -129,20 +113,9 @@ async fn secrets_made_by_eso_are_adopted_in_place() {
         after.owner_references()
     );
     let secrets = ns.api::<ExternalSecret>();
-    wait_for("db Ready", Duration::from_secs(60), || {
-        let secrets = secrets.clone();
-        async move {
-            let es = secrets.get("db").await.ok()?;
-            let ready = es
-                .status?
-                .conditions
-                .into_iter()
-                .find(|c| c.type_ == "Ready")?;
-            (ready.reason == "SecretSynced").then_some(())
-        }
-    })
-    .await
-    .unwrap();
+    ns.wait_for_external_secret("db Ready", "db", "Ready", |c| c.reason == "SecretSynced")
+        .await
+        .unwrap();
 
     // The store of another controller class is not mooring's: no Secret, no status written,
     // once both ExternalSecrets were looked at.
