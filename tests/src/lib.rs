@@ -7,7 +7,8 @@
 //! - [`TestNamespace::service_account_client`] acts as a fresh ServiceAccount (TokenRequest);
 //! - [`RunningAgent`] runs the agent in-process, [`AgentProcess`] as the built binary;
 //! - [`GitRepo`] is a repository of a test's own, [`TestHost`] a network namespace of its own;
-//! - [`external_secrets`] creates stores and ExternalSecrets and waits for their conditions.
+//! - [`external_secrets`] creates stores and ExternalSecrets and waits for their conditions;
+//! - [`gitops`] writes Application manifests and waits for their status.
 //!
 //! A missing environment is an error, never a skip: the suite runs against real peers or fails.
 
@@ -15,6 +16,7 @@ mod agent;
 mod env;
 pub mod external_secrets;
 mod git;
+pub mod gitops;
 mod host;
 mod namespace;
 mod process;

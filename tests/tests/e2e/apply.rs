@@ -20,6 +20,7 @@ use mooring_agent::gitops::apply::object::{AppId, ObjectKey, TRACKING_ID_ANNOTAT
 use mooring_agent::gitops::apply::prune::PruneSettings;
 use mooring_agent::gitops::apply::{Engine, Mode, SyncReport, SyncRequest};
 use mooring_crds::application::{Application, HealthState, SyncState};
+use mooring_e2e::gitops::{ApplicationManifest, is_synced};
 use mooring_e2e::{RealEnv, TestNamespace, wait_for};
 use serde_json::{Value, json};
 
@@ -86,7 +87,9 @@ fn namespace_object(name: &str) -> DynamicObject {
     object(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}))
 }
 
-fn request(
+/// A sync of `objects` for `app` into `namespace` after `inventory`, prune on (the default
+/// guards).
+pub(crate) fn request(
     app: &AppId,
     namespace: &str,
     objects: Vec<DynamicObject>,
@@ -122,61 +125,59 @@ async fn resource_versions(
     extra_ns: &str,
     group: &str,
 ) -> BTreeMap<String, String> {
-    let mut versions = BTreeMap::new();
-    let rv = |m: &kube::api::ObjectMeta| m.resource_version.clone().unwrap();
-    versions.insert(
-        "namespace".into(),
-        rv(&Api::<Namespace>::all(client.clone())
-            .get(extra_ns)
-            .await
-            .unwrap()
-            .metadata),
-    );
-    versions.insert(
-        "configmap".into(),
-        rv(&Api::<ConfigMap>::namespaced(client.clone(), ns)
-            .get("settings")
-            .await
-            .unwrap()
-            .metadata),
-    );
-    versions.insert(
-        "deployment".into(),
-        rv(&Api::<Deployment>::namespaced(client.clone(), ns)
-            .get("web")
-            .await
-            .unwrap()
-            .metadata),
-    );
-    versions.insert(
-        "service".into(),
-        rv(&Api::<Service>::namespaced(client.clone(), ns)
-            .get("web")
-            .await
-            .unwrap()
-            .metadata),
-    );
-    versions.insert(
-        "crd".into(),
-        rv(&Api::<CustomResourceDefinition>::all(client.clone())
-            .get(&format!("widgets.{group}"))
-            .await
-            .unwrap()
-            .metadata),
-    );
     let widgets =
         ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, "v1", "Widget"), "widgets");
-    versions.insert(
-        "widget".into(),
-        rv(
-            &Api::<DynamicObject>::namespaced_with(client.clone(), ns, &widgets)
+    let widget_api = Api::<DynamicObject>::namespaced_with(client.clone(), ns, &widgets);
+    BTreeMap::from([
+        (
+            "namespace".into(),
+            version_of(Api::<Namespace>::all(client.clone()), extra_ns).await,
+        ),
+        (
+            "configmap".into(),
+            version_of(Api::<ConfigMap>::namespaced(client.clone(), ns), "settings").await,
+        ),
+        (
+            "deployment".into(),
+            version_of(Api::<Deployment>::namespaced(client.clone(), ns), "web").await,
+        ),
+        (
+            "service".into(),
+            version_of(Api::<Service>::namespaced(client.clone(), ns), "web").await,
+        ),
+        (
+            "crd".into(),
+            version_of(
+                Api::<CustomResourceDefinition>::all(client.clone()),
+                &format!("widgets.{group}"),
+            )
+            .await,
+        ),
+        (
+            "widget".into(),
+            widget_api
                 .get("gadget")
                 .await
                 .unwrap()
-                .metadata,
+                .metadata
+                .resource_version
+                .unwrap(),
         ),
-    );
-    versions
+    ])
+}
+
+/// The resourceVersion of object `name` of `api`.
+async fn version_of<K>(api: Api<K>, name: &str) -> String
+where
+    K: kube::Resource + Clone + k8s_openapi::serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    api.get(name)
+        .await
+        .unwrap()
+        .meta()
+        .resource_version
+        .clone()
+        .unwrap()
 }
 
 /// Deletes what a test created outside its namespace.
@@ -620,10 +621,12 @@ impl Source for FixedSource {
     }
 }
 
+/// Runs the Application controller for `namespace` with `source` until the sender is used or
+/// dropped.
 async fn start_controller(
     client: kube::Client,
     namespace: &str,
-    source: Arc<FixedSource>,
+    source: Arc<dyn Source>,
 ) -> tokio::sync::oneshot::Sender<()> {
     mooring_agent::install::apply_crds(&client, Duration::from_secs(30))
         .await
@@ -647,17 +650,11 @@ async fn start_controller(
 }
 
 fn application(namespace: &str, self_heal: bool) -> Application {
-    serde_json::from_value(json!({
-        "apiVersion": "mooring.dev/v1alpha1", "kind": "Application",
-        "metadata": {"name": "platform-api", "namespace": namespace},
-        "spec": {
-            "project": "default",
-            "source": {"repoURL": "https://git.invalid/infra/k8s-manifests.git", "targetRevision": "main", "path": "apps/platform-api"},
-            "destination": {"server": "https://kubernetes.default.svc", "namespace": namespace},
-            "syncPolicy": {"automated": {"prune": true, "selfHeal": self_heal}}
-        }
-    }))
-    .unwrap()
+    let repo = "https://git.invalid/infra/k8s-manifests.git";
+    ApplicationManifest::new("platform-api", namespace, repo, "apps/platform-api")
+        .self_heal(self_heal)
+        .application()
+        .unwrap()
 }
 
 async fn wait_for_app(
@@ -665,14 +662,9 @@ async fn wait_for_app(
     what: &str,
     check: impl Fn(&Application) -> bool,
 ) -> Application {
-    let api: Api<Application> = ns.api();
-    wait_for(what, Duration::from_secs(60), || {
-        let api = api.clone();
-        let check = &check;
-        async move { api.get("platform-api").await.ok().filter(|app| check(app)) }
-    })
-    .await
-    .unwrap()
+    ns.wait_for_application(what, "platform-api", Duration::from_secs(60), check)
+        .await
+        .unwrap()
 }
 
 async fn app_status_condition(ns: &TestNamespace, type_: &str) -> String {
@@ -682,13 +674,6 @@ async fn app_status_condition(ns: &TestNamespace, type_: &str) -> String {
     found
         .map(|c| c.message)
         .unwrap_or_else(|| panic!("no {type_} condition"))
-}
-
-fn synced(app: &Application) -> bool {
-    app.status
-        .as_ref()
-        .and_then(|s| s.sync.as_ref())
-        .is_some_and(|s| s.status == SyncState::Synced)
 }
 
 #[tokio::test]
@@ -703,12 +688,12 @@ async fn self_heal_reverts_a_manual_edit_and_names_who_made_it() {
             deployment(ns.name()),
         ],
     })));
-    let stop = start_controller(client.clone(), ns.name(), Arc::clone(&source)).await;
+    let stop = start_controller(client.clone(), ns.name(), source.clone()).await;
     ns.api::<Application>()
         .create(&PostParams::default(), &application(ns.name(), true))
         .await
         .unwrap();
-    let app = wait_for_app(&ns, "the Application to sync", synced).await;
+    let app = wait_for_app(&ns, "the Application to sync", is_synced).await;
     let status = app.status.unwrap();
     assert_eq!(status.resources.len(), 2);
     assert_eq!(status.history.len(), 1);
@@ -829,14 +814,7 @@ async fn self_heal_reverts_a_manual_edit_and_names_who_made_it() {
         revision: "2222222222222222222222222222222222222222".into(),
         objects: vec![config_map("settings", ns.name(), "hello")],
     };
-    let api: Api<Application> = ns.api();
-    api.patch(
-        "platform-api",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"metadata": {"annotations": {"mooring.dev/refresh": "1"}}})),
-    )
-    .await
-    .unwrap();
+    ns.request_refresh("platform-api", "1").await.unwrap();
     wait_for(
         "the Deployment to be pruned",
         Duration::from_secs(30),
@@ -857,7 +835,7 @@ async fn self_heal_reverts_a_manual_edit_and_names_who_made_it() {
             .is_some_and(|s| s.history.len() == 2 && s.resources.len() == 1)
     })
     .await;
-    assert!(synced(&app));
+    assert!(is_synced(&app));
     let _ = stop.send(());
 }
 
@@ -882,7 +860,7 @@ async fn without_self_heal_a_manual_edit_is_reported_out_of_sync() {
         .create(&PostParams::default(), &application(ns.name(), false))
         .await
         .unwrap();
-    wait_for_app(&ns, "the Application to sync", synced).await;
+    wait_for_app(&ns, "the Application to sync", is_synced).await;
 
     let edit = json!({"data": {"greeting": "edited by hand"}});
     ns.api::<ConfigMap>()
@@ -1240,24 +1218,7 @@ async fn app_of_apps_creates_and_syncs_children_and_rolls_up_their_health() {
             },
         ),
     ]));
-    mooring_agent::install::apply_crds(&client, Duration::from_secs(30))
-        .await
-        .unwrap();
-    let ctx = Arc::new(application::Context::new(
-        client.clone(),
-        Arc::new(source),
-        mooring_agent::events::EventSink::new(client.clone()),
-        0.5,
-        Duration::from_secs(180),
-    ));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(application::run(
-        ctx,
-        Some(ns.name().to_string()),
-        async move {
-            let _ = stopped.await;
-        },
-    ));
+    let stop = start_controller(client.clone(), ns.name(), Arc::new(source)).await;
     ns.api::<Application>()
         .create(&PostParams::default(), &application(ns.name(), true))
         .await
@@ -1273,7 +1234,7 @@ async fn app_of_apps_creates_and_syncs_children_and_rolls_up_their_health() {
     .await
     .unwrap();
     let root = wait_for_app(&ns, "the root to be Healthy and Synced", |app| {
-        synced(app)
+        is_synced(app)
             && app
                 .status
                 .as_ref()
@@ -1312,7 +1273,7 @@ async fn app_of_apps_creates_and_syncs_children_and_rolls_up_their_health() {
             .as_str()
         )
     );
-    assert!(synced(&child));
+    assert!(is_synced(&child));
     let _ = stop.send(());
 }
 
@@ -1386,40 +1347,21 @@ async fn a_failed_render_or_a_suspended_app_prunes_nothing() {
             config_map("b", ns.name(), "b"),
         ],
     }))));
-    mooring_agent::install::apply_crds(&client, Duration::from_secs(30))
-        .await
-        .unwrap();
-    let ctx = Arc::new(application::Context::new(
+    let stop = start_controller(
         client.clone(),
+        ns.name(),
         Arc::clone(&source) as Arc<dyn Source>,
-        mooring_agent::events::EventSink::new(client.clone()),
-        0.5,
-        Duration::from_secs(180),
-    ));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(application::run(
-        ctx,
-        Some(ns.name().to_string()),
-        async move {
-            let _ = stopped.await;
-        },
-    ));
+    )
+    .await;
     ns.api::<Application>()
         .create(&PostParams::default(), &application(ns.name(), true))
         .await
         .unwrap();
-    wait_for_app(&ns, "the Application to sync", synced).await;
+    wait_for_app(&ns, "the Application to sync", is_synced).await;
 
     // The render breaks: a condition says where, the inventory and the objects stay.
     *source.0.lock().unwrap() = None;
-    let api: Api<Application> = ns.api();
-    api.patch(
-        "platform-api",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"metadata": {"annotations": {"mooring.dev/refresh": "1"}}})),
-    )
-    .await
-    .unwrap();
+    ns.request_refresh("platform-api", "1").await.unwrap();
     let app = wait_for_app(&ns, "a RenderFailed condition", |app| {
         app.status
             .as_ref()
@@ -1450,7 +1392,7 @@ async fn a_failed_render_or_a_suspended_app_prunes_nothing() {
         revision: "7777777777777777777777777777777777777777".into(),
         objects: Vec::new(),
     });
-    api.patch(
+    ns.api::<Application>().patch(
         "platform-api",
         &PatchParams::default(),
         &Patch::Merge(
@@ -1496,7 +1438,7 @@ async fn deleting_an_application_with_argo_resources_finalizer_deletes_its_objec
         .create(&PostParams::default(), &app)
         .await
         .unwrap();
-    wait_for_app(&ns, "the Application to sync", synced).await;
+    wait_for_app(&ns, "the Application to sync", is_synced).await;
     // Not in Git, not ours: must survive the cascade.
     ns.api::<ConfigMap>()
         .create(

@@ -8,8 +8,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use mooring_agent::gitops::apply::object::{AppId, ObjectKey};
-use mooring_agent::gitops::apply::prune::PruneSettings;
-use mooring_agent::gitops::apply::{Engine, Mode, SyncReport, SyncRequest};
+use mooring_agent::gitops::apply::{Engine, SyncReport, SyncRequest};
 use mooring_crds::application::SyncState;
 use mooring_e2e::{RealEnv, TestNamespace};
 use serde_json::json;
@@ -28,18 +27,8 @@ fn config_map(namespace: &str, index: usize) -> DynamicObject {
 }
 
 fn request(app: &AppId, namespace: &str, inventory: &SyncReport) -> SyncRequest {
-    SyncRequest {
-        app: app.clone(),
-        objects: (0..COUNT).map(|i| config_map(namespace, i)).collect(),
-        destination_namespace: Some(namespace.into()),
-        sync_options: Vec::new(),
-        inventory: inventory.resources.clone(),
-        prune: PruneSettings {
-            enabled: true,
-            ..Default::default()
-        },
-        mode: Mode::Apply,
-    }
+    let objects = (0..COUNT).map(|i| config_map(namespace, i)).collect();
+    crate::apply::request(app, namespace, objects, inventory)
 }
 
 async fn versions(api: &kube::Api<ConfigMap>) -> BTreeMap<String, String> {

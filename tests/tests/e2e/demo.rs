@@ -8,6 +8,7 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
 use mooring_agent::demo::{Demo, EXTERNAL_NAME, SEALED_NAME};
+use mooring_e2e::gitops::agent_with_git;
 use mooring_e2e::{RealEnv, RunningAgent, TestNamespace, wait_for};
 
 #[tokio::test]
@@ -18,12 +19,9 @@ async fn the_demo_syncs_the_seed_layout_with_both_secret_kinds_and_follows_a_com
         .await
         .unwrap();
     let ns = TestNamespace::create(&env, "demo").await.unwrap();
-    let mut args = mooring_e2e::agent(&env, ns.name()).unwrap();
-    args.kustomize_path = env.var("KUSTOMIZE").unwrap().into();
-    args.git_allow_file_urls = true;
     let cache = tempfile::tempdir().unwrap();
-    args.git_cache_dir = Some(cache.path().to_path_buf());
-    args.default_poll_interval = Duration::from_secs(2);
+    let mut args = agent_with_git(&env, ns.name(), cache.path()).unwrap();
+    args.git_allow_file_urls = true;
     let agent = RunningAgent::start_with(args).await.unwrap();
 
     let dir = tempfile::tempdir().unwrap();

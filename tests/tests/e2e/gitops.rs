@@ -8,37 +8,18 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Event, Secret};
+use kube::ResourceExt;
 use kube::api::{ListParams, ObjectMeta, Patch, PatchParams, PostParams};
-use kube::{Api, ResourceExt};
-use mooring_crds::application::{Application, SyncState};
+use mooring_crds::application::Application;
+use mooring_e2e::gitops::{ApplicationManifest, agent_with_git};
 use mooring_e2e::{GitRepo, RealEnv, RunningAgent, TestNamespace, wait_for};
 
 /// The seed's layout, for destination namespace `ns` and repository `url`.
 fn seed(repo: &GitRepo, ns: &str, url: &str) {
     let application = |name: &str, path: &str| {
-        format!(
-            "apiVersion: mooring.dev/v1alpha1
-kind: Application
-metadata:
-  name: {name}
-  namespace: {ns}
-spec:
-  project: default
-  source:
-    repoURL: {url}
-    targetRevision: main
-    path: {path}
-  destination:
-    server: https://kubernetes.default.svc
-    namespace: {ns}
-  syncPolicy:
-    automated:
-      prune: true
-      selfHeal: true
-    syncOptions:
-      - CreateNamespace=true
-"
-        )
+        ApplicationManifest::new(name, ns, url, path)
+            .create_namespace()
+            .yaml()
     };
     repo.write(
         "bootstrap/root-app.yaml",
@@ -167,11 +148,8 @@ async fn ssh_credentials(env: &RealEnv, ns: &TestNamespace, url: &str, known_hos
 
 /// An in-process agent running only the Application controller for `ns`, polling every 2 s.
 async fn agent(env: &RealEnv, ns: &TestNamespace, cache: &Path) -> RunningAgent {
-    let mut args = mooring_e2e::agent(env, ns.name()).unwrap();
+    let mut args = agent_with_git(env, ns.name(), cache).unwrap();
     args.controllers = vec![mooring_agent::cli::ControllerKind::Gitops];
-    args.kustomize_path = env.var("KUSTOMIZE").unwrap().into();
-    args.git_cache_dir = Some(cache.to_path_buf());
-    args.default_poll_interval = Duration::from_secs(2);
     RunningAgent::start_with(args).await.unwrap()
 }
 
@@ -179,80 +157,32 @@ async fn agent(env: &RealEnv, ns: &TestNamespace, cache: &Path) -> RunningAgent 
 async fn bootstrap(ns: &TestNamespace, repo: &GitRepo, file: &str) {
     let text = std::fs::read_to_string(repo.work_dir().join(file)).unwrap();
     let app: Application = serde_saphyr::from_str(&text).unwrap();
-    ns.api::<Application>()
-        .patch(
-            "root",
-            &PatchParams::apply("kubectl").force(),
-            &Patch::Apply(&app),
-        )
-        .await
-        .unwrap();
-}
-
-/// Application `name`'s status as YAML, for failure messages.
-async fn status_of(ns: &TestNamespace, name: &str) -> String {
-    match ns.api::<Application>().get_opt(name).await {
-        Ok(Some(app)) => serde_json::to_string_pretty(&app.status).unwrap(),
-        other => format!("{other:?}"),
-    }
+    ns.apply_application(&app).await.unwrap();
 }
 
 /// Waits until Application `name` reports `revision` Synced and returns it.
 async fn synced_at(ns: &TestNamespace, name: &str, revision: &str) -> Application {
-    let api: Api<Application> = ns.api();
-    wait_for(
-        &format!("Application {name} Synced at {revision}"),
-        Duration::from_secs(90),
-        || {
-            let api = api.clone();
-            async move {
-                let app = api.get_opt(name).await.ok()??;
-                let sync = app.status.as_ref()?.sync.as_ref()?;
-                (sync.status == SyncState::Synced && sync.revision.as_deref() == Some(revision))
-                    .then_some(app)
-            }
-        },
-    )
-    .await
-    .unwrap_or_else(|error| panic!("{error:#}; status: {}", status_now(ns, name)))
-}
-
-/// The status, fetched on a thread of its own (for use inside a panic message).
-fn status_now(ns: &TestNamespace, name: &str) -> String {
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .unwrap()
-                    .block_on(status_of(ns, name))
-            })
-            .join()
-            .unwrap()
-    })
+    ns.wait_for_synced_at(name, revision).await.unwrap()
 }
 
 /// Waits until Application `name` has condition `type_` with `reason`; returns its message.
 async fn condition(ns: &TestNamespace, name: &str, type_: &str, reason: &str) -> String {
-    let api: Api<Application> = ns.api();
-    wait_for(
-        &format!("Application {name} condition {type_}/{reason}"),
-        Duration::from_secs(90),
-        || {
-            let api = api.clone();
-            async move {
-                let app = api.get_opt(name).await.ok()??;
-                app.status?
-                    .conditions
-                    .into_iter()
-                    .find(|c| c.type_ == type_ && c.reason == reason)
-                    .map(|c| c.message)
-            }
-        },
-    )
-    .await
-    .unwrap_or_else(|error| panic!("{error:#}; status: {}", status_now(ns, name)))
+    let has = |app: &Application| -> Option<String> {
+        let status = app.status.as_ref()?;
+        let found = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == type_ && c.reason == reason)?;
+        Some(found.message.clone())
+    };
+    let what = format!("Application {name} condition {type_}/{reason}");
+    let app = ns
+        .wait_for_application(&what, name, Duration::from_secs(90), |app| {
+            has(app).is_some()
+        })
+        .await
+        .unwrap();
+    has(&app).unwrap()
 }
 
 async fn replicas(ns: &TestNamespace) -> Option<i32> {
@@ -470,16 +400,7 @@ async fn ssh_with_a_known_host_syncs_and_a_wrong_host_key_is_named() {
     let third = repo.commit("platform-api: three replicas").unwrap();
     // Refused fetches back off for a minute: ask for a look now, as `argocd app get --refresh`.
     for name in ["root", "platform-api"] {
-        ns.api::<Application>()
-            .patch(
-                name,
-                &PatchParams::default(),
-                &Patch::Merge(serde_json::json!({
-                    "metadata": {"annotations": {"mooring.dev/refresh": third}}
-                })),
-            )
-            .await
-            .unwrap();
+        ns.request_refresh(name, &third).await.unwrap();
     }
     wait_for("two more refusals", Duration::from_secs(60), || async {
         (agent.metric(refusals).await.ok()? >= before + 2.0).then_some(())
@@ -568,12 +489,9 @@ async fn agents_with_label_selectors_share_the_applications() {
     sharded_application(&ns, "app-b", "b", &url, "b").await;
 
     let start = |shard: &str, cache: &Path| {
-        let mut args = mooring_e2e::agent(&env, ns.name()).unwrap();
+        let mut args = agent_with_git(&env, ns.name(), cache).unwrap();
         args.controllers = vec![mooring_agent::cli::ControllerKind::Gitops];
-        args.kustomize_path = env.var("KUSTOMIZE").unwrap().into();
-        args.git_cache_dir = Some(cache.to_path_buf());
         args.git_allow_file_urls = true;
-        args.default_poll_interval = Duration::from_secs(2);
         args.application_selector = Some(format!("mooring.dev/shard={shard}"));
         RunningAgent::start_with(args)
     };

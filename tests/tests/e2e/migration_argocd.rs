@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::ResourceExt;
-use kube::api::{Patch, PatchParams, PostParams};
-use mooring_crds::application::{Application, SyncState};
+use kube::api::PostParams;
+use mooring_crds::application::Application;
+use mooring_e2e::gitops::{ApplicationManifest, agent_with_git};
 use mooring_e2e::{GitRepo, RealEnv, RunningAgent, TestNamespace, wait_for};
 
 const ARGO_MANAGER: &str = "argocd-controller";
@@ -80,58 +81,19 @@ async fn argo_cd_objects_are_taken_over_in_place_and_never_pruned_unseen() {
         )
         .unwrap();
     // The Argo CD manifest, `apiVersion` changed and nothing else.
-    let manifest = format!(
-        "apiVersion: mooring.dev/v1alpha1
-kind: Application
-metadata:
-  name: platform-api
-  namespace: {ns}
-spec:
-  project: default
-  source:
-    repoURL: {url}
-    targetRevision: main
-    path: apps/platform-api
-  destination:
-    server: https://kubernetes.default.svc
-    namespace: {ns}
-  syncPolicy:
-    automated:
-      prune: true
-      selfHeal: true
-",
-        ns = ns.name()
-    );
-    let app: Application = serde_saphyr::from_str(&manifest).unwrap();
-
-    let cache = tempfile::tempdir().unwrap();
-    let mut args = mooring_e2e::agent(&env, ns.name()).unwrap();
-    args.controllers = vec![mooring_agent::cli::ControllerKind::Gitops];
-    args.git_cache_dir = Some(cache.path().to_path_buf());
-    args.git_allow_file_urls = true;
-    args.default_poll_interval = Duration::from_secs(2);
-    let agent = RunningAgent::start_with(args).await.unwrap();
-    ns.api::<Application>()
-        .patch(
-            "platform-api",
-            &PatchParams::apply("kubectl").force(),
-            &Patch::Apply(&app),
-        )
-        .await
+    let app = ApplicationManifest::new("platform-api", ns.name(), &url, "apps/platform-api")
+        .application()
         .unwrap();
 
-    let apps = ns.api::<Application>();
-    wait_for("platform-api Synced", Duration::from_secs(90), || {
-        let apps = apps.clone();
-        let commit = commit.clone();
-        async move {
-            let app = apps.get_opt("platform-api").await.ok()??;
-            let sync = app.status?.sync?;
-            (sync.status == SyncState::Synced && sync.revision == Some(commit)).then_some(())
-        }
-    })
-    .await
-    .unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let mut args = agent_with_git(&env, ns.name(), cache.path()).unwrap();
+    args.controllers = vec![mooring_agent::cli::ControllerKind::Gitops];
+    args.git_allow_file_urls = true;
+    let agent = RunningAgent::start_with(args).await.unwrap();
+    ns.apply_application(&app).await.unwrap();
+    ns.wait_for_synced_at("platform-api", &commit)
+        .await
+        .unwrap();
 
     // Taken over in place: same object, Git's value, mooring's tracking id beside Argo's.
     let now = configs.get("platform-api-config").await.unwrap();
