@@ -125,7 +125,7 @@ impl Drop for RunningAgent {
 }
 
 /// The sum of every sample of metric `name` (all label sets) served at `metrics` (`host:port`).
-pub(crate) async fn scrape(metrics: &str, name: &str) -> anyhow::Result<f64> {
+pub async fn scrape(metrics: &str, name: &str) -> anyhow::Result<f64> {
     let text = reqwest::get(format!("http://{metrics}/metrics"))
         .await?
         .text()

@@ -13,6 +13,7 @@
 //! A missing environment is an error, never a skip: the suite runs against real peers or fails.
 
 mod agent;
+mod door;
 mod env;
 pub mod external_secrets;
 mod git;
@@ -22,7 +23,8 @@ mod namespace;
 mod process;
 mod wait;
 
-pub use agent::{RunningAgent, agent};
+pub use agent::{RunningAgent, agent, scrape};
+pub use door::Door;
 pub use env::{RealEnv, token_kubeconfig};
 pub use git::{GitRepo, git};
 pub use host::TestHost;

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
-use kube::api::{DeleteParams, ObjectMeta, PostParams};
+use k8s_openapi::api::core::v1::{Event, Namespace, Secret, ServiceAccount};
+use kube::api::{DeleteParams, ListParams, ObjectMeta, PostParams};
 use kube::config::Kubeconfig;
 use kube::{Api, Client};
 
@@ -148,6 +148,43 @@ impl TestNamespace {
                 }
             },
         )
+        .await
+    }
+
+    /// Waits (at most `timeout`, described as `what`) until object `name` of kind `K` is gone.
+    pub async fn wait_until_gone<K>(
+        &self,
+        what: &str,
+        name: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<()>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + k8s_openapi::serde::de::DeserializeOwned
+            + std::fmt::Debug,
+        <K as kube::Resource>::DynamicType: Default,
+    {
+        let api: Api<K> = self.api();
+        wait_for(what, timeout, || async {
+            api.get_opt(name).await.ok()?.is_none().then_some(())
+        })
+        .await
+    }
+
+    /// Waits (at most `timeout`, described as `what`) until an Event of this namespace is one
+    /// `accept` takes; returns it.
+    pub async fn wait_for_event(
+        &self,
+        what: &str,
+        timeout: Duration,
+        accept: impl Fn(&Event) -> bool,
+    ) -> anyhow::Result<Event> {
+        let events: Api<Event> = self.api();
+        wait_for(what, timeout, || async {
+            let list = events.list(&ListParams::default()).await.ok()?;
+            list.items.into_iter().find(|e| accept(e))
+        })
         .await
     }
 

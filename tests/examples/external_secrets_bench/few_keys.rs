@@ -5,15 +5,12 @@
 //! other client). Counted during the first sync and during one refresh cycle; the agent runs as
 //! its binary so its RSS can be read. Fails unless one login serves the whole run.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use mooring_e2e::{RealEnv, TestNamespace};
+use mooring_e2e::{Door, RealEnv, TestNamespace};
 use reqwest::Method;
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support::{env_number, rss_kib, start_agent, wait_for_every_secret};
 
@@ -41,12 +38,19 @@ pub async fn run() -> anyhow::Result<()> {
     let created = started.elapsed();
     wait_for_every_secret(&ns, count).await?;
     let synced = started.elapsed();
-    let (first_reads, first_logins) = (door.count(0), door.count(1));
+    let (reads, logins) = (
+        format!("GET /v1/{prefix}"),
+        format!("POST /v1/auth/{approle}/login "),
+    );
+    let (first_reads, first_logins) = (door.count(&reads), door.count(&logins));
 
     // One refresh cycle: 1 min plus the spread (a tenth of the interval). A fixed window is
     // what is measured here, so this waits on the clock.
     tokio::time::sleep(Duration::from_secs(70)).await;
-    let (cycle_reads, cycle_logins) = (door.count(0) - first_reads, door.count(1) - first_logins);
+    let (cycle_reads, cycle_logins) = (
+        door.count(&reads) - first_reads,
+        door.count(&logins) - first_logins,
+    );
     let rss = rss_kib(pid, "VmRSS:");
     let peak = rss_kib(pid, "VmHWM:");
 
@@ -69,14 +73,14 @@ pub async fn run() -> anyhow::Result<()> {
 
 /// Writes `keys` keys under `prefix`, a policy reading them and AppRole `approle` with it;
 /// creates Secret `approle` (its secret id) and SecretStore `store` that reaches OpenBao through
-/// a counting door, which is returned (its counts: reads under `prefix`, logins).
+/// a door that keeps what the agent sends, which is returned.
 async fn approle_store_behind_a_door(
     env: &RealEnv,
     ns: &TestNamespace,
     approle: &str,
     prefix: &str,
     keys: usize,
-) -> anyhow::Result<CountingDoor> {
+) -> anyhow::Result<Door> {
     let policy_name = format!("bench-{}", ns.name());
     for k in 0..keys {
         let value = json!({"data": {"password": format!("value-{k}")}});
@@ -94,106 +98,10 @@ async fn approle_store_behind_a_door(
     let (role_id, secret_id) = env.openbao_approle(approle, "bench", role).await?;
     ns.create_secret("approle", &[("secret-id", &secret_id)])
         .await?;
-    let door = CountingDoor::open(
-        env.var("VAULT_ADDR")?
-            .trim_start_matches("http://")
-            .to_string(),
-        vec![
-            format!("GET /v1/{prefix}"),
-            format!("POST /v1/auth/{approle}/login "),
-        ],
-    )
-    .await?;
-    let provider = json!({"vault": {"server": format!("http://{}", door.addr), "path": "secret",
+    let door = Door::open(env.var("VAULT_ADDR")?.trim_start_matches("http://")).await?;
+    let provider = json!({"vault": {"server": door.url, "path": "secret",
         "auth": {"appRole": {"path": approle, "roleId": role_id,
                              "secretRef": {"name": "approle", "key": "secret-id"}}}}});
     ns.create_secret_store("store", provider).await?;
     Ok(door)
-}
-
-/// A forwarder to OpenBao that counts, on the wire, requests whose request line starts with one
-/// of `patterns` (for example `GET /v1/secret/data/<prefix>`).
-struct CountingDoor {
-    addr: std::net::SocketAddr,
-    counts: Arc<Vec<AtomicUsize>>,
-    accept: tokio::task::JoinHandle<()>,
-}
-
-impl CountingDoor {
-    async fn open(target: String, patterns: Vec<String>) -> anyhow::Result<CountingDoor> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let counts: Arc<Vec<AtomicUsize>> =
-            Arc::new(patterns.iter().map(|_| Default::default()).collect());
-        let patterns = Arc::new(patterns);
-        let shared = counts.clone();
-        let accept = tokio::spawn(async move {
-            while let Ok((inbound, _)) = listener.accept().await {
-                let (target, patterns, counts) = (target.clone(), patterns.clone(), shared.clone());
-                tokio::spawn(forward_counting(inbound, target, patterns, counts));
-            }
-        });
-        Ok(CountingDoor {
-            addr,
-            counts,
-            accept,
-        })
-    }
-
-    fn count(&self, i: usize) -> usize {
-        self.counts[i].load(Ordering::SeqCst)
-    }
-}
-
-impl Drop for CountingDoor {
-    fn drop(&mut self) {
-        self.accept.abort();
-    }
-}
-
-/// Forwards one connection to `target`, counting what the client sends against `patterns`.
-async fn forward_counting(
-    inbound: tokio::net::TcpStream,
-    target: String,
-    patterns: Arc<Vec<String>>,
-    counts: Arc<Vec<AtomicUsize>>,
-) {
-    let Ok(outbound) = tokio::net::TcpStream::connect(target).await else {
-        return;
-    };
-    let (mut in_read, mut in_write) = inbound.into_split();
-    let (mut out_read, mut out_write) = outbound.into_split();
-    let upstream = async move {
-        let mut buffer = vec![0u8; 64 * 1024];
-        // The tail of the previous chunk, so a request line split across reads is still seen
-        // once.
-        let mut carry: Vec<u8> = Vec::new();
-        loop {
-            let n = match in_read.read(&mut buffer).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
-            };
-            let mut window = std::mem::take(&mut carry);
-            let skip = window.len();
-            window.extend_from_slice(&buffer[..n]);
-            for (i, pattern) in patterns.iter().enumerate() {
-                let p = pattern.as_bytes();
-                let found = window
-                    .windows(p.len())
-                    .enumerate()
-                    .filter(|(at, w)| *w == p && at + p.len() > skip)
-                    .count();
-                counts[i].fetch_add(found, Ordering::SeqCst);
-            }
-            let keep = window.len().min(256);
-            carry = window[window.len() - keep..].to_vec();
-            if out_write.write_all(&buffer[..n]).await.is_err() {
-                break;
-            }
-        }
-    };
-    let downstream = async move {
-        let _ = tokio::io::copy(&mut out_read, &mut in_write).await;
-    };
-    tokio::join!(upstream, downstream);
 }

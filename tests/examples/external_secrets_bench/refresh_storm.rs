@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 use kube::Api;
 use mooring_crds::external_secret::ExternalSecret;
 use mooring_e2e::external_secrets::openbao_token_provider;
-use mooring_e2e::{RealEnv, TestNamespace, wait_for};
+use mooring_e2e::{RealEnv, TestNamespace, scrape, wait_for};
 
-use crate::support::{env_number, metric, start_agent, wait_for_every_secret};
+use crate::support::{env_number, start_agent, wait_for_every_secret};
 
 /// The provider calls of every SecretStore, as the agent counts them.
 const READS: &str = "mooring_externalsecret_provider_calls_total{store=\"SecretStore";
@@ -55,10 +55,10 @@ pub async fn run() -> anyhow::Result<()> {
 
     // Let the storm build: every ExternalSecret wants a read every 10 s, the budget allows
     // `qps` per second. A fixed window is what is measured, so this waits on the clock.
-    let storm_start = metric(&metrics_addr, READS).await?;
+    let storm_start = scrape(&metrics_addr, READS).await?;
     tokio::time::sleep(Duration::from_secs(30)).await;
     let times = newcomers_time_to_ready(&ns, &prefix, count).await?;
-    let storm_reads = metric(&metrics_addr, READS).await? - storm_start;
+    let storm_reads = scrape(&metrics_addr, READS).await? - storm_start;
     let storm_seconds = 30.0 + times.iter().map(Duration::as_secs_f64).sum::<f64>() + 15.0;
     let _ = agent.start_kill();
     let _ = agent.wait().await;

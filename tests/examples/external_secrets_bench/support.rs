@@ -67,16 +67,3 @@ pub fn rss_kib(pid: u32, field: &str) -> u64 {
         .and_then(|n| n.parse().ok())
         .unwrap_or(0)
 }
-
-/// The sum of `series` on the agent's metrics endpoint at `addr`.
-pub async fn metric(addr: &str, series: &str) -> anyhow::Result<f64> {
-    let text = reqwest::get(format!("http://{addr}/metrics"))
-        .await?
-        .text()
-        .await?;
-    Ok(text
-        .lines()
-        .filter(|line| line.starts_with(series))
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum())
-}

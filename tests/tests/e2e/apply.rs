@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Event, Namespace, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::Api;
 use kube::api::{
@@ -338,17 +338,10 @@ async fn apply_resync_prune_and_guards() {
         fifth.pruned,
         vec![key("", "ConfigMap", Some(ns.name()), "extra")]
     );
-    wait_for(
+    ns.wait_until_gone::<ConfigMap>(
         "ConfigMap extra to be deleted",
+        "extra",
         Duration::from_secs(30),
-        || async {
-            ns.api::<ConfigMap>()
-                .get_opt("extra")
-                .await
-                .unwrap()
-                .is_none()
-                .then_some(())
-        },
     )
     .await
     .unwrap();
@@ -727,19 +720,14 @@ async fn self_heal_reverts_a_manual_edit_and_names_who_made_it() {
     .await
     .unwrap();
     eprintln!("manual edit reverted after {:?}", started.elapsed());
-    let events: Api<Event> = ns.api();
-    let reverted = wait_for(
-        "a DriftReverted event naming kubectl-edit",
-        Duration::from_secs(20),
-        || async {
-            let list = events.list(&ListParams::default()).await.ok()?;
-            list.items
-                .into_iter()
-                .find(|e| e.reason.as_deref() == Some("DriftReverted"))
-        },
-    )
-    .await
-    .unwrap();
+    let reverted = ns
+        .wait_for_event(
+            "a DriftReverted event naming kubectl-edit",
+            Duration::from_secs(20),
+            |e| e.reason.as_deref() == Some("DriftReverted"),
+        )
+        .await
+        .unwrap();
     let note = reverted.message.unwrap_or_default();
     assert!(note.contains("kubectl-edit"), "{note}");
     assert!(note.contains("(data.greeting)"), "{note}");
@@ -791,21 +779,19 @@ async fn self_heal_reverts_a_manual_edit_and_names_who_made_it() {
     )
     .await
     .unwrap();
-    let scaled = wait_for(
-        "a DriftReverted event naming kubectl-scale",
-        Duration::from_secs(20),
-        || async {
-            let list = events.list(&ListParams::default()).await.ok()?;
-            list.items.into_iter().find(|e| {
+    let scaled = ns
+        .wait_for_event(
+            "a DriftReverted event naming kubectl-scale",
+            Duration::from_secs(20),
+            |e| {
                 e.reason.as_deref() == Some("DriftReverted")
                     && e.message
                         .as_deref()
                         .is_some_and(|m| m.contains("kubectl-scale"))
-            })
-        },
-    )
-    .await
-    .unwrap();
+            },
+        )
+        .await
+        .unwrap();
     let note = scaled.message.unwrap_or_default();
     assert!(note.contains("(spec.replicas)"), "{note}");
 
@@ -815,17 +801,10 @@ async fn self_heal_reverts_a_manual_edit_and_names_who_made_it() {
         objects: vec![config_map("settings", ns.name(), "hello")],
     };
     ns.request_refresh("platform-api", "1").await.unwrap();
-    wait_for(
+    ns.wait_until_gone::<Deployment>(
         "the Deployment to be pruned",
+        "web",
         Duration::from_secs(30),
-        || async {
-            ns.api::<Deployment>()
-                .get_opt("web")
-                .await
-                .ok()?
-                .is_none()
-                .then_some(())
-        },
     )
     .await
     .unwrap();
@@ -1452,17 +1431,10 @@ async fn deleting_an_application_with_argo_resources_finalizer_deletes_its_objec
         .delete("platform-api", &DeleteParams::default())
         .await
         .unwrap();
-    wait_for(
+    ns.wait_until_gone::<Application>(
         "the Application to be gone",
+        "platform-api",
         Duration::from_secs(30),
-        || async {
-            ns.api::<Application>()
-                .get_opt("platform-api")
-                .await
-                .ok()?
-                .is_none()
-                .then_some(())
-        },
     )
     .await
     .unwrap();

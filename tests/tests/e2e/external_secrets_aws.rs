@@ -11,10 +11,10 @@ use kube::api::{ObjectMeta, PostParams};
 use mooring_crds::conditions::Condition;
 use mooring_crds::secret_store::SecretStore;
 use mooring_e2e::external_secrets::{agent_with_aws_endpoint, wait_for_store_ready};
-use mooring_e2e::{RealEnv, RunningAgent, TestNamespace, wait_for};
+use mooring_e2e::{Door, RealEnv, RunningAgent, TestNamespace, wait_for};
 
 use crate::aws_support::{
-    Door, create_static_keys, delete, jwt_claims, moto, put, static_keys_auth,
+    create_static_keys, delete, jwt_claims, moto, moto_door, put, static_keys_auth,
 };
 
 async fn service_account(ns: &TestNamespace, name: &str, annotations: &[(&str, &str)]) {
@@ -89,7 +89,7 @@ async fn web_identity_from_a_service_account_token_is_exchanged_once_across_refr
     )
     .await
     .unwrap();
-    let door = Door::open(&env).await;
+    let door = moto_door(&env).await;
     let agent = RunningAgent::start_with(agent_args(&env, ns.name(), &door))
         .await
         .unwrap();
@@ -150,7 +150,7 @@ async fn an_assumed_role_with_an_external_id_is_assumed_once_across_refreshes() 
     )
     .await
     .unwrap();
-    let door = Door::open(&env).await;
+    let door = moto_door(&env).await;
     let agent = RunningAgent::start_with(agent_args(&env, ns.name(), &door))
         .await
         .unwrap();
@@ -195,7 +195,7 @@ async fn web_identity_errors_name_the_store_field_and_service_account() {
     )
     .await
     .unwrap();
-    let door = Door::open(&env).await;
+    let door = moto_door(&env).await;
     let agent = RunningAgent::start_with(agent_args(&env, ns.name(), &door))
         .await
         .unwrap();
@@ -266,7 +266,7 @@ async fn a_referent_cluster_store_exchanges_the_consuming_namespaces_service_acc
     .unwrap();
     let stores: kube::Api<ClusterSecretStore> = kube::Api::all(ns.client());
     stores.create(&PostParams::default(), &css).await.unwrap();
-    let door = Door::open(&env).await;
+    let door = moto_door(&env).await;
     let agent = RunningAgent::start_with(agent_args(&env, ns.name(), &door))
         .await
         .unwrap();
@@ -383,7 +383,7 @@ async fn web_identity_works_with_exactly_the_deployed_secret_controller_rbac() {
     )
     .await
     .unwrap();
-    let door = Door::open(&env).await;
+    let door = moto_door(&env).await;
     // The agent as ServiceAccount `agent`: a bound token, no admin rights.
     let dir = tempfile::tempdir().unwrap();
     let token = ns.service_account_token("agent").await.unwrap();

@@ -7,9 +7,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Event, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::ResourceExt;
-use kube::api::{ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
 use mooring_crds::application::Application;
 use mooring_e2e::gitops::{ApplicationManifest, agent_with_git};
 use mooring_e2e::{GitRepo, RealEnv, RunningAgent, TestNamespace, wait_for};
@@ -243,14 +243,11 @@ async fn the_seed_layout_syncs_over_http_and_follows_commits() {
     .unwrap();
     let third = repo.commit("platform-api: no config map").unwrap();
     synced_at(&ns, "platform-api", &third).await;
-    wait_for("the ConfigMap pruned", Duration::from_secs(60), || async {
-        ns.api::<ConfigMap>()
-            .get_opt("platform-api-config")
-            .await
-            .ok()?
-            .is_none()
-            .then_some(())
-    })
+    ns.wait_until_gone::<ConfigMap>(
+        "the ConfigMap pruned",
+        "platform-api-config",
+        Duration::from_secs(60),
+    )
     .await
     .unwrap();
     let applied = agent
@@ -298,19 +295,15 @@ async fn the_seed_layout_syncs_over_http_and_follows_commits() {
     )
     .await
     .unwrap();
-    let events = ns.api::<Event>();
-    let note = wait_for("a drift event", Duration::from_secs(30), || async {
-        events
-            .list(&ListParams::default())
-            .await
-            .ok()?
-            .items
-            .into_iter()
-            .filter_map(|e| e.message)
-            .find(|m| m.contains("kubectl-edit"))
-    })
-    .await
-    .unwrap();
+    let drift = ns
+        .wait_for_event("a drift event", Duration::from_secs(30), |e| {
+            e.message
+                .as_deref()
+                .is_some_and(|m| m.contains("kubectl-edit"))
+        })
+        .await
+        .unwrap();
+    let note = drift.message.unwrap_or_default();
     assert!(note.contains("platform-api"), "{note}");
 
     // Broken YAML: a condition names the file; nothing is pruned or changed.

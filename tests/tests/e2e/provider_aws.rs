@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use mooring_e2e::RealEnv;
+use mooring_e2e::{Door, RealEnv};
 use mooring_provider::{FindQuery, RemoteRef, SecretProvider};
 use mooring_provider_aws::{
     AssumeRole, AwsConfig, AwsSecretsManagerProvider, StaticCredentials, WebIdentity,
@@ -15,7 +15,7 @@ use mooring_provider_aws::{
 };
 use zeroize::Zeroizing;
 
-use crate::aws_support::{Door, delete, moto, put};
+use crate::aws_support::{delete, moto, moto_door, put};
 
 /// A name no other test (or run) uses.
 fn unique(what: &str) -> String {
@@ -76,7 +76,7 @@ async fn find_filters_exactly_and_reads_values_in_batches_of_twenty() {
         created.push(name.clone());
     }
 
-    let door = Door::open(&env).await;
+    let door = moto_door(&env).await;
     let provider = AwsSecretsManagerProvider::new(AwsConfig {
         credentials: Some(static_keys(&env)),
         ..config(&env, &door)
@@ -126,7 +126,7 @@ async fn a_find_selecting_more_than_the_bound_is_refused_with_a_clear_error() {
         put(&admin, &name, "v", &[]).await;
         created.push(name);
     }
-    let door = Door::open(&env).await;
+    let door = moto_door(&env).await;
     let provider = AwsSecretsManagerProvider::new(AwsConfig {
         credentials: Some(static_keys(&env)),
         ..config(&env, &door)
@@ -168,7 +168,7 @@ async fn web_identity_credentials_are_fetched_once_and_sign_every_read() {
     let admin = moto(&env).await;
     let name = unique("jwt");
     put(&admin, &name, r#"{"password":"via-web-identity"}"#, &[]).await;
-    let door = Door::open(&env).await;
+    let door = moto_door(&env).await;
     let tokens = Arc::new(FixedTokens {
         token: "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ0ZXN0In0.c2ln".into(),
         requests: AtomicUsize::new(0),
@@ -209,7 +209,7 @@ async fn an_assumed_role_over_static_keys_is_assumed_once_with_its_external_id()
     let admin = moto(&env).await;
     let name = unique("role");
     put(&admin, &name, "role-value", &[]).await;
-    let door = Door::open(&env).await;
+    let door = moto_door(&env).await;
     let role_arn = format!("arn:aws:iam::123456789012:role/{}", name.replace('/', "-"));
     let provider = AwsSecretsManagerProvider::new(AwsConfig {
         credentials: Some(static_keys(&env)),
@@ -283,7 +283,7 @@ async fn short_lived_credentials_are_refreshed_before_they_expire() {
     let admin = moto(&env).await;
     let name = unique("refresh");
     put(&admin, &name, "refresh-value", &[]).await;
-    let door = Door::open(&env).await;
+    let door = moto_door(&env).await;
     let provider = AwsSecretsManagerProvider::new(AwsConfig {
         credentials: Some(static_keys(&env)),
         assume_role: Some(AssumeRole {
@@ -334,7 +334,7 @@ async fn a_role_assumed_on_top_of_web_identity_is_signed_by_the_web_identity_ses
     let admin = moto(&env).await;
     let name = unique("chain");
     put(&admin, &name, "chained-value", &[]).await;
-    let door = Door::open(&env).await;
+    let door = moto_door(&env).await;
     let tokens = Arc::new(FixedTokens {
         token: "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJjaGFpbiJ9.c2ln".into(),
         requests: AtomicUsize::new(0),

@@ -227,6 +227,31 @@ async fn bad_input_never_touches_an_existing_secret_and_names_the_key() {
     agent.stop().await.unwrap();
 }
 
+/// Creates sealing key Secret `name` as bitnami writes it: `kubernetes.io/tls`, labelled
+/// active.
+async fn create_key_secret(ns: &TestNamespace, name: &str, key_pem: Vec<u8>, cert_pem: Vec<u8>) {
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            labels: Some(BTreeMap::from([(
+                "sealedsecrets.bitnami.com/sealed-secrets-key".into(),
+                "active".into(),
+            )])),
+            ..Default::default()
+        },
+        type_: Some("kubernetes.io/tls".into()),
+        data: Some(BTreeMap::from([
+            ("tls.key".into(), ByteString(key_pem)),
+            ("tls.crt".into(), ByteString(cert_pem)),
+        ])),
+        ..Default::default()
+    };
+    ns.api::<Secret>()
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn an_imported_upstream_style_key_works_without_a_restart() {
     let env = RealEnv::load().unwrap();
@@ -274,66 +299,26 @@ async fn an_imported_upstream_style_key_works_without_a_restart() {
         String::from_utf8_lossy(&key_pem).contains("BEGIN RSA PRIVATE KEY"),
         "PKCS#1 like upstream"
     );
-    let imported = Secret {
-        metadata: ObjectMeta {
-            name: Some("sealed-secrets-keyimported".into()),
-            labels: Some(BTreeMap::from([(
-                "sealedsecrets.bitnami.com/sealed-secrets-key".into(),
-                "active".into(),
-            )])),
-            ..Default::default()
-        },
-        type_: Some("kubernetes.io/tls".into()),
-        data: Some(BTreeMap::from([
-            ("tls.key".into(), ByteString(key_pem)),
-            ("tls.crt".into(), ByteString(std::fs::read(&crt).unwrap())),
-        ])),
-        ..Default::default()
-    };
-    ns.api::<Secret>()
-        .create(&PostParams::default(), &imported)
-        .await
-        .unwrap();
+    create_key_secret(
+        &ns,
+        "sealed-secrets-keyimported",
+        key_pem,
+        std::fs::read(&crt).unwrap(),
+    )
+    .await;
 
     // A broken key Secret next to it is skipped with a Warning event, not a crash.
-    let broken = Secret {
-        metadata: ObjectMeta {
-            name: Some("sealed-secrets-keybroken".into()),
-            labels: Some(BTreeMap::from([(
-                "sealedsecrets.bitnami.com/sealed-secrets-key".into(),
-                "active".into(),
-            )])),
-            ..Default::default()
-        },
-        type_: Some("kubernetes.io/tls".into()),
-        data: Some(BTreeMap::from([
-            ("tls.key".into(), ByteString(b"not a key".to_vec())),
-            ("tls.crt".into(), ByteString(b"not a certificate".to_vec())),
-        ])),
-        ..Default::default()
-    };
-    ns.api::<Secret>()
-        .create(&PostParams::default(), &broken)
-        .await
-        .unwrap();
-    let events = ns.api::<Event>();
-    wait_for(
-        "an InvalidSealingKey event",
-        Duration::from_secs(30),
-        || {
-            let events = events.clone();
-            async move {
-                let list = events.list(&ListParams::default()).await.ok()?;
-                list.items
-                    .into_iter()
-                    .find(|e| {
-                        e.reason.as_deref() == Some("InvalidSealingKey")
-                            && e.involved_object.name.as_deref() == Some("sealed-secrets-keybroken")
-                    })
-                    .map(|_| ())
-            }
-        },
+    create_key_secret(
+        &ns,
+        "sealed-secrets-keybroken",
+        b"not a key".to_vec(),
+        b"not a certificate".to_vec(),
     )
+    .await;
+    ns.wait_for_event("an InvalidSealingKey event", Duration::from_secs(30), |e| {
+        e.reason.as_deref() == Some("InvalidSealingKey")
+            && e.involved_object.name.as_deref() == Some("sealed-secrets-keybroken")
+    })
     .await
     .unwrap();
 
