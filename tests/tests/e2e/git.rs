@@ -18,8 +18,8 @@ use mooring_crds::application::{ApplicationSource, KustomizeSource};
 use mooring_e2e::{GitRepo, RealEnv, TestNamespace};
 use zeroize::Zeroizing;
 
-/// The seed article's layout: an app-of-apps root, Application manifests, and a Kustomize app
-/// with a base and two overlays.
+/// The layout of the README's Quickstart repository: an app-of-apps root, Application
+/// manifests, and a Kustomize app with a base and two overlays.
 fn seed_files(replicas_staging: u32) -> Vec<(&'static str, String)> {
     vec![
         (

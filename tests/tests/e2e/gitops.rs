@@ -1,5 +1,5 @@
 //! GitOps end to end: the agent (Application controller, Git cache, kustomize) against the real
-//! API server and the real git servers, with the seed article's repository layout:
+//! API server and the real git servers, with the repository layout of the README's Quickstart:
 //! `bootstrap/root-app.yaml` → `argocd-apps/` (app of apps) → `apps/platform-api/{base,overlays}`.
 
 use std::collections::BTreeMap;

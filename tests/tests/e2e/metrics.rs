@@ -1,6 +1,6 @@
-//! The controller metrics every controller reports the same way (issue 6 §4), read from a running
-//! agent's `/metrics` after real work against the real API server: reconciles by result, errors
-//! by reason, the queue drained back to zero, reconcile durations.
+//! The controller metrics every controller reports the same way (README, "Operate: metrics, logs,
+//! events"), read from a running agent's `/metrics` after real work against the real API server:
+//! reconciles by result, errors by reason, the queue drained back to zero, reconcile durations.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
