@@ -1,0 +1,193 @@
+//! Set-up for Application tests: manifests as users write them, an agent that syncs from Git,
+//! and waiting for an Application's status.
+
+use std::path::Path;
+use std::time::Duration;
+
+use kube::Api;
+use kube::api::{Patch, PatchParams};
+use mooring_crds::application::{Application, SyncState};
+
+use crate::{RealEnv, TestNamespace, wait_for};
+
+/// An Application manifest as users (and Argo CD users, but for `apiVersion`) write it: project
+/// `default`, revision `main`, this cluster as destination, automated sync with prune.
+#[derive(Clone, Debug)]
+pub struct ApplicationManifest<'a> {
+    name: &'a str,
+    namespace: &'a str,
+    repo_url: &'a str,
+    path: &'a str,
+    self_heal: bool,
+    create_namespace: bool,
+}
+
+impl<'a> ApplicationManifest<'a> {
+    /// Application `name` in `namespace` of `path` in `repo_url`, syncing into `namespace`, with
+    /// self-heal.
+    pub fn new(
+        name: &'a str,
+        namespace: &'a str,
+        repo_url: &'a str,
+        path: &'a str,
+    ) -> ApplicationManifest<'a> {
+        ApplicationManifest {
+            name,
+            namespace,
+            repo_url,
+            path,
+            self_heal: true,
+            create_namespace: false,
+        }
+    }
+
+    /// The same with `selfHeal` set to `self_heal`.
+    pub fn self_heal(self, self_heal: bool) -> ApplicationManifest<'a> {
+        ApplicationManifest { self_heal, ..self }
+    }
+
+    /// The same with the sync option `CreateNamespace=true`.
+    pub fn create_namespace(self) -> ApplicationManifest<'a> {
+        ApplicationManifest {
+            create_namespace: true,
+            ..self
+        }
+    }
+
+    /// The manifest as YAML, as it would be committed.
+    pub fn yaml(&self) -> String {
+        let ApplicationManifest {
+            name,
+            namespace,
+            repo_url,
+            path,
+            self_heal,
+            create_namespace,
+        } = self;
+        let options = if *create_namespace {
+            "    syncOptions:\n      - CreateNamespace=true\n"
+        } else {
+            ""
+        };
+        format!(
+            "apiVersion: mooring.dev/v1alpha1
+kind: Application
+metadata:
+  name: {name}
+  namespace: {namespace}
+spec:
+  project: default
+  source:
+    repoURL: {repo_url}
+    targetRevision: main
+    path: {path}
+  destination:
+    server: https://kubernetes.default.svc
+    namespace: {namespace}
+  syncPolicy:
+    automated:
+      prune: true
+      selfHeal: {self_heal}
+{options}"
+        )
+    }
+
+    /// The manifest as an object.
+    pub fn application(&self) -> anyhow::Result<Application> {
+        Ok(serde_saphyr::from_str(&self.yaml())?)
+    }
+}
+
+/// Arguments for an in-process agent for `namespace` (see [`crate::agent`]) that renders with
+/// the realenv's pinned kustomize, keeps its Git cache in `cache` and polls every 2 s.
+pub fn agent_with_git(
+    env: &RealEnv,
+    namespace: &str,
+    cache: &Path,
+) -> anyhow::Result<mooring_agent::cli::RunArgs> {
+    let mut args = crate::agent(env, namespace)?;
+    args.kustomize_path = env.var("KUSTOMIZE")?.into();
+    args.git_cache_dir = Some(cache.to_path_buf());
+    args.default_poll_interval = Duration::from_secs(2);
+    Ok(args)
+}
+
+impl TestNamespace {
+    /// Applies `app` as `kubectl apply --server-side --force-conflicts` does (a user
+    /// bootstrapping).
+    pub async fn apply_application(&self, app: &Application) -> anyhow::Result<Application> {
+        let name = app.metadata.name.as_deref().unwrap_or_default();
+        Ok(self
+            .api::<Application>()
+            .patch(
+                name,
+                &PatchParams::apply("kubectl").force(),
+                &Patch::Apply(app),
+            )
+            .await?)
+    }
+
+    /// Asks for a look at Application `name` now (annotation `mooring.dev/refresh` set to
+    /// `value`), as `argocd app get --refresh` does.
+    pub async fn request_refresh(&self, name: &str, value: &str) -> anyhow::Result<()> {
+        let annotation = serde_json::json!({
+            "metadata": {"annotations": {"mooring.dev/refresh": value}}
+        });
+        self.api::<Application>()
+            .patch(name, &PatchParams::default(), &Patch::Merge(annotation))
+            .await?;
+        Ok(())
+    }
+
+    /// Waits (at most `timeout`, described as `what`) until Application `name` is one `check`
+    /// takes, and returns it; a timeout names its last status.
+    pub async fn wait_for_application(
+        &self,
+        what: &str,
+        name: &str,
+        timeout: Duration,
+        check: impl Fn(&Application) -> bool,
+    ) -> anyhow::Result<Application> {
+        let api: Api<Application> = self.api();
+        let waited = wait_for(what, timeout, || async {
+            api.get_opt(name).await.ok()?.filter(|app| check(app))
+        })
+        .await;
+        match waited {
+            Ok(app) => Ok(app),
+            Err(error) => {
+                let status = match api.get_opt(name).await {
+                    Ok(Some(app)) => serde_json::to_string_pretty(&app.status)?,
+                    other => format!("{other:?}"),
+                };
+                Err(anyhow::anyhow!("{error:#}; status: {status}"))
+            }
+        }
+    }
+
+    /// Waits (at most 90 s) until Application `name` reports `revision` Synced.
+    pub async fn wait_for_synced_at(
+        &self,
+        name: &str,
+        revision: &str,
+    ) -> anyhow::Result<Application> {
+        let what = format!("Application {name} Synced at {revision}");
+        self.wait_for_application(&what, name, Duration::from_secs(90), |app| {
+            is_synced(app) && sync_revision(app) == Some(revision)
+        })
+        .await
+    }
+}
+
+/// Whether `app` reports Synced.
+pub fn is_synced(app: &Application) -> bool {
+    app.status
+        .as_ref()
+        .and_then(|s| s.sync.as_ref())
+        .is_some_and(|s| s.status == SyncState::Synced)
+}
+
+/// The revision `app` last reported in its sync status.
+fn sync_revision(app: &Application) -> Option<&str> {
+    app.status.as_ref()?.sync.as_ref()?.revision.as_deref()
+}

@@ -1,0 +1,29 @@
+//! mooring end to end, against the real peers of `tests/realenv/up`: one module per area, all in
+//! one test binary so the agent (with gix, vaultrs and the AWS SDK) is linked once, not once
+//! per file. Run one area with `cargo test -p mooring-e2e --test e2e -- <module>::`.
+
+// Test helpers outside #[test] functions may unwrap: a failure is a test failure.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod apply;
+mod apply_paging;
+mod aws_support;
+mod demo;
+mod external_secrets;
+mod external_secrets_aws;
+mod external_secrets_tls;
+mod git;
+mod gitops;
+mod golden;
+mod ha;
+mod install;
+mod kubeseal;
+mod metrics;
+mod migration;
+mod migration_argocd;
+mod migration_eso;
+mod provider_aws;
+mod provider_conformance;
+mod rbac;
+mod sealed_secrets;
+mod smoke;
