@@ -1,5 +1,5 @@
 //! Unit tests on temporary directories. The real kustomize is exercised by the e2e tests
-//! (tests/tests/git.rs); here a stand-in script checks how the runner calls and bounds it.
+//! (tests/tests/e2e/git.rs); here a stand-in script checks how the runner calls and bounds it.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
