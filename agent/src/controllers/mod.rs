@@ -83,6 +83,43 @@ pub(crate) async fn run_until_drained(
     }
 }
 
+/// [`run_until_drained`] with a periodic task beside the controller (a gauge recount,
+/// housekeeping of caches), which ends with it.
+pub(crate) async fn run_with_until_drained(
+    controller: impl std::future::Future<Output = ()>,
+    beside: impl std::future::Future<Output = ()>,
+    shutdown: impl std::future::Future<Output = ()>,
+    in_flight: tokio::sync::watch::Receiver<usize>,
+) {
+    let both = async move {
+        tokio::select! {
+            () = controller => {},
+            () = beside => {},
+        }
+    };
+    run_until_drained(both, shutdown, in_flight).await;
+}
+
+/// Writes `status` into the status subresource of `name` by a JSON merge patch (the way the
+/// ExternalSecret, SealedSecret and store controllers write theirs).
+pub(crate) async fn merge_status<K>(
+    api: &kube::Api<K>,
+    name: &str,
+    status: &impl serde::Serialize,
+) -> Result<(), kube::Error>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let patch = serde_json::json!({ "status": status });
+    api.patch_status(
+        name,
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&patch),
+    )
+    .await
+    .map(|_| ())
+}
+
 /// Locks `mutex`, also after a thread panicked while holding it: the maps the controllers keep
 /// are caches and counters that stay valid after any partial update, and a controller must not
 /// stop serving because one reconcile panicked.

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
@@ -352,17 +351,12 @@ impl StatusUpdate<'_> {
             capabilities: Some("ReadOnly".into()),
         };
         if new != self.current {
-            let patch = serde_json::json!({ "status": new });
-            api.patch_status(
-                &self.id.name,
-                &PatchParams::default(),
-                &Patch::Merge(&patch),
-            )
-            .await
-            .map_err(|source| Error::Status {
-                store: self.id.to_string(),
-                source,
-            })?;
+            crate::controllers::merge_status(api, &self.id.name, &new)
+                .await
+                .map_err(|source| Error::Status {
+                    store: self.id.to_string(),
+                    source,
+                })?;
         }
         Ok(Action::requeue(again))
     }

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::PostParams;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType};
@@ -32,7 +32,9 @@ use zeroize::Zeroizing;
 
 use crate::cluster::FIELD_MANAGER;
 use crate::controllers::reconciles::Reconciles;
-use crate::controllers::{Failures, RECOUNT_EVERY, backoff, lock, set_condition_counts};
+use crate::controllers::{
+    Failures, RECOUNT_EVERY, backoff, lock, merge_status, set_condition_counts,
+};
 use crate::events::EventSink;
 use crate::metrics::{ControllerMetrics, ReasonLabels, SealedSecretMetrics};
 use crate::sealed_secrets::keys::KeyRing;
@@ -280,13 +282,7 @@ pub async fn run(
         .graceful_shutdown_on(shutdown.clone())
         .run(reconcile_in_slot, error_policy, ctx)
         .for_each(|_| std::future::ready(()));
-    let controller = async move {
-        tokio::select! {
-            () = controller => {},
-            () = counting => {},
-        }
-    };
-    crate::controllers::run_until_drained(controller, shutdown, in_flight).await;
+    crate::controllers::run_with_until_drained(controller, counting, shutdown, in_flight).await;
 }
 
 /// Keeps the `mooring_sealedsecret_condition` gauge equal to the SealedSecrets in the watch
@@ -746,14 +742,9 @@ async fn write_status(
     };
     let api: Api<SealedSecret> =
         Api::namespaced(ctx.client.clone(), &sealed.namespace().unwrap_or_default());
-    let patch = serde_json::json!({ "status": new_status });
-    api.patch_status(
-        &sealed.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(&patch),
-    )
-    .await
-    .map_err(Error::Status)?;
+    merge_status(&api, &sealed.name_any(), &new_status)
+        .await
+        .map_err(Error::Status)?;
     lock(&ctx.statuses).insert(uid, written);
     Ok(())
 }

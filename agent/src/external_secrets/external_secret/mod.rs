@@ -215,13 +215,7 @@ pub async fn run(
         .graceful_shutdown_on(shutdown.clone())
         .run(reconcile_in_slot, error_policy, ctx)
         .for_each(|_| std::future::ready(()));
-    let controller = async move {
-        tokio::select! {
-            () = controller => {},
-            () = housekeeping => {},
-        }
-    };
-    crate::controllers::run_until_drained(controller, shutdown, in_flight).await;
+    crate::controllers::run_with_until_drained(controller, housekeeping, shutdown, in_flight).await;
 }
 
 /// Every 10 s: recounts the condition gauge from the watch cache, and forgets what is kept in

@@ -1,7 +1,6 @@
 //! What a sync reports: metrics, events, the conditions (a pure function of the result) and the
 //! status, written only when it changed.
 
-use kube::api::{Patch, PatchParams};
 use kube::runtime::events::{Event, EventType};
 use kube::{Api, Resource, ResourceExt};
 use mooring_crds::conditions::{Condition, ConditionStatus, names, stamp};
@@ -10,7 +9,7 @@ use mooring_crds::external_secret::{Binding, ExternalSecret, ExternalSecretStatu
 use super::schedule::synced_resource_version;
 use super::target::target_name;
 use super::{Context, Error, Outcome, SyncResult};
-use crate::controllers::lock;
+use crate::controllers::{lock, merge_status};
 use crate::metrics::{OutcomeLabels, ReasonLabels};
 
 /// The object with the status this agent wrote last when the watch cache has not caught up
@@ -218,14 +217,9 @@ pub(super) async fn write_status(
     }
     let api: Api<ExternalSecret> =
         Api::namespaced(ctx.client.clone(), &es.namespace().unwrap_or_default());
-    let patch = serde_json::json!({ "status": new });
-    api.patch_status(
-        &es.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(&patch),
-    )
-    .await
-    .map_err(Error::WriteStatus)?;
+    merge_status(&api, &es.name_any(), &new)
+        .await
+        .map_err(Error::WriteStatus)?;
     lock(&ctx.statuses).insert(uid, new);
     Ok(())
 }
