@@ -209,25 +209,11 @@ impl Agent {
         let main_server = axum::serve(self.listener, app).with_graceful_shutdown(stop.signal());
         let metrics_server = axum::serve(self.metrics_listener, http::metrics_router(metrics))
             .with_graceful_shutdown(stop.signal());
-        let servers =
-            async { tokio::try_join!(main_server.into_future(), metrics_server.into_future()) };
-        tokio::pin!(servers);
-
-        let lost = lost_leadership(leading.clone());
-        let mut lost_lease = false;
-        let served = tokio::select! {
-            result = &mut servers => result.map(|_| ()),
-            () = shutdown => {
-                stop.stop();
-                servers.await.map(|_| ())
-            }
-            () = lost => {
-                lost_lease = true;
-                stop.stop();
-                servers.await.map(|_| ())
-            }
+        let servers = async {
+            tokio::try_join!(main_server.into_future(), metrics_server.into_future()).map(|_| ())
         };
-        stop.stop();
+
+        let ended = serve_until_stopped(servers, shutdown, lost_leadership(leading), &stop).await;
         // Controllers finish their in-flight reconciles; anything else is cancelled.
         let drained = tokio::time::timeout(Duration::from_secs(10), async {
             while tasks.join_next().await.is_some() {}
@@ -242,9 +228,12 @@ impl Agent {
         if let Some(election) = election {
             let _ = election.await;
         }
-        served.map_err(Error::Serve)?;
-        if lost_lease {
-            return Err(Error::LostLeadership);
+        match ended {
+            Ended::Served(served) => served.map_err(Error::Serve)?,
+            Ended::LostLease(served) => {
+                served.map_err(Error::Serve)?;
+                return Err(Error::LostLeadership);
+            }
         }
         tracing::info!("mooring agent stopped");
         Ok(())
@@ -284,6 +273,37 @@ impl Agent {
         });
         (leading, leader_stop, election)
     }
+}
+
+/// How serving ended: the servers stopped (on their own or after a shutdown request), or this
+/// replica lost the Lease.
+enum Ended {
+    Served(std::io::Result<()>),
+    LostLease(std::io::Result<()>),
+}
+
+/// Serves until the servers end, `shutdown` completes or the Lease is `lost`; in the latter two
+/// cases gives the stop signal and lets the servers finish their requests.
+async fn serve_until_stopped(
+    servers: impl Future<Output = std::io::Result<()>>,
+    shutdown: impl Future<Output = ()>,
+    lost: impl Future<Output = ()>,
+    stop: &Stop,
+) -> Ended {
+    tokio::pin!(servers);
+    let ended = tokio::select! {
+        result = &mut servers => Ended::Served(result),
+        () = shutdown => {
+            stop.stop();
+            Ended::Served(servers.await)
+        }
+        () = lost => {
+            stop.stop();
+            Ended::LostLease(servers.await)
+        }
+    };
+    stop.stop();
+    ended
 }
 
 /// What each job's start function is given: the cluster, the flags, the shared metrics and
