@@ -351,6 +351,10 @@ pub mod reasons {
     pub const DECODE_FAILED: &str = "DecodeFailed";
     /// A template could not be rendered.
     pub const TEMPLATE_FAILED: &str = "TemplateFailed";
+    /// `spec.target.template.type` asks for a Secret type mooring never makes from an
+    /// ExternalSecret (`kubernetes.io/service-account-token`: the API server would mint a token
+    /// for the ServiceAccount the Secret names; ESO's GHSA-fq7h).
+    pub const SECRET_TYPE_FORBIDDEN: &str = "SecretTypeForbidden";
     /// The target Secret is controlled by another object.
     pub const SECRET_OWNED_BY_OTHER: &str = "SecretOwnedByOther";
     /// The target Secret is immutable and its data differs.

@@ -46,6 +46,10 @@ pub mod reasons {
     pub const INVALID_LEGACY_DATA: &str = "InvalidLegacyData";
     /// A `template.data` entry could not be rendered.
     pub const TEMPLATE_FAILED: &str = "TemplateFailed";
+    /// `spec.template.type` asks for a Secret type mooring never makes from a SealedSecret
+    /// (`kubernetes.io/service-account-token`: the API server would mint a token for the
+    /// ServiceAccount the Secret names).
+    pub const SECRET_TYPE_FORBIDDEN: &str = "SecretTypeForbidden";
     /// A Secret of that name exists and is not managed by the SealedSecret.
     pub const UNMANAGED: &str = "Unmanaged";
     /// The existing Secret is immutable and its data differs.

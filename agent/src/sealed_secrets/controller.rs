@@ -141,6 +141,11 @@ pub enum Error {
     /// A `template.data` entry could not be rendered.
     #[error(transparent)]
     Template(#[from] mooring_template::TemplateError),
+    /// `spec.template.type` asks for a Secret type that is never made from a SealedSecret.
+    #[error(
+        "spec.template.type {0:?} is refused: a Secret of that type makes the API server mint a token for the ServiceAccount it names; create it directly instead"
+    )]
+    SecretTypeForbidden(String),
     /// A Secret of that name exists and this SealedSecret may not take it over.
     #[error(
         "Resource {0:?} already exists and is not managed by SealedSecret (annotate it with sealedsecrets.bitnami.com/managed: \"true\" to let mooring take it over)"
@@ -192,6 +197,7 @@ impl Error {
             } => reasons::SCOPE_MISMATCH,
             Error::Unseal { reason, .. } => reason,
             Error::Template(_) => reasons::TEMPLATE_FAILED,
+            Error::SecretTypeForbidden(_) => reasons::SECRET_TYPE_FORBIDDEN,
             Error::Unmanaged(_) => reasons::UNMANAGED,
             Error::Immutable(_) => reasons::SECRET_IMMUTABLE,
             // RBAC denied a verb: say so, so an operator knows to grant it (not a crash loop).
@@ -379,8 +385,30 @@ fn content_digest(secret: &Secret) -> [u8; 32] {
     out
 }
 
+/// The Secret type the API server turns into a ServiceAccount token: whoever may create such a
+/// Secret may mint a token for any ServiceAccount of the namespace (ESO's GHSA-fq7h), so the
+/// agent's own Secret rights must never be lent to a SealedSecret author for it.
+const SERVICE_ACCOUNT_TOKEN_TYPE: &str = "kubernetes.io/service-account-token";
+
+/// Refuses a SealedSecret whose template asks for a ServiceAccount-token Secret; checked before
+/// any RSA work or API call.
+fn ensure_allowed_type(sealed: &SealedSecret) -> Result<(), Error> {
+    let type_ = sealed
+        .spec
+        .template
+        .as_ref()
+        .and_then(|t| t.type_.as_deref());
+    match type_ {
+        Some(type_) if type_ == SERVICE_ACCOUNT_TOKEN_TYPE => {
+            Err(Error::SecretTypeForbidden(type_.to_string()))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Unseals and writes the Secret, unless nothing it depends on changed since the last time.
 async fn sync(sealed: &SealedSecret, ctx: &Context) -> Result<Outcome, Error> {
+    ensure_allowed_type(sealed)?;
     let name = sealed.name_any();
     let api: Api<Secret> =
         Api::namespaced(ctx.client.clone(), &sealed.namespace().unwrap_or_default());
@@ -1001,6 +1029,31 @@ mod tests {
         for (error, envelope, reason) in cases {
             assert_eq!(unseal_reason(&error, envelope.as_ref()), reason, "{error}");
         }
+    }
+
+    #[test]
+    fn a_service_account_token_type_is_refused_before_unsealing() {
+        let template = |type_: &str| SecretTemplateSpec {
+            type_: Some(type_.into()),
+            ..Default::default()
+        };
+        let error = ensure_allowed_type(&sealed(Some(template(
+            "kubernetes.io/service-account-token",
+        ))))
+        .unwrap_err();
+        assert_eq!(error.reason(), "SecretTypeForbidden");
+        assert!(!error.is_retryable());
+        assert!(
+            error.message().starts_with(
+                "spec.template.type \"kubernetes.io/service-account-token\" is refused"
+            ),
+            "{}",
+            error.message()
+        );
+        for allowed in ["Opaque", "kubernetes.io/basic-auth", "kubernetes.io/tls"] {
+            assert!(ensure_allowed_type(&sealed(Some(template(allowed)))).is_ok());
+        }
+        assert!(ensure_allowed_type(&sealed(None)).is_ok());
     }
 
     #[test]

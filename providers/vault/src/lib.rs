@@ -42,6 +42,35 @@ pub struct VaultConfig {
     pub namespace: Option<String>,
 }
 
+/// Why `server` must not carry credentials, if it must not: it is `https://`, or `http://` to
+/// a loopback host (a dev server, a local proxy or agent); anything else is refused. Every
+/// request carries the token (and a login the AppRole secret id or the ServiceAccount JWT),
+/// which over plain http to another host would cross the network in clear; git credentials
+/// follow the same rule.
+pub fn insecure_server(server: &str) -> Option<String> {
+    let Ok(url) = reqwest::Url::parse(server) else {
+        return Some("is not a URL (use https://host:port)".into());
+    };
+    match url.scheme() {
+        "https" => None,
+        "http" if url.host_str().is_some_and(is_loopback) => None,
+        "http" => Some(
+            "plain http is allowed only to a loopback host (the token would cross the network in clear); use https"
+                .into(),
+        ),
+        other => Some(format!("scheme {other:?} is not https")),
+    }
+}
+
+/// `localhost`, `127.0.0.0/8` or `[::1]` (a URL's host, IPv6 in brackets).
+fn is_loopback(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// Which certificate authorities the client accepts for an `https` server.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub enum ServerTrust {
@@ -232,6 +261,12 @@ impl VaultProvider {
         trust: ServerTrust,
         token: &str,
     ) -> Result<Self, ProviderError> {
+        if let Some(why) = insecure_server(&config.server) {
+            return Err(ProviderError::InvalidConfig(format!(
+                "vault server {:?}: {why}",
+                config.server
+            )));
+        }
         let mut settings = VaultClientSettingsBuilder::default();
         // Explicit, so vaultrs reads none of them from the agent's environment.
         settings
@@ -557,6 +592,49 @@ mod tests {
             version,
             namespace: None,
         }
+    }
+
+    #[test]
+    fn plain_http_only_to_loopback() {
+        for allowed in [
+            "https://vault.example:8200",
+            "https://10.0.0.5",
+            "http://127.0.0.1:8200",
+            "http://127.1.2.3",
+            "http://localhost:8200",
+            "http://LOCALHOST",
+            "http://[::1]:8200",
+        ] {
+            assert_eq!(insecure_server(allowed), None, "{allowed}");
+        }
+        for refused in [
+            "http://vault.example:8200",
+            "http://10.0.0.5:8200",
+            "http://[fd00::1]",
+            "http://localhost.attacker.example",
+            "http://127.0.0.1.nip.io",
+        ] {
+            let why = insecure_server(refused).unwrap();
+            assert!(why.contains("use https"), "{refused}: {why}");
+        }
+        assert!(
+            insecure_server("ftp://vault")
+                .unwrap()
+                .contains("not https")
+        );
+        assert!(insecure_server("vault:8200/x").is_some());
+        assert!(insecure_server("").is_some());
+        let error = VaultProvider::with_token(
+            VaultConfig {
+                server: "http://vault.example".into(),
+                ..config("secret", KvVersion::V2)
+            },
+            "t",
+        )
+        .err()
+        .unwrap();
+        assert_eq!(error.reason(), "InvalidConfig");
+        assert!(error.to_string().contains("use https"), "{error}");
     }
 
     #[test]

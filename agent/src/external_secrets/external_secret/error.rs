@@ -52,6 +52,12 @@ pub enum Error {
     /// A template could not be rendered.
     #[error(transparent)]
     Template(#[from] mooring_template::TemplateError),
+    /// `spec.target.template.type` asks for a Secret type that is never made from an
+    /// ExternalSecret.
+    #[error(
+        "spec.target.template.type {0:?} is refused: a Secret of that type makes the API server mint a token for the ServiceAccount it names; create it directly instead"
+    )]
+    SecretTypeForbidden(String),
     /// The Secret is controlled by another object.
     #[error("Secret {0:?} is owned by another object; refusing to take it over")]
     ForeignOwner(String),
@@ -125,6 +131,7 @@ impl Error {
             }
             Error::Decode { .. } => reasons::DECODE_FAILED,
             Error::Template(_) => reasons::TEMPLATE_FAILED,
+            Error::SecretTypeForbidden(_) => reasons::SECRET_TYPE_FORBIDDEN,
             Error::ForeignOwner(_) => reasons::SECRET_OWNED_BY_OTHER,
             Error::Immutable(_) => reasons::SECRET_IMMUTABLE,
             Error::ReadSecret { .. }
@@ -268,6 +275,10 @@ mod tests {
                     strategy: "Base64".into(),
                 },
                 "DecodeFailed",
+            ),
+            (
+                Error::SecretTypeForbidden("kubernetes.io/service-account-token".into()),
+                "SecretTypeForbidden",
             ),
             (Error::ForeignOwner("db".into()), "SecretOwnedByOther"),
             (Error::Immutable("db".into()), "SecretImmutable"),

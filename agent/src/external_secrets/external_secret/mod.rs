@@ -48,7 +48,7 @@ use policy::policies;
 use refresh_gate::{PERIODIC_PER_STORE, RefreshGate};
 use schedule::{next_refresh, refresh_due, synced_resource_version, urgency};
 use status::{record, with_latest_status, write_status};
-use target::{LastWrite, keep_or_repair, write_fetched};
+use target::{LastWrite, ensure_allowed_type, keep_or_repair, write_fetched};
 
 mod data_from;
 mod error;
@@ -296,6 +296,7 @@ fn error_policy(es: Arc<ExternalSecret>, error: &Error, ctx: Arc<Context>) -> Ac
 async fn sync(es: &ExternalSecret, ctx: &Context) -> SyncResult {
     let es = &with_latest_status(es, ctx);
     ensure_supported(es)?;
+    ensure_allowed_type(es)?;
     let policies = policies(&es.spec)?;
     let synced_version = synced_resource_version(es);
     let secrets: Api<Secret> =

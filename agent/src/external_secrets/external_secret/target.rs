@@ -54,6 +54,28 @@ pub(super) fn target_name(es: &ExternalSecret) -> String {
         .unwrap_or_else(|| es.name_any())
 }
 
+/// The Secret type the API server turns into a ServiceAccount token: whoever may have such a
+/// Secret made may mint a token for any ServiceAccount of the namespace (ESO's GHSA-fq7h), so
+/// the agent's own Secret rights are never lent to an ExternalSecret author for it.
+const SERVICE_ACCOUNT_TOKEN_TYPE: &str = "kubernetes.io/service-account-token";
+
+/// Refuses an ExternalSecret whose template asks for a ServiceAccount-token Secret; checked
+/// before the store is read, so nothing is fetched and nothing is written.
+pub(super) fn ensure_allowed_type(es: &ExternalSecret) -> Result<(), Error> {
+    let type_ = es
+        .spec
+        .target
+        .as_ref()
+        .and_then(|t| t.template.as_ref())
+        .and_then(|t| t.type_.as_deref());
+    match type_ {
+        Some(type_) if type_ == SERVICE_ACCOUNT_TOKEN_TYPE => {
+            Err(Error::SecretTypeForbidden(type_.to_string()))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// The target Secret, if it exists.
 async fn read_secret(api: &Api<Secret>, name: &str) -> Result<Option<Secret>, Error> {
     api.get_opt(name).await.map_err(|source| Error::ReadSecret {
@@ -421,6 +443,29 @@ mod tests {
             desired.data.keys().collect::<Vec<_>>(),
             ["dsn", "password", "user"]
         );
+    }
+
+    #[test]
+    fn a_service_account_token_type_is_refused() {
+        let with_type =
+            |type_: &str| es(serde_json::json!({"target": {"template": {"type": type_}}}));
+        let error =
+            ensure_allowed_type(&with_type("kubernetes.io/service-account-token")).unwrap_err();
+        assert_eq!(error.reason(), "SecretTypeForbidden");
+        assert!(!error.is_retryable());
+        assert!(
+            error
+                .to_string()
+                .starts_with("spec.target.template.type \"kubernetes.io/service-account-token\""),
+            "{error}"
+        );
+        for allowed in ["Opaque", "kubernetes.io/dockerconfigjson", ""] {
+            assert!(
+                ensure_allowed_type(&with_type(allowed)).is_ok(),
+                "{allowed}"
+            );
+        }
+        assert!(ensure_allowed_type(&es(serde_json::json!({}))).is_ok());
     }
 
     fn secret_with(data: &[(&str, &str)], annotations: &[(&str, String)]) -> Secret {

@@ -69,6 +69,13 @@ impl ProviderConfig for VaultProvider {
         reader: &CredentialReader<'_>,
         _: &ProviderSettings,
     ) -> Result<Connection, StoreError> {
+        // Before any credential is read: a token must never be sent in clear.
+        if let Some(why) = mooring_provider_vault::insecure_server(&self.server) {
+            return Err(reader.invalid(format!(
+                "spec.provider.vault.server {:?}: {why}",
+                self.server
+            )));
+        }
         let version = match self.version.as_deref() {
             None | Some("v2") => KvVersion::V2,
             Some("v1") => KvVersion::V1,
@@ -324,6 +331,59 @@ mod tests {
             "server": "http://v", "path": "secret",
             "auth": {"tokenSecretRef": {"name": "t", "key": "token", "namespace": "vault"}}}}}));
         assert!(!is_referent(&pinned));
+    }
+
+    /// A client that is never called: the check runs before any credential is read.
+    fn unreachable_client() -> kube::Client {
+        let config = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
+        kube::Client::try_from(config).unwrap()
+    }
+
+    #[tokio::test]
+    async fn plain_http_is_refused_unless_loopback() {
+        use crate::external_secrets::providers::stores::StoreKind;
+        let client = unreachable_client();
+        let store = StoreId {
+            kind: StoreKind::SecretStore,
+            namespace: Some("app".into()),
+            name: "vault".into(),
+        };
+        let reader = CredentialReader {
+            client: &client,
+            store: &store,
+            namespace: Some("app"),
+        };
+        let provider = |server: &str| -> VaultProvider {
+            serde_json::from_value(serde_json::json!({
+                "server": server, "path": "secret",
+                "auth": {"tokenSecretRef": {"name": "t", "key": "token"}}}))
+            .unwrap()
+        };
+        let refused = provider("http://vault.example:8200")
+            .connection(&reader, &ProviderSettings::default())
+            .await
+            .err()
+            .unwrap();
+        let message = crate::errors::error_chain(&refused);
+        assert!(
+            message.contains(r#"spec.provider.vault.server "http://vault.example:8200""#)
+                && message.contains("use https"),
+            "{message}"
+        );
+        assert!(!refused.is_retryable());
+        // Loopback http and https pass this check (the token is then read: the client's
+        // refusal to connect proves the check let them through).
+        for allowed in ["http://127.0.0.1:8200", "https://vault.example:8200"] {
+            let error = provider(allowed)
+                .connection(&reader, &ProviderSettings::default())
+                .await
+                .err()
+                .unwrap();
+            assert!(
+                !crate::errors::error_chain(&error).contains("spec.provider.vault.server"),
+                "{allowed}"
+            );
+        }
     }
 
     #[test]
