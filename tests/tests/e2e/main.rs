@@ -16,6 +16,7 @@ mod git;
 mod gitops;
 mod golden;
 mod ha;
+mod holes;
 mod install;
 mod kubeseal;
 mod metrics;
