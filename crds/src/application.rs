@@ -29,9 +29,15 @@ use crate::conditions::Condition;
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ApplicationSpec {
-    /// Argo CD project name; accepted for compatibility (a per-cluster agent has no projects).
+    /// The AppProject (in the agent's namespace) whose rules every object of this Application
+    /// is checked against; default `default`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub project: Option<String>,
+    /// mooring (Flux's model): the ServiceAccount, in the destination namespace, that every
+    /// apply, prune, dry-run and read of this Application runs as. A matching
+    /// `destinationServiceAccounts` entry of the project wins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_name: Option<String>,
     /// The Git repository, revision and path to render.
     pub source: ApplicationSource,
     /// Where the rendered objects go. Only this cluster is supported.
@@ -377,6 +383,12 @@ pub mod reasons {
     pub const APPLIED: &str = "Applied";
     /// Event: objects that left Git were pruned.
     pub const PRUNED: &str = "Pruned";
+    /// The Application's project does not exist, does not admit its namespace, repository or
+    /// destination, or names no ServiceAccount for it: nothing is applied (Argo CD's
+    /// `InvalidSpecError`).
+    pub const INVALID_SPEC: &str = "InvalidSpecError";
+    /// A rendered object is not permitted by the project: nothing of the sync is written.
+    pub const PROJECT_VIOLATION: &str = "ProjectViolation";
     /// Event: the resources finalizer deleted the Application's objects.
     pub const RESOURCES_DELETED: &str = "ResourcesDeleted";
 }

@@ -3,6 +3,7 @@
 //! Types only: serde, schemars and kube derive, no I/O. `crds/manifests/` is generated from
 //! [`manifests`] by `cargo run -p mooring-crds --bin crdgen`; a test fails when it is stale.
 
+pub mod app_project;
 pub mod application;
 pub mod conditions;
 pub mod external_secret;
@@ -12,6 +13,7 @@ pub mod secret_store;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
+pub use app_project::AppProject;
 pub use application::Application;
 pub use external_secret::ExternalSecret;
 pub use sealed_secret::SealedSecret;
@@ -44,6 +46,7 @@ pub enum Error {
 pub fn definitions() -> Vec<CustomResourceDefinition> {
     vec![
         Application::crd(),
+        AppProject::crd(),
         SealedSecret::crd(),
         ExternalSecret::crd(),
         SecretStore::crd(),

@@ -4,6 +4,7 @@
 pub mod application;
 pub mod apply;
 pub mod git;
+pub mod project;
 pub mod render;
 pub mod source;
 
@@ -33,6 +34,7 @@ pub(crate) fn start(wiring: &Wiring<'_>) -> Job {
             args.max_prune_fraction,
             args.default_poll_interval,
         )
+        .with_tenancy(args.namespace.clone(), args.cluster.kubeconfig.clone())
         .with_selector(args.application_selector.clone())
         .with_metrics(wiring.metrics.applications.clone())
         .with_controller_metrics(&wiring.metrics.controllers),

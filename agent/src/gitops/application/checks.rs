@@ -27,9 +27,13 @@ pub(super) fn check_destination(app: &Application) -> Result<(), String> {
     }
 }
 
-/// The `UnsupportedFields` condition, when `app` sets any of them.
-pub(super) fn unsupported_fields_condition(app: &Application) -> Option<Condition> {
-    let unsupported = unsupported_fields(app);
+/// The `UnsupportedFields` condition, when `app` (or its project, `from_project`) sets any.
+pub(super) fn unsupported_fields_condition(
+    app: &Application,
+    from_project: &[String],
+) -> Option<Condition> {
+    let mut unsupported = unsupported_fields(app);
+    unsupported.extend_from_slice(from_project);
     if unsupported.is_empty() {
         return None;
     }

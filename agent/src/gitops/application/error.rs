@@ -42,6 +42,23 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    /// The Application's AppProject could not be read.
+    #[error("failed to read AppProject {name}")]
+    ReadProject {
+        /// The project.
+        name: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
+    /// No client impersonating the Application's ServiceAccount could be built.
+    #[error("failed to build a client impersonating ServiceAccount {service_account}: {message}")]
+    Impersonate {
+        /// `namespace/name`.
+        service_account: String,
+        /// Why.
+        message: String,
+    },
     /// The status could not be written.
     #[error("failed to update the status of Application {name}")]
     WriteStatus {
@@ -61,7 +78,8 @@ impl Error {
             Error::Sync(_) | Error::SyncObjects { .. } => reasons::SYNC_FAILED,
             Error::WriteStatus { .. } => reasons::STATUS_UPDATE_FAILED,
             Error::RemoveFinalizer { .. } => reasons::FINALIZER_UPDATE_FAILED,
-            Error::ReadApplication { .. } => reasons::API_ERROR,
+            Error::ReadApplication { .. } | Error::ReadProject { .. } => reasons::API_ERROR,
+            Error::Impersonate { .. } => reasons::INVALID_SPEC,
         }
     }
 

@@ -12,17 +12,19 @@ use mooring_crds::application::Application;
 use super::{Context, Error, events, failed_objects};
 use crate::gitops::apply::object::AppId;
 use crate::gitops::apply::prune::PruneSettings;
-use crate::gitops::apply::{Mode, SyncRequest};
+use crate::gitops::apply::{Engine, Mode, SyncRequest};
 
 /// Argo CD's finalizers that ask for the Application's resources to be deleted with it
 /// (foreground, or background for the `/background` variant).
 const RESOURCES_FINALIZER: &str = "resources-finalizer.argocd.argoproj.io";
 const RESOURCES_FINALIZER_BACKGROUND: &str = "resources-finalizer.argocd.argoproj.io/background";
 
-/// Deletes the objects of `app` if a resources finalizer asks for it, then removes that
-/// finalizer so the deletion completes.
+/// Deletes the objects of `app` if a resources finalizer asks for it (with `engine`: as the
+/// Application's ServiceAccount, only what its project permits), then removes that finalizer
+/// so the deletion completes.
 pub(super) async fn finalize(
     ctx: &Context,
+    engine: &Engine,
     app: &Application,
     id: &AppId,
 ) -> Result<Action, Error> {
@@ -35,7 +37,7 @@ pub(super) async fn finalize(
         return Ok(Action::await_change());
     }
     let background = ours.iter().any(|f| *f == RESOURCES_FINALIZER_BACKGROUND);
-    delete_resources(ctx, app, id, background).await?;
+    delete_resources(ctx, engine, app, id, background).await?;
     release_finalizer(ctx, app, id, finalizers).await?;
     Ok(Action::await_change())
 }
@@ -47,6 +49,7 @@ fn is_resources_finalizer(finalizer: &str) -> bool {
 /// Deletes every object of the inventory, with background propagation when asked.
 async fn delete_resources(
     ctx: &Context,
+    engine: &Engine,
     app: &Application,
     id: &AppId,
     background: bool,
@@ -70,7 +73,7 @@ async fn delete_resources(
         prune: PruneSettings::default(),
         mode: Mode::Apply,
     };
-    let report = ctx.engine.delete_all(&request).await;
+    let report = engine.delete_all(&request).await;
     events::resources_deleted(ctx, app, &report).await;
     match failed_objects(&report) {
         Some(error) => Err(error),

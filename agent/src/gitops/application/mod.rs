@@ -10,6 +10,9 @@
 //! - `status`: the conditions and status of each outcome, written only when they changed.
 //! - `events`: drift (naming the field manager that made it), writes and prunes.
 //! - `finalize`: Argo CD's resources finalizer.
+//! - `tenancy`: the AppProject, whether an Application outside the agent's namespace is
+//!   admitted, and the ServiceAccount its syncs impersonate. Every rendered object is checked
+//!   against the project before anything is written; one refused object refuses the sync.
 //!
 //! Drift watches on the managed kinds wake an Application within seconds of a manual change.
 
@@ -19,6 +22,7 @@ mod events;
 mod finalize;
 mod mode;
 mod status;
+mod tenancy;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -30,7 +34,8 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
-use mooring_crds::application::{Application, ApplicationStatus};
+use mooring_crds::app_project::AppProject;
+use mooring_crds::application::{Application, ApplicationStatus, reasons};
 use mooring_crds::conditions::Condition;
 
 pub use self::checks::unsupported_fields;
@@ -111,6 +116,8 @@ pub struct Context {
     /// Application uid → self-heals in a row and when the last one happened: a controller
     /// fighting mooring over a field is slowed down, not fought in a tight loop.
     heals: mode::Heals,
+    /// The agent's namespace (projects, the default project's reach) and impersonation.
+    tenancy: tenancy::Tenancy,
 }
 
 impl Context {
@@ -141,7 +148,23 @@ impl Context {
             triggers: Mutex::new(Some(triggers)),
             failures: Failures::default(),
             heals: Mutex::default(),
+            tenancy: tenancy::Tenancy::default(),
         }
+    }
+
+    /// AppProjects are read from `agent_namespace`, and the built-in `default` project admits
+    /// only Applications there; Applications elsewhere need a project whose `sourceNamespaces`
+    /// lists their namespace. Clients impersonating ServiceAccounts start from `kubeconfig`
+    /// (`None`: inferred). Without this (library use) each Application's own namespace plays
+    /// the agent's.
+    pub fn with_tenancy(
+        mut self,
+        agent_namespace: String,
+        kubeconfig: Option<std::path::PathBuf>,
+    ) -> Context {
+        self.tenancy.agent_namespace = Some(agent_namespace);
+        self.tenancy.kubeconfig = kubeconfig;
+        self
     }
 
     /// Reports reconciles, errors, queue depth and durations into the agent's shared metrics.
@@ -191,7 +214,24 @@ pub async fn run(
     if let Some(selector) = &ctx.selector {
         config = config.labels(selector);
     }
-    let controller = Controller::new(api, config)
+    let controller = Controller::new(api, config);
+    // A project created or changed wakes the Applications naming it (one outside the agent's
+    // namespace is admitted as soon as a project lists its namespace).
+    let store = controller.store();
+    let projects: Api<AppProject> = match &ctx.tenancy.agent_namespace {
+        Some(ns) => Api::namespaced(ctx.client.clone(), ns),
+        None => Api::all(ctx.client.clone()),
+    };
+    let controller = controller
+        .watches(projects, watcher::Config::default(), move |project| {
+            let name = project.name_any();
+            store
+                .state()
+                .into_iter()
+                .filter(|app| crate::gitops::project::project_name(app) == name)
+                .map(|app| ObjectRef::from_obj(app.as_ref()))
+                .collect::<Vec<_>>()
+        })
         .reconcile_on(drift.take_until(shutdown.clone()))
         .graceful_shutdown_on(shutdown.clone())
         .run(reconcile_in_slot, error_policy, ctx)
@@ -220,14 +260,37 @@ async fn reconcile(cached: Arc<Application>, ctx: Arc<Context>) -> Result<Action
     let Some(app) = read_current(&ctx, &id).await? else {
         return Ok(Action::await_change());
     };
-    if app.metadata.deletion_timestamp.is_some() {
-        return finalize::finalize(&ctx, &app, &id).await;
-    }
     let poll = mode::poll(&app, ctx.default_poll_interval);
-    let mut conditions: Vec<Condition> = checks::unsupported_fields_condition(&app)
-        .into_iter()
-        .collect();
     let previous = app.status.clone().unwrap_or_default();
+    let (project, service_account) = match tenancy::admit(&ctx, &app).await? {
+        tenancy::Admission::Ignored => {
+            tracing::debug!(application = %id, "ignored: no project admits its namespace");
+            return Ok(Action::await_change());
+        }
+        tenancy::Admission::Refused(message) if app.metadata.deletion_timestamp.is_none() => {
+            let conditions = checks::unsupported_fields_condition(&app, &[])
+                .into_iter()
+                .collect();
+            let status =
+                status::refused_by_project(previous, conditions, reasons::INVALID_SPEC, message);
+            status::write(&ctx, &app, status).await?;
+            return Ok(Action::requeue(poll));
+        }
+        // Being deleted but refused: its objects stay (nothing this project allows to touch).
+        tenancy::Admission::Refused(_) => return Ok(Action::await_change()),
+        tenancy::Admission::Admitted {
+            project,
+            service_account,
+        } => (project, service_account),
+    };
+    let engine = tenancy::engine_for(&ctx, &project, service_account.as_ref()).await?;
+    if app.metadata.deletion_timestamp.is_some() {
+        return finalize::finalize(&ctx, &engine, &app, &id).await;
+    }
+    let mut conditions: Vec<Condition> =
+        checks::unsupported_fields_condition(&app, &project.unsupported_fields())
+            .into_iter()
+            .collect();
     if let Err(message) = checks::check_destination(&app) {
         let status = status::invalid_destination(previous, conditions, message);
         status::write(&ctx, &app, status).await?;
@@ -248,8 +311,25 @@ async fn reconcile(cached: Arc<Application>, ctx: Arc<Context>) -> Result<Action
         }
     };
     checks::note_sync_hooks(&mut conditions, &desired.objects);
+    // Every object is checked before anything is written: one the project refuses stops the
+    // whole sync (Argo CD does the same), and nothing is pruned either.
+    let refused = engine
+        .refused_objects(
+            &desired.objects,
+            app.spec.destination.namespace.as_deref(),
+            project.as_ref(),
+        )
+        .await;
+    if !refused.is_empty() {
+        let message = refused_message(&refused);
+        tracing::warn!(application = %id, %message, "sync refused by the project");
+        let status =
+            status::refused_by_project(previous, conditions, reasons::PROJECT_VIOLATION, message);
+        status::write(&ctx, &app, status).await?;
+        return Ok(Action::requeue(poll));
+    }
     let plan = mode::plan(&app, &previous, &desired.revision, &ctx.heals);
-    let report = sync(&ctx, &app, &id, &previous, desired.objects, &plan).await?;
+    let report = sync(&ctx, &engine, &app, &id, &previous, desired.objects, &plan).await?;
     events::announce(&ctx, &app, &report, plan.mode, plan.heal_wait.is_some()).await;
     let status = status::synced(
         &app,
@@ -297,6 +377,7 @@ async fn fetch_desired(ctx: &Context, app: &Application) -> Result<Desired, Sour
 /// backoff, and watches the synced kinds for drift.
 async fn sync(
     ctx: &Context,
+    engine: &Engine,
     app: &Application,
     id: &AppId,
     previous: &ApplicationStatus,
@@ -312,7 +393,7 @@ async fn sync(
         ctx.max_prune_fraction,
     );
     // Owned: the rendered objects are dropped one by one as the engine prepares them.
-    let report = ctx.engine.sync_owned(request).await?;
+    let report = engine.sync_owned(request).await?;
     count_sync(&ctx.metrics, &report);
     if plan.healed(&report) {
         let uid = app.uid().unwrap_or_default();
@@ -322,6 +403,25 @@ async fn sync(
         ctx.watches.ensure(kind);
     }
     Ok(report)
+}
+
+/// "the project refuses N object(s): …", each naming the object and the rule (at most five).
+fn refused_message(refused: &[(crate::gitops::apply::object::ObjectKey, String)]) -> String {
+    const SHOWN: usize = 5;
+    let mut message = format!(
+        "the project refuses {} object(s), nothing was applied: {}",
+        refused.len(),
+        refused
+            .iter()
+            .take(SHOWN)
+            .map(|(_, rule)| rule.as_str())
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
+    if refused.len() > SHOWN {
+        message.push_str(&format!(" and {} more", refused.len() - SHOWN));
+    }
+    message
 }
 
 fn count_sync(metrics: &ApplicationMetrics, report: &SyncReport) {

@@ -17,6 +17,44 @@ use crate::gitops::apply::{Mode, SyncReport};
 /// `status.history` length when `spec.revisionHistoryLimit` is unset, as Argo CD.
 const DEFAULT_HISTORY: usize = 10;
 
+/// The status of an Application its project refuses (`InvalidSpecError`: a missing project, a
+/// repository or destination it does not permit, no ServiceAccount for it) or whose rendered
+/// objects it refuses (`ProjectViolation`): nothing was applied or pruned, the inventory is
+/// kept.
+pub(super) fn refused_by_project(
+    previous: ApplicationStatus,
+    mut conditions: Vec<Condition>,
+    reason: &str,
+    message: String,
+) -> ApplicationStatus {
+    conditions.push(Condition::new(
+        reasons::INVALID_SPEC,
+        ConditionStatus::True,
+        reason,
+        message.clone(),
+    ));
+    conditions.push(Condition::new(
+        names::SYNCED,
+        ConditionStatus::False,
+        reason,
+        message.clone(),
+    ));
+    conditions.push(Condition::new(
+        names::READY,
+        ConditionStatus::False,
+        reason,
+        message,
+    ));
+    ApplicationStatus {
+        sync: Some(SyncStatus {
+            status: SyncState::OutOfSync,
+            revision: previous.sync.as_ref().and_then(|s| s.revision.clone()),
+        }),
+        conditions,
+        ..previous
+    }
+}
+
 /// The destination is not this cluster: nothing was compared.
 pub(super) fn invalid_destination(
     previous: ApplicationStatus,

@@ -31,7 +31,7 @@ mod sync_object;
 pub mod watch;
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kube::api::{Api, ApiResource, DynamicObject};
@@ -146,25 +146,64 @@ pub enum Error {
     },
 }
 
+/// A per-object rule (an AppProject's) the engine asks before it applies an object whose kind
+/// it resolved only during the sync, and before it prunes one: `Err` says which rule refuses.
+pub trait Permit: Send + Sync {
+    /// Whether `key` (its namespace already resolved) of a kind of this scope may be written.
+    fn check(&self, key: &ObjectKey, namespaced: bool) -> Result<(), String>;
+}
+
+/// The reason of an object refused by a [`Permit`].
+pub const NOT_PERMITTED: &str = "ProjectViolation";
+
 /// The sync engine, shared by every Application: one discovery cache, one client.
 pub struct Engine {
+    /// Writes and reads of the Application's objects (impersonating its ServiceAccount in a
+    /// [`Engine::scoped`] engine).
     client: kube::Client,
-    discovery: Discovery,
+    /// The agent's own client: discovery, CRD establishment and other Applications' status.
+    agent_client: kube::Client,
+    discovery: Arc<Discovery>,
     /// (app, object) → (resourceVersion, applied hash) that a dry-run proved in sync: the next
     /// sync of an unchanged object needs neither a dry-run nor a write.
-    verified: Mutex<HashMap<(AppId, ObjectKey), (String, String)>>,
+    verified: Arc<Mutex<HashMap<(AppId, ObjectKey), (String, String)>>>,
     crd_timeout: Duration,
+    permit: Option<Arc<dyn Permit>>,
 }
 
 impl Engine {
     /// An engine with an empty discovery cache.
     pub fn new(client: kube::Client) -> Engine {
         Engine {
-            discovery: Discovery::new(client.clone()),
+            discovery: Arc::new(Discovery::new(client.clone())),
+            agent_client: client.clone(),
             client,
-            verified: Mutex::default(),
+            verified: Arc::default(),
             crd_timeout: Duration::from_secs(60),
+            permit: None,
         }
+    }
+
+    /// This engine for one Application: its objects read and written with `client` (one
+    /// impersonating the Application's ServiceAccount) when given, and `permit` asked before
+    /// any late-resolved object is applied and before any object is pruned. The caches are
+    /// shared with `self`.
+    pub fn scoped(&self, client: Option<kube::Client>, permit: Option<Arc<dyn Permit>>) -> Engine {
+        Engine {
+            client: client.unwrap_or_else(|| self.client.clone()),
+            agent_client: self.agent_client.clone(),
+            discovery: Arc::clone(&self.discovery),
+            verified: Arc::clone(&self.verified),
+            crd_timeout: self.crd_timeout,
+            permit,
+        }
+    }
+
+    /// Why `key` may not be written, when a [`Permit`] is set and refuses it.
+    fn refused(&self, key: &ObjectKey, namespaced: bool) -> Option<String> {
+        self.permit
+            .as_ref()
+            .and_then(|permit| permit.check(key, namespaced).err())
     }
 
     /// The discovery cache.

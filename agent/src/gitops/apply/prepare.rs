@@ -89,6 +89,41 @@ impl Engine {
         Ok(())
     }
 
+    /// The objects `permit` refuses, each with the rule's message, keyed as the sync keys them
+    /// (its own namespace, else `destination_namespace`; cluster-scoped kinds have none). Asked
+    /// before a sync, so that one refused object stops the whole sync before anything is
+    /// written (Argo CD refuses the whole sync too). A kind not served yet is judged by the
+    /// scope its key suggests, and asked again once it resolves during the sync.
+    pub async fn refused_objects(
+        &self,
+        objects: &[DynamicObject],
+        destination_namespace: Option<&str>,
+        permit: &dyn super::Permit,
+    ) -> Vec<(ObjectKey, String)> {
+        let mut refused = Vec::new();
+        for object in objects {
+            let Some(mut key) = ObjectKey::of_object(object) else {
+                // Not keyed: the sync refuses it as invalid and never applies it.
+                continue;
+            };
+            let api_version = object
+                .types
+                .as_ref()
+                .map(|t| t.api_version.as_str())
+                .unwrap_or_default();
+            let (group, version) = split_api_version(api_version);
+            let gvk = GroupVersionKind::gvk(group, version, &key.kind);
+            // A discovery failure fails that object in the sync itself; judge it by its key.
+            let served = self.discovery.resolve(&gvk).await.ok().flatten();
+            key.namespace = namespace_of(&key, served.as_ref(), destination_namespace);
+            let namespaced = served.map_or(key.namespace.is_some(), |s| s.namespaced);
+            if let Err(message) = permit.check(&key, namespaced) {
+                refused.push((key, message));
+            }
+        }
+        refused
+    }
+
     /// Validates and keys every object; the invalid ones and duplicates go to `failures`.
     pub(super) async fn prepare_all<O, I>(
         &self,

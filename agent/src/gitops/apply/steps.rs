@@ -118,7 +118,7 @@ impl Engine {
     /// Waits until the CRD `key` is Established and returns it as JSON.
     async fn wait_established(&self, key: &ObjectKey) -> Result<Value, ObjectFailure> {
         let name = &key.name;
-        let api: Api<CustomResourceDefinition> = Api::all(self.client.clone());
+        let api: Api<CustomResourceDefinition> = Api::all(self.agent_client.clone());
         let established = await_condition(api, name, conditions::is_crd_established());
         let message = match tokio::time::timeout(self.crd_timeout, established).await {
             Ok(Ok(crd)) => return Ok(serde_json::to_value(&crd).unwrap_or_default()),

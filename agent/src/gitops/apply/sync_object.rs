@@ -104,7 +104,14 @@ impl Engine {
         let gvk = GroupVersionKind::gvk(group, &item.version, &item.key.kind);
         let crd = crds_in_set.get(&(item.key.group.clone(), item.key.kind.clone()));
         match self.resolve_after_crd(&gvk, crd.is_some()).await {
-            Ok(Some(served)) => Ok(served),
+            // Its scope is known only now: the project's rules are asked again.
+            Ok(Some(served)) => match self.refused(&item.key, served.namespaced) {
+                Some(message) => Err(Outcome::Failed(ObjectFailure {
+                    reason: super::NOT_PERMITTED,
+                    ..ObjectFailure::invalid(item.key.clone(), message)
+                })),
+                None => Ok(served),
+            },
             Ok(None) => Err(Outcome::Deferred(not_served(item, crd))),
             Err(error) => Err(Outcome::Failed(ObjectFailure::discovery(
                 item.key.clone(),
@@ -273,7 +280,7 @@ impl Engine {
     /// taken over, the object's tracking id names the new owner and `owner`'s prune skips it.
     async fn released_by(&self, owner: &AppId, key: &ObjectKey) -> bool {
         let api: Api<mooring_crds::Application> =
-            Api::namespaced(self.client.clone(), &owner.namespace);
+            Api::namespaced(self.agent_client.clone(), &owner.namespace);
         match api.get_opt(&owner.name).await {
             Ok(None) => true,
             Ok(Some(app)) => app.status.is_some_and(|status| {
