@@ -156,6 +156,9 @@ pub trait Permit: Send + Sync {
 /// The reason of an object refused by a [`Permit`].
 pub const NOT_PERMITTED: &str = "ProjectViolation";
 
+/// (app, object) → (resourceVersion, applied hash) of objects a dry-run proved in sync.
+type Verified = Mutex<HashMap<(AppId, ObjectKey), (String, String)>>;
+
 /// The sync engine, shared by every Application: one discovery cache, one client.
 pub struct Engine {
     /// Writes and reads of the Application's objects (impersonating its ServiceAccount in a
@@ -166,7 +169,7 @@ pub struct Engine {
     discovery: Arc<Discovery>,
     /// (app, object) → (resourceVersion, applied hash) that a dry-run proved in sync: the next
     /// sync of an unchanged object needs neither a dry-run nor a write.
-    verified: Arc<Mutex<HashMap<(AppId, ObjectKey), (String, String)>>>,
+    verified: Arc<Verified>,
     crd_timeout: Duration,
     permit: Option<Arc<dyn Permit>>,
 }
