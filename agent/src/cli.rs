@@ -38,6 +38,26 @@ pub enum Command {
     /// Print the install manifests (namespace, CRDs, RBAC, Deployment, Service) for one overlay,
     /// or apply them with `--apply`.
     Install(InstallArgs),
+    /// Internal: run a renderer confined to its checkout (how the agent starts kustomize).
+    #[command(hide = true)]
+    RenderExec(RenderExecArgs),
+}
+
+/// Flags of the internal `mooring render-exec`.
+#[derive(Clone, Debug, Args)]
+pub struct RenderExecArgs {
+    /// A path the renderer may read (repeatable).
+    #[arg(long)]
+    pub read: Vec<PathBuf>,
+    /// A path the renderer may write (repeatable).
+    #[arg(long)]
+    pub write: Vec<PathBuf>,
+    /// Fail when the kernel cannot confine the renderer.
+    #[arg(long)]
+    pub required: bool,
+    /// The renderer and its arguments.
+    #[arg(last = true, required = true)]
+    pub command: Vec<String>,
 }
 
 /// Flags of `mooring install`.
@@ -229,6 +249,14 @@ pub struct RunArgs {
     /// Let kustomizations fetch remote bases (off: a render reads only its commit).
     #[arg(long, env = "MOORING_KUSTOMIZE_ALLOW_REMOTE_BASES")]
     pub kustomize_allow_remote_bases: bool,
+    /// Confine renderers (kustomize) with Landlock to their checkout, out of reach of the agent's
+    /// ServiceAccount token: `best-effort` (where the kernel supports it), `required`, `off`.
+    #[arg(long, value_enum, default_value_t = crate::gitops::render::SandboxMode::BestEffort, env = "MOORING_RENDER_SANDBOX")]
+    pub render_sandbox: crate::gitops::render::SandboxMode,
+    /// The `mooring` binary that confines renderers (default: this one). For agents embedded in
+    /// another program, such as tests.
+    #[arg(long, hide = true)]
+    pub render_sandbox_exe: Option<PathBuf>,
 }
 
 impl RunArgs {
@@ -261,6 +289,35 @@ impl RunArgs {
             self.kustomize_concurrency,
         )
         .with_remote_bases(self.kustomize_allow_remote_bases)
+        .with_sandbox(self.render_sandbox())
+    }
+
+    /// The render sandbox from the flags; says in the log when renders will not be confined.
+    fn render_sandbox(&self) -> Option<crate::gitops::render::Sandbox> {
+        use crate::gitops::render::{Sandbox, SandboxMode};
+        let exe = match self
+            .render_sandbox_exe
+            .clone()
+            .map_or_else(std::env::current_exe, Ok)
+        {
+            Ok(exe) => exe,
+            Err(error) => {
+                tracing::warn!(%error, "cannot find the agent's own binary; renders are not confined");
+                return None;
+            }
+        };
+        let sandbox = Sandbox::new(self.render_sandbox, exe)?;
+        if !sandbox.is_enforced() {
+            match self.render_sandbox {
+                SandboxMode::Required => tracing::error!(
+                    "this kernel does not enforce Landlock: every render will fail (--render-sandbox required)"
+                ),
+                _ => tracing::warn!(
+                    "this kernel does not enforce Landlock: renderers run unconfined (--render-sandbox best-effort)"
+                ),
+            }
+        }
+        Some(sandbox)
     }
 }
 

@@ -12,6 +12,23 @@ async fn main() -> ExitCode {
     let result: anyhow::Result<()> = match cli.command {
         Command::Run(args) => mooring_agent::run(*args).await.map_err(Into::into),
         Command::Demo(args) => mooring_agent::demo::run(args).await.map_err(Into::into),
+        Command::RenderExec(args) => {
+            let Some((program, rest)) = args.command.split_first() else {
+                return ExitCode::from(2);
+            };
+            let error = mooring_agent::gitops::render::sandbox::exec(
+                &args.read,
+                &args.write,
+                args.required,
+                std::path::Path::new(program),
+                rest,
+            );
+            eprintln!(
+                "mooring render-exec: {}",
+                mooring_agent::errors::error_chain(&error)
+            );
+            return ExitCode::from(126);
+        }
         Command::Install(args) => {
             let kubeconfig = args.cluster.kubeconfig.as_deref();
             mooring_agent::install::run(args.overlay, &args.image, args.apply, kubeconfig)

@@ -27,7 +27,12 @@ pub fn agent(env: &RealEnv, namespace: &str) -> anyhow::Result<mooring_agent::cl
         "0",
     ])?;
     match cli.command {
-        mooring_agent::cli::Command::Run(args) => Ok(*args),
+        mooring_agent::cli::Command::Run(mut args) => {
+            // Renderers are confined by the `mooring` binary's `render-exec`, not by this test
+            // executable (which is what the agent would find as its own binary).
+            args.render_sandbox_exe = Some(crate::process::binary("mooring")?);
+            Ok(*args)
+        }
         _ => anyhow::bail!("parsed the wrong subcommand"),
     }
 }

@@ -26,5 +26,7 @@ mod migration_eso;
 mod provider_aws;
 mod provider_conformance;
 mod rbac;
+mod render_sandbox;
 mod sealed_secrets;
 mod smoke;
+mod tenancy;

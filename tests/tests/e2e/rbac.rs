@@ -99,7 +99,7 @@ fn no_rule_grants_a_wildcard() {
 /// A copy of deploy/base's ServiceAccount and RBAC for one test namespace: namespaced objects
 /// move into it, cluster-scoped ones get the namespace as a name suffix and the Namespace as
 /// their owner (so the garbage collector removes them with it). `adjust` edits the rules first.
-async fn install_rbac(ns: &TestNamespace, adjust: impl Fn(&str, &mut Vec<PolicyRule>)) {
+pub(crate) async fn install_rbac(ns: &TestNamespace, adjust: impl Fn(&str, &mut Vec<PolicyRule>)) {
     let admin = ns.client();
     let owner = {
         let namespace = Api::<Namespace>::all(admin.clone())

@@ -22,7 +22,7 @@ use kube::api::DynamicObject;
 use serde_json::{Value, json};
 use tokio::io::AsyncReadExt;
 
-use super::{Jail, RenderError, RenderLimits, RenderOptions, yaml};
+use super::{Jail, RenderError, RenderLimits, RenderOptions, Sandbox, yaml};
 
 /// File names that make a directory a kustomization, as kustomize and Argo CD.
 const KUSTOMIZATION_FILES: [&str; 3] = ["kustomization.yaml", "kustomization.yml", "Kustomization"];
@@ -36,6 +36,7 @@ pub struct Kustomize {
     timeout: Duration,
     permits: Arc<tokio::sync::Semaphore>,
     allow_remote_bases: bool,
+    sandbox: Option<Sandbox>,
 }
 
 impl Default for Kustomize {
@@ -53,6 +54,7 @@ impl Kustomize {
             timeout,
             permits: Arc::new(tokio::sync::Semaphore::new(concurrency.max(1))),
             allow_remote_bases: false,
+            sandbox: None,
         }
     }
 
@@ -60,6 +62,12 @@ impl Kustomize {
     /// more than the commit, and kustomize would reach the network with the agent's identity).
     pub fn with_remote_bases(mut self, allow: bool) -> Kustomize {
         self.allow_remote_bases = allow;
+        self
+    }
+
+    /// Runs kustomize through `sandbox` (see [`Sandbox`]), so it reads only its checkout.
+    pub fn with_sandbox(mut self, sandbox: Option<Sandbox>) -> Kustomize {
+        self.sandbox = sandbox;
         self
     }
 
@@ -80,7 +88,14 @@ impl Kustomize {
             .acquire()
             .await
             .map_err(|e| RenderError::Workspace(std::io::Error::other(e.to_string())))?;
-        let mut command = tokio::process::Command::new(&self.binary);
+        let mut command = match &self.sandbox {
+            Some(sandbox) => sandbox.command(
+                &self.binary,
+                &[prepared.checkout.as_path(), prepared.build_dir.as_path()],
+                &[prepared.home.path()],
+            ),
+            None => tokio::process::Command::new(&self.binary),
+        };
         // `kubectl kustomize DIR` is the same build where kubectl is what the machine has.
         let is_kubectl = self
             .binary

@@ -13,6 +13,7 @@
 mod directory;
 mod glob;
 mod kustomize;
+pub mod sandbox;
 mod yaml;
 
 use std::collections::BTreeMap;
@@ -23,6 +24,7 @@ use kube::api::DynamicObject;
 
 pub use glob::{Glob, GlobError};
 pub use kustomize::Kustomize;
+pub use sandbox::{Sandbox, SandboxMode};
 
 /// Argo CD's `spec.source.directory`: which files of a plain directory are manifests.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
