@@ -3,12 +3,12 @@
 /// An error and its sources on one line: "a: b: c". Errors are printed once, here. A cause
 /// whose text its parent already shows is left out: some libraries' errors (kube's among them)
 /// print their cause and also return it as their source.
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = describe(error);
     let mut parent = text.clone();
     let mut source = error.source();
     while let Some(cause) = source {
-        let shown = cause.to_string();
+        let shown = describe(cause);
         if !parent.contains(&shown) {
             text.push_str(": ");
             text.push_str(&shown);
@@ -19,10 +19,32 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
+/// One error's own text. The API server's refusal is its message, as `kubectl` prints it: kube
+/// formats it as `ApiError: <message>: <reason> (<the whole Status, debug-printed>)`.
+fn describe(error: &(dyn std::error::Error + 'static)) -> String {
+    if let Some(kube::Error::Api(status)) = error.downcast_ref::<kube::Error>()
+        && !status.message.is_empty()
+    {
+        return status.message.clone();
+    }
+    // The Status is also the Api error's source: shown as its message, it is left out above.
+    let status = error.downcast_ref::<kube::core::Status>().or_else(|| {
+        error
+            .downcast_ref::<Box<kube::core::Status>>()
+            .map(|b| &**b)
+    });
+    if let Some(status) = status
+        && !status.message.is_empty()
+    {
+        return status.message.clone();
+    }
+    error.to_string()
+}
+
 /// Fails when an error of `error`'s chain also prints its own cause: [`error_chain`] appends
 /// every cause, so a message that formats its `#[source]` shows it twice.
 #[cfg(test)]
-pub(crate) fn assert_each_cause_printed_once(error: &dyn std::error::Error) {
+pub(crate) fn assert_each_cause_printed_once(error: &(dyn std::error::Error + 'static)) {
     let mut current = error;
     while let Some(cause) = current.source() {
         let (outer, inner) = (current.to_string(), cause.to_string());

@@ -1,11 +1,13 @@
 //! Set-up for Application tests: manifests as users write them, an agent that syncs from Git,
 //! and waiting for an Application's status.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
-use kube::api::{Patch, PatchParams};
+use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
 use mooring_crds::application::{Application, SyncState};
 
 use crate::{RealEnv, TestNamespace, wait_for};
@@ -113,6 +115,50 @@ pub fn agent_with_git(
 }
 
 impl TestNamespace {
+    /// A repository credential Secret `name` as Argo CD's
+    /// (`argocd.argoproj.io/secret-type: repository`) holding `data`.
+    pub async fn repository_credentials(
+        &self,
+        name: &str,
+        data: BTreeMap<String, String>,
+    ) -> anyhow::Result<()> {
+        let secret = Secret {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                labels: Some(BTreeMap::from([(
+                    "argocd.argoproj.io/secret-type".into(),
+                    "repository".into(),
+                )])),
+                ..Default::default()
+            },
+            string_data: Some(data),
+            ..Default::default()
+        };
+        self.api::<Secret>()
+            .create(&PostParams::default(), &secret)
+            .await?;
+        Ok(())
+    }
+
+    /// The realenv git server's user with `password` for `url`, as Secret `repo-http`.
+    pub async fn http_credentials(
+        &self,
+        env: &RealEnv,
+        url: &str,
+        password: &str,
+    ) -> anyhow::Result<()> {
+        self.repository_credentials(
+            "repo-http",
+            BTreeMap::from([
+                ("type".into(), "git".into()),
+                ("url".into(), url.into()),
+                ("username".into(), env.var("GIT_HTTP_USER")?.into()),
+                ("password".into(), password.into()),
+            ]),
+        )
+        .await
+    }
+
     /// Applies `app` as `kubectl apply --server-side --force-conflicts` does (a user
     /// bootstrapping).
     pub async fn apply_application(&self, app: &Application) -> anyhow::Result<Application> {

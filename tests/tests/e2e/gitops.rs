@@ -9,7 +9,7 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::ResourceExt;
-use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{Patch, PatchParams, PostParams};
 use mooring_crds::application::Application;
 use mooring_e2e::gitops::{ApplicationManifest, agent_with_git};
 use mooring_e2e::{GitRepo, RealEnv, RunningAgent, TestNamespace, wait_for};
@@ -99,36 +99,11 @@ fn set_replicas(repo: &GitRepo, replicas: u32) {
 
 /// A repository credential Secret as Argo CD's (`argocd.argoproj.io/secret-type: repository`).
 async fn credentials(ns: &TestNamespace, name: &str, data: BTreeMap<String, String>) {
-    let secret = Secret {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            labels: Some(BTreeMap::from([(
-                "argocd.argoproj.io/secret-type".into(),
-                "repository".into(),
-            )])),
-            ..Default::default()
-        },
-        string_data: Some(data),
-        ..Default::default()
-    };
-    ns.api::<Secret>()
-        .create(&PostParams::default(), &secret)
-        .await
-        .unwrap();
+    ns.repository_credentials(name, data).await.unwrap();
 }
 
 async fn http_credentials(env: &RealEnv, ns: &TestNamespace, url: &str, password: &str) {
-    credentials(
-        ns,
-        "repo-http",
-        BTreeMap::from([
-            ("type".into(), "git".into()),
-            ("url".into(), url.into()),
-            ("username".into(), env.var("GIT_HTTP_USER").unwrap().into()),
-            ("password".into(), password.into()),
-        ]),
-    )
-    .await;
+    ns.http_credentials(env, url, password).await.unwrap();
 }
 
 async fn ssh_credentials(env: &RealEnv, ns: &TestNamespace, url: &str, known_hosts: &str) {

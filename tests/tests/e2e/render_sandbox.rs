@@ -80,6 +80,10 @@ async fn a_kustomization_cannot_read_the_agents_token() {
     repo.write("app/kustomization.yaml", "resources: []\n")
         .unwrap();
     let head = repo.commit("a kustomization").unwrap();
+    let url = repo.http_url(&env).unwrap();
+    ns.http_credentials(&env, &url, env.var("GIT_HTTP_PASSWORD").unwrap())
+        .await
+        .unwrap();
 
     let mut args = agent_with_git(&env, ns.name(), cache.path()).unwrap();
     args.controllers = vec![mooring_agent::cli::ControllerKind::Gitops];
@@ -87,7 +91,7 @@ async fn a_kustomization_cannot_read_the_agents_token() {
     args.render_sandbox = mooring_agent::gitops::render::SandboxMode::Required;
     let _agent = RunningAgent::start_with(args).await.unwrap();
 
-    let app = ApplicationManifest::new("probe", ns.name(), &repo.http_url(&env).unwrap(), "app")
+    let app = ApplicationManifest::new("probe", ns.name(), &url, "app")
         .application()
         .unwrap();
     ns.apply_application(&app).await.unwrap();

@@ -172,9 +172,12 @@ async fn a_project_keeps_an_application_in_its_namespace_and_away_from_cluster_s
         ),
     )
     .await;
+    let url = repo.http_url(&env).unwrap();
+    ns.http_credentials(&env, &url, env.var("GIT_HTTP_PASSWORD").unwrap())
+        .await
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let _agent = agent(&env, &ns, dir.path(), false).await;
-    let url = repo.http_url(&env).unwrap();
     apply(
         &ns.api::<Application>(),
         &application("team-a-app", "team-a", &url, "app", ns.name()),
@@ -238,6 +241,12 @@ async fn an_application_outside_the_agents_namespace_waits_for_a_project() {
     .unwrap();
     let head = repo.commit("two apps").unwrap();
     let url = repo.http_url(&env).unwrap();
+    for namespace in [&ns, &outside] {
+        namespace
+            .http_credentials(&env, &url, env.var("GIT_HTTP_PASSWORD").unwrap())
+            .await
+            .unwrap();
+    }
 
     let dir = tempfile::tempdir().unwrap();
     let _agent = agent(&env, &ns, dir.path(), true).await;
@@ -338,6 +347,9 @@ async fn an_impersonated_application_can_do_only_what_its_service_account_can() 
     .unwrap();
     let head = repo.commit("what deployer may and may not do").unwrap();
     let url = repo.http_url(&env).unwrap();
+    ns.http_credentials(&env, &url, env.var("GIT_HTTP_PASSWORD").unwrap())
+        .await
+        .unwrap();
 
     let dir = tempfile::tempdir().unwrap();
     let _agent = agent(&env, &ns, dir.path(), false).await;
@@ -351,10 +363,14 @@ async fn an_impersonated_application_can_do_only_what_its_service_account_can() 
     let managed = ns.api::<ConfigMap>().get("allowed").await.unwrap();
     assert!(managed.metadata.managed_fields.is_some());
 
-    let message = condition(&ns, "denied", "Forbidden").await;
+    let message = condition(&ns, "denied", "SyncFailed").await;
     assert!(
-        message.contains("deployer"),
+        message.contains("system:serviceaccount:") && message.contains(":deployer\" cannot"),
         "the condition names the ServiceAccount the sync ran as: {message}"
+    );
+    assert!(
+        !message.contains("Status {"),
+        "the API server's answer is printed once, as kubectl prints it: {message}"
     );
     assert!(
         ns.api::<Service>()

@@ -214,9 +214,11 @@ mod tests {
                 kube::core::Status::failure("secrets \"token\" is forbidden", "Forbidden").boxed(),
             ),
         };
-        assert!(crate::errors::error_chain(&read).starts_with(
-            "SecretStore app/vault: failed to read Secret app/token (spec.provider.vault.auth.tokenSecretRef): ApiError: "
-        ));
+        // The API server's answer once, as kubectl prints it (not kube's debug-printed Status).
+        assert_eq!(
+            crate::errors::error_chain(&read),
+            "SecretStore app/vault: failed to read Secret app/token (spec.provider.vault.auth.tokenSecretRef): secrets \"token\" is forbidden"
+        );
         assert!(!read.to_string().contains("forbidden"), "{read}");
     }
 }

@@ -389,17 +389,20 @@ impl Engine {
         gvk: &GroupVersionKind,
         error: &kube::Error,
     ) -> Candidate {
-        let message = match error {
-            kube::Error::Api(status) if status.code == 404 => {
-                self.discovery.forget(gvk);
-                if let Ok(None) = self.discovery.resolve(gvk).await {
-                    return Candidate::Gone;
-                }
-                format!("failed to read {key}: {}", status.message)
+        if let kube::Error::Api(status) = error
+            && status.code == 404
+        {
+            self.discovery.forget(gvk);
+            if let Ok(None) = self.discovery.resolve(gvk).await {
+                return Candidate::Gone;
             }
-            _ => format!("failed to read {key}: {error}"),
-        };
-        Candidate::Failed(ObjectFailure::api(key.clone(), Step::Prune, error, message))
+        }
+        Candidate::Failed(ObjectFailure::api(
+            key.clone(),
+            Step::Prune,
+            error,
+            &format!("failed to read {key}"),
+        ))
     }
 
     /// Deletes one object; one already gone counts as deleted.
@@ -424,7 +427,7 @@ impl Engine {
                 key.clone(),
                 Step::Prune,
                 &error,
-                format!("failed to delete {key}: {error}"),
+                &format!("failed to delete {key}"),
             )),
         }
     }

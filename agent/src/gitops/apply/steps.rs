@@ -123,7 +123,10 @@ impl Engine {
         let message = match tokio::time::timeout(self.crd_timeout, established).await {
             Ok(Ok(crd)) => return Ok(serde_json::to_value(&crd).unwrap_or_default()),
             Ok(Err(error)) => {
-                format!("failed to watch CustomResourceDefinition {name}: {error}")
+                format!(
+                    "failed to watch CustomResourceDefinition {name}: {}",
+                    crate::errors::error_chain(&error)
+                )
             }
             Err(_) => format!(
                 "CustomResourceDefinition {name} was not Established within {:?}",

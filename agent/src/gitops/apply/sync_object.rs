@@ -140,7 +140,7 @@ impl Engine {
         match api.get_opt(&item.key.name).await {
             Ok(live) => Ok(live.map(live_value)),
             Err(error) => {
-                let message = format!("failed to read {}: {error}", item.key);
+                let message = format!("failed to read {}", item.key);
                 Err(self
                     .failed_unless_kind_gone(item, Step::Read, &error, message)
                     .await)
@@ -248,7 +248,7 @@ impl Engine {
                 }
             }
             Err(error) => {
-                let message = format!("failed to apply {}: {error}", item.key);
+                let message = format!("failed to apply {}", item.key);
                 self.failed_unless_kind_gone(item, Step::Apply, &error, message)
                     .await
             }
@@ -304,7 +304,7 @@ impl Engine {
     ) -> Outcome {
         match self.kind_gone(item, error).await {
             Some(deferred) => deferred,
-            None => Outcome::Failed(ObjectFailure::api(item.key.clone(), step, error, message)),
+            None => Outcome::Failed(ObjectFailure::api(item.key.clone(), step, error, &message)),
         }
     }
 
@@ -346,7 +346,7 @@ async fn dry_run(item: &Desired, api: &Api<DynamicObject>, manifest: &Value) -> 
             item.key.clone(),
             Step::DryRun,
             &error,
-            format!("failed to apply {} (dry run): {error}", item.key),
+            &format!("failed to apply {} (dry run)", item.key),
         ))),
     }
 }
