@@ -539,10 +539,10 @@ fn parse_number(literal: &str) -> Option<Value> {
         let magnitude = i64::from_str_radix(digits, radix).ok()?;
         return Some(Value::Int(if negative { -magnitude } else { magnitude }));
     }
-    if lower.chars().all(|c| c.is_ascii_digit()) {
-        if let Ok(i) = cleaned.parse::<i64>() {
-            return Some(Value::Int(i));
-        }
+    if lower.chars().all(|c| c.is_ascii_digit())
+        && let Ok(i) = cleaned.parse::<i64>()
+    {
+        return Some(Value::Int(i));
     }
     // Rust would accept "inf" and "nan"; a template number always starts with a digit or a dot.
     if !lower

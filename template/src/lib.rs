@@ -21,6 +21,8 @@
 //! template error message ends up in a status that many people can read (parse errors may
 //! quote the template text, which is not secret).
 
+#[cfg(test)]
+mod engine_tests;
 mod exec;
 mod functions;
 mod json;

@@ -154,9 +154,8 @@ fn number_or_star(
 
 /// `%!v(type=value)`, Go's form for a verb that does not fit its operand (`%!v(<nil>)` for nil).
 fn bad_form(buf: &mut Buf, arg: &Value, verb: Option<char>) -> Result<(), Fail> {
-    match verb {
-        Some(verb) => buf.write_fmt_bounded(format_args!("%!{verb}("))?,
-        None => {}
+    if let Some(verb) = verb {
+        buf.write_fmt_bounded(format_args!("%!{verb}("))?;
     }
     match arg {
         Value::NoValue | Value::Nil => buf.push_str("<nil>")?,
@@ -330,7 +329,7 @@ fn float(buf: &mut Buf, f: f64, verb: char, precision: Option<usize>) -> Result<
         _ => {
             let Some(p) = precision else {
                 let (negative, digits, exponent) = shortest_digits(f);
-                return if exponent < -4 || exponent >= 6 {
+                return if !(-4..6).contains(&exponent) {
                     write_exponent_form(buf, negative, &digits, exponent, e)
                 } else {
                     write_float_shortest(buf, f)
@@ -458,15 +457,15 @@ mod tests {
             f(
                 "%.2f %e %g",
                 &[
-                    Value::Float(3.14159),
+                    Value::Float(3.25159),
                     Value::Float(1234.5678),
                     Value::Float(0.000012)
                 ]
             ),
-            "3.14 1.234568e+03 1.2e-05"
+            "3.25 1.234568e+03 1.2e-05"
         );
         assert_eq!(f("%.3g", &[Value::Float(1.0)]), "1");
-        assert_eq!(f("%6.2f|", &[Value::Float(3.14159)]), "  3.14|");
+        assert_eq!(f("%6.2f|", &[Value::Float(3.25159)]), "  3.25|");
         assert_eq!(f("%10s|%-4s|", &[s("abc"), s("é")]), "       abc|é   |");
         assert_eq!(f("%.2s", &[s("héllo")]), "hé");
         assert_eq!(f("100%%", &[]), "100%");

@@ -82,6 +82,7 @@ pub(crate) type Text = Rc<Zeroizing<String>>;
 
 /// A value, as Go's `interface{}` holds what Secret data, literals and functions produce.
 #[derive(Debug, Clone)]
+#[allow(clippy::enum_variant_names)] // `NoValue` is Go's name for it.
 pub(crate) enum Value {
     /// Go's invalid `reflect.Value`: what a missing map key yields. Printed as `<no value>`.
     NoValue,
@@ -282,7 +283,7 @@ pub(crate) fn write_float_shortest(buf: &mut Buf, f: f64) -> Result<(), Fail> {
         return buf.push_str(special);
     }
     let (negative, digits, exponent) = shortest_digits(f);
-    if exponent < -4 || exponent >= 6 {
+    if !(-4..6).contains(&exponent) {
         write_exponent_form(buf, negative, &digits, exponent, 'e')
     } else {
         // Rust's Display prints the same shortest round-trip digits without an exponent.
