@@ -567,3 +567,25 @@ fn generated_inputs_never_panic() {
     // The generator reaches the executor, not only the parser's error paths.
     assert!(parsed > 1_000, "only {parsed} inputs rendered");
 }
+
+#[test]
+fn variables_in_scope_are_limited() {
+    let many = |n: usize| {
+        let mut text = String::new();
+        for i in 0..n {
+            text.push_str(&format!("{{{{ $v{i} := {i} }}}}"));
+        }
+        text.push_str("{{ $v0 }}");
+        text
+    };
+    assert_eq!(render(&many(crate::MAX_VARIABLES - 1), &[]).unwrap(), "0");
+    let error = render(&many(crate::MAX_VARIABLES), &[]).unwrap_err();
+    assert!(
+        matches!(&error, TemplateError::Parse { message, .. } if message.contains("variables in scope")),
+        "{error}"
+    );
+    // Scopes that end give their variables back.
+    let scoped =
+        "{{ range 2 }}{{ $x := . }}{{ end }}{{ if true }}{{ $y := 1 }}{{ end }}".repeat(600);
+    assert!(render(&scoped, &[]).is_ok());
+}

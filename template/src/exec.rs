@@ -206,22 +206,31 @@ impl<'t> Exec<'t> {
         Ok(())
     }
 
-    fn assign(&mut self, name: &str, value: Value) -> Result<(), Fail> {
-        let variable = self
+    /// Where the innermost variable `name` is; the scan is paid for (the parser bounds how
+    /// many variables are in scope).
+    fn find(&mut self, name: &str) -> Result<usize, Fail> {
+        let from_top = self
             .variables
-            .iter_mut()
+            .iter()
             .rev()
-            .find(|(n, _)| *n == name)
+            .position(|(n, _)| *n == name)
             .ok_or(Fail::Exec)?;
+        self.budget
+            .charge(u64::try_from(from_top / 16).unwrap_or(u64::MAX))?;
+        Ok(self.variables.len() - 1 - from_top)
+    }
+
+    fn assign(&mut self, name: &str, value: Value) -> Result<(), Fail> {
+        let slot = self.find(name)?;
+        let variable = self.variables.get_mut(slot).ok_or(Fail::Exec)?;
         variable.1 = value;
         Ok(())
     }
 
-    fn variable(&self, name: &str) -> Result<Value, Fail> {
+    fn variable(&mut self, name: &str) -> Result<Value, Fail> {
+        let slot = self.find(name)?;
         self.variables
-            .iter()
-            .rev()
-            .find(|(n, _)| *n == name)
+            .get(slot)
             .map(|(_, v)| v.clone())
             .ok_or(Fail::Exec)
     }

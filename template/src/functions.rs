@@ -314,40 +314,62 @@ fn urlquery(budget: &mut Budget, args: &[Value]) -> Result<Value, Fail> {
 
 // Sprig.
 
-fn map_chars(
+/// A string function computed in one pass by the standard library when its result is known to
+/// fit (at most `growth` times the input), else character by character in a bounded buffer.
+fn per_char(
     budget: &mut Budget,
     args: &[Value],
-    map: impl Fn(char, &mut Buf) -> Result<(), Fail>,
+    growth: usize,
+    whole: fn(&str) -> String,
+    each: fn(char, &mut Buf) -> Result<(), Fail>,
 ) -> Result<Value, Fail> {
     exactly(args, 1)?;
     let s = text(budget, &args[0])?;
+    let growth = if s.is_ascii() { 1 } else { growth };
+    if s.len().saturating_mul(growth) <= MAX_VALUE_BYTES {
+        let out = Zeroizing::new(whole(&s));
+        budget.bytes(out.len())?;
+        return Ok(Value::text(out));
+    }
+    // Character by character is slower: paid at a step per eight bytes.
+    budget.charge(u64::try_from(s.len() / 8).unwrap_or(u64::MAX))?;
     let mut buf = buffer();
     for c in s.chars() {
-        map(c, &mut buf)?;
+        each(c, &mut buf)?;
     }
     finish(budget, buf)
 }
 
+/// The most bytes one character's upper or lower case takes per byte of it (U+0390 is two
+/// bytes and uppercases to six).
+const CASE_GROWTH: usize = 3;
+
 fn upper(budget: &mut Budget, args: &[Value]) -> Result<Value, Fail> {
-    map_chars(budget, args, |c, buf| {
+    per_char(budget, args, CASE_GROWTH, str::to_uppercase, |c, buf| {
         c.to_uppercase().try_for_each(|u| buf.push(u))
     })
 }
 
 fn lower(budget: &mut Budget, args: &[Value]) -> Result<Value, Fail> {
-    map_chars(budget, args, |c, buf| {
+    per_char(budget, args, CASE_GROWTH, str::to_lowercase, |c, buf| {
         c.to_lowercase().try_for_each(|l| buf.push(l))
     })
 }
 
 fn nospace(budget: &mut Budget, args: &[Value]) -> Result<Value, Fail> {
-    map_chars(budget, args, |c, buf| {
-        if c.is_whitespace() {
-            Ok(())
-        } else {
-            buf.push(c)
-        }
-    })
+    per_char(
+        budget,
+        args,
+        1,
+        |s| s.chars().filter(|c| !c.is_whitespace()).collect(),
+        |c, buf| {
+            if c.is_whitespace() {
+                Ok(())
+            } else {
+                buf.push(c)
+            }
+        },
+    )
 }
 
 fn trim(budget: &mut Budget, args: &[Value]) -> Result<Value, Fail> {
@@ -379,6 +401,8 @@ fn replace(budget: &mut Budget, args: &[Value]) -> Result<Value, Fail> {
     let mut buf = buffer();
     let mut last = 0;
     for (at, matched) in s.match_indices(old.as_ref()) {
+        // Each match is work of its own, whatever its size.
+        budget.step()?;
         buf.push_str(&s[last..at])?;
         buf.push_str(&new)?;
         last = at + matched.len();

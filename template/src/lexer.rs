@@ -149,11 +149,16 @@ impl<'a> Lexer<'a> {
         self.rest().chars().nth(1)
     }
 
-    /// Moves past `bytes` bytes (always a whole number of characters), counting lines.
+    /// Moves past `bytes` bytes, counting lines. Callers pass whole characters; should one
+    /// not, the position moves on to the next character boundary (never into a character).
     fn advance(&mut self, bytes: usize) {
-        let taken = self.src.get(self.pos..self.pos + bytes).unwrap_or_default();
+        let mut end = self.pos.saturating_add(bytes).min(self.src.len());
+        while !self.src.is_char_boundary(end) {
+            end += 1;
+        }
+        let taken = self.src.get(self.pos..end).unwrap_or_default();
         self.line += taken.matches('\n').count();
-        self.pos += taken.len();
+        self.pos = end;
     }
 
     fn error<T>(&self, line: usize, message: impl Into<String>) -> Result<T, LexError> {

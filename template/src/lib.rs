@@ -11,8 +11,9 @@
 //!   stage stops at the limit, not after it);
 //! - each key has a budget of [`MAX_STEPS`] evaluation steps (every node, range iteration and
 //!   function call, and the bytes functions read and write), so nested `range` ends;
-//! - the parser bounds the text ([`MAX_TEMPLATE_BYTES`]), the tree ([`MAX_NODES`]) and the
-//!   nesting of control structures and parentheses ([`MAX_NESTING`]);
+//! - the parser bounds the text ([`MAX_TEMPLATE_BYTES`]), the tree ([`MAX_NODES`]), the
+//!   variables in scope ([`MAX_VARIABLES`]) and the nesting of control structures and
+//!   parentheses ([`MAX_NESTING`]);
 //! - the lexer reads characters, never byte offsets into them, on the calling thread; an action
 //!   left open is an error; `define`/`template`/`block` (unbounded recursion) are refused.
 //!
@@ -35,7 +36,7 @@ use std::collections::BTreeMap;
 
 use zeroize::Zeroizing;
 
-pub use parse::{MAX_NESTING, MAX_NODES, MAX_TEMPLATE_BYTES};
+pub use parse::{MAX_NESTING, MAX_NODES, MAX_TEMPLATE_BYTES, MAX_VARIABLES};
 pub use value::MAX_STEPS;
 
 use value::{Fail, Map, Value};

@@ -2,7 +2,7 @@
 //! of nodes, and the nesting of control structures and parenthesised pipelines are limited, so
 //! neither the parser's recursion nor the tree can grow without bound.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 
 use crate::functions::{self, Function};
 use crate::lexer::{Keyword, LexError, Lexer, Tok, Token};
@@ -15,6 +15,8 @@ pub const MAX_TEMPLATE_BYTES: usize = 1024 * 1024;
 pub const MAX_NESTING: usize = 64;
 /// The most nodes (text, actions, commands, operands) one template may have.
 pub const MAX_NODES: usize = 100_000;
+/// The most variables in scope at once (lookups scan them, so this bounds their cost).
+pub const MAX_VARIABLES: usize = 1000;
 
 /// A node of the template's tree.
 #[derive(Debug)]
@@ -126,6 +128,8 @@ struct Parser<'a> {
     ahead: VecDeque<Token>,
     /// The variables in scope, innermost last (Go checks use at parse time).
     variables: Vec<String>,
+    /// How many variables of each name are in scope, so checking one is not a scan.
+    declared: HashMap<String, usize>,
     range_depth: usize,
     nodes: usize,
     last_line: usize,
@@ -143,6 +147,7 @@ pub(crate) fn parse(text: &str) -> Result<Vec<Node>, ParseError> {
         lexer: Lexer::new(text),
         ahead: VecDeque::new(),
         variables: vec!["$".to_string()],
+        declared: HashMap::from([("$".to_string(), 1)]),
         range_depth: 0,
         nodes: 0,
         last_line: 1,
@@ -209,6 +214,28 @@ impl Parser<'_> {
             ));
         }
         Ok(depth)
+    }
+
+    fn declare(&mut self, name: &str) -> Result<(), ParseError> {
+        if self.variables.len() >= MAX_VARIABLES {
+            return self.fail(format!("more than {MAX_VARIABLES} variables in scope"));
+        }
+        self.variables.push(name.to_string());
+        *self.declared.entry(name.to_string()).or_default() += 1;
+        Ok(())
+    }
+
+    fn is_declared(&self, name: &str) -> bool {
+        self.declared.get(name).is_some_and(|count| *count > 0)
+    }
+
+    /// Ends the scope that began when `scope` variables were declared.
+    fn close_scope(&mut self, scope: usize) {
+        for name in self.variables.drain(scope..) {
+            if let Some(count) = self.declared.get_mut(&name) {
+                *count = count.saturating_sub(1);
+            }
+        }
     }
 
     fn expect_close(&mut self, context: &str) -> Result<(), ParseError> {
@@ -332,7 +359,7 @@ impl Parser<'_> {
                 }
             }
         };
-        self.variables.truncate(scope);
+        self.close_scope(scope);
         Ok(Node::Conditional {
             with,
             arms,
@@ -361,7 +388,7 @@ impl Parser<'_> {
                 }
             }
         };
-        self.variables.truncate(scope);
+        self.close_scope(scope);
         Ok(Node::Range {
             pipe,
             body,
@@ -392,7 +419,9 @@ impl Parser<'_> {
             }
         }
         if !assign {
-            self.variables.extend(declarations.iter().cloned());
+            for name in &declarations {
+                self.declare(name)?;
+            }
         }
         Ok(Pipeline {
             declarations,
@@ -431,7 +460,7 @@ impl Parser<'_> {
             if name == "$" {
                 return self.fail("cannot declare or assign $");
             }
-            if assign && !self.variables.contains(name) {
+            if assign && !self.is_declared(name) {
                 return self.fail(format!("undefined variable {name:?}"));
             }
         }
@@ -483,7 +512,7 @@ impl Parser<'_> {
                 return Ok(Operand::Field(path));
             }
             Tok::Variable(name) => {
-                if !self.variables.contains(&name) {
+                if !self.is_declared(&name) {
                     return self.fail(format!("undefined variable {name:?}"));
                 }
                 let path = self.fields()?;
