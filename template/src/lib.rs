@@ -3,21 +3,46 @@
 //!
 //! Users write these in Go `text/template` syntax with Sprig functions, as upstream
 //! sealed-secrets and ESO accept them (`{{ .password }}`, `{{ index . "foo" }}`,
-//! `{{ .user | b64enc }}`). The function set is side-effect free by construction: no environment,
-//! no files, no network, no DNS, no clock, no randomness; output per key is bounded; and errors
-//! never echo the values being rendered, because a template error message ends up in a status
-//! that many people can read.
+//! `{{ .user | b64enc }}`). The engine is this crate's own, small and bounded, so that a
+//! template cannot be used as a bomb:
+//!
+//! - every string a function builds, and the output, is built in a buffer that refuses to grow
+//!   past [`MAX_OUTPUT_BYTES`] before allocating (a chain of `replace` that grows tenfold per
+//!   stage stops at the limit, not after it);
+//! - each key has a budget of [`MAX_STEPS`] evaluation steps (every node, range iteration and
+//!   function call, and the bytes functions read and write), so nested `range` ends;
+//! - the parser bounds the text ([`MAX_TEMPLATE_BYTES`]), the tree ([`MAX_NODES`]), the
+//!   variables in scope ([`MAX_VARIABLES`]) and the nesting of control structures and
+//!   parentheses ([`MAX_NESTING`]);
+//! - the lexer reads characters, never byte offsets into them, on the calling thread; an action
+//!   left open is an error; `define`/`template`/`block` (unbounded recursion) are refused.
+//!
+//! The function set is side-effect free by construction: no environment, no files, no network,
+//! no DNS, no clock, no randomness. Errors never echo the values being rendered, because a
+//! template error message ends up in a status that many people can read (parse errors may
+//! quote the template text, which is not secret).
 
-use std::collections::{BTreeMap, HashMap};
+#[cfg(test)]
+mod engine_tests;
+mod exec;
+mod functions;
+mod json;
+mod lexer;
+mod parse;
+mod printf;
+mod value;
 
-use base64::Engine;
-use gtmpl::{Context, FuncError, Template, Value};
+use std::collections::BTreeMap;
+
 use zeroize::Zeroizing;
 
-/// The most bytes one rendered key may produce.
+pub use parse::{MAX_NESTING, MAX_NODES, MAX_TEMPLATE_BYTES, MAX_VARIABLES};
+pub use value::MAX_STEPS;
+
+use value::{Fail, Map, Value};
+
+/// The most bytes one rendered key may produce (and the most any intermediate string may hold).
 pub const MAX_OUTPUT_BYTES: usize = 1024 * 1024;
-/// The widest indentation `indent`/`nindent` accept, so a template cannot multiply its output.
-const MAX_INDENT: usize = 1024;
 
 /// Why a template key could not be rendered. Never contains a rendered or input value.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -38,13 +63,21 @@ pub enum TemplateError {
         /// The output key.
         key: String,
     },
-    /// The output exceeds [`MAX_OUTPUT_BYTES`].
+    /// The output, or a string computed on the way, exceeds [`MAX_OUTPUT_BYTES`].
     #[error("failed to render template for key {key:?}: output exceeds {limit} bytes")]
     TooLarge {
         /// The output key.
         key: String,
         /// The limit.
         limit: usize,
+    },
+    /// Rendering took more than [`MAX_STEPS`] evaluation steps.
+    #[error("failed to render template for key {key:?}: evaluation exceeds {limit} steps")]
+    TooManySteps {
+        /// The output key.
+        key: String,
+        /// The limit.
+        limit: u64,
     },
 }
 
@@ -56,388 +89,49 @@ pub fn render_all(
     templates: &BTreeMap<String, String>,
     values: &BTreeMap<String, Zeroizing<Vec<u8>>>,
 ) -> Result<BTreeMap<String, Zeroizing<Vec<u8>>>, TemplateError> {
-    let data: HashMap<String, Value> = values
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.clone(),
-                Value::String(String::from_utf8_lossy(v).into_owned()),
-            )
-        })
-        .collect();
-    let context = Context::from(Value::Map(data));
+    let root = root_value(values);
     templates
         .iter()
-        .map(|(key, text)| render_one(key, text, &context).map(|out| (key.clone(), out)))
+        .map(|(key, text)| render_one(key, text, &root).map(|out| (key.clone(), out)))
         .collect()
 }
 
-/// Refuses what the engine (gtmpl) handles badly before it sees it: an action left open at the
-/// end of the text makes its lexer loop forever, and `define`/`template`/`block` allow unbounded
-/// recursion. Secret templates need neither.
-fn ensure_supported(key: &str, text: &str) -> Result<(), TemplateError> {
-    let refuse = |message: &str| {
-        Err(TemplateError::Parse {
-            key: key.to_string(),
-            message: message.to_string(),
+fn root_value(values: &BTreeMap<String, Zeroizing<Vec<u8>>>) -> Value {
+    let entries = values
+        .iter()
+        .map(|(k, v)| {
+            let text = match std::str::from_utf8(v) {
+                Ok(s) => Zeroizing::new(s.to_string()),
+                Err(_) => Zeroizing::new(String::from_utf8_lossy(v).into_owned()),
+            };
+            (k.clone(), Value::text(text))
         })
-    };
-    let mut rest = text;
-    while let Some(open) = rest.find("{{") {
-        let after = &rest[open + 2..];
-        let Some(close) = after.find("}}") else {
-            return refuse("unclosed action: every {{ needs a matching }}");
-        };
-        let action = after[..close].trim_start_matches('-').trim_start();
-        let keyword = action.split_whitespace().next().unwrap_or_default();
-        if matches!(keyword, "define" | "template" | "block") {
-            return refuse(&format!(
-                "the {keyword:?} action is not supported in Secret templates"
-            ));
-        }
-        rest = &after[close + 2..];
-    }
-    Ok(())
+        .collect();
+    Value::Map(std::rc::Rc::new(Map::new(entries)))
 }
 
-fn render_one(
-    key: &str,
-    text: &str,
-    context: &Context,
-) -> Result<Zeroizing<Vec<u8>>, TemplateError> {
-    ensure_supported(key, text)?;
-    let mut template = Template::default();
-    template.add_funcs(FUNCTIONS);
-    template.parse(text).map_err(|error| TemplateError::Parse {
+fn render_one(key: &str, text: &str, root: &Value) -> Result<Zeroizing<Vec<u8>>, TemplateError> {
+    let tree = parse::parse(text).map_err(|error| TemplateError::Parse {
         key: key.to_string(),
         message: error.to_string(),
     })?;
-    let rendered =
-        Zeroizing::new(
-            template
-                .render(context)
-                .map_err(|_| TemplateError::Execute {
-                    key: key.to_string(),
-                })?,
-        );
-    if rendered.len() > MAX_OUTPUT_BYTES {
-        return Err(TemplateError::TooLarge {
-            key: key.to_string(),
-            limit: MAX_OUTPUT_BYTES,
-        });
-    }
+    let rendered = exec::execute(&tree, root).map_err(|fail| execution_error(key, fail))?;
     Ok(Zeroizing::new(rendered.as_bytes().to_vec()))
 }
 
-type Function = fn(&[Value]) -> Result<Value, FuncError>;
-
-/// The Sprig subset users of sealed-secrets and ESO templates rely on. Deliberately absent:
-/// `env`, `expandenv`, `getHostByName`, file and random functions (upstream removed the first
-/// three, #1703).
-const FUNCTIONS: &[(&str, Function)] = &[
-    ("upper", upper),
-    ("lower", lower),
-    ("trim", trim),
-    ("trimPrefix", trim_prefix),
-    ("trimSuffix", trim_suffix),
-    ("replace", replace),
-    ("quote", quote),
-    ("squote", squote),
-    ("contains", contains),
-    ("hasPrefix", has_prefix),
-    ("hasSuffix", has_suffix),
-    ("indent", indent),
-    ("nindent", nindent),
-    ("nospace", nospace),
-    ("toString", to_string),
-    ("join", join),
-    ("split", split),
-    ("b64enc", b64enc),
-    ("b64dec", b64dec),
-    ("toJson", to_json),
-    ("fromJson", from_json),
-    ("sha256sum", sha256sum),
-    ("default", default),
-    ("empty", empty),
-    ("coalesce", coalesce),
-];
-
-fn failed(function: &str) -> FuncError {
-    // The message names the function only: arguments may be secret.
-    FuncError::Generic(format!("{function}: invalid arguments"))
-}
-
-/// The text form of a value, as Go's `fmt.Sprint` would give for the common cases.
-fn text(value: &Value) -> String {
-    match value {
-        Value::String(s) => s.clone(),
-        Value::NoValue | Value::Nil => String::new(),
-        other => other.to_string(),
+fn execution_error(key: &str, fail: Fail) -> TemplateError {
+    let key = key.to_string();
+    match fail {
+        Fail::Exec => TemplateError::Execute { key },
+        Fail::TooLarge => TemplateError::TooLarge {
+            key,
+            limit: MAX_OUTPUT_BYTES,
+        },
+        Fail::Steps => TemplateError::TooManySteps {
+            key,
+            limit: MAX_STEPS,
+        },
     }
-}
-
-fn string_arg<'a>(function: &str, args: &'a [Value], index: usize) -> Result<&'a Value, FuncError> {
-    args.get(index).ok_or_else(|| failed(function))
-}
-
-fn exactly(function: &str, args: &[Value], count: usize) -> Result<(), FuncError> {
-    if args.len() == count {
-        Ok(())
-    } else {
-        Err(FuncError::ExactlyXArgs(function.to_string(), count))
-    }
-}
-
-fn upper(args: &[Value]) -> Result<Value, FuncError> {
-    exactly("upper", args, 1)?;
-    Ok(Value::String(text(&args[0]).to_uppercase()))
-}
-
-fn lower(args: &[Value]) -> Result<Value, FuncError> {
-    exactly("lower", args, 1)?;
-    Ok(Value::String(text(&args[0]).to_lowercase()))
-}
-
-fn trim(args: &[Value]) -> Result<Value, FuncError> {
-    exactly("trim", args, 1)?;
-    Ok(Value::String(text(&args[0]).trim().to_string()))
-}
-
-fn trim_prefix(args: &[Value]) -> Result<Value, FuncError> {
-    exactly("trimPrefix", args, 2)?;
-    let (prefix, s) = (text(&args[0]), text(&args[1]));
-    Ok(Value::String(
-        s.strip_prefix(&prefix).unwrap_or(&s).to_string(),
-    ))
-}
-
-fn trim_suffix(args: &[Value]) -> Result<Value, FuncError> {
-    exactly("trimSuffix", args, 2)?;
-    let (suffix, s) = (text(&args[0]), text(&args[1]));
-    Ok(Value::String(
-        s.strip_suffix(&suffix).unwrap_or(&s).to_string(),
-    ))
-}
-
-fn replace(args: &[Value]) -> Result<Value, FuncError> {
-    exactly("replace", args, 3)?;
-    Ok(Value::String(
-        text(&args[2]).replace(&text(&args[0]), &text(&args[1])),
-    ))
-}
-
-fn quote(args: &[Value]) -> Result<Value, FuncError> {
-    let quoted: Vec<String> = args
-        .iter()
-        .map(|a| serde_json::Value::String(text(a)).to_string())
-        .collect();
-    Ok(Value::String(quoted.join(" ")))
-}
-
-fn squote(args: &[Value]) -> Result<Value, FuncError> {
-    let quoted: Vec<String> = args.iter().map(|a| format!("'{}'", text(a))).collect();
-    Ok(Value::String(quoted.join(" ")))
-}
-
-fn contains(args: &[Value]) -> Result<Value, FuncError> {
-    exactly("contains", args, 2)?;
-    Ok(Value::Bool(text(&args[1]).contains(&text(&args[0]))))
-}
-
-fn has_prefix(args: &[Value]) -> Result<Value, FuncError> {
-    exactly("hasPrefix", args, 2)?;
-    Ok(Value::Bool(text(&args[1]).starts_with(&text(&args[0]))))
-}
-
-fn has_suffix(args: &[Value]) -> Result<Value, FuncError> {
-    exactly("hasSuffix", args, 2)?;
-    Ok(Value::Bool(text(&args[1]).ends_with(&text(&args[0]))))
-}
-
-fn width(function: &str, value: &Value) -> Result<usize, FuncError> {
-    let width = match value {
-        Value::Number(n) => n.as_u64().and_then(|n| usize::try_from(n).ok()),
-        Value::String(s) => s.parse().ok(),
-        _ => None,
-    };
-    width
-        .filter(|w| *w <= MAX_INDENT)
-        .ok_or_else(|| failed(function))
-}
-
-fn indent_text(spaces: usize, s: &str) -> String {
-    let pad = " ".repeat(spaces);
-    s.split('\n')
-        .map(|line| format!("{pad}{line}"))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-fn indent(args: &[Value]) -> Result<Value, FuncError> {
-    exactly("indent", args, 2)?;
-    Ok(Value::String(indent_text(
-        width("indent", &args[0])?,
-        &text(&args[1]),
-    )))
-}
-
-fn nindent(args: &[Value]) -> Result<Value, FuncError> {
-    exactly("nindent", args, 2)?;
-    Ok(Value::String(format!(
-        "\n{}",
-        indent_text(width("nindent", &args[0])?, &text(&args[1]))
-    )))
-}
-
-fn nospace(args: &[Value]) -> Result<Value, FuncError> {
-    exactly("nospace", args, 1)?;
-    Ok(Value::String(
-        text(&args[0])
-            .chars()
-            .filter(|c| !c.is_whitespace())
-            .collect(),
-    ))
-}
-
-fn to_string(args: &[Value]) -> Result<Value, FuncError> {
-    exactly("toString", args, 1)?;
-    Ok(Value::String(text(&args[0])))
-}
-
-fn join(args: &[Value]) -> Result<Value, FuncError> {
-    exactly("join", args, 2)?;
-    let separator = text(&args[0]);
-    match string_arg("join", args, 1)? {
-        Value::Array(items) => Ok(Value::String(
-            items.iter().map(text).collect::<Vec<_>>().join(&separator),
-        )),
-        other => Ok(Value::String(text(other))),
-    }
-}
-
-/// Sprig's `split` returns a map `_0`, `_1`, …
-fn split(args: &[Value]) -> Result<Value, FuncError> {
-    exactly("split", args, 2)?;
-    let (separator, s) = (text(&args[0]), text(&args[1]));
-    if separator.is_empty() {
-        return Err(failed("split"));
-    }
-    let parts: HashMap<String, Value> = s
-        .split(separator.as_str())
-        .enumerate()
-        .map(|(i, part)| (format!("_{i}"), Value::String(part.to_string())))
-        .collect();
-    Ok(Value::Map(parts))
-}
-
-fn b64enc(args: &[Value]) -> Result<Value, FuncError> {
-    exactly("b64enc", args, 1)?;
-    Ok(Value::String(
-        base64::engine::general_purpose::STANDARD.encode(text(&args[0])),
-    ))
-}
-
-fn b64dec(args: &[Value]) -> Result<Value, FuncError> {
-    exactly("b64dec", args, 1)?;
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(text(&args[0]).trim())
-        .map_err(|_| failed("b64dec"))?;
-    Ok(Value::String(String::from_utf8_lossy(&bytes).into_owned()))
-}
-
-fn json_of(value: &Value) -> serde_json::Value {
-    match value {
-        Value::NoValue | Value::Nil => serde_json::Value::Null,
-        Value::Bool(b) => serde_json::Value::Bool(*b),
-        Value::String(s) => serde_json::Value::String(s.clone()),
-        Value::Number(n) => n
-            .as_i64()
-            .map(serde_json::Value::from)
-            .or_else(|| n.as_f64().map(serde_json::Value::from))
-            .unwrap_or(serde_json::Value::Null),
-        Value::Array(items) => serde_json::Value::Array(items.iter().map(json_of).collect()),
-        Value::Map(map) | Value::Object(map) => {
-            let sorted: BTreeMap<&String, serde_json::Value> =
-                map.iter().map(|(k, v)| (k, json_of(v))).collect();
-            serde_json::Value::Object(sorted.into_iter().map(|(k, v)| (k.clone(), v)).collect())
-        }
-        Value::Function(_) => serde_json::Value::Null,
-    }
-}
-
-fn value_of(json: serde_json::Value) -> Value {
-    match json {
-        serde_json::Value::Null => Value::Nil,
-        serde_json::Value::Bool(b) => Value::Bool(b),
-        serde_json::Value::Number(n) => n
-            .as_i64()
-            .map(Value::from)
-            .or_else(|| n.as_f64().map(Value::from))
-            .unwrap_or(Value::Nil),
-        serde_json::Value::String(s) => Value::String(s),
-        serde_json::Value::Array(items) => Value::Array(items.into_iter().map(value_of).collect()),
-        serde_json::Value::Object(map) => {
-            Value::Map(map.into_iter().map(|(k, v)| (k, value_of(v))).collect())
-        }
-    }
-}
-
-fn to_json(args: &[Value]) -> Result<Value, FuncError> {
-    exactly("toJson", args, 1)?;
-    Ok(Value::String(json_of(&args[0]).to_string()))
-}
-
-fn from_json(args: &[Value]) -> Result<Value, FuncError> {
-    exactly("fromJson", args, 1)?;
-    serde_json::from_str(&text(&args[0]))
-        .map(value_of)
-        .map_err(|_| failed("fromJson"))
-}
-
-fn sha256sum(args: &[Value]) -> Result<Value, FuncError> {
-    exactly("sha256sum", args, 1)?;
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, text(&args[0]).as_bytes());
-    Ok(Value::String(
-        digest.as_ref().iter().map(|b| format!("{b:02x}")).collect(),
-    ))
-}
-
-fn is_empty(value: &Value) -> bool {
-    match value {
-        Value::NoValue | Value::Nil => true,
-        Value::Bool(b) => !b,
-        Value::String(s) => s.is_empty(),
-        Value::Array(items) => items.is_empty(),
-        Value::Map(map) | Value::Object(map) => map.is_empty(),
-        Value::Number(n) => n.as_f64() == Some(0.0),
-        Value::Function(_) => false,
-    }
-}
-
-/// `default D V`: V unless it is empty, else D (V comes last so it can be piped).
-fn default(args: &[Value]) -> Result<Value, FuncError> {
-    match args {
-        [fallback] => Ok(fallback.clone()),
-        [fallback, value] => Ok(if is_empty(value) {
-            fallback.clone()
-        } else {
-            value.clone()
-        }),
-        _ => Err(FuncError::AtLeastXArgs("default".into(), 1)),
-    }
-}
-
-fn empty(args: &[Value]) -> Result<Value, FuncError> {
-    exactly("empty", args, 1)?;
-    Ok(Value::Bool(is_empty(&args[0])))
-}
-
-fn coalesce(args: &[Value]) -> Result<Value, FuncError> {
-    Ok(args
-        .iter()
-        .find(|v| !is_empty(v))
-        .cloned()
-        .unwrap_or(Value::Nil))
 }
 
 #[cfg(test)]
