@@ -45,7 +45,7 @@ from cryptography.x509.oid import NameOID
 
 MAX_BODY = 1 << 20  # bytes of one request body
 MAX_SECRET_VALUE = 25 * 1024  # the service's limit for one secret value
-MAX_TOKENS = 50_000  # issued tokens kept; the oldest go first
+MAX_TOKENS = 10_000  # issued tokens kept; the oldest go first
 MAX_VERSIONS = 1_000  # versions kept per object
 MAX_OBJECTS = 10_000  # secrets / certificates / keys per kind
 VAULT_RESOURCE = "https://vault.azure.net"
