@@ -66,7 +66,14 @@ impl RunningAgent {
         namespace: &str,
         listener: std::net::TcpListener,
     ) -> anyhow::Result<RunningAgent> {
-        let args = agent(env, namespace)?;
+        Self::start_with_on(agent(env, namespace)?, listener).await
+    }
+
+    /// An agent with `args`, serving HTTP on `listener`.
+    pub async fn start_with_on(
+        args: mooring_agent::cli::RunArgs,
+        listener: std::net::TcpListener,
+    ) -> anyhow::Result<RunningAgent> {
         let listener = tokio::net::TcpListener::from_std(listener)?;
         Self::launch(mooring_agent::Agent::with_listener(&args, listener).await?).await
     }

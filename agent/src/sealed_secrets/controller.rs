@@ -65,10 +65,6 @@ pub struct Context {
     /// Reconcile slots, queue depth and results; shutdown waits for the running reconciles, and
     /// only them.
     reconciles: Reconciles,
-    /// Permits for RSA work, one per core: a burst of SealedSecrets queues here instead of
-    /// starting a blocking thread per object (RSA is CPU-bound; more threads than cores only
-    /// add memory and context switches).
-    rsa_slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl Context {
@@ -95,7 +91,6 @@ impl Context {
                 MAX_CONCURRENT_RECONCILES,
                 &ControllerMetrics::default(),
             ),
-            rsa_slots: Arc::new(tokio::sync::Semaphore::new(rsa_parallelism())),
         }
     }
 
@@ -113,11 +108,6 @@ const CONTROLLER: &str = "sealedsecret";
 /// (read the Secret, write it, write the status), so a few times the RSA parallelism keeps the
 /// cores busy while bounding in-flight requests and memory during a burst.
 const MAX_CONCURRENT_RECONCILES: usize = 32;
-
-/// RSA operations run at once: the number of cores the process may use.
-fn rsa_parallelism() -> usize {
-    std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get)
-}
 
 /// Why a SealedSecret could not be synced. Messages name keys, never values.
 #[derive(Debug, thiserror::Error)]
@@ -468,8 +458,7 @@ async fn unseal(
     let hint = remembered.or(annotated);
     let keys = Arc::clone(&ctx.keys);
     let object = sealed.clone();
-    // The semaphore is never closed; should it be, unseal without a permit rather than fail.
-    let permit = Arc::clone(&ctx.rsa_slots).acquire_owned().await.ok();
+    let permit = ctx.keys.rsa_slot().await;
     let joined = tokio::task::spawn_blocking(move || {
         let opened = open_all(&object, &keys, hint);
         drop(permit);

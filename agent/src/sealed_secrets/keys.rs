@@ -198,11 +198,21 @@ pub struct KeyRing {
     /// share their key, and objects arrive in no particular order, so the key that opened the
     /// most recent values is the best first guess for a value without a hint.
     recent: Mutex<std::collections::VecDeque<String>>,
+    /// Permits for RSA work, one per core, shared by everything that opens values (the
+    /// controller and the kubeseal API): a burst queues here instead of starting a blocking
+    /// thread per object (RSA is CPU-bound; more threads than cores only add memory and
+    /// context switches, and let callers of `/v1/verify` starve the controller).
+    rsa_slots: Arc<tokio::sync::Semaphore>,
 }
 
 /// How many recent successful opens [`KeyRing`] keeps to rank the keys: enough to estimate which
 /// keys are in use, few enough to follow a change within a handful of values.
 const RECENT_OPENS: usize = 32;
+
+/// RSA work at once: one per core.
+fn rsa_parallelism() -> usize {
+    std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get)
+}
 
 /// The order to try `keys` (newest first) in: the hinted key, then the keys by how many of the
 /// `recent` values (most recent first) they opened, ties to the most recent, then the others
@@ -235,7 +245,14 @@ impl KeyRing {
             rsa_operations: metrics.rsa_operations.clone(),
             version: std::sync::atomic::AtomicU64::new(0),
             recent: Mutex::default(),
+            rsa_slots: Arc::new(tokio::sync::Semaphore::new(rsa_parallelism())),
         }
+    }
+
+    /// Waits for a permit to do RSA work (see the field). The semaphore is never closed; should
+    /// it be, the work runs without a permit rather than fail.
+    pub async fn rsa_slot(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        Arc::clone(&self.rsa_slots).acquire_owned().await.ok()
     }
 
     fn recent(&self) -> std::sync::MutexGuard<'_, std::collections::VecDeque<String>> {

@@ -32,6 +32,14 @@ struct Cluster {
 
 impl Cluster {
     async fn start(prefix: &str) -> Cluster {
+        Self::start_with(prefix, |_| {}).await
+    }
+
+    /// The same, with the agent's flags adjusted by `adjust`.
+    async fn start_with(
+        prefix: &str,
+        adjust: impl FnOnce(&mut mooring_agent::cli::RunArgs),
+    ) -> Cluster {
         let env = RealEnv::load().unwrap();
         mooring_agent::install::apply_crds(
             &env.admin_client().await.unwrap(),
@@ -41,7 +49,9 @@ impl Cluster {
         .unwrap();
         let ns = TestNamespace::create(&env, prefix).await.unwrap();
         let host = TestHost::create().unwrap();
-        let agent = RunningAgent::start_on(&env, ns.name(), host.listen(AGENT_PORT).unwrap())
+        let mut args = mooring_e2e::agent(&env, ns.name()).unwrap();
+        adjust(&mut args);
+        let agent = RunningAgent::start_with_on(args, host.listen(AGENT_PORT).unwrap())
             .await
             .unwrap();
         expose(&ns, &host).await;
@@ -399,4 +409,78 @@ impl Cluster {
     async fn agent_stop(self) {
         self.agent.stop().await.unwrap();
     }
+}
+
+/// POSTs `body` to the agent's `path` through the API server's service proxy, claiming to come
+/// from `forwarded_for`; the status code.
+async fn through_proxy(cluster: &Cluster, path: &str, forwarded_for: &str, body: Vec<u8>) -> u16 {
+    let uri = format!(
+        "/api/v1/namespaces/{}/services/http:mooring:http/proxy{path}",
+        cluster.ns.name()
+    );
+    let request = http::Request::post(uri)
+        .header("x-forwarded-for", forwarded_for)
+        .header("content-type", "application/json")
+        .body(kube::client::Body::from(body))
+        .unwrap();
+    // kube retries 429s by default; this test counts them.
+    let kubeconfig =
+        kube::config::Kubeconfig::read_from(cluster.env.var("KUBECONFIG").unwrap()).unwrap();
+    let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .unwrap();
+    config.default_retry = false;
+    let client = kube::Client::try_from(config).unwrap();
+    let response = client.send(request).await.unwrap();
+    response.status().as_u16()
+}
+
+#[tokio::test]
+async fn verify_is_limited_per_caller_whatever_x_forwarded_for_claims() {
+    // A burst of 5 and almost no refill, so the count does not depend on the test's speed.
+    let cluster = Cluster::start_with("kubeseal-limit", |args| {
+        args.rate_limit = 0.001;
+        args.rate_limit_burst = 5;
+    })
+    .await;
+    let body = serde_json::to_vec(&serde_json::json!({
+        "apiVersion": "bitnami.com/v1alpha1", "kind": "SealedSecret",
+        "metadata": {"name": "db", "namespace": cluster.ns.name()},
+        "spec": {"encryptedData": {"password": "AgBy3i4OJSWK+PiTySYZZA=="}},
+    }))
+    .unwrap();
+    let mut codes = Vec::new();
+    for n in 0..25 {
+        let claimed = format!("203.0.113.{n}");
+        codes.push(through_proxy(&cluster, "/v1/verify", &claimed, body.clone()).await);
+    }
+    let limited = codes.iter().filter(|code| **code == 429).count();
+    assert_eq!(
+        limited, 20,
+        "5 requests of one caller pass (409: cannot unseal), the other 20 get 429: {codes:?}"
+    );
+    assert!(codes[..5].iter().all(|code| *code == 409), "{codes:?}");
+
+    // Too many values in one request: refused before any RSA work.
+    let values: serde_json::Map<String, serde_json::Value> = (0..101)
+        .map(|n| {
+            (
+                format!("k{n}"),
+                serde_json::json!("AgBy3i4OJSWK+PiTySYZZA=="),
+            )
+        })
+        .collect();
+    let many = serde_json::to_vec(&serde_json::json!({
+        "apiVersion": "bitnami.com/v1alpha1", "kind": "SealedSecret",
+        "metadata": {"name": "db", "namespace": cluster.ns.name()},
+        "spec": {"encryptedData": values},
+    }))
+    .unwrap();
+    let other = Cluster::start_with("kubeseal-values", |_| {}).await;
+    assert_eq!(
+        through_proxy(&other, "/v1/verify", "198.51.100.1", many).await,
+        413
+    );
+    other.agent_stop().await;
+    cluster.agent_stop().await;
 }
