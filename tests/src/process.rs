@@ -70,6 +70,11 @@ impl AgentProcess {
         Ok(process)
     }
 
+    /// Its process id (while it runs).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// The PEM certificate it serves at `/v1/cert.pem`.
     pub async fn certificate(&self) -> anyhow::Result<String> {
         fetch_certificate(&self.addr).await

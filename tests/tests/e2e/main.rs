@@ -8,6 +8,7 @@
 mod apply;
 mod apply_paging;
 mod aws_support;
+mod bombs;
 mod demo;
 mod external_secrets;
 mod external_secrets_aws;
