@@ -117,8 +117,13 @@ fn http_client(server: &str, trust: &ServerTrust) -> Result<reqwest::Client, Pro
         |e: reqwest::Error| ProviderError::InvalidConfig(format!("vault server {server:?}: {e}"));
     // Bounded: a server that accepts and never answers must not hold a reconcile (and its
     // store's refresh turn) forever; vaultrs sets no timeout.
+    // No proxy from the environment (HTTPS_PROXY would see every token), and no redirects: the
+    // token header is not one reqwest strips across origins, so a redirect to another host (or
+    // to plain http) would hand it over. Vault answers API calls directly; a 3xx is an error.
     let builder = reqwest::Client::builder()
         .tls_backend_rustls()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(REQUEST_TIMEOUT);
     let builder = match trust {
