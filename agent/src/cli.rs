@@ -301,6 +301,12 @@ impl RunArgs {
             .map_or_else(std::env::current_exe, Ok)
         {
             Ok(exe) => exe,
+            // Required: fail closed. Every render then fails to start the (absent) confiner,
+            // naming it, instead of running unconfined.
+            Err(error) if self.render_sandbox == SandboxMode::Required => {
+                tracing::error!(%error, "cannot find the agent's own binary: every render will fail (--render-sandbox required)");
+                PathBuf::from("/nonexistent/mooring-render-exec")
+            }
             Err(error) => {
                 tracing::warn!(%error, "cannot find the agent's own binary; renders are not confined");
                 return None;

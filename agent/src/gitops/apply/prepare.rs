@@ -185,6 +185,15 @@ impl Engine {
                 "the object has no apiVersion, kind or metadata.name",
             )
         })?;
+        if is_service_account_token(&key, object) {
+            return Err(ObjectFailure {
+                reason: "SecretTypeForbidden",
+                ..ObjectFailure::invalid(
+                    key,
+                    "type kubernetes.io/service-account-token: the API server would fill it with a token of the ServiceAccount it names, so mooring never applies one (nor makes one from a SealedSecret or ExternalSecret)",
+                )
+            });
+        }
         let api_version = object
             .types
             .as_ref()
@@ -319,6 +328,15 @@ fn crd_in_set(object: &DynamicObject) -> Option<((String, String), String)> {
     ))
 }
 
+/// A core Secret of type `kubernetes.io/service-account-token` (ESO's GHSA-fq7h, from Git): the
+/// token controller would mint a token for whichever ServiceAccount its annotation names.
+fn is_service_account_token(key: &ObjectKey, object: &DynamicObject) -> bool {
+    key.group.is_empty()
+        && key.kind == "Secret"
+        && object.data.get("type").and_then(serde_json::Value::as_str)
+            == Some("kubernetes.io/service-account-token")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -339,4 +357,30 @@ mod tests {
             Some("widgets.example.com")
         );
     }
+
+    #[test]
+    fn only_core_secrets_of_the_token_type_are_service_account_tokens() {
+        let object = |api_version: &str, kind: &str, type_: &str| -> DynamicObject {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": api_version, "kind": kind, "metadata": {"name": "x"}, "type": type_,
+            }))
+            .unwrap()
+        };
+        let token = object("v1", "Secret", "kubernetes.io/service-account-token");
+        assert!(is_service_account_token(
+            &ObjectKey::of_object(&token).unwrap(),
+            &token
+        ));
+        for other in [
+            object("v1", "Secret", "Opaque"),
+            object("example.com/v1", "Secret", "kubernetes.io/service-account-token"),
+            object("v1", "ConfigMap", "kubernetes.io/service-account-token"),
+        ] {
+            assert!(!is_service_account_token(
+                &ObjectKey::of_object(&other).unwrap(),
+                &other
+            ));
+        }
+    }
 }
+
