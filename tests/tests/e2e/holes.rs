@@ -1,5 +1,5 @@
 //! Holes closed, each proven against the real peers: ServiceAccount-token Secrets are never
-//! made from a SealedSecret or an ExternalSecret.
+//! made from a SealedSecret or an ExternalSecret, nor applied from Git.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -205,4 +205,63 @@ async fn an_external_secret_never_makes_a_service_account_token_secret() {
         "no Secret is written"
     );
     agent.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_application_never_applies_a_service_account_token_secret() {
+    let env = RealEnv::load().unwrap();
+    let ns = TestNamespace::create(&env, "holes-gitops-token")
+        .await
+        .unwrap();
+    let repo = mooring_e2e::GitRepo::create(&env, "holes-gitops-token").unwrap();
+    repo.write(
+        "app/token.yaml",
+        &format!(
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: minted\n  annotations:\n    \
+             kubernetes.io/service-account.name: default\ntype: {SERVICE_ACCOUNT_TOKEN}\n"
+        ),
+    )
+    .unwrap();
+    repo.commit("a token Secret in Git").unwrap();
+    let url = repo.http_url(&env).unwrap();
+    ns.http_credentials(&env, &url, env.var("GIT_HTTP_PASSWORD").unwrap())
+        .await
+        .unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let mut args = mooring_e2e::gitops::agent_with_git(&env, ns.name(), cache.path()).unwrap();
+    args.controllers = vec![mooring_agent::cli::ControllerKind::Gitops];
+    let _agent = RunningAgent::start_with(args).await.unwrap();
+    let app = mooring_e2e::gitops::ApplicationManifest::new("tokens", ns.name(), &url, "app")
+        .application()
+        .unwrap();
+    ns.apply_application(&app).await.unwrap();
+    let refused = ns
+        .wait_for_application(
+            "Application tokens refused",
+            "tokens",
+            Duration::from_secs(90),
+            |app| {
+                app.status.as_ref().is_some_and(|status| {
+                    status
+                        .conditions
+                        .iter()
+                        .any(|c| c.message.contains("kubernetes.io/service-account-token"))
+                })
+            },
+        )
+        .await
+        .unwrap();
+    let message = refused.status.unwrap().conditions[0].message.clone();
+    assert!(
+        message.contains("Secret") && message.contains("minted"),
+        "{message}"
+    );
+    assert!(
+        ns.api::<Secret>()
+            .get_opt("minted")
+            .await
+            .unwrap()
+            .is_none(),
+        "no token Secret was created"
+    );
 }

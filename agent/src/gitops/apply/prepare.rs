@@ -373,7 +373,11 @@ mod tests {
         ));
         for other in [
             object("v1", "Secret", "Opaque"),
-            object("example.com/v1", "Secret", "kubernetes.io/service-account-token"),
+            object(
+                "example.com/v1",
+                "Secret",
+                "kubernetes.io/service-account-token",
+            ),
             object("v1", "ConfigMap", "kubernetes.io/service-account-token"),
         ] {
             assert!(!is_service_account_token(
@@ -383,4 +387,3 @@ mod tests {
         }
     }
 }
-
