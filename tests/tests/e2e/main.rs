@@ -14,6 +14,7 @@ mod external_secrets;
 mod external_secrets_aws;
 mod external_secrets_tls;
 mod git;
+mod git_holes;
 mod gitops;
 mod golden;
 mod ha;
