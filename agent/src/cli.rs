@@ -64,7 +64,8 @@ pub struct RenderExecArgs {
 #[derive(Clone, Debug, Args)]
 pub struct InstallArgs {
     /// Which variant: `base` (one replica), `ha` (two replicas, leader election), `no-gitops`
-    /// (only the secret controllers).
+    /// (only the secret controllers), `split` (the secret controllers and the sync engine under
+    /// different ServiceAccounts).
     #[arg(long, value_enum, default_value_t = crate::install::Overlay::Base)]
     pub overlay: crate::install::Overlay,
     /// The agent image the Deployment runs.

@@ -93,6 +93,9 @@ pub enum Overlay {
     Ha,
     /// Only the SealedSecret and ExternalSecret controllers (`deploy/overlays/no-gitops`).
     NoGitops,
+    /// The secret controllers and the sync engine as two Deployments under two ServiceAccounts
+    /// in two namespaces (`deploy/overlays/split`).
+    Split,
 }
 
 /// The image the embedded manifests name; `--image` replaces it.
@@ -105,6 +108,7 @@ impl Overlay {
             Overlay::Base => include_str!("../../deploy/rendered/base.yaml"),
             Overlay::Ha => include_str!("../../deploy/rendered/ha.yaml"),
             Overlay::NoGitops => include_str!("../../deploy/rendered/no-gitops.yaml"),
+            Overlay::Split => include_str!("../../deploy/rendered/split.yaml"),
         }
     }
 

@@ -9,10 +9,11 @@ use k8s_openapi::api::rbac::v1::ClusterRole;
 use kube::Api;
 use mooring_e2e::{RealEnv, binary, wait_for};
 
-const OVERLAYS: [(&str, &str); 3] = [
+const OVERLAYS: [(&str, &str); 4] = [
     ("base", "deploy/base"),
     ("ha", "deploy/overlays/ha"),
     ("no-gitops", "deploy/overlays/no-gitops"),
+    ("split", "deploy/overlays/split"),
 ];
 
 fn repo() -> PathBuf {

@@ -31,4 +31,5 @@ mod rbac;
 mod render_sandbox;
 mod sealed_secrets;
 mod smoke;
+mod split;
 mod tenancy;

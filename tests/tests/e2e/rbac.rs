@@ -100,31 +100,54 @@ fn no_rule_grants_a_wildcard() {
 /// move into it, cluster-scoped ones get the namespace as a name suffix and the Namespace as
 /// their owner (so the garbage collector removes them with it). `adjust` edits the rules first.
 pub(crate) async fn install_rbac(ns: &TestNamespace, adjust: impl Fn(&str, &mut Vec<PolicyRule>)) {
-    let admin = ns.client();
+    install_rbac_documents(ns, rbac_documents(), &[(INSTALL_NAMESPACE, ns)], adjust).await;
+}
+
+/// The same for any install's documents: each install namespace of `namespaces` is replaced by
+/// its test namespace; cluster-scoped objects are named and owned after `owner`.
+pub(crate) async fn install_rbac_documents(
+    owner_ns: &TestNamespace,
+    documents: Vec<Value>,
+    namespaces: &[(&str, &TestNamespace)],
+    adjust: impl Fn(&str, &mut Vec<PolicyRule>),
+) {
+    let admin = owner_ns.client();
     let owner = {
         let namespace = Api::<Namespace>::all(admin.clone())
-            .get(ns.name())
+            .get(owner_ns.name())
             .await
             .unwrap();
         OwnerReference {
             api_version: "v1".into(),
             kind: "Namespace".into(),
-            name: ns.name().into(),
+            name: owner_ns.name().into(),
             uid: namespace.metadata.uid.unwrap(),
             ..Default::default()
         }
     };
-    let suffixed = |name: &str| format!("{name}-{}", ns.name());
+    let suffixed = |name: &str| format!("{name}-{}", owner_ns.name());
     let params = PatchParams::apply("mooring-e2e").force();
-    for doc in rbac_documents() {
-        let text = serde_json::to_string(&doc)
-            .unwrap()
-            .replace(INSTALL_NAMESPACE, ns.name());
+    for doc in documents {
+        // The namespaces an install names: its objects' own and its bindings' subjects'.
+        let mut doc = doc;
+        let moved = |value: &mut Value| {
+            if let Some((_, test)) = namespaces.iter().find(|(install, _)| value == *install) {
+                *value = Value::String(test.name().to_string());
+            }
+        };
+        moved(&mut doc["metadata"]["namespace"]);
+        if let Some(subjects) = doc["subjects"].as_array_mut() {
+            for subject in subjects {
+                moved(&mut subject["namespace"]);
+            }
+        }
+        let text = serde_json::to_string(&doc).unwrap();
+        let namespace = || doc["metadata"]["namespace"].as_str().unwrap().to_string();
         match doc["kind"].as_str().unwrap() {
             "ServiceAccount" => {
                 let account: ServiceAccount = serde_json::from_str(&text).unwrap();
                 let name = account.metadata.name.clone().unwrap();
-                ns.api::<ServiceAccount>()
+                Api::<ServiceAccount>::namespaced(admin.clone(), &namespace())
                     .patch(&name, &params, &Patch::Apply(&account))
                     .await
                     .unwrap();
@@ -136,7 +159,7 @@ pub(crate) async fn install_rbac(ns: &TestNamespace, adjust: impl Fn(&str, &mut 
                     adjust(&name, rules);
                 }
                 // Aggregation would mix in other tests' copies: give each copy its own label.
-                relabel_aggregation(&mut role, ns.name());
+                relabel_aggregation(&mut role, owner_ns.name());
                 role.metadata.name = Some(name.clone());
                 role.metadata.owner_references = Some(vec![owner.clone()]);
                 Api::<ClusterRole>::all(admin.clone())
@@ -161,7 +184,7 @@ pub(crate) async fn install_rbac(ns: &TestNamespace, adjust: impl Fn(&str, &mut 
                 if let Some(rules) = role.rules.as_mut() {
                     adjust(&name, rules);
                 }
-                ns.api::<Role>()
+                Api::<Role>::namespaced(admin.clone(), &namespace())
                     .patch(&name, &params, &Patch::Apply(&role))
                     .await
                     .unwrap();
@@ -169,12 +192,12 @@ pub(crate) async fn install_rbac(ns: &TestNamespace, adjust: impl Fn(&str, &mut 
             "RoleBinding" => {
                 let binding: RoleBinding = serde_json::from_str(&text).unwrap();
                 let name = binding.metadata.name.clone().unwrap();
-                ns.api::<RoleBinding>()
+                Api::<RoleBinding>::namespaced(admin.clone(), &namespace())
                     .patch(&name, &params, &Patch::Apply(&binding))
                     .await
                     .unwrap();
             }
-            other => panic!("unexpected kind {other} in deploy/base RBAC"),
+            other => panic!("unexpected kind {other} in the install's RBAC"),
         }
     }
 }
