@@ -245,7 +245,6 @@ impl Project {
             "signatureKeys",
         );
         name(spec.source_integrity.is_some(), "sourceIntegrity");
-        name(spec.orphaned_resources.is_some(), "orphanedResources");
         found
     }
 }

@@ -381,3 +381,64 @@ async fn an_impersonated_application_can_do_only_what_its_service_account_can() 
         "the Service is not created with the agent's own rights"
     );
 }
+
+#[tokio::test]
+async fn a_project_with_orphaned_resources_warn_names_what_no_application_tracks() {
+    let env = RealEnv::load().unwrap();
+    let ns = TestNamespace::create(&env, "orphans").await.unwrap();
+    // Made by hand, tracked by nothing.
+    for name in ["stray", "ignored-by-project"] {
+        let stray: ConfigMap =
+            serde_json::from_value(json!({"metadata": {"name": name}, "data": {"a": "b"}}))
+                .unwrap();
+        apply(&ns.api::<ConfigMap>(), &stray).await;
+    }
+    let repo = GitRepo::create(&env, "orphans").unwrap();
+    repo.write(
+        "app/configmap.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: managed\ndata:\n  level: info\n",
+    )
+    .unwrap();
+    let head = repo.commit("one ConfigMap").unwrap();
+    let url = repo.http_url(&env).unwrap();
+    ns.http_credentials(&env, &url, env.var("GIT_HTTP_PASSWORD").unwrap())
+        .await
+        .unwrap();
+    apply(
+        &ns.api::<AppProject>(),
+        &project(
+            "watched",
+            json!({
+                "sourceRepos": ["*"],
+                "destinations": [{"server": "*", "namespace": ns.name()}],
+                "orphanedResources": {"warn": true, "ignore": [{"kind": "ConfigMap", "name": "ignored-*"}]},
+            }),
+        ),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let _agent = agent(&env, &ns, dir.path(), false).await;
+    apply(
+        &ns.api::<Application>(),
+        &application("watched", "watched", &url, "app", ns.name()),
+    )
+    .await;
+    ns.wait_for_synced_at("watched", &head).await.unwrap();
+    let message = condition(&ns, "watched", "OrphanedResourceWarning").await;
+    assert!(message.contains("ConfigMap/stray"), "{message}");
+    assert!(
+        message.contains("1 orphaned"),
+        "only the stray one: {message}"
+    );
+    for not_orphans in ["managed", "kube-root-ca.crt", "ignored-by-project"] {
+        assert!(!message.contains(not_orphans), "{message}");
+    }
+    assert!(
+        ns.api::<ConfigMap>()
+            .get_opt("stray")
+            .await
+            .unwrap()
+            .is_some(),
+        "a warning deletes nothing"
+    );
+}

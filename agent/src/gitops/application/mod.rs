@@ -21,6 +21,7 @@ mod error;
 mod events;
 mod finalize;
 mod mode;
+mod orphans;
 mod status;
 mod tenancy;
 
@@ -331,6 +332,7 @@ async fn reconcile(cached: Arc<Application>, ctx: Arc<Context>) -> Result<Action
     let plan = mode::plan(&app, &previous, &desired.revision, &ctx.heals);
     let report = sync(&ctx, &engine, &app, &id, &previous, desired.objects, &plan).await?;
     events::announce(&ctx, &app, &report, plan.mode, plan.heal_wait.is_some()).await;
+    conditions.extend(orphans::warning(&ctx.client, &project, &app, &report).await);
     let status = status::synced(
         &app,
         previous,
