@@ -11,6 +11,7 @@ mod aws_support;
 mod demo;
 mod external_secrets;
 mod external_secrets_aws;
+mod external_secrets_azure;
 mod external_secrets_tls;
 mod git;
 mod gitops;
