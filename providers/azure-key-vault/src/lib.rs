@@ -11,6 +11,7 @@
 //! `key/<name>` (the public JWK as JSON); `property` is a JSON path into the value. `find` lists
 //! every page, skips disabled secrets, and matches name and tags on the client.
 
+mod certificate;
 mod token;
 
 use std::collections::{BTreeMap, HashMap};
@@ -109,6 +110,14 @@ pub enum AuthType {
         /// The client secret.
         client_secret: Zeroizing<String>,
     },
+    /// A service principal with a client certificate: a PEM bundle of the certificate and its
+    /// RSA private key.
+    ServicePrincipalCertificate {
+        /// The application (client) id.
+        client_id: String,
+        /// The PEM bundle.
+        certificate: Zeroizing<Vec<u8>>,
+    },
     /// A managed identity over IMDS.
     ManagedIdentity {
         /// A user-assigned identity's client id or resource id; system-assigned when absent.
@@ -130,6 +139,10 @@ impl std::fmt::Debug for AuthType {
         match self {
             AuthType::ServicePrincipal { client_id, .. } => f
                 .debug_struct("ServicePrincipal")
+                .field("client_id", client_id)
+                .finish_non_exhaustive(),
+            AuthType::ServicePrincipalCertificate { client_id, .. } => f
+                .debug_struct("ServicePrincipalCertificate")
                 .field("client_id", client_id)
                 .finish_non_exhaustive(),
             AuthType::ManagedIdentity {
@@ -194,6 +207,9 @@ impl AzureConfig {
                     "ServicePrincipal needs a clientId and a clientSecret".into(),
                 ))
             }
+            AuthType::ServicePrincipalCertificate { client_id, .. } if client_id.is_empty() => Err(
+                ProviderError::InvalidConfig("ServicePrincipal needs a clientId".into()),
+            ),
             AuthType::WorkloadIdentity { client_id, .. } if client_id.is_empty() => Err(
                 ProviderError::InvalidConfig("WorkloadIdentity needs a client id".into()),
             ),
@@ -297,6 +313,13 @@ impl AzureKeyVaultProvider {
                 client_id,
                 client_secret,
             } => (client_id, Grant::ClientSecret(client_secret)),
+            AuthType::ServicePrincipalCertificate {
+                client_id,
+                certificate,
+            } => (
+                client_id,
+                Grant::Certificate(certificate::ClientCertificate::from_pem(&certificate)?),
+            ),
             AuthType::WorkloadIdentity {
                 client_id,
                 assertions,

@@ -35,6 +35,8 @@ pub(crate) enum Grant {
     ClientSecret(Zeroizing<String>),
     /// `client_credentials` with a client assertion (workload identity).
     Assertion(std::sync::Arc<dyn AssertionSource>),
+    /// `client_credentials` with an assertion signed by a client certificate.
+    Certificate(crate::certificate::ClientCertificate),
     /// A managed identity: IMDS at `endpoint`, optionally a user-assigned identity.
     ManagedIdentity {
         /// `http://169.254.169.254` by default.
@@ -160,8 +162,14 @@ impl TokenSource {
                 ]));
                 self.post_form(form)
             }
-            Grant::Assertion(source) => {
-                let assertion = source.assertion().await?;
+            Grant::Assertion(_) | Grant::Certificate(_) => {
+                let assertion = match &self.grant {
+                    Grant::Certificate(certificate) => {
+                        certificate.assertion(&self.client_id, &self.token_url)?
+                    }
+                    Grant::Assertion(source) => source.assertion().await?,
+                    _ => return Err(ProviderError::InvalidConfig("unreachable grant".into())),
+                };
                 let form = Zeroizing::new(form(&[
                     ("client_id", &self.client_id),
                     ("client_assertion", &assertion),

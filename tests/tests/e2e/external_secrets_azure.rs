@@ -519,6 +519,75 @@ async fn forbidden_disabled_find_by_tags_certificates_and_keys() {
     agent.stop().await.unwrap();
 }
 
+/// A service principal with a client certificate (ESO's `authSecretRef.clientCertificate`):
+/// the agent signs the assertion with the certificate's key; the server verifies it with the
+/// certificate.
+#[tokio::test]
+async fn a_client_certificate_signs_the_assertion() {
+    let env = RealEnv::load().unwrap();
+    env.install_crds().await.unwrap();
+    let vault = Vault::new(&env);
+    let ns = TestNamespace::create(&env, "es-azcert").await.unwrap();
+    let name = unique(ns.name());
+    vault
+        .put(&name, "certificate-value", &BTreeMap::new())
+        .await;
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).unwrap();
+    let certificate = rcgen::CertificateParams::new(vec!["mooring-e2e".into()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let client_id = unique("cert");
+    let token_url = format!(
+        "{}/{}/oauth2/v2.0/token",
+        env.var("AZURE_AUTHORITY_HOST").unwrap(),
+        vault.tenant()
+    );
+    vault
+        .principal(
+            &client_id,
+            json!({"tenant": vault.tenant(), "read": [name],
+                   "federated": [{"issuer": client_id, "subject": client_id,
+                                  "audience": token_url, "pem": certificate.pem()}]}),
+        )
+        .await;
+    let bundle = format!("{}{}", certificate.pem(), key.serialize_pem());
+    ns.create_secret(
+        "azure-cert",
+        &[
+            ("client-id", client_id.as_str()),
+            ("certificate", bundle.as_str()),
+        ],
+    )
+    .await
+    .unwrap();
+    ns.create_secret_store(
+        "store",
+        azure_provider(
+            &env,
+            env.var("AZURE_KEYVAULT_URL").unwrap(),
+            json!({"authSecretRef": {
+                "clientId": {"name": "azure-cert", "key": "client-id"},
+                "clientCertificate": {"name": "azure-cert", "key": "certificate"}}}),
+        ),
+    )
+    .await
+    .unwrap();
+    let agent = RunningAgent::start_with(agent_args(&env, ns.name()))
+        .await
+        .unwrap();
+    store_ready(&ns, "store", "True").await;
+    ns.create_external_secret("cert", reading("store", &name, None, "1h"))
+        .await
+        .unwrap();
+    ns.wait_for_secret("cert", "value", b"certificate-value")
+        .await
+        .unwrap();
+    agent.stop().await.unwrap();
+    let stats = vault.stats().await;
+    assert_eq!(counter(&stats, "tokens_issued", &client_id), 1, "{stats}");
+}
+
 /// Workload identity: the ServiceAccount's annotations give client and tenant, the API server
 /// mints the token (audience api://AzureADTokenExchange), the server checks its signature
 /// against the API server's key and its subject against the federated credential.

@@ -69,22 +69,11 @@ impl ProviderConfig for AzureKvProvider {
                     ))
                 })?;
                 let secret_field = format!("{field}.authSecretRef");
-                if keys.client_certificate.is_some() {
-                    return Err(reader.invalid(format!(
-                        "{secret_field}.clientCertificate is not supported yet (use clientSecret)"
-                    )));
-                }
                 let client_id = keys.client_id.as_ref().ok_or_else(|| {
                     reader.invalid(format!("{secret_field}.clientId is required"))
                 })?;
-                let client_secret = keys.client_secret.as_ref().ok_or_else(|| {
-                    reader.invalid(format!("{secret_field}.clientSecret is required"))
-                })?;
                 let client_id = reader
                     .secret_value(client_id, &format!("{secret_field}.clientId"))
-                    .await?;
-                let client_secret = reader
-                    .secret_value(client_secret, &format!("{secret_field}.clientSecret"))
                     .await?;
                 if tenant_id.is_none()
                     && let Some(selector) = &keys.tenant_id
@@ -94,10 +83,36 @@ impl ProviderConfig for AzureKvProvider {
                         .await?;
                     tenant_id = Some(tenant.to_string());
                 }
-                identity.push(Zeroizing::new(format!("secret:{}", client_secret.as_str())));
-                AuthType::ServicePrincipal {
-                    client_id: client_id.to_string(),
-                    client_secret,
+                // As ESO: exactly one of clientSecret and clientCertificate.
+                match (&keys.client_secret, &keys.client_certificate) {
+                    (Some(selector), None) => {
+                        let client_secret = reader
+                            .secret_value(selector, &format!("{secret_field}.clientSecret"))
+                            .await?;
+                        identity.push(Zeroizing::new(format!("secret:{}", client_secret.as_str())));
+                        AuthType::ServicePrincipal {
+                            client_id: client_id.to_string(),
+                            client_secret,
+                        }
+                    }
+                    (None, Some(selector)) => {
+                        let certificate = reader
+                            .secret_value(selector, &format!("{secret_field}.clientCertificate"))
+                            .await?;
+                        identity.push(Zeroizing::new(format!(
+                            "certificate:{}",
+                            certificate.as_str()
+                        )));
+                        AuthType::ServicePrincipalCertificate {
+                            client_id: client_id.to_string(),
+                            certificate: Zeroizing::new(certificate.as_bytes().to_vec()),
+                        }
+                    }
+                    _ => {
+                        return Err(reader.invalid(format!(
+                            "{secret_field} needs exactly one of clientSecret and clientCertificate"
+                        )));
+                    }
                 }
             }
             Some("ManagedIdentity") => AuthType::ManagedIdentity {
@@ -262,6 +277,9 @@ impl Connect for AzureConnection {
         let config = &self.config;
         let auth = match &config.auth {
             AuthType::ServicePrincipal { client_id, .. } => format!("sp:{client_id}"),
+            AuthType::ServicePrincipalCertificate { client_id, .. } => {
+                format!("sp-certificate:{client_id}")
+            }
             AuthType::ManagedIdentity {
                 identity_id,
                 endpoint,
