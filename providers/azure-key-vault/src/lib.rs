@@ -417,6 +417,60 @@ impl AzureKeyVaultProvider {
         }
     }
 
+    /// The tags of the object `reference` names, as a JSON object.
+    async fn read_tags(&self, reference: &RemoteRef) -> Result<Vec<u8>, ProviderError> {
+        let (kind, name) = object_of(&reference.key)?;
+        self.tokens.current().await?;
+        let tags: BTreeMap<String, String> = match kind {
+            ObjectKind::Secret => {
+                let options = SecretClientGetSecretOptions {
+                    secret_version: reference.version.clone().filter(|v| !v.is_empty()),
+                    ..Default::default()
+                };
+                let response = match self.client.get_secret(name, Some(options)).await {
+                    Ok(response) => response,
+                    Err(error) => return Err(self.classify(&reference.key, &error).await),
+                };
+                let mut secret = response
+                    .into_model()
+                    .map_err(|_| ProviderError::Unavailable {
+                        detail: format!(
+                            "Key Vault's answer for {:?} is not a secret bundle",
+                            reference.key
+                        ),
+                        source: None,
+                    })?;
+                if let Some(value) = secret.value.as_mut() {
+                    zeroize::Zeroize::zeroize(value);
+                }
+                secret.tags.unwrap_or_default().into_iter().collect()
+            }
+            ObjectKind::Certificate | ObjectKind::Key => {
+                let collection = if kind == ObjectKind::Key {
+                    "keys"
+                } else {
+                    "certificates"
+                };
+                let bundle = self
+                    .raw_get(&reference.key, collection, name, reference)
+                    .await?;
+                bundle
+                    .get("tags")
+                    .and_then(serde_json::Value::as_object)
+                    .map(|tags| {
+                        tags.iter()
+                            .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            }
+        };
+        serde_json::to_vec(&tags).map_err(|_| ProviderError::Unavailable {
+            detail: format!("failed to encode the tags of {:?}", reference.key),
+            source: None,
+        })
+    }
+
     async fn read_secret(
         &self,
         key: &str,
@@ -727,6 +781,10 @@ impl SecretProvider for AzureKeyVaultProvider {
             }
         }
         Ok(values)
+    }
+
+    async fn get_metadata(&self, reference: &RemoteRef) -> Result<SecretValue, ProviderError> {
+        Ok(SecretValue::new(self.read_tags(reference).await?))
     }
 
     async fn validate(&self) -> Result<(), ProviderError> {

@@ -484,6 +484,23 @@ async fn forbidden_disabled_find_by_tags_certificates_and_keys() {
     .await
     .unwrap();
 
+    ns.create_external_secret(
+        "tags",
+        json!({"secretStoreRef": {"name": "store"}, "refreshInterval": "1h",
+               "data": [{"secretKey": "a-team",
+                         "remoteRef": {"key": a, "property": "team", "metadataPolicy": "Fetch"}}],
+               "dataFrom": [{"extract": {"key": c, "metadataPolicy": "Fetch"}}]}),
+    )
+    .await
+    .unwrap();
+    let tags = ns
+        .wait_for_secret("tags", "a-team", prefix.as_bytes())
+        .await
+        .unwrap();
+    // The tags of `c` as keys (extract), not its value.
+    let tag_keys: Vec<&String> = tags.data.as_ref().unwrap().keys().collect();
+    assert_eq!(tag_keys, ["a-team", "team"]);
+    assert_eq!(tags.data.as_ref().unwrap()["team"].0, b"someone-else");
     let found = ns.wait_for_secret("found", &a, b"alpha").await.unwrap();
     let keys: Vec<&String> = found.data.as_ref().unwrap().keys().collect();
     assert_eq!(keys, [&a, &b], "tagged and enabled only");
