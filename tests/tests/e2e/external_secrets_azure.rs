@@ -948,3 +948,92 @@ async fn azure_key_vault_passes_the_conformance_suite() {
     assert_eq!(passed, conformance::CHECKS);
     assert!(skipped.is_empty(), "{skipped:?}");
 }
+
+/// A provider for `client_id`/`secret` straight against the test server (no agent).
+fn direct_provider(
+    env: &RealEnv,
+    client_id: &str,
+    secret: &str,
+) -> mooring_provider_azure::AzureKeyVaultProvider {
+    use mooring_provider_azure::{AuthType, AzureConfig, AzureKeyVaultProvider, Cloud};
+    AzureKeyVaultProvider::new(AzureConfig {
+        vault_url: env.var("AZURE_KEYVAULT_URL").unwrap().into(),
+        tenant_id: Some(env.var("AZURE_TENANT_ID").unwrap().into()),
+        auth: AuthType::ServicePrincipal {
+            client_id: client_id.into(),
+            client_secret: secret.to_string().into(),
+        },
+        cloud: Cloud::Custom {
+            authority_host: env.var("AZURE_AUTHORITY_HOST").unwrap().into(),
+            resource: None,
+        },
+        trusted_roots: Some(std::fs::read(env.var("AZURE_KEYVAULT_CA").unwrap()).unwrap()),
+    })
+    .unwrap()
+}
+
+/// Short-lived tokens (4 s) are renewed before they expire (at half their lifetime): reads
+/// keep succeeding across several lifetimes, with a new token per lifetime, not per read.
+#[tokio::test]
+async fn short_tokens_are_renewed_before_they_expire() {
+    use mooring_provider::{RemoteRef, SecretProvider};
+    let env = RealEnv::load().unwrap();
+    let vault = Vault::new(&env);
+    let name = unique("renewal");
+    vault.put(&name, "renewed", &BTreeMap::new()).await;
+    let client_id = unique("short");
+    let secret = unique("secret");
+    vault
+        .principal(
+            &client_id,
+            json!({"secret": secret, "tenant": vault.tenant(), "read": [name], "token_lifetime": 4}),
+        )
+        .await;
+    let provider = direct_provider(&env, &client_id, &secret);
+    let reads = std::sync::atomic::AtomicU64::new(0);
+    wait_for("three tokens issued", Duration::from_secs(30), || async {
+        let value = provider.get(&RemoteRef::key(&name)).await.unwrap();
+        assert_eq!(value.expose(), b"renewed");
+        reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let stats = vault.stats().await;
+        (counter(&stats, "tokens_issued", &client_id) >= 3).then_some(())
+    })
+    .await
+    .unwrap();
+    let stats = vault.stats().await;
+    let reads = reads.into_inner();
+    assert_eq!(counter(&stats, "token_failures", &client_id), 0, "{stats}");
+    assert!(
+        counter(&stats, "tokens_issued", &client_id) * 2 < reads,
+        "{reads} reads, {stats}"
+    );
+}
+
+/// `find` follows `nextLink` over every page (60 matches; the server pages by 25).
+#[tokio::test]
+async fn find_reads_every_page() {
+    use mooring_provider::{FindQuery, SecretProvider};
+    let env = RealEnv::load().unwrap();
+    let vault = Vault::new(&env);
+    let prefix = unique("paged");
+    let tags = BTreeMap::from([("run".to_string(), prefix.clone())]);
+    for i in 0..60 {
+        vault
+            .put(&format!("{prefix}-{i}"), &format!("v{i}"), &tags)
+            .await;
+    }
+    let provider = direct_provider(
+        &env,
+        env.var("AZURE_CLIENT_ID").unwrap(),
+        env.var("AZURE_CLIENT_SECRET").unwrap(),
+    );
+    let before = vault.stats().await["secret_lists"].as_u64().unwrap_or(0);
+    let found = provider
+        .find(&FindQuery::new(None, None, tags).unwrap())
+        .await
+        .unwrap();
+    let after = vault.stats().await["secret_lists"].as_u64().unwrap_or(0);
+    assert_eq!(found.len(), 60);
+    assert_eq!(found[&format!("{prefix}-7")].expose(), b"v7");
+    assert!(after - before >= 3, "{} list pages", after - before);
+}
