@@ -268,6 +268,43 @@ impl std::fmt::Debug for AzureKeyVaultProvider {
     }
 }
 
+/// The most bytes of one Key Vault answer the SDK may read (a secret is at most 25 KiB, a page
+/// of 25 items a few KiB).
+const MAX_ANSWER: usize = 1 << 20;
+
+/// The SDK's transport: the store's reqwest client, with every answer bounded.
+#[derive(Debug)]
+struct BoundedClient(reqwest::Client);
+
+#[async_trait::async_trait]
+impl azure_core::http::HttpClient for BoundedClient {
+    async fn execute_request(
+        &self,
+        request: &azure_core::http::Request,
+    ) -> azure_core::Result<azure_core::http::AsyncRawResponse> {
+        use futures::StreamExt as _;
+        let response = self.0.execute_request(request).await?;
+        let (status, headers, body) = response.deconstruct();
+        let mut seen = 0usize;
+        let bounded = body.map(move |chunk| {
+            let chunk = chunk?;
+            seen += chunk.len();
+            if seen > MAX_ANSWER {
+                return Err(azure_core::Error::with_message(
+                    azure_core::error::ErrorKind::Io,
+                    format!("Key Vault's answer is larger than {MAX_ANSWER} bytes"),
+                ));
+            }
+            Ok(chunk)
+        });
+        Ok(azure_core::http::AsyncRawResponse::new(
+            status,
+            headers,
+            Box::pin(bounded),
+        ))
+    }
+}
+
 /// The HTTP client of a store: rustls with the given roots (or the system's), no proxy from the
 /// environment, bounded timeouts.
 fn http_client(trusted_roots: Option<&[u8]>) -> Result<reqwest::Client, ProviderError> {
@@ -345,7 +382,7 @@ impl AzureKeyVaultProvider {
         ));
         let options = SecretClientOptions {
             client_options: ClientOptions {
-                transport: Some(Transport::new(Arc::new(http.clone()))),
+                transport: Some(Transport::new(Arc::new(BoundedClient(http.clone())))),
                 // The agent retries with its own backoff; the SDK's default spends a minute.
                 retry: RetryOptions::none(),
                 ..Default::default()
@@ -510,7 +547,7 @@ impl AzureKeyVaultProvider {
         name: &str,
         reference: &RemoteRef,
     ) -> Result<serde_json::Value, ProviderError> {
-        let token = self.tokens.current().await?;
+        let token = self.tokens.bearer().await?;
         let version = reference.version.as_deref().unwrap_or_default();
         if !version.bytes().all(|b| b.is_ascii_alphanumeric()) {
             return Err(ProviderError::InvalidConfig(format!(
@@ -524,7 +561,7 @@ impl AzureKeyVaultProvider {
         let response = self
             .http
             .get(url)
-            .bearer_auth(token.token.secret())
+            .bearer_auth(token.as_str())
             .header("Accept", "application/json")
             .send()
             .await

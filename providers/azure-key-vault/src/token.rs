@@ -134,14 +134,23 @@ impl TokenSource {
 
     /// The current token, requested when there is none or it is near its end.
     pub(crate) async fn current(&self) -> Result<AccessToken, ProviderError> {
+        self.with_current(access_token).await
+    }
+
+    /// The current token's text, for requests made without the SDK.
+    pub(crate) async fn bearer(&self) -> Result<Zeroizing<String>, ProviderError> {
+        self.with_current(|cached| cached.token.clone()).await
+    }
+
+    async fn with_current<T>(&self, take: impl FnOnce(&Cached) -> T) -> Result<T, ProviderError> {
         let mut cached = self.cached.lock().await;
         if let Some(token) = cached.as_ref()
             && Instant::now() < token.renew_at
         {
-            return Ok(access_token(token));
+            return Ok(take(token));
         }
         let fresh = self.request().await?;
-        let token = access_token(&fresh);
+        let token = take(&fresh);
         *cached = Some(fresh);
         Ok(token)
     }

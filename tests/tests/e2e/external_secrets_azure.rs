@@ -680,6 +680,89 @@ async fn workload_identity_exchanges_a_service_account_token() {
     assert_eq!(counter(&stats, "token_failures", &client_id), 0, "{stats}");
 }
 
+/// The agent as a process with exactly the deployed RBAC (a bound token of its ServiceAccount):
+/// a service principal's Secret and a workload identity's ServiceAccount token are all it
+/// needs, and it reads through both.
+#[tokio::test]
+async fn service_principal_and_workload_identity_work_with_exactly_the_deployed_rbac() {
+    let env = RealEnv::load().unwrap();
+    env.install_crds().await.unwrap();
+    let vault = Vault::new(&env);
+    let ns = TestNamespace::create(&env, "es-azrbac").await.unwrap();
+    crate::rbac::install_rbac(&ns, |_, _| {}).await;
+    let name = unique(ns.name());
+    vault.put(&name, "rbac-value", &BTreeMap::new()).await;
+    let (sp, sp_secret) = new_principal(&vault, "rbac-sp", json!([name])).await;
+    create_sp_secret(&ns, &sp, &sp_secret).await;
+    let wi = unique("rbac-wi");
+    let pem =
+        std::fs::read_to_string(format!("{}/pki/sa.pub", env.var("REALENV_DIR").unwrap())).unwrap();
+    vault
+        .principal(
+            &wi,
+            json!({"tenant": vault.tenant(), "read": [name],
+                   "federated": [{"issuer": "https://kubernetes.default.svc.cluster.local",
+                                  "subject": format!("system:serviceaccount:{}:app", ns.name()),
+                                  "pem": pem}]}),
+        )
+        .await;
+    let account = ServiceAccount {
+        metadata: ObjectMeta {
+            name: Some("app".into()),
+            annotations: Some(BTreeMap::from([(
+                "azure.workload.identity/client-id".into(),
+                wi.clone(),
+            )])),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    ns.api::<ServiceAccount>()
+        .create(&PostParams::default(), &account)
+        .await
+        .unwrap();
+    let url = env.var("AZURE_KEYVAULT_URL").unwrap();
+    ns.create_secret_store("sp", azure_provider(&env, url, service_principal()))
+        .await
+        .unwrap();
+    ns.create_secret_store(
+        "wi",
+        azure_provider(
+            &env,
+            url,
+            json!({"authType": "WorkloadIdentity", "serviceAccountRef": {"name": "app"}}),
+        ),
+    )
+    .await
+    .unwrap();
+    for store in ["sp", "wi"] {
+        ns.create_external_secret(store, reading(store, &name, None, "1h"))
+            .await
+            .unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let token = ns.service_account_token("mooring").await.unwrap();
+    let kubeconfig = mooring_e2e::token_kubeconfig(&env, &token, dir.path()).unwrap();
+    let ca = env.var("AZURE_KEYVAULT_CA").unwrap();
+    let agent = mooring_e2e::AgentProcess::start(&kubeconfig, ns.name(), &["--azure-ca-file", ca])
+        .await
+        .unwrap();
+    ns.wait_for_secret("sp", "value", b"rbac-value")
+        .await
+        .unwrap();
+    ns.wait_for_secret("wi", "value", b"rbac-value")
+        .await
+        .unwrap();
+    store_ready(&ns, "sp", "True").await;
+    store_ready(&ns, "wi", "True").await;
+    let log = agent.stop().await.unwrap();
+    assert!(
+        !log.contains(&sp_secret),
+        "the client secret is in the agent's log"
+    );
+    assert!(!log.contains("rbac-value"), "a value is in the agent's log");
+}
+
 /// Managed identity over IMDS (on loopback, by `--azure-imds-endpoint`): a user-assigned
 /// identity by its client id, and the system-assigned one.
 #[tokio::test]
