@@ -407,7 +407,21 @@ impl AzureKeyVaultProvider {
 
     /// Gets the store's token now, so a refused login is reported when connecting.
     pub async fn authenticate(&self) -> Result<(), ProviderError> {
-        self.tokens.current().await.map(|_| ())
+        self.token_for(&self.vault_url).await
+    }
+
+    /// A current token, or the refusal naming what was being read (`key`, or the vault).
+    async fn token_for(&self, key: &str) -> Result<(), ProviderError> {
+        match self.tokens.current().await {
+            Ok(_) => Ok(()),
+            Err(ProviderError::PermissionDenied { detail, .. }) => {
+                Err(ProviderError::PermissionDenied {
+                    key: key.to_string(),
+                    detail,
+                })
+            }
+            Err(other) => Err(other),
+        }
     }
 
     /// The same provider with another bound on `find` results.
@@ -419,7 +433,7 @@ impl AzureKeyVaultProvider {
     /// The whole value `reference` names.
     async fn read(&self, reference: &RemoteRef) -> Result<Vec<u8>, ProviderError> {
         let (kind, name) = object_of(&reference.key)?;
-        self.tokens.current().await?;
+        self.token_for(&reference.key).await?;
         match kind {
             ObjectKind::Secret => self.read_secret(&reference.key, name, reference).await,
             ObjectKind::Certificate => {
@@ -457,7 +471,7 @@ impl AzureKeyVaultProvider {
     /// The tags of the object `reference` names, as a JSON object.
     async fn read_tags(&self, reference: &RemoteRef) -> Result<Vec<u8>, ProviderError> {
         let (kind, name) = object_of(&reference.key)?;
-        self.tokens.current().await?;
+        self.token_for(&reference.key).await?;
         let tags: BTreeMap<String, String> = match kind {
             ObjectKind::Secret => {
                 let options = SecretClientGetSecretOptions {
@@ -640,7 +654,7 @@ impl AzureKeyVaultProvider {
 
     /// The names (and tags) of the enabled secrets `query` selects, over every page.
     async fn list_matching(&self, query: &FindQuery) -> Result<Vec<String>, ProviderError> {
-        self.tokens.current().await?;
+        self.token_for(&self.vault_url).await?;
         let pager = self
             .client
             .list_secret_properties(None)
@@ -825,7 +839,7 @@ impl SecretProvider for AzureKeyVaultProvider {
     }
 
     async fn validate(&self) -> Result<(), ProviderError> {
-        self.tokens.current().await?;
+        self.token_for(&self.vault_url).await?;
         // A read of a name that cannot exist proves the vault answers and takes the token:
         // 404 is success, 403 (no access to that name) still proves the login.
         match self

@@ -332,6 +332,10 @@ async fn service_principal_reads_updates_and_keeps_the_secret_when_the_vault_fai
     let ready = store_ready(&ns, "store", "True").await;
     assert_eq!(ready.reason, "Valid");
     let refused = store_ready(&ns, "wrong", "False").await;
+    println!(
+        "a wrong client secret: {}: {}",
+        refused.reason, refused.message
+    );
     assert!(refused.message.contains(&client_id), "{}", refused.message);
     assert!(
         refused.message.contains(vault.tenant()),
