@@ -663,11 +663,23 @@ async fn workload_identity_exchanges_a_service_account_token() {
         .as_object_mut()
         .unwrap()
         .remove("tenantId");
-    ns.create_secret_store("store", provider).await.unwrap();
+    ns.create_secret_store("store", provider.clone())
+        .await
+        .unwrap();
+    // The client id twice (annotation and authSecretRef.clientId) is refused, as ESO does.
+    ns.create_secret("azure-wi", &[("client-id", client_id.as_str())])
+        .await
+        .unwrap();
+    let mut both = provider;
+    both["azurekv"]["authSecretRef"] =
+        json!({"clientId": {"name": "azure-wi", "key": "client-id"}});
+    ns.create_secret_store("both", both).await.unwrap();
     let agent = RunningAgent::start_with(agent_args(&env, ns.name()))
         .await
         .unwrap();
     store_ready(&ns, "store", "True").await;
+    let twice = store_ready(&ns, "both", "False").await;
+    assert!(twice.message.contains("set one"), "{}", twice.message);
     ns.create_external_secret("wi", reading("store", &name, None, "1s"))
         .await
         .unwrap();
@@ -768,9 +780,10 @@ async fn service_principal_and_workload_identity_work_with_exactly_the_deployed_
 }
 
 /// Managed identity over IMDS (on loopback, by `--azure-imds-endpoint`): a user-assigned
-/// identity by its client id, and the system-assigned one.
+/// identity by its client id, and the system-assigned one, from ClusterSecretStores; a
+/// namespace's SecretStore may not use the agent's own identity.
 #[tokio::test]
-async fn managed_identity_reads_through_imds() {
+async fn managed_identity_reads_through_imds_from_cluster_secret_stores_only() {
     let env = RealEnv::load().unwrap();
     env.install_crds().await.unwrap();
     let vault = Vault::new(&env);
@@ -785,40 +798,65 @@ async fn managed_identity_reads_through_imds() {
         )
         .await;
     let url = env.var("AZURE_KEYVAULT_URL").unwrap();
-    ns.create_secret_store(
-        "user",
-        azure_provider(
-            &env,
-            url,
+    let stores: Api<ClusterSecretStore> = Api::all(ns.client());
+    let label = ("e2e.mooring.dev/azure-mi", ns.name());
+    let mut created = Vec::new();
+    for (suffix, auth) in [
+        (
+            "user",
             json!({"authType": "ManagedIdentity", "identityId": identity}),
         ),
-    )
-    .await
-    .unwrap();
+        ("system", json!({"authType": "ManagedIdentity"})),
+    ] {
+        let css_name = format!("e2e-{}-{suffix}", ns.name());
+        let css: ClusterSecretStore = serde_json::from_value(json!({
+            "apiVersion": "external-secrets.io/v1",
+            "kind": "ClusterSecretStore",
+            "metadata": {"name": css_name, "labels": {label.0: label.1}},
+            "spec": {"provider": azure_provider(&env, url, auth)},
+        }))
+        .unwrap();
+        stores.create(&PostParams::default(), &css).await.unwrap();
+        ns.create_external_secret(
+            suffix,
+            json!({"secretStoreRef": {"name": css_name, "kind": "ClusterSecretStore"},
+                   "refreshInterval": "1h",
+                   "data": [{"secretKey": "value", "remoteRef": {"key": name}}]}),
+        )
+        .await
+        .unwrap();
+        created.push(css_name);
+    }
     ns.create_secret_store(
-        "system",
+        "namespaced",
         azure_provider(&env, url, json!({"authType": "ManagedIdentity"})),
     )
     .await
     .unwrap();
-    let agent = RunningAgent::start_with(agent_args(&env, ns.name()))
-        .await
-        .unwrap();
-    store_ready(&ns, "user", "True").await;
-    store_ready(&ns, "system", "True").await;
-    ns.create_external_secret("user", reading("user", &name, None, "1h"))
-        .await
-        .unwrap();
-    ns.create_external_secret("system", reading("system", &name, None, "1h"))
-        .await
-        .unwrap();
+    let mut args = agent_args(&env, ns.name());
+    args.cluster_secret_store_selector = Some(format!("{}={}", label.0, label.1));
+    let agent = RunningAgent::start_with(args).await.unwrap();
+    for css_name in &created {
+        wait_for_store_ready(&stores, css_name, |c| c.reason == "Valid")
+            .await
+            .unwrap();
+    }
     ns.wait_for_secret("user", "value", b"managed-value")
         .await
         .unwrap();
     ns.wait_for_secret("system", "value", b"managed-value")
         .await
         .unwrap();
+    let refused = store_ready(&ns, "namespaced", "False").await;
+    assert!(
+        refused.message.contains("only a ClusterSecretStore"),
+        "{}",
+        refused.message
+    );
     agent.stop().await.unwrap();
+    for css_name in &created {
+        let _ = stores.delete(css_name, &Default::default()).await;
+    }
     let stats = vault.stats().await;
     assert_eq!(counter(&stats, "tokens_issued", &identity), 1, "{stats}");
 }

@@ -12,6 +12,7 @@ use zeroize::Zeroizing;
 use super::credentials::{CredentialReader, service_account_token};
 use super::{
     Connect, Connected, Connection, ProviderConfig, ProviderSettings, StoreError, StoreId,
+    StoreKind,
 };
 
 /// The ServiceAccount annotation naming the application (client) id (AKS workload identity).
@@ -115,6 +116,14 @@ impl ProviderConfig for AzureKvProvider {
                     }
                 }
             }
+            // The managed identity is the agent's (its node's or pod's) own: a namespace must
+            // not be able to read with it by writing a SecretStore, so only a
+            // ClusterSecretStore (the cluster admin's, with its namespace conditions) may.
+            Some("ManagedIdentity") if reader.store.kind == StoreKind::SecretStore => {
+                return Err(reader.invalid(format!(
+                    "{field}.authType ManagedIdentity uses the agent's own identity: only a ClusterSecretStore may use it"
+                )));
+            }
             Some("ManagedIdentity") => AuthType::ManagedIdentity {
                 identity_id: self.identity_id.clone().filter(|i| !i.is_empty()),
                 endpoint: settings
@@ -204,16 +213,34 @@ async fn workload_identity(
         .service_account(&namespace, &account.name, field)
         .await?;
     let annotations = found.metadata.annotations.unwrap_or_default();
-    let client_id = annotations
+    let annotated = annotations
         .get(CLIENT_ID_ANNOTATION)
         .filter(|c| !c.is_empty())
-        .cloned()
-        .ok_or_else(|| {
-            reader.invalid(format!(
-                "{field}: ServiceAccount {namespace}/{} has no {CLIENT_ID_ANNOTATION} annotation",
+        .cloned();
+    // ESO also takes the client id from authSecretRef.clientId, but not from both.
+    let referenced = azure
+        .auth_secret_ref
+        .as_ref()
+        .and_then(|keys| keys.client_id.as_ref());
+    let client_id = match (annotated, referenced) {
+        (Some(_), Some(_)) => {
+            return Err(reader.invalid(format!(
+                "spec.provider.azurekv: the client id is set both by authSecretRef.clientId and by ServiceAccount {namespace}/{}'s {CLIENT_ID_ANNOTATION} annotation; set one",
                 account.name
-            ))
-        })?;
+            )));
+        }
+        (Some(annotated), None) => annotated,
+        (None, Some(selector)) => reader
+            .secret_value(selector, "spec.provider.azurekv.authSecretRef.clientId")
+            .await?
+            .to_string(),
+        (None, None) => {
+            return Err(reader.invalid(format!(
+                "{field}: ServiceAccount {namespace}/{} has no {CLIENT_ID_ANNOTATION} annotation (nor is authSecretRef.clientId set)",
+                account.name
+            )));
+        }
+    };
     let tenant = annotations
         .get(TENANT_ID_ANNOTATION)
         .filter(|t| !t.is_empty())
