@@ -633,6 +633,14 @@ impl AzureKeyVaultProvider {
                 key: key.to_string(),
                 detail: error.to_string(),
             },
+            // A decoding error may quote what it could not decode: never printed.
+            ErrorKind::DataConversion => ProviderError::Unavailable {
+                detail: format!(
+                    "Key Vault {}'s answer for {key:?} could not be decoded",
+                    self.vault_url
+                ),
+                source: None,
+            },
             ErrorKind::Connection | ErrorKind::Io => ProviderError::Unavailable {
                 detail: format!(
                     "failed to reach Key Vault {} for {key:?}: {}",

@@ -352,8 +352,32 @@ impl Connect for AzureConnection {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
     use crate::external_secrets::providers::is_referent;
     use crate::external_secrets::providers::stores::tests::spec;
+
+    #[test]
+    fn azure_fingerprints_follow_the_secret_and_the_cloud() {
+        let connection = |secret: &str, cloud: Cloud| {
+            Connection::new(AzureConnection {
+                config: AzureConfig {
+                    vault_url: "https://v.vault.azure.net".into(),
+                    tenant_id: Some("t".into()),
+                    auth: AuthType::ServicePrincipal {
+                        client_id: "c".into(),
+                        client_secret: Zeroizing::new(secret.into()),
+                    },
+                    cloud,
+                    trusted_roots: None,
+                },
+                identity: vec![Zeroizing::new(format!("secret:{secret}"))],
+            })
+        };
+        let same = connection("a", Cloud::Public).fingerprint();
+        assert_eq!(same, connection("a", Cloud::Public).fingerprint());
+        assert_ne!(same, connection("b", Cloud::Public).fingerprint());
+        assert_ne!(same, connection("a", Cloud::China).fingerprint());
+    }
 
     #[test]
     fn azure_references_without_a_namespace_are_referent() {
