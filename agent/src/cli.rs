@@ -180,6 +180,14 @@ pub struct RunArgs {
     /// An endpoint for every AWS store (VPC endpoints, tests against moto or LocalStack).
     #[arg(long, env = "MOORING_AWS_ENDPOINT_URL")]
     pub aws_endpoint_url: Option<String>,
+    /// A PEM file of the CA certificates every Azure store trusts instead of the system's roots
+    /// (private clouds, tests).
+    #[arg(long, env = "MOORING_AZURE_CA_FILE")]
+    pub azure_ca_file: Option<std::path::PathBuf>,
+    /// The IMDS endpoint Azure managed identities get tokens from (default
+    /// `http://169.254.169.254`).
+    #[arg(long, env = "MOORING_AZURE_IMDS_ENDPOINT")]
+    pub azure_imds_endpoint: Option<String>,
     /// How long one provider read is shared by every ExternalSecret asking for the same
     /// (store, key, version); never longer than an ExternalSecret's own refreshInterval.
     #[arg(long, default_value = "10s", value_parser = go_duration, env = "MOORING_PROVIDER_READ_WINDOW")]

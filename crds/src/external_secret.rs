@@ -465,7 +465,10 @@ fn unimplemented_choices(path: &str, reference: &ExternalSecretDataRemoteRef) ->
         &reference.conversion_strategy,
         "Default",
     );
-    check("metadataPolicy", &reference.metadata_policy, "None");
+    // `Fetch` is implemented by the stores that have metadata (they refuse it otherwise).
+    if reference.metadata_policy.as_deref() != Some("Fetch") {
+        check("metadataPolicy", &reference.metadata_policy, "None");
+    }
     check("nullBytePolicy", &reference.null_byte_policy, "Ignore");
     found
 }

@@ -470,10 +470,45 @@ pub struct AzureKvProvider {
     /// Which managed identity.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity_id: Option<String>,
-    /// Fields mooring does not implement (environmentType, customCloudConfig, …).
+    /// `PublicCloud` (unset), `USGovernmentCloud` or `ChinaCloud`: the authority and resource.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environment_type: Option<String>,
+    /// Another cloud's endpoints (its `activeDirectoryEndpoint` is the authority host).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub custom_cloud_config: Option<AzureCustomCloudConfig>,
+    /// ESO's switch to its newer Go SDK; mooring always uses Microsoft's Rust SDK.
+    #[serde(
+        default,
+        rename = "useAzureSDK",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub use_azure_sdk: Option<bool>,
+    /// Fields mooring does not implement.
     #[serde(flatten)]
     #[schemars(skip)]
     pub unknown: UnknownFields,
+}
+
+/// ESO's `customCloudConfig`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct AzureCustomCloudConfig {
+    /// Entra ID's authority host, `https://login.example`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_directory_endpoint: Option<String>,
+    /// The Key Vault resource tokens are for, `https://vault.example`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_vault_endpoint: Option<String>,
+    /// The vault host suffix (informational: the vault is `vaultUrl`).
+    #[serde(
+        default,
+        rename = "keyVaultDNSSuffix",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub key_vault_dns_suffix: Option<String>,
+    /// Azure Resource Manager (not used to read secrets).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_manager_endpoint: Option<String>,
 }
 
 /// Service principal credentials.
@@ -765,10 +800,8 @@ spec:
         let store: ClusterSecretStore = serde_saphyr::from_str(AZURE_AND_OTHERS).unwrap();
         let azure = store.spec.provider.azurekv.as_ref().unwrap();
         assert_eq!(azure.vault_url, "https://my-vault.vault.azure.net");
-        assert_eq!(
-            unknown_fields(&store.spec.as_store_spec(), "spec"),
-            ["spec.provider.azurekv.environmentType"]
-        );
+        assert_eq!(azure.environment_type.as_deref(), Some("PublicCloud"));
+        assert!(unknown_fields(&store.spec.as_store_spec(), "spec").is_empty());
         let gcp: SecretStore = serde_json::from_value(serde_json::json!({
             "apiVersion": "external-secrets.io/v1", "kind": "SecretStore",
             "metadata": {"name": "g"},

@@ -19,6 +19,12 @@ pub(crate) fn start(wiring: &Wiring<'_>) -> Vec<Job> {
     let provider_cache = Arc::new(providers::ProviderCache::default());
     let provider_settings = providers::ProviderSettings {
         aws_endpoint_url: args.aws_endpoint_url.clone(),
+        azure_ca_bundle: args.azure_ca_file.as_ref().map(|path| {
+            std::fs::read(path).map_err(|error| {
+                format!("failed to read --azure-ca-file {}: {error}", path.display())
+            })
+        }),
+        azure_imds_endpoint: args.azure_imds_endpoint.clone(),
     };
     let stores = Arc::new(secret_store::Context {
         client: wiring.client.clone(),

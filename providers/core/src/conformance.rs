@@ -38,6 +38,12 @@ pub trait Seed: Send + Sync {
     /// Whether `find` can match tags in this store; when not, a find by tags must be refused
     /// with `InvalidConfig` rather than match everything.
     fn supports_tags(&self) -> bool;
+
+    /// What joins the scope and the parts of a name: `/` (folders), or `-` for stores whose
+    /// names are flat (Azure Key Vault: letters, digits and dashes).
+    fn separator(&self) -> &str {
+        "/"
+    }
 }
 
 /// What one run found.
@@ -164,7 +170,12 @@ fn printed(error: &ProviderError) -> String {
 
 impl Suite<'_> {
     fn key(&self, name: &str) -> String {
-        format!("{}/{name}", self.seed.scope().trim_end_matches('/'))
+        let separator = self.seed.separator();
+        format!(
+            "{}{separator}{}",
+            self.seed.scope().trim_end_matches('/'),
+            name.replace('/', separator)
+        )
     }
 
     fn document(&self) -> serde_json::Value {
@@ -334,10 +345,7 @@ impl Suite<'_> {
                 &none,
             )
             .await?;
-        let pattern = format!(
-            "^{}/found/(alpha|beta)$",
-            regex::escape(self.seed.scope().trim_end_matches('/'))
-        );
+        let pattern = format!("^{}(alpha|beta)$", regex::escape(&self.key("found/")));
         let query = FindQuery::new(Some(self.seed.scope().to_string()), Some(&pattern), none)
             .map_err(|e| format!("the query does not build: {e}"))?;
         let found = self

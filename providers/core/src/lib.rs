@@ -143,6 +143,15 @@ pub trait SecretProvider: Send + Sync {
         ))
     }
 
+    /// The metadata of the secret at `reference` (tags) as a JSON object of strings, for ESO's
+    /// `metadataPolicy: Fetch`; `property` then picks one. Stores without metadata say so.
+    async fn get_metadata(&self, reference: &RemoteRef) -> Result<SecretValue, ProviderError> {
+        let _ = reference;
+        Err(ProviderError::InvalidConfig(
+            "this store does not support metadataPolicy: Fetch".into(),
+        ))
+    }
+
     /// A round trip proving the store is reachable and the credentials work.
     async fn validate(&self) -> Result<(), ProviderError>;
 }

@@ -12,6 +12,7 @@ mod bombs;
 mod demo;
 mod external_secrets;
 mod external_secrets_aws;
+mod external_secrets_azure;
 mod external_secrets_tls;
 mod git;
 mod git_holes;

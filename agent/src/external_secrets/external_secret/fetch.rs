@@ -271,7 +271,14 @@ async fn read_document(
     ctx: &Context,
 ) -> Result<SecretValue, ProviderError> {
     let version = reference.version.clone().filter(|v| !v.is_empty());
-    let cache_key = (reference.key.clone(), version.clone());
+    // `metadataPolicy: Fetch` reads the secret's metadata, never shared with its value.
+    let metadata = reference.metadata_policy.as_deref() == Some("Fetch");
+    let shared_key = if metadata {
+        format!("\0metadata\0{}", reference.key)
+    } else {
+        reference.key.clone()
+    };
+    let cache_key = (shared_key.clone(), version.clone());
     if let Some(found) = documents.get(&cache_key) {
         return copy_result(found);
     }
@@ -280,8 +287,15 @@ async fn read_document(
         property: None,
         version: version.clone(),
     };
-    let read = source.provider.get(&remote);
-    let result = read_shared(source, ctx, reference.key.clone(), version, "get", read).await;
+    let provider = source.provider;
+    let read = async {
+        if metadata {
+            provider.get_metadata(&remote).await
+        } else {
+            provider.get(&remote).await
+        }
+    };
+    let result = read_shared(source, ctx, shared_key, version, "get", read).await;
     let copy = copy_result(&result);
     documents.insert(cache_key, result);
     copy

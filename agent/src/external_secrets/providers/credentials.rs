@@ -199,7 +199,6 @@ impl CredentialReader<'_> {
     }
 
     /// A ServiceAccount that must exist.
-    #[cfg(feature = "aws")]
     pub(super) async fn service_account(
         &self,
         namespace: &str,

@@ -41,6 +41,11 @@ use credentials::CredentialReader;
 pub struct ProviderSettings {
     /// An AWS endpoint override (tests, VPC endpoints).
     pub aws_endpoint_url: Option<String>,
+    /// The CA certificates (PEM) every Azure store trusts instead of the system's roots
+    /// (`--azure-ca-file`), or why the file could not be read.
+    pub azure_ca_bundle: Option<Result<Vec<u8>, String>>,
+    /// The IMDS endpoint of Azure managed identities; `http://169.254.169.254` when absent.
+    pub azure_imds_endpoint: Option<String>,
 }
 
 /// Why a store could not be used. Messages name the store and the field, never a credential.
