@@ -3,8 +3,8 @@
 //! `/v1/verify` and `/v1/rotate` are reachable by every authenticated user through the API
 //! server's service proxy, so they never render templates (upstream's decryption oracle), take
 //! the scope only from the SealedSecret's own metadata (CVE-2026-22728), answer with fixed
-//! messages that contain no secret data, and are rate-limited per caller (see [`client_of`]).
-//! One request opens at most [`MAX_VALUES`] values, under the same RSA bound as the controller
+//! messages that contain no secret data, and are rate-limited per caller (the peer and the last
+//! `X-Forwarded-For` hop). One request opens at most [`MAX_VALUES`] values, under the same RSA bound as the controller
 //! (one value at a time per core), so callers cannot starve the controller of CPU.
 
 use std::collections::{BTreeMap, HashMap};

@@ -75,8 +75,8 @@ enum Instruction {
 pub struct GlobError(String);
 
 impl Glob {
-    /// Compiles `pattern`; refuses one longer than [`MAX_PATTERN_CHARS`] or with braces nested
-    /// deeper than [`MAX_BRACE_DEPTH`].
+    /// Compiles `pattern`; refuses one longer than `MAX_PATTERN_CHARS` (1024) or with braces
+    /// nested deeper than `MAX_BRACE_DEPTH` (16).
     pub fn new(pattern: &str) -> Result<Glob, GlobError> {
         let chars: Vec<char> = pattern.chars().collect();
         if chars.len() > MAX_PATTERN_CHARS {
