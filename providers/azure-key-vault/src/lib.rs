@@ -2,7 +2,7 @@
 //!
 //! One [`AzureKeyVaultProvider`] holds one SDK `SecretClient` (with the challenge flow of the
 //! SDK's Key Vault bearer policy) over a reqwest client built here with exactly the trusted
-//! roots the store names, and one [`TokenSource`](token) for its principal: a service
+//! roots the store names, and one token source (module `token`) for its principal: a service
 //! principal (client secret), a workload identity (a ServiceAccount token as client assertion)
 //! or a managed identity (IMDS at a configurable endpoint). The token is cached and renewed
 //! five minutes before it expires, so Entra ID sees one request per token lifetime.
