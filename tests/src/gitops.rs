@@ -10,7 +10,7 @@ use kube::Api;
 use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
 use mooring_crds::application::{Application, SyncState};
 
-use crate::{RealEnv, TestNamespace, wait_for};
+use crate::{GitRepo, RealEnv, TestNamespace, wait_for};
 
 /// An Application manifest as users (and Argo CD users, but for `apiVersion`) write it: project
 /// `default`, revision `main`, this cluster as destination, automated sync with prune.
@@ -236,4 +236,24 @@ pub fn is_synced(app: &Application) -> bool {
 /// The revision `app` last reported in its sync status.
 fn sync_revision(app: &Application) -> Option<&str> {
     app.status.as_ref()?.sync.as_ref()?.revision.as_deref()
+}
+
+impl GitRepo {
+    /// Commits the work tree with `message` and gives each of `namespaces` the realenv git
+    /// server's credentials for the repository's smart-HTTP URL: the URL and the commit.
+    pub async fn serve_over_http(
+        &self,
+        env: &RealEnv,
+        message: &str,
+        namespaces: &[&TestNamespace],
+    ) -> anyhow::Result<(String, String)> {
+        let head = self.commit(message)?;
+        let url = self.http_url(env)?;
+        for namespace in namespaces {
+            namespace
+                .http_credentials(env, &url, env.var("GIT_HTTP_PASSWORD")?)
+                .await?;
+        }
+        Ok((url, head))
+    }
 }

@@ -111,9 +111,8 @@ async fn bombs_are_refused_and_the_agent_keeps_serving_and_syncing() {
         "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: good\ndata:\n  level: info\n",
     )
     .unwrap();
-    let head = repo.commit("bombs and a good app").unwrap();
-    let url = repo.http_url(&env).unwrap();
-    ns.http_credentials(&env, &url, env.var("GIT_HTTP_PASSWORD").unwrap())
+    let (url, head) = repo
+        .serve_over_http(&env, "bombs and a good app", &[&ns])
         .await
         .unwrap();
 

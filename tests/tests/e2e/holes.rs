@@ -222,9 +222,8 @@ async fn an_application_never_applies_a_service_account_token_secret() {
         ),
     )
     .unwrap();
-    repo.commit("a token Secret in Git").unwrap();
-    let url = repo.http_url(&env).unwrap();
-    ns.http_credentials(&env, &url, env.var("GIT_HTTP_PASSWORD").unwrap())
+    let (url, _) = repo
+        .serve_over_http(&env, "a token Secret in Git", &[&ns])
         .await
         .unwrap();
     let cache = tempfile::tempdir().unwrap();

@@ -79,9 +79,8 @@ async fn a_kustomization_cannot_read_the_agents_token() {
     let repo = GitRepo::create(&env, "render-sandbox").unwrap();
     repo.write("app/kustomization.yaml", "resources: []\n")
         .unwrap();
-    let head = repo.commit("a kustomization").unwrap();
-    let url = repo.http_url(&env).unwrap();
-    ns.http_credentials(&env, &url, env.var("GIT_HTTP_PASSWORD").unwrap())
+    let (url, head) = repo
+        .serve_over_http(&env, "a kustomization", &[&ns])
         .await
         .unwrap();
 

@@ -132,10 +132,8 @@ async fn the_split_install_keeps_the_sync_engine_away_from_secrets() {
         "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\ndata:\n  level: info\n",
     )
     .unwrap();
-    let head = repo.commit("an app with a sealed secret").unwrap();
-    let url = repo.http_url(&env).unwrap();
-    gitops_ns
-        .http_credentials(&env, &url, env.var("GIT_HTTP_PASSWORD").unwrap())
+    let (url, head) = repo
+        .serve_over_http(&env, "an app with a sealed secret", &[&gitops_ns])
         .await
         .unwrap();
 

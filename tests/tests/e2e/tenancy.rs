@@ -158,7 +158,13 @@ async fn a_project_keeps_an_application_in_its_namespace_and_away_from_cluster_s
         ),
     )
     .unwrap();
-    repo.commit("a tenant's app reaching into another namespace and the cluster")
+    let (url, _) = repo
+        .serve_over_http(
+            &env,
+            "a tenant's app reaching into another namespace and the cluster",
+            &[&ns],
+        )
+        .await
         .unwrap();
 
     apply(
@@ -172,10 +178,6 @@ async fn a_project_keeps_an_application_in_its_namespace_and_away_from_cluster_s
         ),
     )
     .await;
-    let url = repo.http_url(&env).unwrap();
-    ns.http_credentials(&env, &url, env.var("GIT_HTTP_PASSWORD").unwrap())
-        .await
-        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let _agent = agent(&env, &ns, dir.path(), false).await;
     apply(
@@ -239,14 +241,11 @@ async fn an_application_outside_the_agents_namespace_waits_for_a_project() {
         "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: control\ndata:\n  level: info\n",
     )
     .unwrap();
-    let head = repo.commit("two apps").unwrap();
-    let url = repo.http_url(&env).unwrap();
-    for namespace in [&ns, &outside] {
-        namespace
-            .http_credentials(&env, &url, env.var("GIT_HTTP_PASSWORD").unwrap())
-            .await
-            .unwrap();
-    }
+    // Credentials are read from the agent's namespace only.
+    let (url, head) = repo
+        .serve_over_http(&env, "two apps", &[&ns])
+        .await
+        .unwrap();
 
     let dir = tempfile::tempdir().unwrap();
     let _agent = agent(&env, &ns, dir.path(), true).await;
@@ -345,9 +344,8 @@ async fn an_impersonated_application_can_do_only_what_its_service_account_can() 
         "apiVersion: v1\nkind: Service\nmetadata:\n  name: denied\nspec:\n  ports: [{port: 80}]\n",
     )
     .unwrap();
-    let head = repo.commit("what deployer may and may not do").unwrap();
-    let url = repo.http_url(&env).unwrap();
-    ns.http_credentials(&env, &url, env.var("GIT_HTTP_PASSWORD").unwrap())
+    let (url, head) = repo
+        .serve_over_http(&env, "what deployer may and may not do", &[&ns])
         .await
         .unwrap();
 
@@ -399,9 +397,8 @@ async fn a_project_with_orphaned_resources_warn_names_what_no_application_tracks
         "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: managed\ndata:\n  level: info\n",
     )
     .unwrap();
-    let head = repo.commit("one ConfigMap").unwrap();
-    let url = repo.http_url(&env).unwrap();
-    ns.http_credentials(&env, &url, env.var("GIT_HTTP_PASSWORD").unwrap())
+    let (url, head) = repo
+        .serve_over_http(&env, "one ConfigMap", &[&ns])
         .await
         .unwrap();
     apply(
