@@ -9,7 +9,7 @@ use mooring_provider::ProviderError;
 use mooring_provider_aws::{AssumeRole, AwsConfig, StaticCredentials, WebIdentity};
 use zeroize::Zeroizing;
 
-use super::credentials::{CredentialReader, service_account_token};
+use super::credentials::{CredentialReader, ServiceAccountTokens};
 use super::{
     Connect, Connected, Connection, ProviderConfig, ProviderSettings, StoreError, StoreId,
 };
@@ -200,6 +200,7 @@ async fn web_identity(
         store: reader.store.clone(),
         namespace,
         account: selector,
+        field: "spec.provider.aws.auth.jwt.serviceAccountRef",
     };
     Ok((
         WebIdentity {
@@ -212,36 +213,10 @@ async fn web_identity(
     ))
 }
 
-/// Tokens for a ServiceAccount by TokenRequest, requested each time the provider needs new
-/// web-identity credentials (once per credential lifetime).
-struct ServiceAccountTokens {
-    client: kube::Client,
-    store: StoreId,
-    namespace: String,
-    account: ServiceAccountSelector,
-}
-
 #[async_trait::async_trait]
 impl mooring_provider_aws::WebIdentityTokenSource for ServiceAccountTokens {
     async fn token(&self) -> Result<Zeroizing<String>, ProviderError> {
-        service_account_token(&self.client, &self.store, &self.namespace, &self.account)
-            .await
-            .map_err(|error| {
-                let detail = format!(
-                    "spec.provider.aws.auth.jwt.serviceAccountRef: no token for ServiceAccount {}/{}",
-                    self.namespace, self.account.name
-                );
-                match error {
-                    StoreError::ReadCredentials { source, .. } => ProviderError::Unavailable {
-                        detail,
-                        source: Some(Box::new(source)),
-                    },
-                    other => ProviderError::InvalidConfig(format!(
-                        "{detail}: {}",
-                        crate::errors::error_chain(&other)
-                    )),
-                }
-            })
+        self.request().await
     }
 }
 

@@ -9,7 +9,7 @@ use mooring_provider::ProviderError;
 use mooring_provider_azure::{AuthType, AzureConfig, Cloud, DEFAULT_IMDS_ENDPOINT};
 use zeroize::Zeroizing;
 
-use super::credentials::{CredentialReader, service_account_token};
+use super::credentials::{CredentialReader, ServiceAccountTokens};
 use super::{
     Connect, Connected, Connection, ProviderConfig, ProviderSettings, StoreError, StoreId,
     StoreKind,
@@ -261,40 +261,15 @@ async fn workload_identity(
         store: reader.store.clone(),
         namespace,
         account: selector,
+        field: "spec.provider.azurekv.serviceAccountRef",
     };
     Ok((client_id, tenant, tokens, described))
-}
-
-/// Tokens for a ServiceAccount by TokenRequest, asked each time a new Entra ID token is needed
-/// (once per token lifetime).
-struct ServiceAccountTokens {
-    client: kube::Client,
-    store: StoreId,
-    namespace: String,
-    account: ServiceAccountSelector,
 }
 
 #[async_trait::async_trait]
 impl mooring_provider_azure::AssertionSource for ServiceAccountTokens {
     async fn assertion(&self) -> Result<Zeroizing<String>, ProviderError> {
-        service_account_token(&self.client, &self.store, &self.namespace, &self.account)
-            .await
-            .map_err(|error| {
-                let detail = format!(
-                    "spec.provider.azurekv.serviceAccountRef: no token for ServiceAccount {}/{}",
-                    self.namespace, self.account.name
-                );
-                match error {
-                    StoreError::ReadCredentials { source, .. } => ProviderError::Unavailable {
-                        detail,
-                        source: Some(Box::new(source)),
-                    },
-                    other => ProviderError::InvalidConfig(format!(
-                        "{detail}: {}",
-                        crate::errors::error_chain(&other)
-                    )),
-                }
-            })
+        self.request().await
     }
 }
 

@@ -11,6 +11,7 @@
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use kube::Api;
 use mooring_crds::secret_store::{SecretKeySelector, ServiceAccountSelector};
+use mooring_provider::ProviderError;
 use zeroize::Zeroizing;
 
 use super::{StoreError, StoreId, StoreKind};
@@ -213,6 +214,41 @@ impl CredentialReader<'_> {
                 self.invalid(format!(
                     "{field}: ServiceAccount {namespace}/{name} does not exist"
                 ))
+            })
+    }
+}
+
+/// Tokens for a ServiceAccount by TokenRequest, requested each time a provider needs new
+/// credentials (once per their lifetime, for AWS web identity and Azure workload identity);
+/// `field` is where the store asks for them, for the error.
+pub(super) struct ServiceAccountTokens {
+    pub(super) client: kube::Client,
+    pub(super) store: StoreId,
+    pub(super) namespace: String,
+    pub(super) account: ServiceAccountSelector,
+    pub(super) field: &'static str,
+}
+
+impl ServiceAccountTokens {
+    /// A new token: `Unavailable` when the API server could not give one, else `InvalidConfig`.
+    pub(super) async fn request(&self) -> Result<Zeroizing<String>, ProviderError> {
+        service_account_token(&self.client, &self.store, &self.namespace, &self.account)
+            .await
+            .map_err(|error| {
+                let detail = format!(
+                    "{}: no token for ServiceAccount {}/{}",
+                    self.field, self.namespace, self.account.name
+                );
+                match error {
+                    StoreError::ReadCredentials { source, .. } => ProviderError::Unavailable {
+                        detail,
+                        source: Some(Box::new(source)),
+                    },
+                    other => ProviderError::InvalidConfig(format!(
+                        "{detail}: {}",
+                        crate::errors::error_chain(&other)
+                    )),
+                }
             })
     }
 }
