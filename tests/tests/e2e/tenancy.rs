@@ -439,3 +439,54 @@ async fn a_project_with_orphaned_resources_warn_names_what_no_application_tracks
         "a warning deletes nothing"
     );
 }
+
+#[tokio::test]
+async fn create_namespace_needs_a_project_that_allows_namespaces() {
+    let env = RealEnv::load().unwrap();
+    let ns = TestNamespace::create(&env, "create-ns").await.unwrap();
+    let wanted = format!("{}-new", ns.name());
+    let repo = GitRepo::create(&env, "create-ns").unwrap();
+    repo.write(
+        "app/configmap.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\ndata:\n  level: info\n",
+    )
+    .unwrap();
+    let (url, _) = repo
+        .serve_over_http(&env, "a ConfigMap", &[&ns])
+        .await
+        .unwrap();
+    // The destination is allowed, Namespaces (cluster-scoped) are not whitelisted.
+    apply(
+        &ns.api::<AppProject>(),
+        &project(
+            "no-namespaces",
+            json!({
+                "sourceRepos": ["*"],
+                "destinations": [{"server": "*", "namespace": wanted}],
+            }),
+        ),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let _agent = agent(&env, &ns, dir.path(), false).await;
+    let mut app = application("creates", "no-namespaces", &url, "app", &wanted);
+    let mut spec = serde_json::to_value(&app.spec).unwrap();
+    spec["syncPolicy"]["syncOptions"] = json!(["CreateNamespace=true"]);
+    app.spec = serde_json::from_value(spec).unwrap();
+    apply(&ns.api::<Application>(), &app).await;
+
+    let message = condition(&ns, "creates", "ProjectViolation").await;
+    assert!(
+        message.contains("Namespace") && message.contains(&wanted),
+        "{message}"
+    );
+    let admin = env.admin_client().await.unwrap();
+    assert!(
+        Api::<k8s_openapi::api::core::v1::Namespace>::all(admin)
+            .get_opt(&wanted)
+            .await
+            .unwrap()
+            .is_none(),
+        "the namespace is not created"
+    );
+}

@@ -314,13 +314,21 @@ async fn reconcile(cached: Arc<Application>, ctx: Arc<Context>) -> Result<Action
     checks::note_sync_hooks(&mut conditions, &desired.objects);
     // Every object is checked before anything is written: one the project refuses stops the
     // whole sync (Argo CD does the same), and nothing is pruned either.
-    let refused = engine
+    let mut refused = engine
         .refused_objects(
             &desired.objects,
             app.spec.destination.namespace.as_deref(),
             project.as_ref(),
         )
         .await;
+    // `CreateNamespace=true` writes a Namespace too: the project must allow that kind.
+    if let Some(namespace) = created_namespace(&app) {
+        refused.extend(
+            engine
+                .refused_objects(&[namespace], None, project.as_ref())
+                .await,
+        );
+    }
     if !refused.is_empty() {
         let message = refused_message(&refused);
         tracing::warn!(application = %id, %message, "sync refused by the project");
@@ -408,6 +416,19 @@ async fn sync(
 }
 
 /// "the project refuses N object(s): …", each naming the object and the rule (at most five).
+/// The Namespace `CreateNamespace=true` would create, as an object for the project to judge.
+fn created_namespace(app: &Application) -> Option<DynamicObject> {
+    let options = app.spec.sync_policy.as_ref()?.sync_options.as_slice();
+    if !crate::gitops::apply::object::has_option(options, "CreateNamespace", "true") {
+        return None;
+    }
+    let name = app.spec.destination.namespace.as_deref()?;
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name},
+    }))
+    .ok()
+}
+
 fn refused_message(refused: &[(crate::gitops::apply::object::ObjectKey, String)]) -> String {
     const SHOWN: usize = 5;
     let mut message = format!(
