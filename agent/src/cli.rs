@@ -75,6 +75,11 @@ pub struct InstallArgs {
     /// CRDs are established, instead of printing them.
     #[arg(long)]
     pub apply: bool,
+    /// Also Argo CD's own AppProject CRD (`appprojects.argoproj.io`, unless the cluster has
+    /// one: Argo CD installs it) and `--argocd-api` on the agent, so projects written for Argo
+    /// CD apply unchanged.
+    #[arg(long)]
+    pub argocd_api: bool,
     /// How to reach the cluster (with `--apply`).
     #[command(flatten)]
     pub cluster: ClusterArgs,
@@ -266,6 +271,10 @@ pub struct RunArgs {
     /// another program, such as tests.
     #[arg(long, hide = true)]
     pub render_sandbox_exe: Option<PathBuf>,
+    /// Also read Argo CD's own AppProjects (`argoproj.io/v1alpha1`, in the agent's namespace)
+    /// where no mooring.dev AppProject of that name exists.
+    #[arg(long, env = "MOORING_ARGOCD_API")]
+    pub argocd_api: bool,
 }
 
 impl RunArgs {

@@ -229,23 +229,109 @@ pub async fn apply_manifests(
     Ok(applied)
 }
 
-/// `mooring install`: prints the manifests of `overlay` running `image`, or with `apply`
-/// applies them to the cluster of `kubeconfig` (else the environment's).
+/// What `mooring install` installs.
+pub struct Options<'a> {
+    /// The variant.
+    pub overlay: Overlay,
+    /// The agent's image.
+    pub image: &'a str,
+    /// Also Argo CD's AppProject CRD (where the cluster has none) and `--argocd-api`.
+    pub argocd_api: bool,
+}
+
+/// Argo CD's AppProject CRD as generated into `crds/manifests/`.
+const ARGOCD_APP_PROJECT_CRD: &str =
+    include_str!("../../crds/manifests/appprojects.argoproj.io.yaml");
+
+impl Options<'_> {
+    /// The manifests: the overlay's with the image set, and with `argocd_api` the agent's
+    /// `--argocd-api` flag.
+    pub fn manifests(&self) -> String {
+        let manifests = self.overlay.manifests(self.image);
+        if self.argocd_api {
+            manifests.replace("        - run\n", "        - run\n        - --argocd-api\n")
+        } else {
+            manifests
+        }
+    }
+}
+
+/// Applies Argo CD's AppProject CRD unless the cluster has one (Argo CD's own is then kept);
+/// returns what was applied.
+pub async fn apply_argocd_crds(
+    client: &kube::Client,
+    timeout: Duration,
+) -> Result<Vec<String>, ApplyError> {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let name = "appprojects.argoproj.io";
+    let existing = crds
+        .get_opt(name)
+        .await
+        .map_err(|source| ApplyError::Apply {
+            kind: "CustomResourceDefinition".into(),
+            name: name.to_string(),
+            source,
+        })?;
+    if existing.is_some() {
+        return Ok(Vec::new());
+    }
+    apply_manifests(client, ARGOCD_APP_PROJECT_CRD, timeout).await
+}
+
+/// `mooring install`: prints the manifests of `options`, or with `apply` applies them (and,
+/// with `--argocd-api`, Argo CD's AppProject CRD unless the cluster already has one, which is
+/// then left as it is).
 pub async fn run(
-    overlay: Overlay,
-    image: &str,
+    options: &Options<'_>,
     apply: bool,
     kubeconfig: Option<&std::path::Path>,
 ) -> Result<(), ApplyError> {
-    let manifests = overlay.manifests(image);
+    let manifests = options.manifests();
     if !apply {
         print!("{manifests}");
+        if options.argocd_api {
+            print!("---\n{ARGOCD_APP_PROJECT_CRD}");
+        }
         return Ok(());
     }
     let client = crate::cluster::client(kubeconfig).await.map_err(Box::new)?;
+    if options.argocd_api {
+        let applied = apply_argocd_crds(&client, Duration::from_secs(60)).await?;
+        if applied.is_empty() {
+            println!("CustomResourceDefinition appprojects.argoproj.io kept (the cluster has it)");
+        }
+        for object in applied {
+            println!("{object} applied");
+        }
+    }
     let applied = apply_manifests(&client, &manifests, Duration::from_secs(60)).await?;
     for object in applied {
         println!("{object} applied");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn argocd_api_adds_the_flag_to_every_agent_container() {
+        for overlay in [Overlay::Base, Overlay::Ha, Overlay::Split] {
+            let plain = Options {
+                overlay,
+                image: DEFAULT_IMAGE,
+                argocd_api: false,
+            };
+            let with = Options {
+                argocd_api: true,
+                ..plain
+            };
+            let agents = plain.manifests().matches("        - run\n").count();
+            assert!(agents > 0);
+            assert_eq!(with.manifests().matches("- --argocd-api\n").count(), agents);
+            assert!(!plain.manifests().contains("--argocd-api"));
+        }
+        assert!(ARGOCD_APP_PROJECT_CRD.contains("name: appprojects.argoproj.io"));
+    }
 }

@@ -31,7 +31,12 @@ async fn main() -> ExitCode {
         }
         Command::Install(args) => {
             let kubeconfig = args.cluster.kubeconfig.as_deref();
-            mooring_agent::install::run(args.overlay, &args.image, args.apply, kubeconfig)
+            let options = mooring_agent::install::Options {
+                overlay: args.overlay,
+                image: &args.image,
+                argocd_api: args.argocd_api,
+            };
+            mooring_agent::install::run(&options, args.apply, kubeconfig)
                 .await
                 .map_err(Into::into)
         }

@@ -143,6 +143,34 @@ pub struct OrphanedResources {
     pub ignore: Option<Vec<serde_json::Value>>,
 }
 
+/// Argo CD's own AppProject CRD (`appprojects.argoproj.io`), with this schema: what
+/// `mooring install --argocd-api` installs where Argo CD has not, so projects written for Argo CD
+/// apply unchanged.
+pub fn argocd_crd()
+-> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition {
+    use kube::CustomResourceExt;
+    let mut crd = AppProject::crd();
+    crd.metadata.name = Some(format!("appprojects.{ARGOCD_GROUP}"));
+    crd.spec.group = ARGOCD_GROUP.to_string();
+    crd.spec.names.categories = Some(vec!["argoproj".to_string()]);
+    crd
+}
+
+/// Argo CD's API group.
+pub const ARGOCD_GROUP: &str = "argoproj.io";
+
+/// How to address Argo CD's AppProjects (read as dynamic objects whose `spec` is an
+/// [`AppProjectSpec`]).
+pub fn argocd_api_resource() -> kube::core::ApiResource {
+    kube::core::ApiResource {
+        group: ARGOCD_GROUP.to_string(),
+        version: "v1alpha1".to_string(),
+        api_version: format!("{ARGOCD_GROUP}/v1alpha1"),
+        kind: "AppProject".to_string(),
+        plural: "appprojects".to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

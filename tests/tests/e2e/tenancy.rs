@@ -490,3 +490,77 @@ async fn create_namespace_needs_a_project_that_allows_namespaces() {
         "the namespace is not created"
     );
 }
+
+#[tokio::test]
+async fn with_argocd_api_argo_cds_own_app_project_is_enforced() {
+    let env = RealEnv::load().unwrap();
+    let admin = env.admin_client().await.unwrap();
+    mooring_agent::install::apply_crds(&admin, Duration::from_secs(60))
+        .await
+        .unwrap();
+    mooring_agent::install::apply_argocd_crds(&admin, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let ns = TestNamespace::create(&env, "argo-project").await.unwrap();
+    let other = TestNamespace::create(&env, "argo-project-other")
+        .await
+        .unwrap();
+    let repo = GitRepo::create(&env, "argo-project").unwrap();
+    repo.write(
+        "app/configmap.yaml",
+        &format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: elsewhere\n  namespace: {}\ndata:\n  a: b\n",
+            other.name()
+        ),
+    )
+    .unwrap();
+    let (url, _) = repo
+        .serve_over_http(&env, "a ConfigMap for another namespace", &[&ns])
+        .await
+        .unwrap();
+    // Argo CD's own AppProject, as a repository written for Argo CD holds it.
+    let argo_project: kube::api::DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "argoproj.io/v1alpha1", "kind": "AppProject",
+        "metadata": {"name": "argo-team", "namespace": ns.name()},
+        "spec": {
+            "sourceRepos": ["*"],
+            "destinations": [{"server": "https://kubernetes.default.svc", "namespace": ns.name()}],
+        },
+    }))
+    .unwrap();
+    let resource = mooring_crds::app_project::argocd_api_resource();
+    Api::<kube::api::DynamicObject>::namespaced_with(admin.clone(), ns.name(), &resource)
+        .patch(
+            "argo-team",
+            &PatchParams::apply("mooring-e2e").force(),
+            &Patch::Apply(&argo_project),
+        )
+        .await
+        .unwrap();
+
+    install_rbac(&ns, |_, _| {}).await;
+    let token = ns.service_account_token("mooring").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = agent_with_git(&env, ns.name(), &dir.path().join("git-cache")).unwrap();
+    args.cluster.kubeconfig = Some(token_kubeconfig(&env, &token, dir.path()).unwrap());
+    args.argocd_api = true;
+    let _agent = RunningAgent::start_with(args).await.unwrap();
+    apply(
+        &ns.api::<Application>(),
+        &application("argo-app", "argo-team", &url, "app", ns.name()),
+    )
+    .await;
+    let message = condition(&ns, "argo-app", "ProjectViolation").await;
+    assert!(
+        message.contains("elsewhere") && message.contains(other.name()),
+        "Argo CD's AppProject refuses the other namespace: {message}"
+    );
+    assert!(
+        other
+            .api::<ConfigMap>()
+            .get_opt("elsewhere")
+            .await
+            .unwrap()
+            .is_none()
+    );
+}

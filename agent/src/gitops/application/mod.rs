@@ -168,6 +168,13 @@ impl Context {
         self
     }
 
+    /// Reads Argo CD's own AppProjects (`argoproj.io`) too, where no mooring.dev AppProject of
+    /// that name exists (`--argocd-api`).
+    pub fn with_argocd_api(mut self, argocd_api: bool) -> Context {
+        self.tenancy.argocd_api = argocd_api;
+        self
+    }
+
     /// Reports reconciles, errors, queue depth and durations into the agent's shared metrics.
     pub fn with_controller_metrics(mut self, metrics: &ControllerMetrics) -> Context {
         self.reconciles = Reconciles::new(CONTROLLER, SYNC_CONCURRENCY, metrics);
@@ -219,20 +226,36 @@ pub async fn run(
     // A project created or changed wakes the Applications naming it (one outside the agent's
     // namespace is admitted as soon as a project lists its namespace).
     let store = controller.store();
+    let naming = move |name: String| {
+        store
+            .state()
+            .into_iter()
+            .filter(|app| crate::gitops::project::project_name(app) == name)
+            .map(|app| ObjectRef::from_obj(app.as_ref()))
+            .collect::<Vec<_>>()
+    };
     let projects: Api<AppProject> = match &ctx.tenancy.agent_namespace {
         Some(ns) => Api::namespaced(ctx.client.clone(), ns),
         None => Api::all(ctx.client.clone()),
     };
+    let wake = naming.clone();
+    let mut controller = controller.watches(projects, watcher::Config::default(), move |project| {
+        wake(project.name_any())
+    });
+    if ctx.tenancy.argocd_api {
+        let resource = mooring_crds::app_project::argocd_api_resource();
+        let argocd: Api<DynamicObject> = match &ctx.tenancy.agent_namespace {
+            Some(ns) => Api::namespaced_with(ctx.client.clone(), ns, &resource),
+            None => Api::all_with(ctx.client.clone(), &resource),
+        };
+        controller = controller.watches_with(
+            argocd,
+            resource,
+            watcher::Config::default(),
+            move |project| naming(project.name_any()),
+        );
+    }
     let controller = controller
-        .watches(projects, watcher::Config::default(), move |project| {
-            let name = project.name_any();
-            store
-                .state()
-                .into_iter()
-                .filter(|app| crate::gitops::project::project_name(app) == name)
-                .map(|app| ObjectRef::from_obj(app.as_ref()))
-                .collect::<Vec<_>>()
-        })
         .reconcile_on(drift.take_until(shutdown.clone()))
         .graceful_shutdown_on(shutdown.clone())
         .run(reconcile_in_slot, error_policy, ctx)

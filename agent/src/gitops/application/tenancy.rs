@@ -42,6 +42,8 @@ pub(super) struct Tenancy {
     pub agent_namespace: Option<String>,
     /// The kubeconfig the impersonating clients start from (`None`: inferred, in-cluster first).
     pub kubeconfig: Option<PathBuf>,
+    /// Whether Argo CD's own AppProjects (`argoproj.io`) are read too (`--argocd-api`).
+    pub argocd_api: bool,
     base: OnceCell<kube::Config>,
     clients: Mutex<HashMap<(String, String), kube::Client>>,
 }
@@ -97,10 +99,21 @@ pub(super) async fn admit(ctx: &Context, app: &Application) -> Result<Admission,
             name: name.to_string(),
             source,
         })?;
+    let found = match found {
+        Some(found) => Some(found.spec),
+        None if ctx.tenancy.argocd_api => {
+            match argocd_project(ctx, &agent_namespace, name).await? {
+                Some(Ok(spec)) => Some(spec),
+                Some(Err(message)) => return Ok(Admission::Refused(message)),
+                None => None,
+            }
+        }
+        None => None,
+    };
     let project = match found {
-        Some(found) => Project {
+        Some(spec) => Project {
             name: name.to_string(),
-            spec: found.spec,
+            spec,
         },
         None if !in_agent_namespace => return Ok(Admission::Ignored),
         None if name == DEFAULT_PROJECT => Project {
@@ -126,6 +139,32 @@ pub(super) async fn admit(ctx: &Context, app: &Application) -> Result<Admission,
         }),
         Err(message) => Ok(Admission::Refused(message)),
     }
+}
+
+/// Argo CD's own AppProject `name` (`argoproj.io`), read as a dynamic object: its `spec` has the
+/// same fields as mooring's. One whose spec does not parse is `Some(Err)`: the refusal, naming it.
+async fn argocd_project(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<Result<mooring_crds::app_project::AppProjectSpec, String>>, Error> {
+    let resource = mooring_crds::app_project::argocd_api_resource();
+    let api: Api<kube::api::DynamicObject> =
+        Api::namespaced_with(ctx.client.clone(), namespace, &resource);
+    let found = api
+        .get_opt(name)
+        .await
+        .map_err(|source| Error::ReadProject {
+            name: format!("{name} (argoproj.io)"),
+            source,
+        })?;
+    let Some(found) = found else {
+        return Ok(None);
+    };
+    let spec = found.data.get("spec").cloned().unwrap_or_default();
+    Ok(Some(serde_json::from_value(spec).map_err(|error| {
+        format!("AppProject {name} (argoproj.io) has an invalid spec: {error}")
+    })))
 }
 
 /// The engine for this Application: its project's rules, and its ServiceAccount's client.
