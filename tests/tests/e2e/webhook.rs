@@ -13,7 +13,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
 use mooring_crds::application::Application;
 use mooring_e2e::gitops::agent_with_git;
-use mooring_e2e::{GitRepo, RealEnv, RunningAgent, TestNamespace, wait_for};
+use mooring_e2e::{GitRepo, RealEnv, RunningAgent, TestNamespace, git, wait_for};
 use serde_json::{Value, json};
 
 const GITHUB: &str = "github-secret";
@@ -217,13 +217,30 @@ async fn write_secret(ns: &TestNamespace, data: BTreeMap<String, String>) {
 }
 
 async fn create_application(ns: &TestNamespace, app: &str, url: &str) {
+    create_application_at(
+        ns,
+        &format!("app-{app}"),
+        url,
+        "main",
+        &format!("apps/{app}"),
+    )
+    .await;
+}
+
+async fn create_application_at(
+    ns: &TestNamespace,
+    name: &str,
+    url: &str,
+    revision: &str,
+    path: &str,
+) {
     let application: Application = serde_json::from_value(json!({
         "apiVersion": "mooring.dev/v1alpha1", "kind": "Application",
-        "metadata": {"name": format!("app-{app}")},
+        "metadata": {"name": name},
         "spec": {
             "project": "default",
             "pollInterval": "1h",
-            "source": {"repoURL": url, "targetRevision": "main", "path": format!("apps/{app}")},
+            "source": {"repoURL": url, "targetRevision": revision, "path": path},
             "destination": {"server": "https://kubernetes.default.svc", "namespace": ns.name()},
             "syncPolicy": {"automated": {"prune": true}},
         },
@@ -584,4 +601,52 @@ async fn every_providers_signed_push_syncs() {
             "{provider} with a broken proof"
         );
     }
+}
+
+#[tokio::test]
+async fn a_gitlab_tag_push_syncs_the_app_that_follows_the_tag() {
+    let (f, first) = Fixture::start("webhook-tag").await;
+    let tag = |commit: &str| {
+        git(f.repo.work_dir(), &["tag", "-f", "v1", commit]).unwrap();
+        git(f.repo.work_dir(), &["push", "-q", "-f", "origin", "v1"]).unwrap();
+    };
+    tag(&first);
+    // A third Application follows tag v1 of app-a's path, into its own ConfigMap name.
+    f.repo
+        .write("release/configmap.yaml", &configmap("release", "1"))
+        .unwrap();
+    let with_release = f.repo.commit("release path").unwrap();
+    tag(&with_release);
+    create_application_at(&f.ns, "app-release", &f.url, "v1", "release").await;
+    f.ns.wait_for_synced_at("app-release", &with_release)
+        .await
+        .unwrap();
+    f.settle().await;
+    let main_before = f.refresh_annotation("app-a").await;
+
+    let moved = f
+        .repo
+        .commit_files(
+            &[("release/configmap.yaml", &configmap("release", "2"))],
+            "release 2",
+        )
+        .unwrap();
+    tag(&moved);
+    let body = serde_json::to_vec(&json!({
+        "object_kind": "tag_push", "ref": "refs/tags/v1", "after": moved, "checkout_sha": moved,
+        "project": {"git_http_url": f.url, "default_branch": "main"},
+        "commits": [], "total_commits_count": 0,
+    }))
+    .unwrap();
+    let headers = [
+        ("x-gitlab-event", "Tag Push Hook".to_owned()),
+        ("x-gitlab-token", GITLAB.to_owned()),
+    ];
+    assert_eq!(f.send(&headers, body).await, 202);
+    f.wait_for_value("release", "2").await;
+    f.ns.wait_for_synced_at("app-release", &moved)
+        .await
+        .unwrap();
+    // The Applications on branch main were not asked to look.
+    assert_eq!(f.refresh_annotation("app-a").await, main_before);
 }

@@ -409,3 +409,34 @@ async fn refresh(client: &kube::Client, scope: &Scope, push: &Push) {
         "webhook push handled"
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn push(after: &str, files: Option<&[&str]>) -> Push {
+        Push {
+            repo_urls: vec!["https://h/o/r".into()],
+            git_ref: GitRef::Branch("main".into()),
+            after: Some(after.into()),
+            default_branch: Some("main".into()),
+            changed_files: files.map(|f| f.iter().map(|s| (*s).to_owned()).collect()),
+        }
+    }
+
+    #[test]
+    fn coalesced_pushes_keep_the_newest_commit_and_every_file() {
+        let mut pending = Pending {
+            push: push("one", Some(&["a/x"])),
+        };
+        pending.merge(push("two", Some(&["b/y"])));
+        assert_eq!(pending.push.after.as_deref(), Some("two"));
+        let files = pending.push.changed_files.clone().unwrap();
+        assert!(files.contains("a/x") && files.contains("b/y"));
+        // One push without a list makes the window's list unknown.
+        pending.merge(push("three", None));
+        assert_eq!(pending.push.changed_files, None);
+        pending.merge(push("four", Some(&["c/z"])));
+        assert_eq!(pending.push.changed_files, None);
+    }
+}

@@ -277,14 +277,22 @@ pub fn parse(provider: Provider, headers: &HeaderMap, body: &[u8]) -> Result<Eve
             return Ok(Event::Ping);
         }
         (Provider::GitHub | Provider::Gogs, "push")
-        | (Provider::GitLab, "Push Hook" | "Tag Push Hook" | "System Hook")
+        | (Provider::GitLab, "Push Hook" | "Tag Push Hook")
         | (Provider::Bitbucket, "repo:push")
         | (Provider::BitbucketServer, "repo:refs_changed")
         | (Provider::AzureDevOps, _) => {}
+        (Provider::GitLab, "System Hook") => {}
         (_, other) => return Ok(Event::Ignored(other.chars().take(64).collect())),
     }
     let payload: Value =
         serde_json::from_slice(body).map_err(|e| error(format!("not JSON: {e}")))?;
+    // GitLab's system hooks carry every kind of instance event; only pushes move refs.
+    if provider == Provider::GitLab && event == "System Hook" {
+        let kind = payload["event_name"].as_str().unwrap_or_default();
+        if kind != "push" && kind != "tag_push" {
+            return Ok(Event::Ignored(kind.chars().take(64).collect()));
+        }
+    }
     let pushes = match provider {
         Provider::GitHub | Provider::Gogs => github_like(provider, &payload),
         Provider::GitLab => gitlab(&payload),
@@ -672,5 +680,29 @@ mod tests {
         };
         assert_eq!(pushes[0].default_branch.as_deref(), Some("main"));
         assert_eq!(pushes[0].after.as_deref(), Some("abc"));
+    }
+
+    #[test]
+    fn gitlab_system_hooks_refresh_only_on_pushes() {
+        let h = headers(&[("x-gitlab-event", "System Hook")]);
+        let body = serde_json::json!({"event_name": "project_create"});
+        assert!(matches!(
+            parse(Provider::GitLab, &h, body.to_string().as_bytes()).unwrap(),
+            Event::Ignored(_)
+        ));
+        let body = serde_json::json!({
+            "event_name": "tag_push", "ref": "refs/tags/v2", "checkout_sha": "abc",
+            "project": {"git_ssh_url": "git@gitlab.example.com:o/r.git"}, "commits": []
+        });
+        let Event::Pushes(pushes) =
+            parse(Provider::GitLab, &h, body.to_string().as_bytes()).unwrap()
+        else {
+            panic!("not a push")
+        };
+        assert_eq!(pushes[0].git_ref, GitRef::Tag("v2".into()));
+        assert_eq!(
+            pushes[0].changed_files, None,
+            "no commits listed: no file list"
+        );
     }
 }

@@ -6,7 +6,7 @@ use std::sync::{Arc, RwLock};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use zeroize::Zeroizing;
 
 /// The Secret's name (Argo CD keeps the same keys in `argocd-secret`).
@@ -88,7 +88,8 @@ pub async fn watch(client: kube::Client, namespace: String, shared: SharedSecret
     let api: Api<Secret> = Api::namespaced(client, &namespace);
     let config = watcher::Config::default().fields(&format!("metadata.name={SECRET_NAME}"));
     let mut initial: Option<WebhookSecrets> = None;
-    let mut events = std::pin::pin!(watcher(api, config));
+    // Backoff between failed watches (no RBAC for it, the API server away): one warning per try.
+    let mut events = std::pin::pin!(watcher(api, config).default_backoff());
     while let Some(event) = events.next().await {
         match event {
             Ok(watcher::Event::Init) => initial = Some(WebhookSecrets::default()),
@@ -111,7 +112,6 @@ pub async fn watch(client: kube::Client, namespace: String, shared: SharedSecret
             }
             Err(error) => {
                 tracing::warn!(%error, secret = SECRET_NAME, "failed to watch the webhook secret");
-                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
             }
         }
     }
