@@ -227,6 +227,19 @@ pub struct RunArgs {
     /// with its own selector.
     #[arg(long, env = "MOORING_APPLICATION_SELECTOR")]
     pub application_selector: Option<String>,
+    /// The largest `/api/webhook` body accepted, in bytes (413 beyond it).
+    #[arg(long, default_value_t = 1024 * 1024, env = "MOORING_WEBHOOK_MAX_PAYLOAD_BYTES")]
+    pub webhook_max_payload_bytes: usize,
+    /// Webhook pushes of one (repository, ref) within this window cause one refresh (Go
+    /// duration).
+    #[arg(long, default_value = "250ms", value_parser = go_duration, env = "MOORING_WEBHOOK_COALESCE_WINDOW")]
+    pub webhook_coalesce_window: Duration,
+    /// `/api/webhook` requests per second per peer address.
+    #[arg(long, default_value_t = 10.0, env = "MOORING_WEBHOOK_RATE_LIMIT")]
+    pub webhook_rate_limit: f64,
+    /// Burst size of that limit.
+    #[arg(long, default_value_t = 50, env = "MOORING_WEBHOOK_RATE_LIMIT_BURST")]
+    pub webhook_rate_limit_burst: u32,
     /// Only validate ClusterSecretStores whose labels match this selector. An agent limited to
     /// one namespace (`--watch-namespace`) validates ClusterSecretStores only when this is set,
     /// so agents of different namespaces never write one store's status.

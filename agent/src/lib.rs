@@ -188,8 +188,13 @@ impl Agent {
             tasks.spawn(stop.until(key_manager));
             controllers.push(sealed_secrets::start_controller(&wiring, Arc::clone(&keys)));
         }
+        let mut webhook = None;
         if self.args.runs(ControllerKind::Gitops) {
             controllers.push(gitops::start(&wiring));
+            // Every replica receives webhooks: a refresh is an annotation the leader sees.
+            let (routes, work) = gitops::webhook_start(&wiring);
+            tasks.spawn(stop.until(work));
+            webhook = Some(routes);
         }
         if self.args.runs(ControllerKind::ExternalSecrets) {
             controllers.extend(external_secrets::start(&wiring));
@@ -203,7 +208,10 @@ impl Agent {
 
         let limiter =
             sealed_secrets::api::RateLimiter::new(self.args.rate_limit, self.args.rate_limit_burst);
-        let kubeseal_api = sealed_secrets::api::router(keys, Arc::new(limiter));
+        let mut kubeseal_api = sealed_secrets::api::router(keys, Arc::new(limiter));
+        if let Some(webhook) = webhook {
+            kubeseal_api = kubeseal_api.merge(webhook);
+        }
         let app =
             http::router(health, kubeseal_api).into_make_service_with_connect_info::<SocketAddr>();
         let main_server = axum::serve(self.listener, app).with_graceful_shutdown(stop.signal());

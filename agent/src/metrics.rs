@@ -204,6 +204,8 @@ pub struct Metrics {
     pub controllers: ControllerMetrics,
     /// Git cache metrics.
     pub git: GitMetrics,
+    /// `/api/webhook` requests by provider and outcome.
+    pub webhook_requests: Family<crate::gitops::webhook::RequestLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -334,6 +336,12 @@ impl Default for Metrics {
             "Duration of Git resolves that only listed the remote refs",
             git.check_seconds.clone(),
         );
+        let webhook_requests = Family::default();
+        registry.register(
+            "webhook_requests",
+            "Webhook requests by provider and outcome",
+            webhook_requests.clone(),
+        );
         Metrics {
             registry,
             sealed_secrets,
@@ -341,6 +349,7 @@ impl Default for Metrics {
             applications,
             controllers,
             git,
+            webhook_requests,
         }
     }
 }

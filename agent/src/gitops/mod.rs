@@ -7,6 +7,7 @@ pub mod git;
 pub mod project;
 pub mod render;
 pub mod source;
+pub mod webhook;
 
 use std::sync::Arc;
 
@@ -45,4 +46,26 @@ pub(crate) fn start(wiring: &Wiring<'_>) -> Job {
         args.watch_namespace.clone(),
         wiring.stop.signal(),
     ))
+}
+
+/// The `/api/webhook` route and its tasks (secret watch, refresh worker).
+pub(crate) fn webhook_start(
+    wiring: &Wiring<'_>,
+) -> (axum::Router, impl Future<Output = ()> + Send + 'static) {
+    let args = wiring.args;
+    webhook::start(
+        wiring.client.clone(),
+        args.namespace.clone(),
+        webhook::Scope {
+            namespace: args.watch_namespace.clone(),
+            selector: args.application_selector.clone(),
+        },
+        webhook::WebhookSettings {
+            max_payload_bytes: args.webhook_max_payload_bytes,
+            coalesce_window: args.webhook_coalesce_window,
+            rate_limit: args.webhook_rate_limit,
+            rate_limit_burst: args.webhook_rate_limit_burst,
+        },
+        wiring.metrics.webhook_requests.clone(),
+    )
 }

@@ -34,3 +34,4 @@ mod sealed_secrets;
 mod smoke;
 mod split;
 mod tenancy;
+mod webhook;
