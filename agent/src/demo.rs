@@ -149,6 +149,13 @@ pub async fn run(args: DemoArgs) -> Result<(), Error> {
             short(&head),
             demo.repo_url()?
         );
+        if args.agent_namespace != args.namespace {
+            admit_namespace(&demo.client, &args.agent_namespace, &args.namespace).await?;
+            println!(
+                "Applied AppProject default in {} admitting Applications of namespace {}.",
+                args.agent_namespace, args.namespace
+            );
+        }
         demo.bootstrap().await?;
         println!("Applied bootstrap/root-app.yaml; waiting until everything is synced ...");
         let synced = demo
@@ -164,6 +171,43 @@ pub async fn run(args: DemoArgs) -> Result<(), Error> {
     }
     println!();
     print!("{}", demo.status().await?);
+    Ok(())
+}
+
+/// The AppProject `default` in the agent's namespace, as an Argo CD user enables "apps in any
+/// namespace": everything the built-in default allows, for Applications of `namespace` too
+/// (without it the agent ignores Applications outside its own namespace).
+async fn admit_namespace(
+    client: &Client,
+    agent_namespace: &str,
+    namespace: &str,
+) -> Result<(), Error> {
+    let project: mooring_crds::app_project::AppProject =
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "mooring.dev/v1alpha1", "kind": "AppProject",
+            "metadata": {"name": "default", "namespace": agent_namespace},
+            "spec": {
+                "sourceRepos": ["*"],
+                "destinations": [{"server": "*", "namespace": "*"}],
+                "clusterResourceWhitelist": [{"group": "*", "kind": "*"}],
+                "sourceNamespaces": [namespace],
+            },
+        }))
+        .map_err(|e| Error::Manifest {
+            path: PathBuf::from("AppProject default"),
+            detail: e.to_string(),
+        })?;
+    Api::<mooring_crds::app_project::AppProject>::namespaced(client.clone(), agent_namespace)
+        .patch(
+            "default",
+            &PatchParams::apply(DEMO_MANAGER).force(),
+            &Patch::Apply(&project),
+        )
+        .await
+        .map_err(|source| Error::Kube {
+            action: format!("apply AppProject {agent_namespace}/default"),
+            source,
+        })?;
     Ok(())
 }
 
