@@ -177,7 +177,7 @@ pub async fn run(args: DemoArgs) -> Result<(), Error> {
 /// The AppProject `default` in the agent's namespace, as an Argo CD user enables "apps in any
 /// namespace": everything the built-in default allows, for Applications of `namespace` too
 /// (without it the agent ignores Applications outside its own namespace).
-async fn admit_namespace(
+pub async fn admit_namespace(
     client: &Client,
     agent_namespace: &str,
     namespace: &str,

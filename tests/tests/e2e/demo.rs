@@ -18,11 +18,18 @@ async fn the_demo_syncs_the_seed_layout_with_both_secret_kinds_and_follows_a_com
     mooring_agent::install::apply_crds(&client, Duration::from_secs(60))
         .await
         .unwrap();
+    // As `./dev demo` runs it: the agent in a namespace of its own, the demo's Applications in
+    // another, admitted by the AppProject `default` that `mooring demo` applies.
     let ns = TestNamespace::create(&env, "demo").await.unwrap();
+    let agent_ns = TestNamespace::create(&env, "demo-agent").await.unwrap();
     let cache = tempfile::tempdir().unwrap();
-    let mut args = agent_with_git(&env, ns.name(), cache.path()).unwrap();
+    let mut args = agent_with_git(&env, agent_ns.name(), cache.path()).unwrap();
+    args.watch_namespace = Some(ns.name().to_owned());
     args.git_allow_file_urls = true;
     let agent = RunningAgent::start_with(args).await.unwrap();
+    mooring_agent::demo::admit_namespace(&client, agent_ns.name(), ns.name())
+        .await
+        .unwrap();
 
     let dir = tempfile::tempdir().unwrap();
     let demo = Demo {
