@@ -114,6 +114,17 @@ pub fn agent_with_git(
     Ok(args)
 }
 
+/// The same, running only the Application controller.
+pub fn gitops_agent_args(
+    env: &RealEnv,
+    namespace: &str,
+    cache: &Path,
+) -> anyhow::Result<mooring_agent::cli::RunArgs> {
+    let mut args = agent_with_git(env, namespace, cache)?;
+    args.controllers = vec![mooring_agent::cli::ControllerKind::Gitops];
+    Ok(args)
+}
+
 impl TestNamespace {
     /// A repository credential Secret `name` as Argo CD's
     /// (`argocd.argoproj.io/secret-type: repository`) holding `data`.

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mooring_crds::application::Application;
-use mooring_e2e::gitops::{ApplicationManifest, agent_with_git};
+use mooring_e2e::gitops::{ApplicationManifest, gitops_agent_args};
 use mooring_e2e::{GitRepo, RealEnv, RunningAgent, TestNamespace, git};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -77,8 +77,7 @@ async fn credentials_never_follow_a_redirect_to_another_origin() {
         .unwrap();
 
     let cache = tempfile::tempdir().unwrap();
-    let mut args = agent_with_git(&env, ns.name(), cache.path()).unwrap();
-    args.controllers = vec![mooring_agent::cli::ControllerKind::Gitops];
+    let args = gitops_agent_args(&env, ns.name(), cache.path()).unwrap();
     let _agent = RunningAgent::start_with(args).await.unwrap();
     let app = ApplicationManifest::new("redirected", ns.name(), &url, ".")
         .application()
@@ -183,8 +182,7 @@ async fn a_tree_with_two_entries_of_one_name_fails_with_the_jail_error_and_write
         .unwrap();
 
     let cache = tempfile::tempdir().unwrap();
-    let mut args = agent_with_git(&env, ns.name(), cache.path()).unwrap();
-    args.controllers = vec![mooring_agent::cli::ControllerKind::Gitops];
+    let args = gitops_agent_args(&env, ns.name(), cache.path()).unwrap();
     let _agent = RunningAgent::start_with(args).await.unwrap();
     let app = ApplicationManifest::new("crafted", ns.name(), &url, "a")
         .application()

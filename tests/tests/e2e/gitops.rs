@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::ResourceExt;
 use kube::api::{Patch, PatchParams, PostParams};
 use mooring_crds::application::Application;
-use mooring_e2e::gitops::{ApplicationManifest, agent_with_git};
+use mooring_e2e::gitops::{ApplicationManifest, gitops_agent_args};
 use mooring_e2e::{GitRepo, RealEnv, RunningAgent, TestNamespace, wait_for};
 
 /// The seed's layout, for destination namespace `ns` and repository `url`.
@@ -123,8 +123,7 @@ async fn ssh_credentials(env: &RealEnv, ns: &TestNamespace, url: &str, known_hos
 
 /// An in-process agent running only the Application controller for `ns`, polling every 2 s.
 async fn agent(env: &RealEnv, ns: &TestNamespace, cache: &Path) -> RunningAgent {
-    let mut args = agent_with_git(env, ns.name(), cache).unwrap();
-    args.controllers = vec![mooring_agent::cli::ControllerKind::Gitops];
+    let args = gitops_agent_args(env, ns.name(), cache).unwrap();
     RunningAgent::start_with(args).await.unwrap()
 }
 
@@ -457,8 +456,7 @@ async fn agents_with_label_selectors_share_the_applications() {
     sharded_application(&ns, "app-b", "b", &url, "b").await;
 
     let start = |shard: &str, cache: &Path| {
-        let mut args = agent_with_git(&env, ns.name(), cache).unwrap();
-        args.controllers = vec![mooring_agent::cli::ControllerKind::Gitops];
+        let mut args = gitops_agent_args(&env, ns.name(), cache).unwrap();
         args.git_allow_file_urls = true;
         args.application_selector = Some(format!("mooring.dev/shard={shard}"));
         RunningAgent::start_with(args)

@@ -227,8 +227,7 @@ async fn an_application_never_applies_a_service_account_token_secret() {
         .await
         .unwrap();
     let cache = tempfile::tempdir().unwrap();
-    let mut args = mooring_e2e::gitops::agent_with_git(&env, ns.name(), cache.path()).unwrap();
-    args.controllers = vec![mooring_agent::cli::ControllerKind::Gitops];
+    let args = mooring_e2e::gitops::gitops_agent_args(&env, ns.name(), cache.path()).unwrap();
     let _agent = RunningAgent::start_with(args).await.unwrap();
     let app = mooring_e2e::gitops::ApplicationManifest::new("tokens", ns.name(), &url, "app")
         .application()

@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::ResourceExt;
 use kube::api::PostParams;
 use mooring_crds::application::Application;
-use mooring_e2e::gitops::{ApplicationManifest, agent_with_git};
+use mooring_e2e::gitops::{ApplicationManifest, gitops_agent_args};
 use mooring_e2e::{GitRepo, RealEnv, RunningAgent, TestNamespace, wait_for};
 
 const ARGO_MANAGER: &str = "argocd-controller";
@@ -86,8 +86,7 @@ async fn argo_cd_objects_are_taken_over_in_place_and_never_pruned_unseen() {
         .unwrap();
 
     let cache = tempfile::tempdir().unwrap();
-    let mut args = agent_with_git(&env, ns.name(), cache.path()).unwrap();
-    args.controllers = vec![mooring_agent::cli::ControllerKind::Gitops];
+    let mut args = gitops_agent_args(&env, ns.name(), cache.path()).unwrap();
     args.git_allow_file_urls = true;
     let agent = RunningAgent::start_with(args).await.unwrap();
     ns.apply_application(&app).await.unwrap();

@@ -6,7 +6,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 
 use k8s_openapi::api::core::v1::ConfigMap;
-use mooring_e2e::gitops::{ApplicationManifest, agent_with_git};
+use mooring_e2e::gitops::{ApplicationManifest, gitops_agent_args};
 use mooring_e2e::{GitRepo, RealEnv, RunningAgent, TestNamespace, binary, wait_for};
 
 /// `mooring render-exec --required --read <dir> -- /bin/cat <file>`: its exit status and stderr.
@@ -84,8 +84,7 @@ async fn a_kustomization_cannot_read_the_agents_token() {
         .await
         .unwrap();
 
-    let mut args = agent_with_git(&env, ns.name(), cache.path()).unwrap();
-    args.controllers = vec![mooring_agent::cli::ControllerKind::Gitops];
+    let mut args = gitops_agent_args(&env, ns.name(), cache.path()).unwrap();
     args.kustomize_path = token_thief(tools.path(), &token);
     args.render_sandbox = mooring_agent::gitops::render::SandboxMode::Required;
     let _agent = RunningAgent::start_with(args).await.unwrap();

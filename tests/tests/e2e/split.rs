@@ -13,7 +13,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::Api;
 use kube::api::{ListParams, ObjectMeta, PostParams};
-use mooring_e2e::gitops::{ApplicationManifest, agent_with_git};
+use mooring_e2e::gitops::{ApplicationManifest, gitops_agent_args};
 use mooring_e2e::{GitRepo, RealEnv, RunningAgent, TestNamespace, token_kubeconfig};
 use mooring_sealing::SealingCertificate;
 use serde_json::Value;
@@ -139,9 +139,8 @@ async fn the_split_install_keeps_the_sync_engine_away_from_secrets() {
 
     // The sync engine, in its own namespace, as its own ServiceAccount.
     let cache = gitops_dir.path().join("git-cache");
-    let mut args = agent_with_git(&env, gitops_ns.name(), &cache).unwrap();
+    let mut args = gitops_agent_args(&env, gitops_ns.name(), &cache).unwrap();
     args.cluster.kubeconfig = Some(gitops_kubeconfig);
-    args.controllers = vec![mooring_agent::cli::ControllerKind::Gitops];
     let _gitops_agent = RunningAgent::start_with(args).await.unwrap();
     let app = ApplicationManifest::new("app", apps.name(), &url, "app")
         .application()

@@ -12,7 +12,7 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
 use mooring_crds::application::Application;
-use mooring_e2e::gitops::agent_with_git;
+use mooring_e2e::gitops::gitops_agent_args;
 use mooring_e2e::{GitRepo, RealEnv, RunningAgent, TestNamespace, git, wait_for};
 use serde_json::{Value, json};
 
@@ -57,8 +57,7 @@ impl Fixture {
             .unwrap();
         write_secret(&ns, webhook_secrets(GITHUB, true)).await;
         let cache = tempfile::tempdir().unwrap();
-        let mut args = agent_with_git(&env, ns.name(), cache.path()).unwrap();
-        args.controllers = vec![mooring_agent::cli::ControllerKind::Gitops];
+        let mut args = gitops_agent_args(&env, ns.name(), cache.path()).unwrap();
         args.default_poll_interval = Duration::from_secs(3600);
         let agent = RunningAgent::start_with(args).await.unwrap();
         for app in ["a", "b"] {
