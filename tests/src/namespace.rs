@@ -21,8 +21,11 @@ pub struct TestNamespace {
 }
 
 impl TestNamespace {
-    /// Creates `<prefix>-<random suffix>`.
+    /// Creates `<prefix>-<random suffix>`, after making sure (once per test process) that
+    /// mooring's CRDs are installed: a test must not depend on another having run first.
     pub async fn create(env: &RealEnv, prefix: &str) -> anyhow::Result<TestNamespace> {
+        static CRDS: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+        CRDS.get_or_try_init(|| env.install_crds()).await?;
         let config = env.admin_config().await?;
         let client = Client::try_from(config.clone())?;
         let namespace = Namespace {
