@@ -95,10 +95,34 @@ pub async fn fetch_and_render(
     let checkout = cache
         .resolve(&source.repo_url, revision, credentials.as_ref())
         .await?;
+    render_checkout(checkout, source, limits).await
+}
+
+/// Renders `source.path` of `checkout`.
+async fn render_checkout(
+    checkout: Checkout,
+    source: &ApplicationSource,
+    limits: &RenderLimits,
+) -> Result<Rendered, SourceError> {
     let options = render_options(source, limits.clone());
     let path = source.path.as_deref().unwrap_or(".");
     let objects = crate::gitops::render::render(&checkout.root, path, &options).await?;
     Ok(Rendered { checkout, objects })
+}
+
+fn source_error(error: SourceError) -> application::SourceError {
+    application::SourceError {
+        reason: error.reason(),
+        message: crate::errors::error_chain(&error),
+        retryable: error.is_retryable(),
+    }
+}
+
+fn desired(rendered: Rendered) -> application::Desired {
+    application::Desired {
+        revision: rendered.checkout.commit,
+        objects: rendered.objects,
+    }
 }
 
 /// The Application controller's [`application::Source`]: [`fetch_and_render`] with the agent's
@@ -143,15 +167,27 @@ impl application::Source for GitSource {
                 &self.limits,
             )
             .await
-            .map_err(|error| application::SourceError {
-                reason: error.reason(),
-                message: crate::errors::error_chain(&error),
-                retryable: error.is_retryable(),
-            })?;
-            Ok(application::Desired {
-                revision: rendered.checkout.commit,
-                objects: rendered.objects,
-            })
+            .map_err(source_error)?;
+            Ok(desired(rendered))
+        })
+    }
+
+    fn desired_again<'a>(
+        &'a self,
+        app: &'a Application,
+        commit: &'a str,
+    ) -> BoxFuture<'a, Result<application::Desired, application::SourceError>> {
+        Box::pin(async move {
+            let source = &app.spec.source;
+            let revision = source.target_revision.as_deref().unwrap_or("HEAD");
+            match self.cache.checked_out(&source.repo_url, revision, commit) {
+                Some(checkout) => render_checkout(checkout, source, &self.limits)
+                    .await
+                    .map(desired)
+                    .map_err(source_error),
+                // Gone from the cache: a look at the remote it is.
+                None => self.desired(app).await,
+            }
         })
     }
 }

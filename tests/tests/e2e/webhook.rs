@@ -78,10 +78,10 @@ impl Fixture {
         (fixture, first)
     }
 
-    /// Waits until the Application controller has been idle for a second. A sync writes the
-    /// status and the objects, and those events wake the Application once more (a look that
-    /// resolves the remote again): a commit pushed before that tail ends would be picked up
-    /// without any webhook.
+    /// Waits until the Application controller has been idle for a second, so that what a step
+    /// observes is that step's doing (the drift watches' first list wakes the Applications once
+    /// more after their first sync; that look reuses the commit, see
+    /// `a_sync_does_not_look_at_the_remote_again`).
     async fn settle(&self) {
         let reconciles = "mooring_controller_reconciles_total{controller=\"application\"";
         let in_flight = "mooring_controller_reconciles_in_flight{controller=\"application\"";
@@ -273,6 +273,14 @@ fn github_payload(url: &str, git_ref: &str, after: &str, files: &[&str]) -> Vec<
         "commits": [{"id": after, "added": [], "modified": files, "removed": []}],
     }))
     .unwrap()
+}
+
+#[tokio::test]
+async fn a_sync_does_not_look_at_the_remote_again() {
+    // Two Applications of one repository and branch, each resolved once: their own status
+    // writes (and the objects they applied) wake neither of them for a second look.
+    let (f, _) = Fixture::start("webhook-quiet").await;
+    assert_eq!(f.metric("mooring_git_operations_total{").await, 2.0);
 }
 
 #[tokio::test]

@@ -20,6 +20,7 @@ mod checks;
 mod error;
 mod events;
 mod finalize;
+mod looks;
 mod mode;
 mod orphans;
 mod status;
@@ -32,8 +33,8 @@ use futures::StreamExt;
 use futures::future::BoxFuture;
 use kube::api::DynamicObject;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::{PredicateConfig, WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
 use mooring_crds::app_project::AppProject;
 use mooring_crds::application::{Application, ApplicationStatus, reasons};
@@ -89,6 +90,18 @@ pub struct SourceError {
 pub trait Source: Send + Sync + 'static {
     /// The desired objects of `app` at its `targetRevision`.
     fn desired<'a>(&'a self, app: &'a Application) -> BoxFuture<'a, Result<Desired, SourceError>>;
+
+    /// The desired objects of `app` at `commit`, which its `targetRevision` resolved to a moment
+    /// ago, without asking the remote again where the source keeps that commit. By default (a
+    /// source without a cache) the same as [`Source::desired`].
+    fn desired_again<'a>(
+        &'a self,
+        app: &'a Application,
+        commit: &'a str,
+    ) -> BoxFuture<'a, Result<Desired, SourceError>> {
+        let _ = commit;
+        self.desired(app)
+    }
 }
 
 /// What the controller needs.
@@ -119,6 +132,8 @@ pub struct Context {
     heals: mode::Heals,
     /// The agent's namespace (projects, the default project's reach) and impersonation.
     tenancy: tenancy::Tenancy,
+    /// The commit each Application's last look at its repository found.
+    looks: looks::Looks,
 }
 
 impl Context {
@@ -150,6 +165,7 @@ impl Context {
             failures: Failures::default(),
             heals: Mutex::default(),
             tenancy: tenancy::Tenancy::default(),
+            looks: looks::Looks::default(),
         }
     }
 
@@ -222,7 +238,16 @@ pub async fn run(
     if let Some(selector) = &ctx.selector {
         config = config.labels(selector);
     }
-    let controller = Controller::new(api, config);
+    // Only what the user or a webhook changed wakes an Application: its spec (generation), its
+    // metadata (the refresh annotation, labels) or its deletion. The controller's own status
+    // writes do not, so a sync is not followed by a second look at the remote.
+    let (reader, writer) = reflector::store();
+    let changes = watcher(api, config)
+        .default_backoff()
+        .reflect(writer)
+        .touched_objects()
+        .predicate_filter(looks::wakes_on, PredicateConfig::default());
+    let controller = Controller::for_stream(changes, reader);
     // A project created or changed wakes the Applications naming it (one outside the agent's
     // namespace is admitted as soon as a project lists its namespace).
     let store = controller.store();
@@ -309,6 +334,7 @@ async fn reconcile(cached: Arc<Application>, ctx: Arc<Context>) -> Result<Action
     };
     let engine = tenancy::engine_for(&ctx, &project, service_account.as_ref()).await?;
     if app.metadata.deletion_timestamp.is_some() {
+        ctx.looks.forget(&app);
         return finalize::finalize(&ctx, &engine, &app, &id).await;
     }
     let mut conditions: Vec<Condition> =
@@ -328,6 +354,7 @@ async fn reconcile(cached: Arc<Application>, ctx: Arc<Context>) -> Result<Action
     let desired = match fetch_desired(&ctx, &app).await {
         Ok(desired) => desired,
         Err(error) => {
+            ctx.looks.forget(&app);
             events::source_failed(&ctx, &app, &error).await;
             let status = status::source_failed(previous, conditions, &error);
             status::write(&ctx, &app, status).await?;
@@ -396,10 +423,22 @@ async fn read_current(ctx: &Context, id: &AppId) -> Result<Option<Application>, 
         })
 }
 
-/// Fetches and renders the desired state, timing it.
+/// Fetches and renders the desired state, timing it: at the commit of the last look if that is
+/// still good (see [`looks`]), else at whatever `targetRevision` resolves to now.
 async fn fetch_desired(ctx: &Context, app: &Application) -> Result<Desired, SourceError> {
     let fetch_started = std::time::Instant::now();
-    let fetched = ctx.source.desired(app).await;
+    let interval = mode::poll_interval(app, ctx.default_poll_interval);
+    let fetched = match ctx.looks.reusable(app, interval) {
+        Some(commit) => ctx.source.desired_again(app, &commit).await,
+        None => {
+            let looked_at = tokio::time::Instant::now();
+            let fetched = ctx.source.desired(app).await;
+            if let Ok(desired) = &fetched {
+                ctx.looks.record(app, &desired.revision, looked_at);
+            }
+            fetched
+        }
+    };
     ctx.metrics
         .source_seconds
         .observe(fetch_started.elapsed().as_secs_f64());

@@ -208,7 +208,8 @@ pub(super) fn poll(app: &Application, default: Duration) -> Duration {
     with_jitter(poll_interval(app, default))
 }
 
-fn poll_interval(app: &Application, default: Duration) -> Duration {
+/// `spec.pollInterval`, else `default`, without jitter.
+pub(super) fn poll_interval(app: &Application, default: Duration) -> Duration {
     app.spec
         .poll_interval
         .as_deref()

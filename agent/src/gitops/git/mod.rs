@@ -387,6 +387,19 @@ impl GitCache {
         }
     }
 
+    /// The checkout of `commit` if `revision` of `url` resolved to it before and its tree is
+    /// still on disk; no network.
+    pub fn checked_out(&self, url: &str, revision: &str, commit: &str) -> Option<Checkout> {
+        let root = tree_dir(
+            &self.dir.join(entry_key(url, &Revision::parse(revision))),
+            commit,
+        );
+        root.is_dir().then(|| Checkout {
+            commit: commit.to_string(),
+            root,
+        })
+    }
+
     /// Checks out `revision` (branch, tag, full commit SHA or `HEAD`) of `url`.
     ///
     /// A cheap remote-ref check (ls-remote) comes first; the shallow single-ref fetch and the
