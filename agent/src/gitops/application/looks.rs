@@ -59,6 +59,18 @@ impl Looks {
             .then(|| look.revision.clone())
     }
 
+    /// When the next look at the remote is due: `poll` from now, or sooner if the last look
+    /// (reused since) was made earlier. Drift every few seconds must not put off the poll.
+    pub(super) fn due_in(&self, app: &Application, poll: Duration) -> Duration {
+        let Some(uid) = app.uid() else { return poll };
+        match lock(&self.0).get(&uid) {
+            Some(look) => poll
+                .saturating_sub(look.at.elapsed())
+                .max(Duration::from_secs(1)),
+            None => poll,
+        }
+    }
+
     /// Remembers that a look started at `at` found `revision`.
     pub(super) fn record(&self, app: &Application, revision: &str, at: Instant) {
         let Some(uid) = app.uid() else { return };
@@ -106,6 +118,10 @@ mod tests {
         assert_eq!(looks.reusable(&app(1, None), poll), None, "never looked");
         looks.record(&app(1, None), "abc", Instant::now());
         assert_eq!(looks.reusable(&app(1, None), poll).as_deref(), Some("abc"));
+        tokio::time::advance(Duration::from_secs(60)).await;
+        // Reused a minute later (drift): the next look stays due at the poll interval.
+        assert_eq!(looks.reusable(&app(1, None), poll).as_deref(), Some("abc"));
+        assert_eq!(looks.due_in(&app(1, None), poll), Duration::from_secs(120));
         // A status write changes neither the generation nor the annotations.
         let mut with_status = app(1, None);
         with_status.status = Some(Default::default());

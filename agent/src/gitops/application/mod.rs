@@ -361,6 +361,7 @@ async fn reconcile(cached: Arc<Application>, ctx: Arc<Context>) -> Result<Action
             return Err(error.into());
         }
     };
+    let poll = ctx.looks.due_in(&app, poll);
     checks::note_sync_hooks(&mut conditions, &desired.objects);
     // Every object is checked before anything is written: one the project refuses stops the
     // whole sync (Argo CD does the same), and nothing is pruned either.
