@@ -249,6 +249,10 @@ pub struct RunArgs {
     /// `spec.pollInterval` says otherwise (Go duration; a random jitter of up to 10% is added).
     #[arg(long, default_value = "3m", value_parser = go_duration, env = "MOORING_DEFAULT_POLL_INTERVAL")]
     pub default_poll_interval: Duration,
+    /// The shortest `spec.pollInterval` honoured: an Application asking for less polls this
+    /// often, so one tenant cannot hammer a Git host (webhooks make syncs immediate instead).
+    #[arg(long, default_value = "10s", value_parser = go_duration, env = "MOORING_MIN_POLL_INTERVAL")]
+    pub min_poll_interval: Duration,
     /// The largest fraction of an Application's inventory one sync may prune; more is refused
     /// with a `PrunePending` condition (0 to 1).
     #[arg(long, default_value_t = 0.5, value_parser = fraction, env = "MOORING_MAX_PRUNE_FRACTION")]

@@ -35,6 +35,7 @@ pub(crate) fn start(wiring: &Wiring<'_>) -> Job {
             args.max_prune_fraction,
             args.default_poll_interval,
         )
+        .with_min_poll_interval(args.min_poll_interval)
         .with_tenancy(args.namespace.clone(), args.cluster.kubeconfig.clone())
         .with_argocd_api(args.argocd_api)
         .with_selector(args.application_selector.clone())

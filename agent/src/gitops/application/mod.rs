@@ -118,6 +118,8 @@ pub struct Context {
     pub max_prune_fraction: f64,
     /// How often an Application is looked at without a trigger (`spec.pollInterval` wins).
     pub default_poll_interval: Duration,
+    /// The shortest `spec.pollInterval` honoured.
+    pub min_poll_interval: Duration,
     /// Only Applications matching this label selector (sharding across agents).
     selector: Option<String>,
     /// Sync slots, queue depth and results; shutdown waits for the running syncs.
@@ -153,6 +155,7 @@ impl Context {
             events,
             max_prune_fraction,
             default_poll_interval,
+            min_poll_interval: mode::Polling::default().min,
             selector: None,
             reconciles: Reconciles::new(
                 CONTROLLER,
@@ -189,6 +192,19 @@ impl Context {
     pub fn with_argocd_api(mut self, argocd_api: bool) -> Context {
         self.tenancy.argocd_api = argocd_api;
         self
+    }
+
+    /// Polls at most this often, whatever an Application's `spec.pollInterval` says.
+    pub fn with_min_poll_interval(mut self, min: Duration) -> Context {
+        self.min_poll_interval = min;
+        self
+    }
+
+    fn polling(&self) -> mode::Polling {
+        mode::Polling {
+            default: self.default_poll_interval,
+            min: self.min_poll_interval,
+        }
     }
 
     /// Reports reconciles, errors, queue depth and durations into the agent's shared metrics.
@@ -309,7 +325,7 @@ async fn reconcile(cached: Arc<Application>, ctx: Arc<Context>) -> Result<Action
     let Some(app) = read_current(&ctx, &id).await? else {
         return Ok(Action::await_change());
     };
-    let poll = mode::poll(&app, ctx.default_poll_interval);
+    let poll = mode::poll(&app, ctx.polling());
     let previous = app.status.clone().unwrap_or_default();
     let (project, service_account) = match tenancy::admit(&ctx, &app).await? {
         tenancy::Admission::Ignored => {
@@ -428,7 +444,7 @@ async fn read_current(ctx: &Context, id: &AppId) -> Result<Option<Application>, 
 /// still good (see [`looks`]), else at whatever `targetRevision` resolves to now.
 async fn fetch_desired(ctx: &Context, app: &Application) -> Result<Desired, SourceError> {
     let fetch_started = std::time::Instant::now();
-    let interval = mode::poll_interval(app, ctx.default_poll_interval);
+    let interval = mode::poll_interval(app, ctx.polling());
     let fetched = match ctx.looks.reusable(app, interval) {
         Some(commit) => ctx.source.desired_again(app, &commit).await,
         None => {

@@ -203,19 +203,39 @@ pub(super) fn retry_delay(app: &Application, attempts: u32, retryable: bool) -> 
     }
 }
 
-/// The poll interval of `app` (`spec.pollInterval`, else `default`), with jitter.
-pub(super) fn poll(app: &Application, default: Duration) -> Duration {
-    with_jitter(poll_interval(app, default))
+/// How often Applications look at their repositories without a trigger.
+#[derive(Clone, Copy, Debug)]
+pub struct Polling {
+    /// Without `spec.pollInterval` (`--default-poll-interval`).
+    pub default: Duration,
+    /// The shortest `spec.pollInterval` honoured; shorter ones poll this often
+    /// (`--min-poll-interval`), so one Application cannot hammer a Git host.
+    pub min: Duration,
 }
 
-/// `spec.pollInterval`, else `default`, without jitter.
-pub(super) fn poll_interval(app: &Application, default: Duration) -> Duration {
+impl Default for Polling {
+    fn default() -> Polling {
+        Polling {
+            default: Duration::from_secs(180),
+            min: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The poll interval of `app`, with jitter.
+pub(super) fn poll(app: &Application, polling: Polling) -> Duration {
+    with_jitter(poll_interval(app, polling))
+}
+
+/// `spec.pollInterval` (at least `polling.min`), else `polling.default`; without jitter.
+pub(super) fn poll_interval(app: &Application, polling: Polling) -> Duration {
     app.spec
         .poll_interval
         .as_deref()
         .and_then(|text| crate::duration::parse(text).ok())
         .filter(|d| !d.is_zero())
-        .unwrap_or(default)
+        .map(|d| d.max(polling.min))
+        .unwrap_or(polling.default)
 }
 
 /// `interval` plus a random 0–10%, so Applications started together (an agent restart, an
@@ -232,6 +252,31 @@ mod tests {
 
     fn app(spec: ApplicationSpec) -> Application {
         Application::new("web", spec)
+    }
+
+    #[test]
+    fn a_poll_interval_is_at_least_the_minimum() {
+        let polling = Polling {
+            default: Duration::from_secs(180),
+            min: Duration::from_secs(10),
+        };
+        let with = |interval: Option<&str>| {
+            poll_interval(
+                &app(ApplicationSpec {
+                    poll_interval: interval.map(str::to_string),
+                    ..Default::default()
+                }),
+                polling,
+            )
+        };
+        assert_eq!(with(None), Duration::from_secs(180));
+        assert_eq!(with(Some("1m")), Duration::from_secs(60));
+        assert_eq!(with(Some("1s")), Duration::from_secs(10));
+        assert_eq!(
+            with(Some("0s")),
+            Duration::from_secs(180),
+            "zero: the default"
+        );
     }
 
     #[test]
