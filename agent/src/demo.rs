@@ -599,8 +599,9 @@ spec:
                 self.vault_path
             ),
         )?;
-        // Staging runs no pod (this control plane has no nodes); production would run one.
-        for (overlay, replicas) in [("staging", 0), ("production", 1)] {
+        // Staging runs one pod (on the realenv's kwok Nodes, so its Application turns Healthy
+        // once the pod is Ready); production would run two.
+        for (overlay, replicas) in [("staging", 1), ("production", 2)] {
             self.write(
                 &format!("apps/platform-api/overlays/{overlay}/kustomization.yaml"),
                 "resources:\n  - ../../base\npatches:\n  - path: replicas.yaml\n",

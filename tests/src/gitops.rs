@@ -8,7 +8,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
-use mooring_crds::application::{Application, SyncState};
+use mooring_crds::application::{Application, HealthState, HealthStatus, SyncState};
 
 use crate::{GitRepo, RealEnv, TestNamespace, wait_for};
 
@@ -222,6 +222,19 @@ impl TestNamespace {
         }
     }
 
+    /// Waits (at most `timeout`) until Application `name` reports health `state`, and returns
+    /// it.
+    pub async fn wait_for_health(
+        &self,
+        name: &str,
+        state: HealthState,
+        timeout: Duration,
+    ) -> anyhow::Result<Application> {
+        let what = format!("Application {name} {state:?}");
+        self.wait_for_application(&what, name, timeout, |app| has_health(app, state))
+            .await
+    }
+
     /// Waits (at most 90 s) until Application `name` reports `revision` Synced.
     pub async fn wait_for_synced_at(
         &self,
@@ -234,6 +247,16 @@ impl TestNamespace {
         })
         .await
     }
+}
+
+/// The health `app` last reported.
+pub fn health(app: &Application) -> Option<&HealthStatus> {
+    app.status.as_ref()?.health.as_ref()
+}
+
+/// Whether `app` reports health `state`.
+pub fn has_health(app: &Application, state: HealthState) -> bool {
+    health(app).is_some_and(|h| h.status == state)
 }
 
 /// Whether `app` reports Synced.

@@ -8,7 +8,8 @@
 //! - [`RunningAgent`] runs the agent in-process, [`AgentProcess`] as the built binary;
 //! - [`GitRepo`] is a repository of a test's own, [`TestHost`] a network namespace of its own;
 //! - [`external_secrets`] creates stores and ExternalSecrets and waits for their conditions;
-//! - [`gitops`] writes Application manifests and waits for their status.
+//! - [`gitops`] writes Application manifests and waits for their status;
+//! - [`workloads`] knows the kwok Nodes that make pods run, complete or fail.
 //!
 //! A missing environment is an error, never a skip: the suite runs against real peers or fails.
 
@@ -22,6 +23,7 @@ mod host;
 mod namespace;
 mod process;
 mod wait;
+pub mod workloads;
 
 pub use agent::{RunningAgent, agent, scrape};
 pub use door::Door;

@@ -940,12 +940,15 @@ async fn a_later_sync_wave_waits_until_the_earlier_one_is_healthy() {
         namespace: ns.name().into(),
         name: "waves".into(),
     };
-    // The test cluster has no nodes: this Job's pod never runs, so the Job stays Progressing.
+    // This Job's pod stays in ContainerCreating for an hour on its kwok Node (the realenv's
+    // mooring.dev/kwok-ready-delay), so the Job stays Progressing for the whole test.
     let job = object(json!({
         "apiVersion": "batch/v1", "kind": "Job",
         "metadata": {"name": "migrate", "namespace": ns.name(),
             "annotations": {"argocd.argoproj.io/sync-wave": "-1"}},
-        "spec": {"backoffLimit": 0, "template": {"spec": {"restartPolicy": "Never",
+        "spec": {"backoffLimit": 0, "template": {
+            "metadata": {"annotations": {"mooring.dev/kwok-ready-delay": "1h"}},
+            "spec": {"restartPolicy": "Never",
             "containers": [{"name": "migrate", "image": "registry.invalid/migrate:1"}]}}}
     }));
     let mut after = config_map("after-migration", ns.name(), "x");

@@ -1,20 +1,49 @@
 //! The demo's cluster side (`mooring demo`, what `./dev demo` runs after starting the agent) in a
 //! test namespace: seed repository with a SealedSecret sealed by the real `kubeseal` and an
-//! ExternalSecret reading the real OpenBao, root Application, everything synced; then a commit
-//! to the staging overlay is followed, and a second run reuses the repository.
+//! ExternalSecret reading the real OpenBao, root Application, everything synced and Healthy (the
+//! staging Deployment's pod really runs, on a kwok Node); then a commit to the staging overlay
+//! is followed, and a second run reuses the repository.
 
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
 use mooring_agent::demo::{Demo, EXTERNAL_NAME, SEALED_NAME};
+use mooring_crds::application::HealthState;
 use mooring_e2e::gitops::agent_with_git;
+use mooring_e2e::workloads::wait_for_ready_nodes;
 use mooring_e2e::{RealEnv, RunningAgent, TestNamespace, wait_for};
+
+/// Waits until the staging Deployment has `replicas` available pods, then until both demo
+/// Applications report Healthy.
+async fn wait_healthy(ns: &TestNamespace, replicas: i32, timeout: Duration) {
+    let deployments = ns.api::<Deployment>();
+    let what = format!("the staging Deployment with {replicas} available replicas");
+    wait_for(&what, timeout, || {
+        let deployments = deployments.clone();
+        async move {
+            let deployment = deployments.get("platform-api").await.ok()?;
+            let wanted = deployment.spec?.replicas == Some(replicas);
+            let available = deployment.status?.available_replicas == Some(replicas);
+            (wanted && available).then_some(())
+        }
+    })
+    .await
+    .unwrap();
+    for name in ["platform-api", "root"] {
+        ns.wait_for_health(name, HealthState::Healthy, timeout)
+            .await
+            .unwrap();
+    }
+}
 
 #[tokio::test]
 async fn the_demo_syncs_the_seed_layout_with_both_secret_kinds_and_follows_a_commit() {
     let env = RealEnv::load().unwrap();
     let client = env.admin_client().await.unwrap();
+    wait_for_ready_nodes(&env, Duration::from_secs(60))
+        .await
+        .unwrap();
     mooring_agent::install::apply_crds(&client, Duration::from_secs(60))
         .await
         .unwrap();
@@ -64,11 +93,14 @@ async fn the_demo_syncs_the_seed_layout_with_both_secret_kinds_and_follows_a_com
 
     demo.bootstrap().await.unwrap();
     demo.wait_synced(&head, timeout).await.unwrap();
+    // Staging runs one replica: the Applications are Healthy once its pod is Ready.
+    wait_healthy(&ns, 1, timeout).await;
     let status = demo.status().await.unwrap();
     let table = status.to_string();
     for app in &status.applications {
         assert_eq!(app.sync, "Synced", "{table}");
         assert_eq!(app.revision.as_deref(), Some(head.as_str()), "{table}");
+        assert_eq!(app.health, "Healthy", "{table}");
     }
     let row = |name: &str| {
         status
@@ -104,21 +136,13 @@ async fn the_demo_syncs_the_seed_layout_with_both_secret_kinds_and_follows_a_com
     // What the demo tells the user to do: edit the staging overlay and commit.
     let replicas = "apps/platform-api/overlays/staging/replicas.yaml";
     let text = std::fs::read_to_string(demo.repo().join(replicas)).unwrap();
-    demo.write(replicas, &text.replace("replicas: 0", "replicas: 1"))
+    assert!(text.contains("replicas: 1"), "{text}");
+    demo.write(replicas, &text.replace("replicas: 1", "replicas: 2"))
         .unwrap();
-    let second = demo.commit("staging: one replica").unwrap();
+    let second = demo.commit("staging: two replicas").unwrap();
     assert_ne!(second, head);
     demo.wait_synced(&second, timeout).await.unwrap();
-    let deployments = ns.api::<Deployment>();
-    wait_for("the staging Deployment at 1 replica", timeout, || {
-        let deployments = deployments.clone();
-        async move {
-            let spec = deployments.get("platform-api").await.ok()?.spec?;
-            (spec.replicas == Some(1)).then_some(())
-        }
-    })
-    .await
-    .unwrap();
+    wait_healthy(&ns, 2, timeout).await;
 
     // A second run reuses the repository: the user's commit stays, the SealedSecret still
     // decrypts, so nothing is resealed or committed.

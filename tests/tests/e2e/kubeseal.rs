@@ -12,7 +12,7 @@ use tokio::io::AsyncWriteExt;
 
 use k8s_openapi::api::core::v1::{
     Container, EndpointAddress, EndpointPort, EndpointSubset, Endpoints, ObjectReference, Pod,
-    PodSpec, Service, ServicePort, ServiceSpec,
+    PodSchedulingGate, PodSpec, Service, ServicePort, ServiceSpec,
 };
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointPort as SlicePort, EndpointSlice};
 use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
@@ -102,8 +102,9 @@ impl Cluster {
 
 /// The Service `mooring` with port `http`, and its endpoints at the test host, as a cluster's
 /// kubelet and endpoint controllers would record them. The API server proxies only to addresses
-/// that belong to a Pod with that IP, and this cluster has no kubelet: the test records the Pod
-/// and its IP itself.
+/// that belong to a Pod with that IP, and no kubelet runs the agent at the test host: the test
+/// records the Pod and its IP itself. A scheduling gate keeps the Pod off the kwok Nodes, whose
+/// kwok would report an IP of its own.
 async fn expose(ns: &TestNamespace, host: &TestHost) {
     let pod = Pod {
         metadata: ObjectMeta {
@@ -116,6 +117,9 @@ async fn expose(ns: &TestNamespace, host: &TestHost) {
                 image: Some("mooring:test".into()),
                 ..Default::default()
             }],
+            scheduling_gates: Some(vec![PodSchedulingGate {
+                name: "mooring.dev/runs-at-the-test-host".into(),
+            }]),
             ..Default::default()
         }),
         ..Default::default()

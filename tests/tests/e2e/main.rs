@@ -35,3 +35,4 @@ mod smoke;
 mod split;
 mod tenancy;
 mod webhook;
+mod workloads;

@@ -1,4 +1,4 @@
-//! Health per kind, as Argo CD assesses it (its built-in checks for workloads, Job, PVC and
+//! Health per kind, as Argo CD assesses it (its built-in checks for workloads, Job, Pod, PVC and
 //! Service, and its resource customisations for SealedSecret, ExternalSecret and Application).
 //! Pure functions of the live object's JSON, so every rule is unit-tested.
 
@@ -13,6 +13,7 @@ pub fn assess(group: &str, kind: &str, live: &Value) -> HealthStatus {
         ("apps", "StatefulSet") => stateful_set(live),
         ("apps", "DaemonSet") => daemon_set(live),
         ("batch", "Job") => job(live),
+        ("", "Pod") => pod(live),
         ("", "PersistentVolumeClaim") => persistent_volume_claim(live),
         ("", "Service") => service(live),
         ("apiextensions.k8s.io", "CustomResourceDefinition") => custom_resource_definition(live),
@@ -213,6 +214,115 @@ fn job(live: &Value) -> HealthStatus {
         return status(HealthState::Suspended, "the Job is suspended");
     }
     status(HealthState::Progressing, "the Job is running")
+}
+
+/// Argo CD's annotation for a Pod with restartPolicy OnFailure or Never that should be assessed
+/// like a long-running one (Healthy once Ready) rather than as a finite hook (Progressing while
+/// it runs).
+const IGNORE_RESTART_POLICY_ANNOTATION: &str = "argocd.argoproj.io/ignore-restart-policy";
+
+/// A Pod managed directly (not one a workload owns: those count through their owner).
+fn pod(live: &Value) -> HealthStatus {
+    let restart_policy = live
+        .pointer("/spec/restartPolicy")
+        .and_then(Value::as_str)
+        .unwrap_or("Always");
+    let message = live
+        .pointer("/status/message")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let containers = |pointer: &str| {
+        live.pointer(pointer)
+            .and_then(Value::as_array)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            .to_vec()
+    };
+    let statuses = containers("/status/containerStatuses");
+    // A container that keeps failing to start (CrashLoopBackOff, ImagePullBackOff, ErrImagePull,
+    // CreateContainerConfigError …) degrades a long-running pod; a hook pod (OnFailure, Never)
+    // is left to its phase, so a transient pull error does not fail a sync hook early.
+    if restart_policy == "Always" {
+        let failing: Vec<&str> = statuses
+            .iter()
+            .filter_map(|c| {
+                let waiting = c.pointer("/state/waiting")?;
+                let reason = waiting.get("reason").and_then(Value::as_str)?;
+                let broken = reason.starts_with("Err")
+                    || reason.ends_with("Error")
+                    || reason.ends_with("BackOff");
+                broken.then(|| {
+                    waiting
+                        .get("message")
+                        .and_then(Value::as_str)
+                        .filter(|m| !m.is_empty())
+                        .unwrap_or(reason)
+                })
+            })
+            .collect();
+        if !failing.is_empty() {
+            return status(HealthState::Degraded, failing.join(", "));
+        }
+    }
+    match live.pointer("/status/phase").and_then(Value::as_str) {
+        Some("Pending") => status(HealthState::Progressing, message),
+        Some("Succeeded") => status(HealthState::Healthy, message),
+        Some("Failed") => {
+            if !message.is_empty() {
+                return status(HealthState::Degraded, message);
+            }
+            let mut all = containers("/status/initContainerStatuses");
+            all.extend(statuses);
+            let why = all.iter().find_map(container_failure).unwrap_or_default();
+            status(HealthState::Degraded, why)
+        }
+        Some("Running") => {
+            let long_running = restart_policy == "Always"
+                || live
+                    .pointer("/metadata/annotations")
+                    .and_then(Value::as_object)
+                    .is_some_and(|a| a.contains_key(IGNORE_RESTART_POLICY_ANNOTATION));
+            if !long_running {
+                // A pod with a finite life (usually a hook) is progressing until it ends.
+                return status(HealthState::Progressing, message);
+            }
+            if let Some(("True", _, _)) = condition(live, "Ready") {
+                return status(HealthState::Healthy, message);
+            }
+            let restarted = statuses
+                .iter()
+                .any(|c| c.pointer("/lastState/terminated").is_some());
+            if restarted {
+                status(HealthState::Degraded, message)
+            } else {
+                status(HealthState::Progressing, message)
+            }
+        }
+        _ => status(HealthState::Unknown, message),
+    }
+}
+
+/// Why a terminated container failed: its message, OOMKilled, or a non-zero exit code.
+fn container_failure(container: &Value) -> Option<String> {
+    let terminated = container.pointer("/state/terminated")?;
+    let text = |name| {
+        terminated
+            .get(name)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+    };
+    if !text("message").is_empty() {
+        return Some(text("message").to_owned());
+    }
+    if text("reason") == "OOMKilled" {
+        return Some("OOMKilled".to_owned());
+    }
+    let exit_code = terminated.get("exitCode").and_then(Value::as_i64)?;
+    let name = container
+        .get("name")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    (exit_code != 0).then(|| format!("container {name:?} failed with exit code {exit_code}"))
 }
 
 fn persistent_volume_claim(live: &Value) -> HealthStatus {
@@ -425,6 +535,96 @@ mod tests {
         assert_eq!(state("", "Service", pending_lb), HealthState::Progressing);
         let lb = json!({"spec": {"type": "LoadBalancer"}, "status": {"loadBalancer": {"ingress": [{"ip": "192.0.2.1"}]}}});
         assert_eq!(state("", "Service", lb), HealthState::Healthy);
+    }
+
+    #[test]
+    fn pod_as_argo_cd_assesses_it() {
+        let pod = |restart_policy: &str, status: Value| json!({"spec": {"restartPolicy": restart_policy}, "status": status});
+        let ready =
+            json!({"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]});
+        let starting = json!({"phase": "Running", "conditions": [{"type": "Ready", "status": "False"}],
+            "containerStatuses": [{"name": "main", "state": {"running": {}}}]});
+        let crash_loop = json!({"phase": "Running",
+            "conditions": [{"type": "Ready", "status": "False"}],
+            "containerStatuses": [{"name": "main", "restartCount": 1,
+                "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 10s restarting"}},
+                "lastState": {"terminated": {"exitCode": 1}}}]});
+        let pull_error = json!({"phase": "Pending", "containerStatuses": [{"name": "main",
+            "state": {"waiting": {"reason": "ErrImagePull"}}}]});
+        let exited = json!({"phase": "Failed", "containerStatuses": [{"name": "main",
+            "state": {"terminated": {"exitCode": 1, "reason": "Error"}}}]});
+
+        assert_eq!(
+            state("", "Pod", pod("Always", ready.clone())),
+            HealthState::Healthy
+        );
+        assert_eq!(
+            state("", "Pod", pod("Always", starting)),
+            HealthState::Progressing
+        );
+        assert_eq!(
+            state("", "Pod", pod("Always", json!({"phase": "Pending"}))),
+            HealthState::Progressing
+        );
+        let health = assess("", "Pod", &pod("Always", crash_loop));
+        assert_eq!(health.status, HealthState::Degraded);
+        assert_eq!(health.message.as_deref(), Some("back-off 10s restarting"));
+        let health = assess("", "Pod", &pod("Always", pull_error.clone()));
+        assert_eq!(health.status, HealthState::Degraded);
+        assert_eq!(health.message.as_deref(), Some("ErrImagePull"));
+        // A pod restarted once and not ready again (no waiting reason yet) is Degraded too.
+        let restarted = json!({"phase": "Running", "containerStatuses": [{"name": "main",
+            "state": {"running": {}}, "lastState": {"terminated": {"exitCode": 1}}}]});
+        assert_eq!(
+            state("", "Pod", pod("Always", restarted)),
+            HealthState::Degraded
+        );
+
+        // Finite pods (hooks): Progressing while they run, even when not starting cleanly.
+        assert_eq!(
+            state("", "Pod", pod("Never", ready.clone())),
+            HealthState::Progressing
+        );
+        assert_eq!(
+            state("", "Pod", pod("OnFailure", pull_error)),
+            HealthState::Progressing
+        );
+        let mut ignore = pod("Never", ready);
+        ignore["metadata"] = json!({"annotations": {IGNORE_RESTART_POLICY_ANNOTATION: "true"}});
+        assert_eq!(state("", "Pod", ignore), HealthState::Healthy);
+        assert_eq!(
+            state("", "Pod", pod("Never", json!({"phase": "Succeeded"}))),
+            HealthState::Healthy
+        );
+        let health = assess("", "Pod", &pod("Never", exited));
+        assert_eq!(health.status, HealthState::Degraded);
+        assert_eq!(
+            health.message.as_deref(),
+            Some("container \"main\" failed with exit code 1")
+        );
+        let evicted =
+            json!({"phase": "Failed", "message": "The node was low on resource: memory."});
+        let health = assess("", "Pod", &pod("Always", evicted));
+        assert_eq!(health.status, HealthState::Degraded);
+        assert_eq!(
+            health.message.as_deref(),
+            Some("The node was low on resource: memory.")
+        );
+        let oom = json!({"phase": "Failed", "containerStatuses": [{"name": "main",
+            "state": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}}]});
+        assert_eq!(
+            assess("", "Pod", &pod("Never", oom)).message.as_deref(),
+            Some("OOMKilled")
+        );
+        assert_eq!(
+            state("", "Pod", pod("Always", json!({"phase": "Unknown"}))),
+            HealthState::Unknown
+        );
+        // Pods without a status yet (just created) are not Healthy.
+        assert_eq!(
+            state("", "Pod", pod("Always", json!({}))),
+            HealthState::Unknown
+        );
     }
 
     #[test]
