@@ -9,6 +9,7 @@
 //! - [`GitRepo`] is a repository of a test's own, [`TestHost`] a network namespace of its own;
 //! - [`external_secrets`] creates stores and ExternalSecrets and waits for their conditions;
 //! - [`gitops`] writes Application manifests and waits for their status;
+//! - [`webhook`] signs Git hosts' webhook payloads;
 //! - [`workloads`] knows the kwok Nodes that make pods run, complete or fail.
 //!
 //! A missing environment is an error, never a skip: the suite runs against real peers or fails.
@@ -23,6 +24,7 @@ mod host;
 mod namespace;
 mod process;
 mod wait;
+pub mod webhook;
 pub mod workloads;
 
 pub use agent::{RunningAgent, agent, scrape};

@@ -13,6 +13,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
 use mooring_crds::application::Application;
 use mooring_e2e::gitops::gitops_agent_args;
+use mooring_e2e::webhook::{github_payload, github_push_headers, hmac_sha256_hex as hmac, web_url};
 use mooring_e2e::{GitRepo, RealEnv, RunningAgent, TestNamespace, git, wait_for};
 use serde_json::{Value, json};
 
@@ -117,13 +118,7 @@ impl Fixture {
     /// A GitHub push of `after` to `git_ref` changing `files`, signed with `secret`.
     async fn github_push(&self, secret: &str, git_ref: &str, after: &str, files: &[&str]) -> u16 {
         let body = github_payload(&self.url, git_ref, after, files);
-        let headers = [
-            ("x-github-event", "push".to_owned()),
-            (
-                "x-hub-signature-256",
-                format!("sha256={}", hmac(secret, &body)),
-            ),
-        ];
+        let headers = github_push_headers(secret, &body);
         self.send(&headers, body).await
     }
 
@@ -249,30 +244,6 @@ async fn create_application_at(
         .create(&PostParams::default(), &application)
         .await
         .unwrap();
-}
-
-fn hmac(secret: &str, body: &[u8]) -> String {
-    let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, secret.as_bytes());
-    aws_lc_rs::hmac::sign(&key, body)
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-/// The URL as a Git host's web page names it: no `.git`, the host in capitals.
-fn web_url(url: &str) -> String {
-    url.trim_end_matches(".git")
-        .replace("127.0.0.1", "127.0.0.1".to_uppercase().as_str())
-}
-
-fn github_payload(url: &str, git_ref: &str, after: &str, files: &[&str]) -> Vec<u8> {
-    serde_json::to_vec(&json!({
-        "ref": git_ref, "before": "0".repeat(40), "after": after,
-        "repository": {"html_url": web_url(url), "clone_url": url, "default_branch": "main"},
-        "commits": [{"id": after, "added": [], "modified": files, "removed": []}],
-    }))
-    .unwrap()
 }
 
 #[tokio::test]
