@@ -190,9 +190,15 @@ impl Agent {
         }
         let mut webhook = None;
         if self.args.runs(ControllerKind::Gitops) {
-            controllers.push(gitops::start(&wiring));
-            // Every replica receives webhooks: a refresh is an annotation the leader sees.
-            let (routes, work) = gitops::webhook_start(&wiring);
+            let (controller, source) = gitops::start(&wiring);
+            controllers.push(controller);
+            // Every replica receives webhooks: a refresh is an annotation the leader sees (and
+            // only the leader fetches ahead, into the cache its controller reads).
+            let prefetcher = gitops::webhook::Prefetcher {
+                source,
+                leading: leading.clone(),
+            };
+            let (routes, work) = gitops::webhook_start(&wiring, prefetcher);
             tasks.spawn(stop.until(work));
             webhook = Some(routes);
         }

@@ -14,23 +14,24 @@ use std::sync::Arc;
 use crate::Wiring;
 use crate::controllers::Job;
 
-/// The Application controller, with the Git cache and renderers the flags configure.
-pub(crate) fn start(wiring: &Wiring<'_>) -> Job {
+/// The Application controller, with the Git cache and renderers the flags configure; and that
+/// cache, for the webhook to fetch pushed refs into.
+pub(crate) fn start(wiring: &Wiring<'_>) -> (Job, Arc<source::GitSource>) {
     let args = wiring.args;
     let limits = render::RenderLimits {
         kustomize: args.kustomize(),
         ..Default::default()
     };
-    let source = source::GitSource::new(
+    let source = Arc::new(source::GitSource::new(
         wiring.client.clone(),
         args.namespace.clone(),
         Arc::new(args.git_cache().with_metrics(wiring.metrics.git.clone())),
         limits,
-    );
+    ));
     let context = Arc::new(
         application::Context::new(
             wiring.client.clone(),
-            Arc::new(source),
+            Arc::clone(&source) as Arc<dyn application::Source>,
             wiring.events.clone(),
             args.max_prune_fraction,
             args.default_poll_interval,
@@ -42,16 +43,18 @@ pub(crate) fn start(wiring: &Wiring<'_>) -> Job {
         .with_metrics(wiring.metrics.applications.clone())
         .with_controller_metrics(&wiring.metrics.controllers),
     );
-    Box::pin(application::run(
+    let job = Box::pin(application::run(
         context,
         args.watch_namespace.clone(),
         wiring.stop.signal(),
-    ))
+    ));
+    (job, source)
 }
 
 /// The `/api/webhook` route and its tasks (secret watch, refresh worker).
 pub(crate) fn webhook_start(
     wiring: &Wiring<'_>,
+    prefetcher: webhook::Prefetcher,
 ) -> (axum::Router, impl Future<Output = ()> + Send + 'static) {
     let args = wiring.args;
     webhook::start(
@@ -68,5 +71,6 @@ pub(crate) fn webhook_start(
             rate_limit_burst: args.webhook_rate_limit_burst,
         },
         wiring.metrics.webhook_requests.clone(),
+        Some(prefetcher),
     )
 }

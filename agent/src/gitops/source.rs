@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
+use kube::ResourceExt;
 use kube::api::DynamicObject;
 use mooring_crds::application::{Application, ApplicationSource};
 
@@ -81,6 +82,18 @@ pub fn render_options(source: &ApplicationSource, limits: RenderLimits) -> Rende
     }
 }
 
+/// How long the webhook's look at a pushed branch (the fetch it starts while coalescing) answers
+/// for the Applications it then refreshes: they ask the remote no more. Any other refresh (a
+/// user's) asks the remote itself, so it always sees a push made just before it.
+const WEBHOOK_LOOK: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Whether `app`'s latest refresh request came from the webhook.
+fn refreshed_by_webhook(app: &Application) -> bool {
+    app.annotations()
+        .get(crate::gitops::webhook::REFRESH_ANNOTATION)
+        .is_some_and(|value| value.starts_with(crate::gitops::webhook::REFRESH_PREFIX))
+}
+
 /// Resolves `source.repoURL` at `source.targetRevision` (credentials from the labelled Secrets of
 /// `credentials_namespace`) and renders `source.path` (default: the repository root).
 pub async fn fetch_and_render(
@@ -90,10 +103,28 @@ pub async fn fetch_and_render(
     source: &ApplicationSource,
     limits: &RenderLimits,
 ) -> Result<Rendered, SourceError> {
+    let now = std::time::Duration::ZERO;
+    fetch_and_render_within(client, credentials_namespace, cache, source, limits, now).await
+}
+
+/// [`fetch_and_render`], reusing a look at the remote younger than `max_look_age`.
+async fn fetch_and_render_within(
+    client: &kube::Client,
+    credentials_namespace: &str,
+    cache: &GitCache,
+    source: &ApplicationSource,
+    limits: &RenderLimits,
+    max_look_age: std::time::Duration,
+) -> Result<Rendered, SourceError> {
     let credentials = credentials_for(client, credentials_namespace, &source.repo_url).await?;
     let revision = source.target_revision.as_deref().unwrap_or("HEAD");
     let checkout = cache
-        .resolve(&source.repo_url, revision, credentials.as_ref())
+        .resolve_recent(
+            &source.repo_url,
+            revision,
+            credentials.as_ref(),
+            max_look_age,
+        )
         .await?;
     render_checkout(checkout, source, limits).await
 }
@@ -153,18 +184,42 @@ impl GitSource {
     }
 }
 
+impl crate::gitops::webhook::Prefetch for GitSource {
+    fn prefetch<'a>(
+        &'a self,
+        repo_url: &'a str,
+        revision: &'a str,
+    ) -> BoxFuture<'a, Result<String, String>> {
+        Box::pin(async move {
+            let credentials = credentials_for(&self.client, &self.credentials_namespace, repo_url)
+                .await
+                .map_err(|error| crate::errors::error_chain(&error))?;
+            self.cache
+                .resolve(repo_url, revision, credentials.as_ref())
+                .await
+                .map(|checkout| checkout.commit)
+                .map_err(|error| crate::errors::error_chain(&error))
+        })
+    }
+}
+
 impl application::Source for GitSource {
     fn desired<'a>(
         &'a self,
         app: &'a Application,
     ) -> BoxFuture<'a, Result<application::Desired, application::SourceError>> {
         Box::pin(async move {
-            let rendered = fetch_and_render(
+            let rendered = fetch_and_render_within(
                 &self.client,
                 &self.credentials_namespace,
                 &self.cache,
                 &app.spec.source,
                 &self.limits,
+                if refreshed_by_webhook(app) {
+                    WEBHOOK_LOOK
+                } else {
+                    std::time::Duration::ZERO
+                },
             )
             .await
             .map_err(source_error)?;

@@ -255,6 +255,46 @@ async fn a_sync_does_not_look_at_the_remote_again() {
 }
 
 #[tokio::test]
+async fn applications_refreshed_by_one_push_share_one_look_at_the_remote() {
+    // The window's first push fetches the ref into the cache; both Applications it refreshes
+    // find the commit there instead of each asking the remote (two looks before).
+    let (f, _) = Fixture::start("webhook-shared").await;
+    let operations = "mooring_git_operations_total{";
+    let before = f.metric(operations).await;
+    let second = f
+        .repo
+        .commit_files(
+            &[
+                ("apps/a/configmap.yaml", &configmap("a", "2")),
+                ("apps/b/configmap.yaml", &configmap("b", "2")),
+            ],
+            "both apps",
+        )
+        .unwrap();
+    let files = ["apps/a/configmap.yaml", "apps/b/configmap.yaml"];
+    assert_eq!(
+        f.github_push(GITHUB, "refs/heads/main", &second, &files)
+            .await,
+        202
+    );
+    for app in ["app-a", "app-b"] {
+        f.ns.wait_for_synced_at(app, &second).await.unwrap();
+    }
+    f.settle().await;
+    assert_eq!(
+        f.metric(operations).await - before,
+        1.0,
+        "one look, one fetch"
+    );
+    assert_eq!(
+        f.metric("mooring_git_operations_total{operation=\"fetch\"")
+            .await,
+        2.0,
+        "the first sync's fetch and the push's"
+    );
+}
+
+#[tokio::test]
 async fn a_signed_github_push_syncs_at_once_and_only_the_app_it_touches() {
     let (f, first) = Fixture::start("webhook-github").await;
     let ping = serde_json::to_vec(&json!({"zen": "hi"})).unwrap();

@@ -340,6 +340,8 @@ pub fn redact_url(url: &str) -> String {
 struct Entry {
     /// The last commit checked out, newest last, at most [`KEPT_TREES`].
     trees: Vec<String>,
+    /// When the remote was last asked for the revision, and the commit it named.
+    looked: Option<(tokio::time::Instant, String)>,
 }
 
 /// Trees kept per entry: the current one and the one before, which a render that started just
@@ -411,6 +413,20 @@ impl GitCache {
         revision: &str,
         credentials: Option<&RepoCredentials>,
     ) -> Result<Checkout, GitError> {
+        self.resolve_recent(url, revision, credentials, Duration::ZERO)
+            .await
+    }
+
+    /// [`GitCache::resolve`], but a branch, tag or `HEAD` the remote was asked about less than
+    /// `max_age` ago is answered from that look, without a network call: Applications of one
+    /// repository refreshed together (a webhook push) share one look.
+    pub async fn resolve_recent(
+        &self,
+        url: &str,
+        revision: &str,
+        credentials: Option<&RepoCredentials>,
+        max_age: Duration,
+    ) -> Result<Checkout, GitError> {
         let shown_url = redact_url(url);
         let parsed = Revision::parse(revision);
         remote::check_url(url, &shown_url, self.limits.allow_file_urls)?;
@@ -426,6 +442,18 @@ impl GitCache {
         // the next resolve of this entry must not touch the repository while it still runs.
         let mut guard = entry.lock_owned().await;
         let entry_dir = self.dir.join(&key);
+        if let Some((at, commit)) = &guard.looked
+            && at.elapsed() < max_age
+            && !matches!(parsed, Revision::Commit(_))
+        {
+            let root = tree_dir(&entry_dir, commit);
+            if root.is_dir() {
+                return Ok(Checkout {
+                    commit: commit.clone(),
+                    root,
+                });
+            }
+        }
         if let Revision::Commit(commit) = &parsed {
             let root = tree_dir(&entry_dir, commit);
             // A tree on disk is complete (written aside, then renamed), also one an earlier
@@ -505,6 +533,7 @@ impl GitCache {
         revision: &str,
     ) -> Result<String, GitError> {
         let shown_url = shown_url.to_string();
+        let started = tokio::time::Instant::now();
         let interrupt = Arc::clone(&job.interrupt);
         let (done, finished) = tokio::sync::oneshot::channel();
         let handle = tokio::task::spawn_blocking(move || job.run());
@@ -515,6 +544,7 @@ impl GitCache {
                 _ => None,
             };
             if let Some(commit) = commit {
+                guard.looked = Some((started, commit.clone()));
                 remember_tree(&mut guard, &entry_dir, commit);
             }
             drop(guard);

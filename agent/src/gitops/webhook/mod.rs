@@ -10,8 +10,14 @@
 //! The handler is bounded (body size, read timeout, a rate limit per peer, a queue) and answers
 //! `202` before any work. A worker coalesces the pushes of one (repository, ref) for a short
 //! window, lists the Applications, and sets the `mooring.dev/refresh` annotation on each one
-//! concerned: the Application controller's watch wakes it on every replica's leader, and its
-//! reconcile fetches the new commit.
+//! concerned: the Application controller's watch wakes it on every replica's leader.
+//!
+//! On the leader, the first push of a window also starts fetching the pushed ref into the Git
+//! cache the Application controller reads (one fetch per repository and revision, while the
+//! window is still open): the refreshed Applications then find the commit there and do not ask
+//! the remote again. The commit applied is always the one the remote names for the ref in that
+//! fetch, never the payload's `after` on its own word: a forged or replayed payload cannot
+//! make the agent deploy a commit the branch does not point to.
 
 pub mod matching;
 pub mod providers;
@@ -28,13 +34,14 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use futures::future::BoxFuture;
 use kube::Api;
 use kube::api::{ListParams, Patch, PatchParams};
 use mooring_crds::application::Application;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc, watch};
 
 use self::providers::{Event, GitRef, Provider, Push, Refusal};
 use self::secrets::SharedSecrets;
@@ -42,12 +49,39 @@ use crate::sealed_secrets::api::RateLimiter;
 
 /// The annotation whose change wakes an Application (as `argocd app get --refresh`).
 pub const REFRESH_ANNOTATION: &str = "mooring.dev/refresh";
+/// How the webhook's refresh values start (`webhook <time>`).
+pub const REFRESH_PREFIX: &str = "webhook ";
 /// How many pushes may wait for the worker; beyond it requests get 503.
 const QUEUE: usize = 1024;
 /// How many (repository, ref) windows may be open at once.
 const MAX_PENDING: usize = 10_000;
 /// How long reading one request body may take.
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How many (repository, revision) pairs one push fetches ahead (the Applications of more
+/// fetch on their own).
+const MAX_FETCHED_AHEAD: usize = 8;
+/// How many windows may be refreshing at once.
+const REFRESHING: usize = 4;
+
+/// Fetches a repository's revision into the cache the Application controller reads, as a
+/// reconcile would (same credentials, same checks); returns the commit, or why not.
+pub trait Prefetch: Send + Sync + 'static {
+    /// Fetches `revision` of `repo_url` now.
+    fn prefetch<'a>(
+        &'a self,
+        repo_url: &'a str,
+        revision: &'a str,
+    ) -> BoxFuture<'a, Result<String, String>>;
+}
+
+/// Fetching ahead, on the leader only: another replica's cache is not the one that syncs.
+#[derive(Clone)]
+pub struct Prefetcher {
+    /// The Git cache of the Application controller.
+    pub source: Arc<dyn Prefetch>,
+    /// Whether this replica leads.
+    pub leading: watch::Receiver<bool>,
+}
 
 /// Labels of `mooring_webhook_requests_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -98,6 +132,7 @@ pub fn start(
     scope: Scope,
     settings: WebhookSettings,
     requests: Family<RequestLabels, Counter>,
+    prefetcher: Option<Prefetcher>,
 ) -> (Router, impl Future<Output = ()> + Send + 'static) {
     let shared = SharedSecrets::default();
     let (pushes, queue) = mpsc::channel(QUEUE);
@@ -117,7 +152,15 @@ pub fn start(
     let tasks = async move {
         tokio::join!(
             secrets::watch(client.clone(), agent_namespace, shared),
-            refresh_worker(client, scope, settings.coalesce_window, queue),
+            refresh_worker(
+                Refresher {
+                    client,
+                    scope,
+                    prefetcher,
+                },
+                settings.coalesce_window,
+                queue
+            ),
         );
     };
     (router, tasks)
@@ -292,6 +335,8 @@ async fn receive(
 /// What one coalescing window has collected for one (repository, ref).
 struct Pending {
     push: Push,
+    /// The fetch the first push started: the commits it found.
+    ahead: Option<tokio::task::JoinHandle<BTreeSet<String>>>,
 }
 
 impl Pending {
@@ -317,16 +362,20 @@ impl Pending {
 
 type Key = (String, GitRef);
 
-/// Collects pushes per (repository, ref) for `window` after the first one, then refreshes the
-/// Applications they concern once.
-async fn refresh_worker(
+/// What the worker needs to refresh Applications.
+#[derive(Clone)]
+struct Refresher {
     client: kube::Client,
     scope: Scope,
-    window: Duration,
-    mut queue: mpsc::Receiver<Push>,
-) {
+    prefetcher: Option<Prefetcher>,
+}
+
+/// Collects pushes per (repository, ref) for `window` after the first one, then refreshes the
+/// Applications they concern once.
+async fn refresh_worker(refresher: Refresher, window: Duration, mut queue: mpsc::Receiver<Push>) {
     let mut pending: HashMap<Key, Pending> = HashMap::new();
     let (due_tx, mut due) = mpsc::unbounded_channel::<Key>();
+    let slots = Arc::new(Semaphore::new(REFRESHING));
     loop {
         tokio::select! {
             push = queue.recv() => {
@@ -336,7 +385,10 @@ async fn refresh_worker(
                 if let Some(open) = pending.get_mut(&key) {
                     open.merge(push);
                 } else if pending.len() < MAX_PENDING {
-                    pending.insert(key.clone(), Pending { push });
+                    let ahead = refresher.leading_prefetch().map(|source| {
+                        tokio::spawn(fetch_ahead(refresher.clone(), source, push.clone()))
+                    });
+                    pending.insert(key.clone(), Pending { push, ahead });
                     let due_tx = due_tx.clone();
                     tokio::spawn(async move {
                         tokio::time::sleep(window).await;
@@ -348,66 +400,136 @@ async fn refresh_worker(
             }
             key = due.recv() => {
                 let Some(key) = key else { return };
-                if let Some(Pending { push }) = pending.remove(&key) {
-                    refresh(&client, &scope, &push).await;
-                }
+                let Some(Pending { push, ahead }) = pending.remove(&key) else { continue };
+                let Ok(slot) = Arc::clone(&slots).acquire_owned().await else { return };
+                let refresher = refresher.clone();
+                tokio::spawn(async move {
+                    let _slot = slot;
+                    refresher.finish_fetch(ahead, &push).await;
+                    refresher.refresh(&push).await;
+                });
             }
         }
     }
 }
 
-/// Sets the refresh annotation on every Application `push` concerns.
-async fn refresh(client: &kube::Client, scope: &Scope, push: &Push) {
-    let api: Api<Application> = match &scope.namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
-    let mut params = ListParams::default();
-    if let Some(selector) = &scope.selector {
-        params = params.labels(selector);
+impl Refresher {
+    /// The cache to fetch ahead into, if this replica leads.
+    fn leading_prefetch(&self) -> Option<Arc<dyn Prefetch>> {
+        let prefetcher = self.prefetcher.as_ref()?;
+        let leading = *prefetcher.leading.borrow();
+        leading.then(|| Arc::clone(&prefetcher.source))
     }
-    let apps = match api.list(&params).await {
-        Ok(list) => list.items,
-        Err(error) => {
-            tracing::warn!(%error, "failed to list Applications for a webhook push");
+
+    /// Waits for the fetch the window's first push started; fetches once more if the window's
+    /// newest push names a commit that fetch did not find (a later push in the window).
+    async fn finish_fetch(
+        &self,
+        ahead: Option<tokio::task::JoinHandle<BTreeSet<String>>>,
+        push: &Push,
+    ) {
+        let Some(ahead) = ahead else { return };
+        let found = ahead.await.unwrap_or_default();
+        let Some(after) = &push.after else { return };
+        if found.contains(after) {
             return;
         }
-    };
-    let repos: BTreeSet<String> = push
-        .repo_urls
-        .iter()
-        .map(|url| matching::normalize_repo_url(url))
-        .collect();
-    let stamp = jiff::Timestamp::now().to_string();
-    let mut refreshed = 0usize;
-    for app in apps
-        .iter()
-        .filter(|app| matching::concerns(app, push, &repos))
-    {
-        let (Some(namespace), Some(name)) = (&app.metadata.namespace, &app.metadata.name) else {
-            continue;
-        };
-        let patch = serde_json::json!({
-            "metadata": {"annotations": {REFRESH_ANNOTATION: format!("webhook {stamp}")}}
-        });
-        let namespaced: Api<Application> = Api::namespaced(client.clone(), namespace);
-        match namespaced
-            .patch(name, &PatchParams::default(), &Patch::Merge(patch))
-            .await
-        {
-            Ok(_) => refreshed += 1,
-            Err(error) => {
-                tracing::warn!(%error, application = %format!("{namespace}/{name}"), "failed to request a refresh")
-            }
+        if let Some(source) = self.leading_prefetch() {
+            fetch_ahead(self.clone(), source, push.clone()).await;
         }
     }
-    tracing::info!(
-        repository = %repos.iter().next().map(String::as_str).unwrap_or_default(),
-        git_ref = ?push.git_ref,
-        after = push.after.as_deref().unwrap_or_default(),
-        refreshed,
-        "webhook push handled"
-    );
+
+    /// The Applications `push` concerns.
+    async fn concerned(&self, push: &Push) -> Vec<Application> {
+        let api: Api<Application> = match &self.scope.namespace {
+            Some(ns) => Api::namespaced(self.client.clone(), ns),
+            None => Api::all(self.client.clone()),
+        };
+        let mut params = ListParams::default();
+        if let Some(selector) = &self.scope.selector {
+            params = params.labels(selector);
+        }
+        let apps = match api.list(&params).await {
+            Ok(list) => list.items,
+            Err(error) => {
+                tracing::warn!(%error, "failed to list Applications for a webhook push");
+                return Vec::new();
+            }
+        };
+        let repos = push_repos(push);
+        apps.into_iter()
+            .filter(|app| matching::concerns(app, push, &repos))
+            .collect()
+    }
+
+    /// Sets the refresh annotation on every Application `push` concerns.
+    async fn refresh(&self, push: &Push) {
+        let stamp = jiff::Timestamp::now().to_string();
+        let mut refreshed = 0usize;
+        for app in self.concerned(push).await {
+            let (Some(namespace), Some(name)) = (&app.metadata.namespace, &app.metadata.name)
+            else {
+                continue;
+            };
+            let patch = serde_json::json!({
+                "metadata": {"annotations": {REFRESH_ANNOTATION: format!("{REFRESH_PREFIX}{stamp}")}}
+            });
+            let namespaced: Api<Application> = Api::namespaced(self.client.clone(), namespace);
+            match namespaced
+                .patch(name, &PatchParams::default(), &Patch::Merge(patch))
+                .await
+            {
+                Ok(_) => refreshed += 1,
+                Err(error) => {
+                    tracing::warn!(%error, application = %format!("{namespace}/{name}"), "failed to request a refresh")
+                }
+            }
+        }
+        tracing::info!(
+            repository = %push_repos(push).iter().next().map(String::as_str).unwrap_or_default(),
+            git_ref = ?push.git_ref,
+            after = push.after.as_deref().unwrap_or_default(),
+            refreshed,
+            "webhook push handled"
+        );
+    }
+}
+
+fn push_repos(push: &Push) -> BTreeSet<String> {
+    push.repo_urls
+        .iter()
+        .map(|url| matching::normalize_repo_url(url))
+        .collect()
+}
+
+/// Fetches each (repository URL, revision) of the Applications `push` concerns once, as they
+/// name them (the cache is keyed by their exact URL); returns the commits the remote named.
+async fn fetch_ahead(
+    refresher: Refresher,
+    source: Arc<dyn Prefetch>,
+    push: Push,
+) -> BTreeSet<String> {
+    let pairs: BTreeSet<(String, String)> = refresher
+        .concerned(&push)
+        .await
+        .into_iter()
+        .map(|app| {
+            let source = app.spec.source;
+            let revision = source.target_revision.unwrap_or_else(|| "HEAD".into());
+            (source.repo_url, revision)
+        })
+        .collect();
+    let mut found = BTreeSet::new();
+    for (url, revision) in pairs.into_iter().take(MAX_FETCHED_AHEAD) {
+        match source.prefetch(&url, &revision).await {
+            Ok(commit) => {
+                found.insert(commit);
+            }
+            // The Applications' own reconciles will meet (and report) the same trouble.
+            Err(error) => tracing::debug!(%error, "fetching ahead of a webhook refresh failed"),
+        }
+    }
+    found
 }
 
 #[cfg(test)]
@@ -428,6 +550,7 @@ mod tests {
     fn coalesced_pushes_keep_the_newest_commit_and_every_file() {
         let mut pending = Pending {
             push: push("one", Some(&["a/x"])),
+            ahead: None,
         };
         pending.merge(push("two", Some(&["b/y"])));
         assert_eq!(pending.push.after.as_deref(), Some("two"));
