@@ -392,6 +392,9 @@ pub mod reasons {
     pub const SYNC_FAILED: &str = "SyncFailed";
     /// Every object matches Git.
     pub const SYNCED: &str = "Synced";
+    /// The source rendered no objects and `syncPolicy.automated.allowEmpty` is off: nothing is
+    /// applied or pruned, and the Application is not Synced.
+    pub const EMPTY_RENDER: &str = "EmptyRender";
     /// The cluster differs from Git.
     pub const OUT_OF_SYNC: &str = "OutOfSync";
     /// Custom resources wait for their CustomResourceDefinition.

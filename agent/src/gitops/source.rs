@@ -11,7 +11,8 @@ use crate::gitops::application;
 
 use crate::gitops::git::{Checkout, GitCache, GitError, credentials_for};
 use crate::gitops::render::{
-    DirectoryOptions, KustomizeOptions, RenderError, RenderLimits, RenderOptions,
+    BuildEnv, BuildIdentity, DirectoryOptions, JsonnetOptions, JsonnetVar, KustomizeOptions,
+    RenderError, RenderLimits, RenderOptions, SourceType,
 };
 
 /// What `spec.source` rendered to at one commit.
@@ -52,8 +53,9 @@ impl SourceError {
     }
 }
 
-/// The render options of `source` (Argo CD's `directory` and `kustomize` fields) with the agent's
-/// limits and kustomize runner.
+/// The render options of `source` (Argo CD's `directory` and `kustomize` fields, and which tool
+/// it names) with the agent's limits and runners. The build environment is set once the
+/// revision is known.
 pub fn render_options(source: &ApplicationSource, limits: RenderLimits) -> RenderOptions {
     let directory = source
         .directory
@@ -74,15 +76,64 @@ pub fn render_options(source: &ApplicationSource, limits: RenderLimits) -> Rende
             common_labels: k.common_labels.clone(),
         })
         .unwrap_or_default();
+    let jsonnet = source
+        .directory
+        .as_ref()
+        .and_then(|d| d.jsonnet.as_ref())
+        .map(|j| {
+            let vars = |vars: &[mooring_crds::application::JsonnetVar]| {
+                vars.iter()
+                    .map(|v| JsonnetVar {
+                        name: v.name.clone(),
+                        value: v.value.clone(),
+                        code: v.code,
+                    })
+                    .collect()
+            };
+            JsonnetOptions {
+                ext_vars: vars(&j.ext_vars),
+                tlas: vars(&j.tlas),
+                libs: j.libs.clone(),
+            }
+        })
+        .unwrap_or_default();
     RenderOptions {
         directory,
         kustomize,
+        jsonnet,
+        explicit: explicit_types(source),
+        env: BuildEnv::default(),
         limits,
     }
 }
 
+/// The tools `source` names itself, as Argo CD's `ExplicitType` (and `chart`, which makes a
+/// Helm repository source).
+fn explicit_types(source: &ApplicationSource) -> Vec<SourceType> {
+    let mut types = Vec::new();
+    if source.kustomize.is_some() {
+        types.push(SourceType::Kustomize);
+    }
+    if source.helm.is_some() || source.chart.as_deref().is_some_and(|c| !c.is_empty()) {
+        types.push(SourceType::Helm);
+    }
+    if source.directory.is_some() {
+        types.push(SourceType::Directory);
+    }
+    if let Some(plugin) = &source.plugin {
+        let name = plugin
+            .get("name")
+            .and_then(serde_json::Value::as_str)
+            .filter(|n| !n.is_empty())
+            .map(str::to_string);
+        types.push(SourceType::Plugin(name));
+    }
+    types
+}
+
 /// Resolves `source.repoURL` at `source.targetRevision` (credentials from the labelled Secrets of
-/// `credentials_namespace`) and renders `source.path` (default: the repository root).
+/// `credentials_namespace`) and renders `source.path` (default: the repository root), for no
+/// Application in particular (the build environment's name and namespace are empty).
 pub async fn fetch_and_render(
     client: &kube::Client,
     credentials_namespace: &str,
@@ -90,13 +141,42 @@ pub async fn fetch_and_render(
     source: &ApplicationSource,
     limits: &RenderLimits,
 ) -> Result<Rendered, SourceError> {
+    let identity = BuildIdentity::default();
+    fetch_and_render_for(
+        client,
+        credentials_namespace,
+        cache,
+        source,
+        &identity,
+        limits,
+    )
+    .await
+}
+
+/// [`fetch_and_render`] for the Application `identity` names: its name, namespace and project
+/// go into Argo CD's build environment (`$ARGOCD_APP_NAME`, …).
+pub async fn fetch_and_render_for(
+    client: &kube::Client,
+    credentials_namespace: &str,
+    cache: &GitCache,
+    source: &ApplicationSource,
+    identity: &BuildIdentity,
+    limits: &RenderLimits,
+) -> Result<Rendered, SourceError> {
     let credentials = credentials_for(client, credentials_namespace, &source.repo_url).await?;
     let revision = source.target_revision.as_deref().unwrap_or("HEAD");
     let checkout = cache
         .resolve(&source.repo_url, revision, credentials.as_ref())
         .await?;
-    let options = render_options(source, limits.clone());
+    let mut options = render_options(source, limits.clone());
     let path = source.path.as_deref().unwrap_or(".");
+    options.env = BuildEnv::new(
+        identity,
+        &checkout.commit,
+        &source.repo_url,
+        source.path.as_deref().unwrap_or_default(),
+        source.target_revision.as_deref().unwrap_or_default(),
+    );
     let objects = crate::gitops::render::render(&checkout.root, path, &options).await?;
     Ok(Rendered { checkout, objects })
 }
@@ -135,11 +215,18 @@ impl application::Source for GitSource {
         app: &'a Application,
     ) -> BoxFuture<'a, Result<application::Desired, application::SourceError>> {
         Box::pin(async move {
-            let rendered = fetch_and_render(
+            let identity = BuildIdentity {
+                app_name: app.metadata.name.clone().unwrap_or_default(),
+                // Argo CD's ARGOCD_APP_NAMESPACE is the destination namespace.
+                app_namespace: app.spec.destination.namespace.clone().unwrap_or_default(),
+                project: crate::gitops::project::project_name(app).to_string(),
+            };
+            let rendered = fetch_and_render_for(
                 &self.client,
                 &self.credentials_namespace,
                 &self.cache,
                 &app.spec.source,
+                &identity,
                 &self.limits,
             )
             .await
@@ -172,6 +259,7 @@ mod tests {
                 recurse: Some(true),
                 include: Some("*.yaml".into()),
                 exclude: Some("skip/*".into()),
+                jsonnet: None,
             }),
             kustomize: Some(KustomizeSource {
                 name_prefix: Some("p-".into()),
