@@ -579,9 +579,24 @@ impl<'p> Imports<'p> {
         self.sources
             .insert(context, Source::new(shown.clone(), None, text));
         self.code.push(context);
-        program
-            .load_source(context, text, true, &shown)
-            .map_err(|error| self.load_error(program, &shown, &error))
+        match program.load_source(context, text, true, &shown) {
+            Ok(thunk) => Ok(thunk),
+            Err(error) => {
+                // As go-jsonnet, a broken variable fails only the evaluations that use it: its
+                // thunk raises the syntax error when forced.
+                let message = self.load_error(program, &shown, &error).to_string();
+                let raising = format!(
+                    "error {}",
+                    serde_json::to_string(&message).unwrap_or_else(|_| "'broken variable'".into())
+                );
+                let (context, _) = program
+                    .span_manager_mut()
+                    .insert_source_context(raising.len());
+                program
+                    .load_source(context, raising.as_bytes(), false, &shown)
+                    .map_err(|error| self.load_error(program, &shown, &error))
+            }
+        }
     }
 
     /// Loads a file (already checked to be inside the checkout) as Jsonnet.
