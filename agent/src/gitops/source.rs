@@ -288,6 +288,55 @@ mod tests {
     }
 
     #[test]
+    fn jsonnet_settings_and_the_named_tool_map_onto_render_options() {
+        let source = ApplicationSource {
+            repo_url: "https://git.example.test/repo.git".into(),
+            directory: Some(DirectorySource {
+                jsonnet: Some(mooring_crds::application::JsonnetSource {
+                    ext_vars: vec![mooring_crds::application::JsonnetVar {
+                        name: "env".into(),
+                        value: "$ARGOCD_APP_NAME".into(),
+                        code: false,
+                    }],
+                    tlas: vec![mooring_crds::application::JsonnetVar {
+                        name: "n".into(),
+                        value: "1 + 1".into(),
+                        code: true,
+                    }],
+                    libs: vec!["vendor".into()],
+                }),
+                ..Default::default()
+            }),
+            plugin: Some(serde_json::json!({"name": "tanka"})),
+            ..Default::default()
+        };
+        let options = render_options(&source, RenderLimits::default());
+        assert_eq!(options.jsonnet.ext_vars[0].value, "$ARGOCD_APP_NAME");
+        assert!(options.jsonnet.tlas[0].code);
+        assert_eq!(options.jsonnet.libs, ["vendor"]);
+        assert_eq!(
+            options.explicit,
+            [
+                SourceType::Directory,
+                SourceType::Plugin(Some("tanka".into()))
+            ]
+        );
+        let chart = ApplicationSource {
+            chart: Some("redis".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            render_options(&chart, RenderLimits::default()).explicit,
+            [SourceType::Helm]
+        );
+        assert!(
+            render_options(&ApplicationSource::default(), RenderLimits::default())
+                .explicit
+                .is_empty()
+        );
+    }
+
+    #[test]
     fn the_chain_names_each_cause_once() {
         let error = SourceError::from(RenderError::Read {
             file: "apps/web.yaml".into(),
