@@ -3,7 +3,9 @@
 //! a library with object merges, comprehensions, string formatting and std.manifestJsonEx)
 //! evaluated by mooring's evaluator (in-process, as the agent renders) and by go-jsonnet's
 //! `jsonnet` command (`$GO_JSONNET`, a process per run, as a CLI is used) on the same files. Both
-//! outputs must be the same JSON. Prints one line: the medians and their ratio.
+//! outputs must be the same JSON. Two variants of the library: one formatting strings with `%`
+//! (std.format, which go-jsonnet implements in Jsonnet), one concatenating them. Prints one line
+//! per variant: the medians and their ratio.
 
 use std::path::Path;
 use std::process::Command;
@@ -56,9 +58,27 @@ const LIB: &str = r#"
 }
 "#;
 
+/// [`LIB`] with `%` formatting replaced by concatenation.
+fn plain_lib() -> String {
+    LIB.replace(
+        "'registry.invalid/%s/%s:1.%d.0' % [app, c, i % 10]",
+        "'registry.invalid/' + app + '/' + c + ':1.' + std.toString(i % 10) + '.0'",
+    )
+    .replace("'VAR_%d' % k", "'VAR_' + std.toString(k)")
+    .replace(
+        "'%dm' % (100 * (1 + i % 4))",
+        "std.toString(100 * (1 + i % 4)) + 'm'",
+    )
+    .replace(
+        "'%dMi' % (64 * (1 + i % 8))",
+        "std.toString(64 * (1 + i % 8)) + 'Mi'",
+    )
+    .replace("std.format('%05d', i)", "std.toString(i)")
+}
+
 fn main_program(apps: usize) -> String {
     format!(
-        "local k = import 'k.libsonnet';\nlocal names = ['app-%04d' % i for i in std.range(1, {apps})];\n\
+        "local k = import 'k.libsonnet';\nlocal names = ['app-' + std.toString(i) for i in std.range(1, {apps})];\n\
          std.flattenArrays([\n  [k.deployment(n, i), k.service(n), k.configMap(n, i)]\n  for i in std.range(0, std.length(names) - 1)\n  for n in [names[i]]\n])\n"
     )
 }
@@ -79,8 +99,18 @@ fn main() -> anyhow::Result<()> {
         .unwrap_or(3);
     let go = std::env::var("GO_JSONNET")
         .map_err(|_| anyhow::anyhow!("GO_JSONNET is not set (tests/realenv/install builds it)"))?;
+    for (variant, lib) in [
+        ("formatting", LIB.to_string()),
+        ("concatenating", plain_lib()),
+    ] {
+        measure(variant, &lib, apps, runs, &go)?;
+    }
+    Ok(())
+}
+
+fn measure(variant: &str, lib: &str, apps: usize, runs: usize, go: &str) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    std::fs::write(dir.path().join("k.libsonnet"), LIB)?;
+    std::fs::write(dir.path().join("k.libsonnet"), lib)?;
     std::fs::write(dir.path().join("main.jsonnet"), main_program(apps))?;
 
     let evaluation = Evaluation::new(dir.path(), Path::new("main.jsonnet"));
@@ -95,7 +125,7 @@ fn main() -> anyhow::Result<()> {
     let mut their_output = Vec::new();
     for _ in 0..runs {
         let started = Instant::now();
-        let output = Command::new(&go)
+        let output = Command::new(go)
             .arg("main.jsonnet")
             .current_dir(dir.path())
             .output()?;
@@ -110,12 +140,12 @@ fn main() -> anyhow::Result<()> {
     let their_value: serde_json::Value = serde_json::from_slice(&their_output)?;
     anyhow::ensure!(
         their_value == our_output,
-        "mooring's and go-jsonnet's outputs differ"
+        "mooring's and go-jsonnet's outputs differ ({variant})"
     );
     let objects = our_output.as_array().map_or(0, Vec::len);
     let (ours, theirs) = (median(ours), median(theirs));
     println!(
-        "JSONNET {objects} objects ({:.1} MiB of JSON), median of {runs}: mooring {:.0} ms, go-jsonnet {:.0} ms; mooring/go-jsonnet = {:.2}",
+        "JSONNET {variant}: {objects} objects ({:.1} MiB of JSON), median of {runs}: mooring {:.0} ms, go-jsonnet {:.0} ms; mooring/go-jsonnet = {:.3}",
         their_output.len() as f64 / (1024.0 * 1024.0),
         ours.as_secs_f64() * 1000.0,
         theirs.as_secs_f64() * 1000.0,
