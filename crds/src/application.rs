@@ -129,6 +129,39 @@ pub struct DirectorySource {
     /// A glob of files to exclude.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exclude: Option<String>,
+    /// How the directory's `*.jsonnet` files are evaluated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jsonnet: Option<JsonnetSource>,
+}
+
+/// Jsonnet settings, as Argo CD's `source.directory.jsonnet`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct JsonnetSource {
+    /// External variables (`std.extVar`); values may use the build environment (`$ARGOCD_APP_NAME`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ext_vars: Vec<JsonnetVar>,
+    /// Top-level arguments, passed when a file evaluates to a function.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tlas: Vec<JsonnetVar>,
+    /// Library directories searched by `import`, relative to the repository root (which they may
+    /// not leave).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub libs: Vec<String>,
+}
+
+/// One external variable or top-level argument, as Argo CD's `JsonnetVar`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct JsonnetVar {
+    /// The variable's name.
+    pub name: String,
+    /// Its value: a string, or Jsonnet code when `code` is true.
+    #[serde(default)]
+    pub value: String,
+    /// Evaluate `value` as Jsonnet code instead of passing it as a string.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub code: bool,
 }
 
 /// Kustomize overrides, as Argo CD's `source.kustomize`.
@@ -359,6 +392,9 @@ pub mod reasons {
     pub const SYNC_FAILED: &str = "SyncFailed";
     /// Every object matches Git.
     pub const SYNCED: &str = "Synced";
+    /// The source rendered no objects and `syncPolicy.automated.allowEmpty` is off: nothing is
+    /// applied or pruned, and the Application is not Synced.
+    pub const EMPTY_RENDER: &str = "EmptyRender";
     /// The cluster differs from Git.
     pub const OUT_OF_SYNC: &str = "OutOfSync";
     /// Custom resources wait for their CustomResourceDefinition.
@@ -444,6 +480,32 @@ spec:
             app.spec.sync_policy.unwrap().sync_options,
             vec!["CreateNamespace=true".to_string()]
         );
+    }
+
+    /// Argo CD's `directory.jsonnet` parses into typed fields.
+    #[test]
+    fn argo_cd_jsonnet_settings_parse() {
+        let manifest = r#"
+repoURL: https://github.com/example/platform-gitops.git
+path: jsonnet/app
+directory:
+  recurse: true
+  jsonnet:
+    extVars:
+      - {name: env, value: prod}
+      - {name: replicas, value: "3", code: true}
+    tlas:
+      - {name: app, value: $ARGOCD_APP_NAME}
+    libs: [vendor]
+"#;
+        let source: ApplicationSource = serde_saphyr::from_str(manifest).unwrap();
+        let jsonnet = source.directory.unwrap().jsonnet.unwrap();
+        assert_eq!(jsonnet.ext_vars.len(), 2);
+        assert!(!jsonnet.ext_vars[0].code && jsonnet.ext_vars[1].code);
+        assert_eq!(jsonnet.tlas[0].value, "$ARGOCD_APP_NAME");
+        assert_eq!(jsonnet.libs, ["vendor"]);
+        let json = serde_json::to_value(&jsonnet.ext_vars[0]).unwrap();
+        assert_eq!(json, serde_json::json!({"name": "env", "value": "prod"}));
     }
 
     /// Unset optional fields are not written back, so GitOps tools see no diff.

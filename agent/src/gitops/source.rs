@@ -12,7 +12,8 @@ use crate::gitops::application;
 
 use crate::gitops::git::{Checkout, GitCache, GitError, credentials_for};
 use crate::gitops::render::{
-    DirectoryOptions, KustomizeOptions, RenderError, RenderLimits, RenderOptions,
+    BuildEnv, BuildIdentity, DirectoryOptions, JsonnetOptions, JsonnetVar, KustomizeOptions,
+    RenderError, RenderLimits, RenderOptions, SourceType,
 };
 
 /// What `spec.source` rendered to at one commit.
@@ -53,8 +54,9 @@ impl SourceError {
     }
 }
 
-/// The render options of `source` (Argo CD's `directory` and `kustomize` fields) with the agent's
-/// limits and kustomize runner.
+/// The render options of `source` (Argo CD's `directory` and `kustomize` fields, and which tool
+/// it names) with the agent's limits and runners. The build environment is set once the
+/// revision is known.
 pub fn render_options(source: &ApplicationSource, limits: RenderLimits) -> RenderOptions {
     let directory = source
         .directory
@@ -75,9 +77,33 @@ pub fn render_options(source: &ApplicationSource, limits: RenderLimits) -> Rende
             common_labels: k.common_labels.clone(),
         })
         .unwrap_or_default();
+    let jsonnet = source
+        .directory
+        .as_ref()
+        .and_then(|d| d.jsonnet.as_ref())
+        .map(|j| {
+            let vars = |vars: &[mooring_crds::application::JsonnetVar]| {
+                vars.iter()
+                    .map(|v| JsonnetVar {
+                        name: v.name.clone(),
+                        value: v.value.clone(),
+                        code: v.code,
+                    })
+                    .collect()
+            };
+            JsonnetOptions {
+                ext_vars: vars(&j.ext_vars),
+                tlas: vars(&j.tlas),
+                libs: j.libs.clone(),
+            }
+        })
+        .unwrap_or_default();
     RenderOptions {
         directory,
         kustomize,
+        jsonnet,
+        explicit: explicit_types(source),
+        env: BuildEnv::default(),
         limits,
     }
 }
@@ -94,8 +120,33 @@ fn refreshed_by_webhook(app: &Application) -> bool {
         .is_some_and(|value| value.starts_with(crate::gitops::webhook::REFRESH_PREFIX))
 }
 
+/// The tools `source` names itself, as Argo CD's `ExplicitType` (and `chart`, which makes a
+/// Helm repository source).
+fn explicit_types(source: &ApplicationSource) -> Vec<SourceType> {
+    let mut types = Vec::new();
+    if source.kustomize.is_some() {
+        types.push(SourceType::Kustomize);
+    }
+    if source.helm.is_some() || source.chart.as_deref().is_some_and(|c| !c.is_empty()) {
+        types.push(SourceType::Helm);
+    }
+    if source.directory.is_some() {
+        types.push(SourceType::Directory);
+    }
+    if let Some(plugin) = &source.plugin {
+        let name = plugin
+            .get("name")
+            .and_then(serde_json::Value::as_str)
+            .filter(|n| !n.is_empty())
+            .map(str::to_string);
+        types.push(SourceType::Plugin(name));
+    }
+    types
+}
+
 /// Resolves `source.repoURL` at `source.targetRevision` (credentials from the labelled Secrets of
-/// `credentials_namespace`) and renders `source.path` (default: the repository root).
+/// `credentials_namespace`) and renders `source.path` (default: the repository root), for no
+/// Application in particular (the build environment's name and namespace are empty).
 pub async fn fetch_and_render(
     client: &kube::Client,
     credentials_namespace: &str,
@@ -103,16 +154,48 @@ pub async fn fetch_and_render(
     source: &ApplicationSource,
     limits: &RenderLimits,
 ) -> Result<Rendered, SourceError> {
-    let now = std::time::Duration::ZERO;
-    fetch_and_render_within(client, credentials_namespace, cache, source, limits, now).await
+    let identity = BuildIdentity::default();
+    fetch_and_render_for(
+        client,
+        credentials_namespace,
+        cache,
+        source,
+        &identity,
+        limits,
+    )
+    .await
 }
 
-/// [`fetch_and_render`], reusing a look at the remote younger than `max_look_age`.
+/// [`fetch_and_render`] for the Application `identity` names: its name, namespace and project
+/// go into Argo CD's build environment (`$ARGOCD_APP_NAME`, …).
+pub async fn fetch_and_render_for(
+    client: &kube::Client,
+    credentials_namespace: &str,
+    cache: &GitCache,
+    source: &ApplicationSource,
+    identity: &BuildIdentity,
+    limits: &RenderLimits,
+) -> Result<Rendered, SourceError> {
+    let now = std::time::Duration::ZERO;
+    fetch_and_render_within(
+        client,
+        credentials_namespace,
+        cache,
+        source,
+        identity,
+        limits,
+        now,
+    )
+    .await
+}
+
+/// [`fetch_and_render_for`], reusing a look at the remote younger than `max_look_age`.
 async fn fetch_and_render_within(
     client: &kube::Client,
     credentials_namespace: &str,
     cache: &GitCache,
     source: &ApplicationSource,
+    identity: &BuildIdentity,
     limits: &RenderLimits,
     max_look_age: std::time::Duration,
 ) -> Result<Rendered, SourceError> {
@@ -126,17 +209,25 @@ async fn fetch_and_render_within(
             max_look_age,
         )
         .await?;
-    render_checkout(checkout, source, limits).await
+    render_checkout(checkout, source, identity, limits).await
 }
 
 /// Renders `source.path` of `checkout`.
 async fn render_checkout(
     checkout: Checkout,
     source: &ApplicationSource,
+    identity: &BuildIdentity,
     limits: &RenderLimits,
 ) -> Result<Rendered, SourceError> {
-    let options = render_options(source, limits.clone());
+    let mut options = render_options(source, limits.clone());
     let path = source.path.as_deref().unwrap_or(".");
+    options.env = BuildEnv::new(
+        identity,
+        &checkout.commit,
+        &source.repo_url,
+        source.path.as_deref().unwrap_or_default(),
+        source.target_revision.as_deref().unwrap_or_default(),
+    );
     let objects = crate::gitops::render::render(&checkout.root, path, &options).await?;
     Ok(Rendered { checkout, objects })
 }
@@ -153,6 +244,16 @@ fn desired(rendered: Rendered) -> application::Desired {
     application::Desired {
         revision: rendered.checkout.commit,
         objects: rendered.objects,
+    }
+}
+
+/// The build environment's view of `app`.
+fn identity(app: &Application) -> BuildIdentity {
+    BuildIdentity {
+        app_name: app.metadata.name.clone().unwrap_or_default(),
+        // Argo CD's ARGOCD_APP_NAMESPACE is the destination namespace.
+        app_namespace: app.spec.destination.namespace.clone().unwrap_or_default(),
+        project: crate::gitops::project::project_name(app).to_string(),
     }
 }
 
@@ -209,11 +310,13 @@ impl application::Source for GitSource {
         app: &'a Application,
     ) -> BoxFuture<'a, Result<application::Desired, application::SourceError>> {
         Box::pin(async move {
+            let identity = identity(app);
             let rendered = fetch_and_render_within(
                 &self.client,
                 &self.credentials_namespace,
                 &self.cache,
                 &app.spec.source,
+                &identity,
                 &self.limits,
                 if refreshed_by_webhook(app) {
                     WEBHOOK_LOOK
@@ -236,7 +339,7 @@ impl application::Source for GitSource {
             let source = &app.spec.source;
             let revision = source.target_revision.as_deref().unwrap_or("HEAD");
             match self.cache.checked_out(&source.repo_url, revision, commit) {
-                Some(checkout) => render_checkout(checkout, source, &self.limits)
+                Some(checkout) => render_checkout(checkout, source, &identity(app), &self.limits)
                     .await
                     .map(desired)
                     .map_err(source_error),
@@ -263,6 +366,7 @@ mod tests {
                 recurse: Some(true),
                 include: Some("*.yaml".into()),
                 exclude: Some("skip/*".into()),
+                jsonnet: None,
             }),
             kustomize: Some(KustomizeSource {
                 name_prefix: Some("p-".into()),
@@ -288,6 +392,55 @@ mod tests {
         let bare = render_options(&ApplicationSource::default(), RenderLimits::default());
         assert_eq!(bare.directory, DirectoryOptions::default());
         assert_eq!(bare.kustomize, KustomizeOptions::default());
+    }
+
+    #[test]
+    fn jsonnet_settings_and_the_named_tool_map_onto_render_options() {
+        let source = ApplicationSource {
+            repo_url: "https://git.example.test/repo.git".into(),
+            directory: Some(DirectorySource {
+                jsonnet: Some(mooring_crds::application::JsonnetSource {
+                    ext_vars: vec![mooring_crds::application::JsonnetVar {
+                        name: "env".into(),
+                        value: "$ARGOCD_APP_NAME".into(),
+                        code: false,
+                    }],
+                    tlas: vec![mooring_crds::application::JsonnetVar {
+                        name: "n".into(),
+                        value: "1 + 1".into(),
+                        code: true,
+                    }],
+                    libs: vec!["vendor".into()],
+                }),
+                ..Default::default()
+            }),
+            plugin: Some(serde_json::json!({"name": "tanka"})),
+            ..Default::default()
+        };
+        let options = render_options(&source, RenderLimits::default());
+        assert_eq!(options.jsonnet.ext_vars[0].value, "$ARGOCD_APP_NAME");
+        assert!(options.jsonnet.tlas[0].code);
+        assert_eq!(options.jsonnet.libs, ["vendor"]);
+        assert_eq!(
+            options.explicit,
+            [
+                SourceType::Directory,
+                SourceType::Plugin(Some("tanka".into()))
+            ]
+        );
+        let chart = ApplicationSource {
+            chart: Some("redis".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            render_options(&chart, RenderLimits::default()).explicit,
+            [SourceType::Helm]
+        );
+        assert!(
+            render_options(&ApplicationSource::default(), RenderLimits::default())
+                .explicit
+                .is_empty()
+        );
     }
 
     #[test]

@@ -21,6 +21,7 @@ mod golden;
 mod ha;
 mod holes;
 mod install;
+mod jsonnet;
 mod kubeseal;
 mod metrics;
 mod migration;

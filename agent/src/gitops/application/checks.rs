@@ -48,6 +48,26 @@ pub(super) fn unsupported_fields_condition(
     ))
 }
 
+/// Why a render of no objects is not a sync, naming the source path; `None` when objects were
+/// rendered or `syncPolicy.automated.allowEmpty` allows an empty one.
+pub(super) fn empty_render(app: &Application, objects: &[DynamicObject]) -> Option<String> {
+    let allow_empty = app
+        .spec
+        .sync_policy
+        .as_ref()
+        .and_then(|p| p.automated.as_ref())
+        .and_then(|a| a.allow_empty)
+        .unwrap_or(false);
+    if !objects.is_empty() || allow_empty {
+        return None;
+    }
+    let path = app.spec.source.path.as_deref().unwrap_or(".");
+    Some(format!(
+        "source path {path} rendered no objects; nothing was applied or pruned \
+         (set syncPolicy.automated.allowEmpty to sync an empty render)"
+    ))
+}
+
 /// Set fields mooring accepts but does not implement, by their path.
 pub fn unsupported_fields(app: &Application) -> Vec<String> {
     let spec = &app.spec;
@@ -145,7 +165,9 @@ fn sync_hooks(objects: &[DynamicObject]) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
-    use mooring_crds::application::{ApplicationDestination, ApplicationSpec, SyncPolicy};
+    use mooring_crds::application::{
+        ApplicationDestination, ApplicationSpec, AutomatedSync, SyncPolicy,
+    };
 
     use super::*;
 
@@ -191,5 +213,30 @@ mod tests {
             ]
         );
         assert!(unsupported_fields(&app(ApplicationSpec::default())).is_empty());
+    }
+
+    #[test]
+    fn an_empty_render_is_named_by_its_path_unless_allow_empty() {
+        let mut spec = ApplicationSpec::default();
+        spec.source.path = Some("apps/jsonnet".into());
+        let message = empty_render(&app(spec.clone()), &[]).unwrap();
+        assert!(
+            message.contains("source path apps/jsonnet rendered no objects"),
+            "{message}"
+        );
+        assert!(message.contains("allowEmpty"), "{message}");
+        let object: DynamicObject = serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a"}
+        }))
+        .unwrap();
+        assert_eq!(empty_render(&app(spec.clone()), &[object]), None);
+        spec.sync_policy = Some(SyncPolicy {
+            automated: Some(AutomatedSync {
+                allow_empty: Some(true),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        assert_eq!(empty_render(&app(spec), &[]), None);
     }
 }

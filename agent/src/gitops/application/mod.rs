@@ -404,11 +404,15 @@ async fn reconcile(cached: Arc<Application>, ctx: Arc<Context>) -> Result<Action
         status::write(&ctx, &app, status).await?;
         return Ok(Action::requeue(poll));
     }
+    // Nothing rendered without allowEmpty is never "Synced": the sync below applies nothing and
+    // its prune guards delete nothing, and the status says why.
+    let empty_render = checks::empty_render(&app, &desired.objects);
     let plan = mode::plan(&app, &previous, &desired.revision, &ctx.heals);
     let report = sync(&ctx, &engine, &app, &id, &previous, desired.objects, &plan).await?;
     events::announce(&ctx, &app, &report, plan.mode, plan.heal_wait.is_some()).await;
     conditions.extend(orphans::warning(&ctx.client, &project, &app, &report).await);
-    let status = status::synced(
+    let history_before = previous.history.clone();
+    let mut status = status::synced(
         &app,
         previous,
         &report,
@@ -416,6 +420,11 @@ async fn reconcile(cached: Arc<Application>, ctx: Arc<Context>) -> Result<Action
         plan.mode,
         conditions,
     );
+    if let Some(message) = empty_render {
+        status::empty_render(&mut status, &report, message);
+        // Nothing was deployed.
+        status.history = history_before;
+    }
     status::write(&ctx, &app, status).await?;
     log_sync(&id, &desired.revision, plan.mode, &report, started);
     if let Some(error) = failed_objects(&report) {

@@ -179,6 +179,31 @@ pub(super) fn synced(
     }
 }
 
+/// A sync of an empty render without `allowEmpty`: not Synced, not Ready, no history entry; the
+/// inventory stays (its objects were not pruned), and with no objects at all the health is
+/// Missing rather than a vacuous Healthy.
+pub(super) fn empty_render(status: &mut ApplicationStatus, report: &SyncReport, message: String) {
+    for condition in &mut status.conditions {
+        if condition.type_ == names::SYNCED || condition.type_ == names::READY {
+            *condition = Condition::new(
+                &condition.type_.clone(),
+                ConditionStatus::False,
+                reasons::EMPTY_RENDER,
+                message.clone(),
+            );
+        }
+    }
+    if let Some(sync) = &mut status.sync {
+        sync.status = SyncState::OutOfSync;
+    }
+    if report.resources.is_empty() {
+        status.health = Some(HealthStatus {
+            status: HealthState::Missing,
+            message: Some(message),
+        });
+    }
+}
+
 /// Appends `revision` unless it is the last entry already, keeping `spec.revisionHistoryLimit`
 /// entries.
 fn record_deployment(app: &Application, history: &mut Vec<RevisionHistory>, revision: &str) {

@@ -1,4 +1,4 @@
-//! Plain directories of YAML/JSON manifests, as Argo CD's directory sources.
+//! Directories of YAML/JSON manifests and Jsonnet files, as Argo CD's directory sources.
 
 use std::path::{Path, PathBuf};
 
@@ -7,15 +7,25 @@ use kube::api::DynamicObject;
 use super::glob::Glob;
 use super::{Jail, RenderError, RenderOptions, yaml};
 
-/// File extensions read as manifests, as Argo CD.
-const EXTENSIONS: [&str; 3] = ["yaml", "yml", "json"];
+/// File extensions read as manifests, as Argo CD (`.libsonnet` files are only imported).
+const EXTENSIONS: [&str; 4] = ["yaml", "yml", "json", "jsonnet"];
 
-/// Reads the manifests under `relative` (a directory of the checkout), sorted by path.
+/// One manifest file's contribution, in file order.
+#[derive(Debug)]
+pub(super) enum Part {
+    /// The objects of a YAML/JSON file.
+    Objects(Vec<DynamicObject>),
+    /// A Jsonnet file to evaluate (relative to the checkout; symlinks checked).
+    Jsonnet(PathBuf),
+}
+
+/// Reads the manifests under `relative` (a directory of the checkout), sorted by path; Jsonnet
+/// files are left for the evaluator, in their place.
 pub(super) fn render(
     jail: &Jail,
     relative: &Path,
     options: &RenderOptions,
-) -> Result<Vec<DynamicObject>, RenderError> {
+) -> Result<Vec<Part>, RenderError> {
     let compile = |field, pattern: &Option<String>| {
         pattern
             .as_deref()
@@ -38,7 +48,7 @@ pub(super) fn render(
     collect(jail, &base, &base, options.directory.recurse, &mut files)?;
     files.sort();
 
-    let mut objects = Vec::new();
+    let mut parts = Vec::new();
     let mut total = 0u64;
     let mut alias_allowance = yaml::ALIAS_EXPANSION_BYTES;
     for (relative_to_source, path) in files {
@@ -64,6 +74,13 @@ pub(super) fn render(
         } else {
             path.clone()
         };
+        if is_jsonnet(&path) {
+            // Bounded by the evaluator (its reads and output), as Argo CD leaves Jsonnet files
+            // out of the combined manifest size.
+            let inside = path.strip_prefix(&jail.root).unwrap_or(&path).to_path_buf();
+            parts.push(Part::Jsonnet(inside));
+            continue;
+        }
         let size = std::fs::metadata(&real)
             .map_err(|source| RenderError::Read {
                 file: file.clone(),
@@ -99,9 +116,19 @@ pub(super) fn render(
             column: None,
             message: "the file is not UTF-8 text".into(),
         })?;
-        objects.extend(yaml::parse_objects(&file, &text, &mut alias_allowance)?);
+        parts.push(Part::Objects(yaml::parse_objects(
+            &file,
+            &text,
+            &mut alias_allowance,
+        )?));
     }
-    Ok(objects)
+    Ok(parts)
+}
+
+fn is_jsonnet(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| e.eq_ignore_ascii_case("jsonnet"))
 }
 
 /// The manifest files under `dir`: (path relative to the source path with `/`, full path).

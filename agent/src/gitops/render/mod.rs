@@ -1,10 +1,12 @@
 //! Rendering a source path of a checkout into Kubernetes objects.
 //!
-//! Two renderers today, chosen by what the path holds: **Kustomize** when it has a
-//! `kustomization.yaml` (or `.yml`, or `Kustomization`), run as the pinned `kustomize` binary with
-//! a timeout and a concurrency limit; otherwise a **plain directory** of YAML/JSON files
-//! (multi-document, recursive when asked, include/exclude globs as Argo CD). Helm and Jsonnet
-//! would be further arms of [`render`]'s dispatch, each with its own options struct.
+//! The tool is chosen as Argo CD chooses it: an explicit `source.helm`, `source.kustomize`,
+//! `source.directory` or `source.plugin` wins (two of them is an error); otherwise a
+//! `Chart.yaml` makes a Helm chart (not rendered yet: refused by name), a `kustomization.yaml`
+//! (or `.yml`, or `Kustomization`) a **Kustomize** source, run as the pinned `kustomize` binary
+//! with a timeout and a concurrency limit; anything else is a **directory**: YAML/JSON files
+//! (multi-document, recursive when asked, include/exclude globs as Argo CD) and `*.jsonnet`
+//! files, evaluated in-process ([`jsonnet`]). Config-management plugins are refused by name.
 //!
 //! The checkout is a jail: `path` may not be absolute or contain `..`; symlinks may not lead out
 //! of the checkout; no file over [`RenderLimits::max_file_bytes`] is read. Errors name the file,
@@ -12,6 +14,7 @@
 
 mod directory;
 mod glob;
+pub mod jsonnet;
 mod kustomize;
 pub mod sandbox;
 mod yaml;
@@ -23,6 +26,7 @@ use std::time::Duration;
 use kube::api::DynamicObject;
 
 pub use glob::{Glob, GlobError};
+pub use jsonnet::{BuildEnv, BuildIdentity, Jsonnet, JsonnetOptions, JsonnetVar};
 pub use kustomize::Kustomize;
 pub use sandbox::{Sandbox, SandboxMode};
 
@@ -59,6 +63,32 @@ impl KustomizeOptions {
     }
 }
 
+/// A tool named by the Application itself (`source.helm`, `source.kustomize`,
+/// `source.directory`, `source.plugin`; `source.chart` means Helm too), as Argo CD's
+/// `ExplicitType`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SourceType {
+    /// `source.directory`: YAML/JSON and Jsonnet files, even next to a kustomization.
+    Directory,
+    /// `source.kustomize`.
+    Kustomize,
+    /// `source.helm` or `source.chart`.
+    Helm,
+    /// `source.plugin`, with the plugin's name when it has one.
+    Plugin(Option<String>),
+}
+
+impl SourceType {
+    fn name(&self) -> &'static str {
+        match self {
+            SourceType::Directory => "Directory",
+            SourceType::Kustomize => "Kustomize",
+            SourceType::Helm => "Helm",
+            SourceType::Plugin(_) => "Plugin",
+        }
+    }
+}
+
 /// What one render may cost, and the kustomize runner the agent shares between renders.
 #[derive(Clone, Debug)]
 pub struct RenderLimits {
@@ -72,6 +102,9 @@ pub struct RenderLimits {
     /// The pinned `kustomize` binary, its timeout and the agent-wide concurrency limit. Clone
     /// one instance into every render so the limit is shared.
     pub kustomize: Kustomize,
+    /// The Jsonnet evaluator's timeout, stack limit and concurrency limit, shared like
+    /// `kustomize`.
+    pub jsonnet: Jsonnet,
 }
 
 impl Default for RenderLimits {
@@ -82,6 +115,7 @@ impl Default for RenderLimits {
             max_total_bytes: 64 * 1024 * 1024,
             max_objects: 10_000,
             kustomize: Kustomize::default(),
+            jsonnet: Jsonnet::default(),
         }
     }
 }
@@ -93,6 +127,12 @@ pub struct RenderOptions {
     pub directory: DirectoryOptions,
     /// Kustomize settings (ignored for a plain directory).
     pub kustomize: KustomizeOptions,
+    /// Jsonnet settings of a directory (`directory.jsonnet`).
+    pub jsonnet: JsonnetOptions,
+    /// The tools the Application names itself; empty: detected from the files.
+    pub explicit: Vec<SourceType>,
+    /// Argo CD's build environment, substituted into Jsonnet variables.
+    pub env: BuildEnv,
     /// Bounds and the kustomize runner.
     pub limits: RenderLimits,
 }
@@ -223,6 +263,43 @@ pub enum RenderError {
         /// What was found.
         kind: &'static str,
     },
+    /// The source uses a config-management plugin.
+    #[error(
+        "source path {path} uses the config-management plugin {}, and mooring runs no plugins (spec.source.plugin)",
+        name.as_deref().unwrap_or("(unnamed)")
+    )]
+    UnsupportedPlugin {
+        /// The source path.
+        path: String,
+        /// `source.plugin.name`.
+        name: Option<String>,
+    },
+    /// More than one of `helm`, `kustomize`, `directory`, `plugin` is set.
+    #[error("multiple application sources defined: {types} (set only one of them)")]
+    MultipleSourceTypes {
+        /// The types, comma-separated, as Argo CD names them.
+        types: String,
+    },
+    /// A Jsonnet file failed to parse or evaluate, or its output is not objects.
+    #[error("failed to evaluate Jsonnet {file}{}: {message}", location(*.line, *.column))]
+    Jsonnet {
+        /// The file where it failed, relative to the checkout.
+        file: String,
+        /// 1-based line, when known.
+        line: Option<u64>,
+        /// 1-based column, when known.
+        column: Option<u64>,
+        /// What went wrong (values of the program are not quoted).
+        message: String,
+    },
+    /// A Jsonnet file ran longer than allowed.
+    #[error("Jsonnet evaluation of {file} timed out after {after:?}")]
+    JsonnetTimeout {
+        /// The file, relative to the checkout.
+        file: String,
+        /// The limit.
+        after: Duration,
+    },
     /// A temporary file for kustomize could not be written.
     #[error("failed to prepare the kustomize build")]
     Workspace(#[source] std::io::Error),
@@ -243,6 +320,7 @@ impl RenderError {
         matches!(
             self,
             RenderError::KustomizeTimeout { .. }
+                | RenderError::JsonnetTimeout { .. }
                 | RenderError::KustomizeUnavailable { .. }
                 | RenderError::Workspace(_)
                 | RenderError::Read { .. }
@@ -266,6 +344,10 @@ impl RenderError {
             RenderError::KustomizeTimeout { .. } => "KustomizeTimeout",
             RenderError::TooLarge { .. } => "RenderTooLarge",
             RenderError::UnsupportedSource { .. } => "UnsupportedSource",
+            RenderError::UnsupportedPlugin { .. } => "UnsupportedSource",
+            RenderError::MultipleSourceTypes { .. } => "MultipleSourceTypes",
+            RenderError::Jsonnet { .. } => "JsonnetFailed",
+            RenderError::JsonnetTimeout { .. } => "JsonnetTimeout",
             RenderError::Workspace(_) => "RenderFailed",
         }
     }
@@ -299,33 +381,35 @@ pub async fn render(
             path: path.to_string(),
         });
     }
-    // Helm (and Jsonnet) are later arms of this dispatch; until then a chart is named as such
-    // rather than read as a directory of broken manifests.
-    if !kustomize::is_kustomization(&source) && source.join("Chart.yaml").is_file() {
-        return Err(RenderError::UnsupportedSource {
-            path: shown,
-            kind: "Helm chart (Chart.yaml)",
-        });
-    }
-    let objects = if kustomize::is_kustomization(&source) {
-        let checkout = checkout_root.to_path_buf();
-        let owned = options.clone();
-        let relative = relative.clone();
-        // The graph walk and symlink check touch the disk: off the async threads.
-        let prepared =
-            tokio::task::spawn_blocking(move || kustomize::prepare(&checkout, &relative, &owned))
-                .await
-                .map_err(|e| RenderError::Workspace(std::io::Error::other(e.to_string())))??;
-        options
-            .limits
-            .kustomize
-            .build(prepared, &shown, &options.limits)
-            .await?
-    } else {
-        let options = options.clone();
-        tokio::task::spawn_blocking(move || directory::render(&jail, &relative, &options))
+    let objects = match detect(&source, &options.explicit)? {
+        SourceType::Helm => {
+            // Helm is a later arm of this dispatch; until then a chart is named as such rather
+            // than read as a directory of broken manifests.
+            return Err(RenderError::UnsupportedSource {
+                path: shown,
+                kind: "Helm chart",
+            });
+        }
+        SourceType::Plugin(name) => {
+            return Err(RenderError::UnsupportedPlugin { path: shown, name });
+        }
+        SourceType::Kustomize => {
+            let checkout = checkout_root.to_path_buf();
+            let owned = options.clone();
+            let relative = relative.clone();
+            // The graph walk and symlink check touch the disk: off the async threads.
+            let prepared = tokio::task::spawn_blocking(move || {
+                kustomize::prepare(&checkout, &relative, &owned)
+            })
             .await
-            .map_err(|e| RenderError::Workspace(std::io::Error::other(e.to_string())))??
+            .map_err(|e| RenderError::Workspace(std::io::Error::other(e.to_string())))??;
+            options
+                .limits
+                .kustomize
+                .build(prepared, &shown, &options.limits)
+                .await?
+        }
+        SourceType::Directory => render_directory(jail, relative, options).await?,
     };
     if objects.len() > options.limits.max_objects {
         return Err(RenderError::TooLarge {
@@ -336,6 +420,89 @@ pub async fn render(
                 options.limits.max_objects
             ),
         });
+    }
+    Ok(objects)
+}
+
+/// The tool for `source` (the directory, inside the checkout), as Argo CD: what the Application
+/// names, else a kustomization file, else a `Chart.yaml`, else a directory.
+fn detect(source: &Path, explicit: &[SourceType]) -> Result<SourceType, RenderError> {
+    match explicit {
+        [] => {}
+        [only] => return Ok(only.clone()),
+        several => {
+            return Err(RenderError::MultipleSourceTypes {
+                types: several
+                    .iter()
+                    .map(SourceType::name)
+                    .collect::<Vec<_>>()
+                    .join(","),
+            });
+        }
+    }
+    if kustomize::is_kustomization(source) {
+        Ok(SourceType::Kustomize)
+    } else if source.join("Chart.yaml").is_file() {
+        Ok(SourceType::Helm)
+    } else {
+        Ok(SourceType::Directory)
+    }
+}
+
+/// A directory: its YAML/JSON files read (on a blocking thread), its Jsonnet files evaluated,
+/// the objects in file order.
+async fn render_directory(
+    jail: Jail,
+    relative: PathBuf,
+    options: &RenderOptions,
+) -> Result<Vec<DynamicObject>, RenderError> {
+    let parts = {
+        let options = options.clone();
+        let jail = jail.clone();
+        let relative = relative.clone();
+        tokio::task::spawn_blocking(move || directory::render(&jail, &relative, &options))
+            .await
+            .map_err(|e| RenderError::Workspace(std::io::Error::other(e.to_string())))??
+    };
+    let has_jsonnet = parts
+        .iter()
+        .any(|part| matches!(part, directory::Part::Jsonnet(_)));
+    let search = if has_jsonnet {
+        jsonnet::search_path(&jail, &relative, &options.jsonnet.libs)?
+    } else {
+        Vec::new()
+    };
+    let substituted = |vars: &[JsonnetVar]| {
+        vars.iter()
+            .map(|var| JsonnetVar {
+                value: options.env.substitute(&var.value),
+                ..var.clone()
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut objects = Vec::new();
+    for part in parts {
+        match part {
+            directory::Part::Objects(found) => objects.extend(found),
+            directory::Part::Jsonnet(file) => {
+                let shown = jail.relative(&jail.root.join(&file));
+                let evaluation = jsonnet::Evaluation {
+                    root: jail.root.clone(),
+                    file,
+                    search: search.clone(),
+                    ext_vars: substituted(&options.jsonnet.ext_vars),
+                    tlas: substituted(&options.jsonnet.tlas),
+                    max_stack: options.limits.jsonnet.max_stack(),
+                    max_file_bytes: options.limits.max_file_bytes,
+                    max_total_bytes: options.limits.max_total_bytes,
+                };
+                let output = options.limits.jsonnet.evaluate(evaluation).await?;
+                objects.extend(jsonnet::objects(&shown, output)?);
+                if objects.len() > options.limits.max_objects {
+                    break;
+                }
+            }
+        }
     }
     Ok(objects)
 }
@@ -418,3 +585,6 @@ impl Jail {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod jsonnet_tests;

@@ -171,7 +171,7 @@ fn first_line_of(message: &str) -> String {
 }
 
 /// Checks what server-side apply needs (apiVersion, kind, metadata.name) and converts.
-fn to_object(file: &str, line: u64, value: Value) -> Result<DynamicObject, RenderError> {
+pub(super) fn to_object(file: &str, line: u64, value: Value) -> Result<DynamicObject, RenderError> {
     let refuse = |reason: String| RenderError::NotAnObject {
         file: file.to_string(),
         line,
