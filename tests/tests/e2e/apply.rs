@@ -106,6 +106,7 @@ pub(crate) fn request(
             ..Default::default()
         },
         mode: Mode::Apply,
+        hooks: mooring_agent::gitops::apply::Hooks::Ignore,
     }
 }
 

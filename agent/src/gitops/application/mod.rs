@@ -22,6 +22,7 @@ mod events;
 mod finalize;
 mod looks;
 mod mode;
+mod operation;
 mod orphans;
 mod status;
 mod tenancy;
@@ -378,7 +379,7 @@ async fn reconcile(cached: Arc<Application>, ctx: Arc<Context>) -> Result<Action
         }
     };
     let poll = ctx.looks.due_in(&app, poll);
-    checks::note_sync_hooks(&mut conditions, &desired.objects);
+    checks::note_hooks_not_run(&mut conditions, &desired.objects);
     // Every object is checked before anything is written: one the project refuses stops the
     // whole sync (Argo CD does the same), and nothing is pruned either.
     let mut refused = engine
@@ -405,16 +406,41 @@ async fn reconcile(cached: Arc<Application>, ctx: Arc<Context>) -> Result<Action
         return Ok(Action::requeue(poll));
     }
     let plan = mode::plan(&app, &previous, &desired.revision, &ctx.heals);
-    let report = sync(&ctx, &engine, &app, &id, &previous, desired.objects, &plan).await?;
+    let hook_plan = operation::plan(
+        &app,
+        &previous,
+        &desired.revision,
+        &desired.objects,
+        plan.mode,
+    );
+    let report = sync(
+        &ctx,
+        &engine,
+        &app,
+        &id,
+        &previous,
+        desired.objects,
+        &plan,
+        hook_plan.hooks.clone(),
+    )
+    .await?;
     events::announce(&ctx, &app, &report, plan.mode, plan.heal_wait.is_some()).await;
     conditions.extend(orphans::warning(&ctx.client, &project, &app, &report).await);
-    let status = status::synced(
+    let previous_operation = previous.operation_state.clone();
+    let mut status = status::synced(
         &app,
         previous,
         &report,
         &desired.revision,
         plan.mode,
         conditions,
+    );
+    status.operation_state = operation::state(
+        &app,
+        previous_operation.as_ref(),
+        &desired.revision,
+        &hook_plan,
+        &report,
     );
     status::write(&ctx, &app, status).await?;
     log_sync(&id, &desired.revision, plan.mode, &report, started);
@@ -464,6 +490,7 @@ async fn fetch_desired(ctx: &Context, app: &Application) -> Result<Desired, Sour
 
 /// Applies (or only compares) `objects`, counts the outcome, remembers a self-heal for its
 /// backoff, and watches the synced kinds for drift.
+#[allow(clippy::too_many_arguments)]
 async fn sync(
     ctx: &Context,
     engine: &Engine,
@@ -472,6 +499,7 @@ async fn sync(
     previous: &ApplicationStatus,
     objects: Vec<DynamicObject>,
     plan: &mode::Plan,
+    hooks: crate::gitops::apply::Hooks,
 ) -> Result<SyncReport, Error> {
     let request = mode::request(
         app,
@@ -480,6 +508,7 @@ async fn sync(
         objects,
         plan.mode,
         ctx.max_prune_fraction,
+        hooks,
     );
     // Owned: the rendered objects are dropped one by one as the engine prepares them.
     let report = engine.sync_owned(request).await?;

@@ -176,6 +176,7 @@ pub(super) fn synced(
         conditions,
         history,
         observed_generation: app.metadata.generation,
+        operation_state: previous.operation_state,
     }
 }
 

@@ -92,6 +92,30 @@ impl ObjectKey {
         })
     }
 
+    /// The key of a hook: as [`ObjectKey::of_object`], but a hook without a name is keyed by
+    /// its `metadata.generateName` (it gets a fresh name each time it is created).
+    pub fn of_hook(object: &DynamicObject) -> Option<ObjectKey> {
+        if object.metadata.name.is_some() {
+            return ObjectKey::of_object(object);
+        }
+        let types = object.types.as_ref()?;
+        let (group, _) = split_api_version(&types.api_version);
+        Some(ObjectKey {
+            group: group.to_string(),
+            kind: types.kind.clone(),
+            namespace: object
+                .metadata
+                .namespace
+                .clone()
+                .filter(|ns| !ns.is_empty()),
+            name: object
+                .metadata
+                .generate_name
+                .clone()
+                .filter(|name| !name.is_empty())?,
+        })
+    }
+
     /// The `mooring.dev/tracking-id` value for this object owned by `app`:
     /// `<app-namespace>/<app-name>:<group>/<kind>:<namespace>/<name>`.
     pub fn tracking_id(&self, app: &AppId) -> String {
