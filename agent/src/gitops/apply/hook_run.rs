@@ -31,7 +31,7 @@ const DELETION_WAIT: Duration = Duration::from_secs(10);
 const PREVIOUS_LISTED: u32 = 500;
 
 /// The reason of a failed hook in the failure list.
-pub const HOOK_FAILED: &str = "HookFailed";
+pub const HOOK_FAILED: &str = mooring_crds::application::reasons::HOOK_FAILED;
 
 /// Where a hook stands after this reconcile.
 enum State {
