@@ -160,12 +160,21 @@ impl Engine {
                     .await
             }
             Err(error) => {
-                let record = new_record(item, item.key.name.clone());
-                let message = format!(
-                    "failed to create the hook: {}",
-                    crate::errors::error_chain(&error)
+                let failure = ObjectFailure::api(
+                    item.key.clone(),
+                    Step::Hook,
+                    &error,
+                    "failed to create the hook",
                 );
-                self.settle(report, record, HookPhase::Failed, Some(message))
+                if failure.retryable {
+                    // An API outage or a conflict: the hook has not run; try again next look.
+                    return State::Pending(format!(
+                        "{:?} hook {}: {}",
+                        hook.hook_type, item.key, failure.message
+                    ));
+                }
+                let record = new_record(item, item.key.name.clone());
+                self.settle(report, record, HookPhase::Failed, Some(failure.message))
             }
         }
     }
