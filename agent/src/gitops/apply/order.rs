@@ -89,10 +89,13 @@ pub fn order_key(key: &ObjectKey, wave: i64) -> OrderKey {
 }
 
 /// The position of `key` in phase `phase` (see [`super::hooks::phase_rank`]): phases first,
-/// then as [`order_key`]. Only the Sync phase has a first stage: a hook of another phase is
-/// ordered by its wave and kind whatever its kind.
+/// then as [`order_key`]. The first stage holds the ordinary CRDs and Namespaces and comes
+/// before every phase; a hook is ordered by its wave and kind whatever its kind.
 pub fn phase_order_key(phase: u8, key: &ObjectKey, wave: i64) -> OrderKey {
     let first = phase == super::hooks::SYNC_PHASE_RANK && is_first_stage(&key.group, &key.kind);
+    // The set's CRDs and Namespaces go before the PreSync hooks too (Argo CD moves them in
+    // front of the first hook that needs them): a hook may live in one, or be a custom resource.
+    let phase = if first { 0 } else { phase };
     let pair = (key.group.as_str(), key.kind.as_str());
     let rank = if let Some(index) = KIND_ORDER.iter().position(|known| *known == pair) {
         index
@@ -120,7 +123,7 @@ pub fn prune_key(key: &ObjectKey, wave: i64, last: bool) -> (bool, std::cmp::Rev
 }
 
 /// Groups items already sorted by [`order_key`] into steps that must finish before the next
-/// starts: per phase, the first stage, then one step per wave.
+/// starts: the first stage, then per phase one step per wave.
 pub fn steps<T>(sorted: Vec<(OrderKey, T)>) -> Vec<Vec<T>> {
     let mut steps: Vec<Vec<T>> = Vec::new();
     let mut current: Option<(u8, u8, i64)> = None;
@@ -366,9 +369,9 @@ mod tests {
         assert_eq!(
             steps(keyed),
             vec![
+                vec!["ns"],
                 vec!["seed", "migrate"],
                 vec!["hook-ns"],
-                vec!["ns"],
                 vec!["web"],
                 vec!["late", "during"],
                 vec!["smoke"],
