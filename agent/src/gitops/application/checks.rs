@@ -190,4 +190,50 @@ mod tests {
         );
         assert!(unsupported_fields(&app(ApplicationSpec::default())).is_empty());
     }
+
+    #[test]
+    fn hooks_mooring_does_not_run_are_named_and_others_are_not() {
+        let object = |name: &str, annotations: serde_json::Value| -> DynamicObject {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "batch/v1", "kind": "Job",
+                "metadata": {"name": name, "annotations": annotations},
+            }))
+            .unwrap()
+        };
+        let objects = [
+            object(
+                "cleanup",
+                serde_json::json!({"argocd.argoproj.io/hook": "PostDelete"}),
+            ),
+            object("chart-test", serde_json::json!({"helm.sh/hook": "test"})),
+            object(
+                "migrate",
+                serde_json::json!({"argocd.argoproj.io/hook": "PreSync"}),
+            ),
+        ];
+        let mut conditions = Vec::new();
+        note_hooks_not_run(&mut conditions, &objects);
+        let [condition] = conditions.as_slice() else {
+            panic!("one condition: {conditions:?}");
+        };
+        assert_eq!(condition.type_, names::UNSUPPORTED_FIELDS);
+        assert!(
+            condition.message.contains("Job cleanup (PostDelete)"),
+            "{}",
+            condition.message
+        );
+        assert!(
+            condition.message.contains("Job chart-test (Helm test)"),
+            "{}",
+            condition.message
+        );
+        assert!(
+            !condition.message.contains("migrate"),
+            "{}",
+            condition.message
+        );
+        let mut none = Vec::new();
+        note_hooks_not_run(&mut none, &objects[2..]);
+        assert!(none.is_empty());
+    }
 }

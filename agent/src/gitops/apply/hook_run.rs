@@ -428,3 +428,130 @@ pub(super) fn progress(request: &SyncRequest, report: &SyncReport) -> Option<Ope
         message: Some("successfully synced (all phases and hooks)".into()),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gitops::apply::object::{AppId, ObjectKey};
+    use crate::gitops::apply::prune::PruneSettings;
+    use crate::gitops::apply::{Mode, SyncRequest};
+
+    fn request(hooks: Hooks) -> SyncRequest {
+        SyncRequest {
+            app: AppId {
+                namespace: "argocd".into(),
+                name: "web".into(),
+            },
+            objects: Vec::new(),
+            destination_namespace: None,
+            sync_options: Vec::new(),
+            inventory: Vec::new(),
+            prune: PruneSettings::default(),
+            mode: Mode::Apply,
+            hooks,
+        }
+    }
+
+    fn record(name: &str, hook_type: HookType, hook_phase: HookPhase) -> HookStatus {
+        HookStatus {
+            group: "batch".into(),
+            kind: "Job".into(),
+            name: name.into(),
+            hook_type,
+            hook_phase,
+            ..Default::default()
+        }
+    }
+
+    fn phase(report: &SyncReport) -> Option<OperationPhase> {
+        progress(&request(Hooks::Run { started: vec![] }), report).map(|p| p.phase)
+    }
+
+    #[test]
+    fn an_operation_fails_once_its_sync_fail_hooks_finished() {
+        assert_eq!(
+            progress(&request(Hooks::Ignore), &SyncReport::default()),
+            None,
+            "no operation without hooks"
+        );
+        assert_eq!(
+            phase(&SyncReport::default()),
+            Some(OperationPhase::Succeeded)
+        );
+        let waiting = SyncReport {
+            waiting: Some("waiting for hooks: PreSync hook Job.batch migrate".into()),
+            ..Default::default()
+        };
+        assert_eq!(phase(&waiting), Some(OperationPhase::Running));
+        let failure = ObjectFailure {
+            key: ObjectKey {
+                group: "batch".into(),
+                kind: "Job".into(),
+                namespace: Some("ns".into()),
+                name: "migrate".into(),
+            },
+            step: Step::Hook,
+            reason: HOOK_FAILED,
+            retryable: false,
+            message: "PreSync hook failed: Job has reached the specified backoff limit".into(),
+        };
+        let mut failed = SyncReport {
+            hooks: vec![
+                record("migrate", HookType::PreSync, HookPhase::Failed),
+                record("cleanup", HookType::SyncFail, HookPhase::Running),
+            ],
+            failures: vec![failure.clone()],
+            ..Default::default()
+        };
+        assert_eq!(
+            phase(&failed),
+            Some(OperationPhase::Running),
+            "the SyncFail hook still runs"
+        );
+        failed.hooks[1].hook_phase = HookPhase::Succeeded;
+        let progress = progress(&request(Hooks::Run { started: vec![] }), &failed).unwrap();
+        assert_eq!(progress.phase, OperationPhase::Failed);
+        assert!(
+            progress
+                .message
+                .as_deref()
+                .is_some_and(|m| m.contains("Job.batch ns/migrate") && m.contains("backoff limit")),
+            "{progress:?}"
+        );
+        // A failed SyncFail hook alone does not count as the operation's failure.
+        let only_sync_fail = SyncReport {
+            hooks: vec![record("cleanup", HookType::SyncFail, HookPhase::Failed)],
+            ..Default::default()
+        };
+        assert!(!only_sync_fail.hook_failed());
+        // An apply failure keeps the operation running: the retry resumes it.
+        let apply_failed = SyncReport {
+            failures: vec![ObjectFailure {
+                reason: "Invalid",
+                step: Step::Apply,
+                ..failure
+            }],
+            ..Default::default()
+        };
+        assert_eq!(phase(&apply_failed), Some(OperationPhase::Running));
+    }
+
+    #[test]
+    fn the_same_hook_is_matched_by_name_or_generate_name_and_phase() {
+        let named = record("migrate", HookType::PreSync, HookPhase::Running);
+        assert!(same_hook(&named, &named.clone()));
+        let other_phase = record("migrate", HookType::PostSync, HookPhase::Running);
+        assert!(!same_hook(&named, &other_phase));
+        let generated = HookStatus {
+            name: "smoke-x7k2p".into(),
+            generate_name: Some("smoke-".into()),
+            ..record("", HookType::PostSync, HookPhase::Running)
+        };
+        let probe = HookStatus {
+            name: "smoke-".into(),
+            ..generated.clone()
+        };
+        assert!(same_hook(&generated, &probe));
+        assert!(!same_hook(&generated, &other_phase));
+    }
+}

@@ -199,6 +199,27 @@ mod tests {
     }
 
     #[test]
+    fn a_hook_without_a_name_is_keyed_by_its_generate_name() {
+        let object = |metadata: serde_json::Value| -> DynamicObject {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "batch/v1", "kind": "Job", "metadata": metadata,
+            }))
+            .unwrap()
+        };
+        let generated = object(serde_json::json!({"generateName": "migrate-", "namespace": "ns"}));
+        assert_eq!(ObjectKey::of_object(&generated), None);
+        let key = ObjectKey::of_hook(&generated).unwrap();
+        assert_eq!(
+            (key.group.as_str(), key.kind.as_str(), key.name.as_str()),
+            ("batch", "Job", "migrate-")
+        );
+        assert_eq!(key.namespace.as_deref(), Some("ns"));
+        let named = object(serde_json::json!({"name": "migrate", "generateName": "x-"}));
+        assert_eq!(ObjectKey::of_hook(&named).unwrap().name, "migrate");
+        assert_eq!(ObjectKey::of_hook(&object(serde_json::json!({}))), None);
+    }
+
+    #[test]
     fn tracking_id_round_trips_for_namespaced_and_cluster_objects() {
         let deployment = ObjectKey {
             group: "apps".into(),
