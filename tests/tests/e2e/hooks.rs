@@ -584,3 +584,76 @@ async fn a_generate_name_hook_gets_a_fresh_name_each_operation() {
     assert!(config_maps.get_opt(&created.name).await.unwrap().is_none());
     assert!(config_maps.get_opt(&again.name).await.unwrap().is_some());
 }
+
+/// A named hook whose object belongs to another Application fails instead of deleting
+/// (BeforeHookCreation) or overwriting it.
+#[tokio::test]
+async fn a_hook_never_replaces_another_applications_object() {
+    let env = RealEnv::load().unwrap();
+    let ns = TestNamespace::create(&env, "hooks-foreign").await.unwrap();
+    let engine = Engine::new(ns.client());
+    let other = AppId {
+        namespace: ns.name().into(),
+        name: "other".into(),
+    };
+    let config_map = |annotations: serde_json::Value| -> DynamicObject {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "shared", "annotations": annotations},
+            "data": {"owner": "whoever syncs it"},
+        }))
+        .unwrap()
+    };
+    let request = |app: &AppId, annotations: serde_json::Value, hooks: Hooks| SyncRequest {
+        app: app.clone(),
+        objects: vec![config_map(annotations)],
+        destination_namespace: Some(ns.name().into()),
+        sync_options: Vec::new(),
+        inventory: Vec::new(),
+        prune: PruneSettings::default(),
+        mode: Mode::Apply,
+        hooks,
+    };
+    let owned = engine
+        .sync(&request(&other, serde_json::json!({}), Hooks::Ignore))
+        .await
+        .unwrap();
+    assert!(owned.failures.is_empty(), "{:?}", owned.failures);
+    let before = ns
+        .api::<ConfigMap>()
+        .get("shared")
+        .await
+        .unwrap()
+        .metadata
+        .uid;
+
+    let app = AppId {
+        namespace: ns.name().into(),
+        name: "hooks".into(),
+    };
+    let report = engine
+        .sync(&request(
+            &app,
+            serde_json::json!({"argocd.argoproj.io/hook": "PreSync"}),
+            Hooks::Run {
+                started: Vec::new(),
+            },
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        report.operation.as_ref().map(|o| o.phase),
+        Some(OperationPhase::Failed),
+        "{report:?}"
+    );
+    let message = report.hooks[0].message.clone().unwrap_or_default();
+    assert!(message.contains("belongs to Application"), "{message}");
+    let after = ns
+        .api::<ConfigMap>()
+        .get("shared")
+        .await
+        .unwrap()
+        .metadata
+        .uid;
+    assert_eq!(after, before, "the other Application's object was replaced");
+}

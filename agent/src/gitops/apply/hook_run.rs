@@ -17,7 +17,7 @@ use serde_json::Value;
 use super::discovery::Served;
 use super::failure::{ObjectFailure, Step};
 use super::hooks;
-use super::object::TRACKING_ID_ANNOTATION;
+use super::object::{TRACKING_ID_ANNOTATION, parse_tracking_id};
 use super::prepare::Desired;
 use super::{Engine, Hooks, OperationProgress, SyncReport, SyncRequest, health};
 use crate::cluster::FIELD_MANAGER;
@@ -143,6 +143,14 @@ impl Engine {
                 .finish(&api, report, record, hook.policy, phase, message)
                 .await;
         }
+        if let Some(owner) = self.foreign_owner(request, item, &api).await {
+            let record = new_record(item, item.key.name.clone());
+            let message = format!(
+                "{} exists and belongs to Application {owner}: the hook would replace it",
+                item.key
+            );
+            return self.settle(report, record, HookPhase::Failed, Some(message));
+        }
         if let Some(pending) = self.delete_before_creation(request, item, &api).await {
             return State::Pending(pending);
         }
@@ -222,6 +230,27 @@ impl Engine {
         let params = PatchParams::apply(FIELD_MANAGER).force();
         api.patch(&item.key.name, &params, &Patch::Apply(&manifest))
             .await
+    }
+
+    /// The Application owning the live object of a named hook, when it is another one: a hook
+    /// never deletes or overwrites another Application's object.
+    async fn foreign_owner(
+        &self,
+        request: &SyncRequest,
+        item: &Desired,
+        api: &Api<DynamicObject>,
+    ) -> Option<String> {
+        if item.hook.as_ref()?.generate_name.is_some() {
+            return None;
+        }
+        let live = api.get_opt(&item.key.name).await.ok()??;
+        let id = live
+            .metadata
+            .annotations
+            .as_ref()?
+            .get(TRACKING_ID_ANNOTATION)?;
+        let (owner, _) = parse_tracking_id(id)?;
+        (owner != request.app).then(|| owner.to_string())
     }
 
     /// BeforeHookCreation: deletes the hook's previous instance (by name; for a `generateName`
