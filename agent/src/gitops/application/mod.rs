@@ -4,8 +4,10 @@
 //! so this controller only decides *whether* and *how* to sync. `reconcile` reads as the list
 //! of steps; each step lives with its kind of decision:
 //!
-//! - `checks`: the destination must be this cluster; fields and hooks mooring does not
+//! - `checks`: the destination must be this cluster; fields and hook types mooring does not
 //!   implement are named in a condition.
+//! - `operation`: whether this sync runs resource hooks (once per revision and spec
+//!   generation), and the `status.operationState` that lets an operation resume.
 //! - `mode`: apply or only compare (automated, selfHeal and its backoff), and when to look again.
 //! - `status`: the conditions and status of each outcome, written only when they changed.
 //! - `events`: drift (naming the field manager that made it), writes and prunes.

@@ -14,7 +14,8 @@
 //! and keyed), `steps` (step by step, waves, CRDs Established), `sync_object` (one object: read,
 //! compare, apply) with `prefetch` (one LIST instead of many GETs), [`prune`] (guards and
 //! deletion), `report` (inventory, sync state, health roll-up); [`failure`] types what went
-//! wrong with one object.
+//! wrong with one object; [`hooks`] (what hook annotations mean) and `hook_run` (creating,
+//! judging and deleting hooks, resumed from the operation's record in [`Hooks::Run`]).
 
 pub mod compare;
 pub mod discovery;
