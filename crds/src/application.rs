@@ -282,6 +282,119 @@ pub struct ApplicationStatus {
     /// The `metadata.generation` the status was computed from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// The last sync operation that ran resource hooks (Argo CD's `status.operationState`):
+    /// which revision and spec generation it synced, how far it got and each hook's result.
+    /// Absent while the desired set has no hooks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operation_state: Option<OperationState>,
+}
+
+/// One sync of a revision with resource hooks. Hooks run once per operation: a resync of the
+/// same revision and spec generation after the operation finished runs none.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct OperationState {
+    /// The commit SHA synced.
+    pub revision: String,
+    /// The Application's `metadata.generation` the operation started from: a spec change
+    /// starts a new operation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<i64>,
+    /// Running until every phase finished, then Succeeded or Failed.
+    pub phase: OperationPhase,
+    /// Why it is running still, or why it failed (naming the hook).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// When the operation started, RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    /// When it finished, RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+    /// Every hook started by the operation, in the order they started.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hooks: Vec<HookStatus>,
+}
+
+/// The phase of a sync operation (Argo CD's `OperationPhase`).
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+pub enum OperationPhase {
+    /// Hooks or waves are still awaited.
+    #[default]
+    Running,
+    /// Every phase finished.
+    Succeeded,
+    /// A hook failed: the later phases were not applied and the SyncFail hooks ran.
+    Failed,
+}
+
+/// One hook of a sync operation, as an entry of Argo CD's `syncResult.resources`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct HookStatus {
+    /// API group, empty for the core group.
+    #[serde(default)]
+    pub group: String,
+    /// API version.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub version: String,
+    /// Kind.
+    pub kind: String,
+    /// Namespace, absent for cluster-scoped objects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// The name of the object created (for a `generateName` hook, the name the API server
+    /// chose).
+    pub name: String,
+    /// The hook's `metadata.generateName` in Git, when it has one instead of a name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generate_name: Option<String>,
+    /// The sync phase the hook ran in.
+    pub hook_type: HookType,
+    /// Its result so far.
+    pub hook_phase: HookPhase,
+    /// Why, for people (the Job's failure message, for instance).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// When a hook runs (`argocd.argoproj.io/hook`).
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    Deserialize,
+    Serialize,
+    JsonSchema,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+)]
+pub enum HookType {
+    /// Before anything else of the sync is applied.
+    #[default]
+    PreSync,
+    /// With the sync's own objects, in their waves.
+    Sync,
+    /// After every object is applied and healthy.
+    PostSync,
+    /// When a hook of the operation failed.
+    SyncFail,
+}
+
+/// A hook's result (Argo CD's `HookPhase`).
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+pub enum HookPhase {
+    /// Created; not finished yet.
+    #[default]
+    Running,
+    /// Finished successfully (a Job Complete, a Pod Succeeded, any other kind healthy).
+    Succeeded,
+    /// Failed (a Job failed, a Pod failed, any other kind degraded).
+    Failed,
 }
 
 /// As Argo CD's `status.sync`.
@@ -409,6 +522,8 @@ pub mod reasons {
     pub const STATUS_UPDATE_FAILED: &str = "StatusUpdateFailed";
     /// The resources finalizer could not be removed.
     pub const FINALIZER_UPDATE_FAILED: &str = "FinalizerUpdateFailed";
+    /// A resource hook failed: the later phases were not applied.
+    pub const HOOK_FAILED: &str = "HookFailed";
     /// The Application could not be read.
     pub const API_ERROR: &str = "ApiError";
     /// Event: selfHeal reverted a manual change.

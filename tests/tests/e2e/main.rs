@@ -20,6 +20,7 @@ mod gitops;
 mod golden;
 mod ha;
 mod holes;
+mod hooks;
 mod install;
 mod jsonnet;
 mod kubeseal;

@@ -1,17 +1,16 @@
 //! Whether an Application can be synced as written: its destination must be this cluster, and
-//! the fields and hook annotations mooring accepts but does not implement are named in a
-//! condition (they are ignored, not refused, so Argo CD manifests keep working).
+//! the fields and hook types mooring accepts but does not implement are named in a condition
+//! (they are ignored, not refused, so Argo CD manifests keep working).
 
 use kube::api::DynamicObject;
 use mooring_crds::application::{Application, reasons};
 use mooring_crds::conditions::{Condition, ConditionStatus, names};
 
+use crate::gitops::apply::hooks::{self, Role};
+
 /// The destinations that mean "this cluster" (Argo CD's in-cluster server URL and name).
 const IN_CLUSTER_SERVER: &str = "https://kubernetes.default.svc";
 const IN_CLUSTER_NAME: &str = "in-cluster";
-/// Annotations of Argo CD and Helm hooks: mooring has no hook phases, so such objects are
-/// applied like any other and a condition says so.
-const HOOK_ANNOTATIONS: &[&str] = &["argocd.argoproj.io/hook", "helm.sh/hook"];
 
 /// The destination must be this cluster.
 pub(super) fn check_destination(app: &Application) -> Result<(), String> {
@@ -116,49 +115,48 @@ pub fn unsupported_fields(app: &Application) -> Vec<String> {
     found
 }
 
-/// Names the rendered objects that carry a sync hook annotation in the `UnsupportedFields`
-/// condition (adding to it when fields are already named there).
-pub(super) fn note_sync_hooks(conditions: &mut Vec<Condition>, objects: &[DynamicObject]) {
-    let hooks = sync_hooks(objects);
+/// Names the rendered objects that are hooks of a kind mooring does not run (PreDelete,
+/// PostDelete, Helm's test and rollback hooks) in the `UnsupportedFields` condition (adding to
+/// it when fields are already named there). They are not applied, as in Argo CD during a sync.
+pub(super) fn note_hooks_not_run(conditions: &mut Vec<Condition>, objects: &[DynamicObject]) {
+    let hooks = hooks_not_run(objects);
     if hooks.is_empty() {
         return;
     }
     let listed = crate::gitops::apply::prune::summarize_names(&hooks);
+    let sentence = format!("hooks of these types are not implemented and not applied: {listed}");
     match conditions
         .iter_mut()
         .find(|c| c.type_ == names::UNSUPPORTED_FIELDS)
     {
         Some(existing) => {
-            existing.message = format!(
-                "{}; sync hooks on {listed} are applied as plain resources",
-                existing.message
-            );
+            existing.message = format!("{}; {sentence}", existing.message);
         }
         None => conditions.push(Condition::new(
             names::UNSUPPORTED_FIELDS,
             ConditionStatus::True,
             reasons::UNSUPPORTED_FIELDS,
-            format!("sync hooks are not implemented: {listed} are applied as plain resources"),
+            sentence,
         )),
     }
 }
 
-/// "Kind name" of each object annotated as an Argo CD or Helm hook.
-fn sync_hooks(objects: &[DynamicObject]) -> Vec<String> {
+/// "Kind name (types)" of each object whose hook annotations name only types mooring does not
+/// run.
+fn hooks_not_run(objects: &[DynamicObject]) -> Vec<String> {
     objects
         .iter()
-        .filter(|o| {
-            o.metadata
-                .annotations
-                .as_ref()
-                .is_some_and(|a| HOOK_ANNOTATIONS.iter().any(|h| a.contains_key(*h)))
-        })
-        .filter_map(|o| {
-            Some(format!(
-                "{} {}",
+        .filter_map(|o| match hooks::role(&o.metadata) {
+            Role::NotRun(types) => Some(format!(
+                "{} {} ({})",
                 o.types.as_ref()?.kind,
-                o.metadata.name.as_deref()?
-            ))
+                o.metadata
+                    .name
+                    .as_deref()
+                    .or(o.metadata.generate_name.as_deref())?,
+                types.join(", ")
+            )),
+            _ => None,
         })
         .collect()
 }
@@ -238,5 +236,51 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(empty_render(&app(spec), &[]), None);
+    }
+
+    #[test]
+    fn hooks_mooring_does_not_run_are_named_and_others_are_not() {
+        let object = |name: &str, annotations: serde_json::Value| -> DynamicObject {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "batch/v1", "kind": "Job",
+                "metadata": {"name": name, "annotations": annotations},
+            }))
+            .unwrap()
+        };
+        let objects = [
+            object(
+                "cleanup",
+                serde_json::json!({"argocd.argoproj.io/hook": "PostDelete"}),
+            ),
+            object("chart-test", serde_json::json!({"helm.sh/hook": "test"})),
+            object(
+                "migrate",
+                serde_json::json!({"argocd.argoproj.io/hook": "PreSync"}),
+            ),
+        ];
+        let mut conditions = Vec::new();
+        note_hooks_not_run(&mut conditions, &objects);
+        let [condition] = conditions.as_slice() else {
+            panic!("one condition: {conditions:?}");
+        };
+        assert_eq!(condition.type_, names::UNSUPPORTED_FIELDS);
+        assert!(
+            condition.message.contains("Job cleanup (PostDelete)"),
+            "{}",
+            condition.message
+        );
+        assert!(
+            condition.message.contains("Job chart-test (Helm test)"),
+            "{}",
+            condition.message
+        );
+        assert!(
+            !condition.message.contains("migrate"),
+            "{}",
+            condition.message
+        );
+        let mut none = Vec::new();
+        note_hooks_not_run(&mut none, &objects[2..]);
+        assert!(none.is_empty());
     }
 }

@@ -72,6 +72,7 @@ async fn delete_resources(
         inventory: status.resources.clone(),
         prune: PruneSettings::default(),
         mode: Mode::Apply,
+        hooks: crate::gitops::apply::Hooks::Ignore,
     };
     let report = engine.delete_all(&request).await;
     events::resources_deleted(ctx, app, &report).await;

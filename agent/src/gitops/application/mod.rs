@@ -4,8 +4,10 @@
 //! so this controller only decides *whether* and *how* to sync. `reconcile` reads as the list
 //! of steps; each step lives with its kind of decision:
 //!
-//! - `checks`: the destination must be this cluster; fields and hooks mooring does not
+//! - `checks`: the destination must be this cluster; fields and hook types mooring does not
 //!   implement are named in a condition.
+//! - `operation`: whether this sync runs resource hooks (once per revision and spec
+//!   generation), and the `status.operationState` that lets an operation resume.
 //! - `mode`: apply or only compare (automated, selfHeal and its backoff), and when to look again.
 //! - `status`: the conditions and status of each outcome, written only when they changed.
 //! - `events`: drift (naming the field manager that made it), writes and prunes.
@@ -22,6 +24,7 @@ mod events;
 mod finalize;
 mod looks;
 mod mode;
+mod operation;
 mod orphans;
 mod status;
 mod tenancy;
@@ -378,7 +381,7 @@ async fn reconcile(cached: Arc<Application>, ctx: Arc<Context>) -> Result<Action
         }
     };
     let poll = ctx.looks.due_in(&app, poll);
-    checks::note_sync_hooks(&mut conditions, &desired.objects);
+    checks::note_hooks_not_run(&mut conditions, &desired.objects);
     // Every object is checked before anything is written: one the project refuses stops the
     // whole sync (Argo CD does the same), and nothing is pruned either.
     let mut refused = engine
@@ -408,10 +411,28 @@ async fn reconcile(cached: Arc<Application>, ctx: Arc<Context>) -> Result<Action
     // its prune guards delete nothing, and the status says why.
     let empty_render = checks::empty_render(&app, &desired.objects);
     let plan = mode::plan(&app, &previous, &desired.revision, &ctx.heals);
-    let report = sync(&ctx, &engine, &app, &id, &previous, desired.objects, &plan).await?;
+    let hook_plan = operation::plan(
+        &app,
+        &previous,
+        &desired.revision,
+        &desired.objects,
+        plan.mode,
+    );
+    let report = sync(
+        &ctx,
+        &engine,
+        &app,
+        &id,
+        &previous,
+        desired.objects,
+        &plan,
+        hook_plan.hooks.clone(),
+    )
+    .await?;
     events::announce(&ctx, &app, &report, plan.mode, plan.heal_wait.is_some()).await;
     conditions.extend(orphans::warning(&ctx.client, &project, &app, &report).await);
     let history_before = previous.history.clone();
+    let previous_operation = previous.operation_state.clone();
     let mut status = status::synced(
         &app,
         previous,
@@ -425,6 +446,13 @@ async fn reconcile(cached: Arc<Application>, ctx: Arc<Context>) -> Result<Action
         // Nothing was deployed.
         status.history = history_before;
     }
+    status.operation_state = operation::state(
+        &app,
+        previous_operation.as_ref(),
+        &desired.revision,
+        &hook_plan,
+        &report,
+    );
     status::write(&ctx, &app, status).await?;
     log_sync(&id, &desired.revision, plan.mode, &report, started);
     if let Some(error) = failed_objects(&report) {
@@ -473,6 +501,7 @@ async fn fetch_desired(ctx: &Context, app: &Application) -> Result<Desired, Sour
 
 /// Applies (or only compares) `objects`, counts the outcome, remembers a self-heal for its
 /// backoff, and watches the synced kinds for drift.
+#[allow(clippy::too_many_arguments)]
 async fn sync(
     ctx: &Context,
     engine: &Engine,
@@ -481,6 +510,7 @@ async fn sync(
     previous: &ApplicationStatus,
     objects: Vec<DynamicObject>,
     plan: &mode::Plan,
+    hooks: crate::gitops::apply::Hooks,
 ) -> Result<SyncReport, Error> {
     let request = mode::request(
         app,
@@ -489,6 +519,7 @@ async fn sync(
         objects,
         plan.mode,
         ctx.max_prune_fraction,
+        hooks,
     );
     // Owned: the rendered objects are dropped one by one as the engine prepares them.
     let report = engine.sync_owned(request).await?;

@@ -19,7 +19,7 @@ use mooring_crds::application::{Application, ApplicationStatus};
 use crate::controllers::lock;
 use crate::gitops::apply::object::AppId;
 use crate::gitops::apply::prune::PruneSettings;
-use crate::gitops::apply::{Mode, SyncReport, SyncRequest};
+use crate::gitops::apply::{Hooks, Mode, SyncReport, SyncRequest};
 
 /// How soon an Application with deferred custom resources looks for their CRDs again.
 const DEFERRED_RECHECK: Duration = Duration::from_secs(15);
@@ -102,6 +102,7 @@ pub(super) fn request(
     objects: Vec<DynamicObject>,
     mode: Mode,
     max_prune_fraction: f64,
+    hooks: Hooks,
 ) -> SyncRequest {
     let policy = app.spec.sync_policy.clone().unwrap_or_default();
     let automated = policy.automated.as_ref();
@@ -117,6 +118,7 @@ pub(super) fn request(
             max_fraction: max_prune_fraction,
         },
         mode,
+        hooks,
     }
 }
 

@@ -176,6 +176,7 @@ pub(super) fn synced(
         conditions,
         history,
         observed_generation: app.metadata.generation,
+        operation_state: previous.operation_state,
     }
 }
 
@@ -287,6 +288,13 @@ fn synced_condition(report: &SyncReport, mode: Mode) -> Condition {
             reasons::SYNC_WAVE_NOT_HEALTHY,
             report.waiting.clone().unwrap_or_default(),
         ),
+        // A failed hook fails the whole operation: the condition names it.
+        (Some(_), _, _) if let Some(hook) = failed_hook(report) => Condition::new(
+            names::SYNCED,
+            ConditionStatus::False,
+            reasons::HOOK_FAILED,
+            format!("the sync operation failed, later phases were not applied: {hook}"),
+        ),
         (Some(first), _, _) => Condition::new(
             names::SYNCED,
             ConditionStatus::False,
@@ -312,6 +320,15 @@ fn synced_condition(report: &SyncReport, mode: Mode) -> Condition {
             "some objects are not applied yet (deferred or left in the cluster)",
         ),
     }
+}
+
+/// The failed hook of the sync, as "object: why".
+fn failed_hook(report: &SyncReport) -> Option<String> {
+    report
+        .failures
+        .iter()
+        .find(|f| f.reason == reasons::HOOK_FAILED)
+        .map(ToString::to_string)
 }
 
 /// kstatus `Ready`: in sync with Git and healthy, so `kubectl wait --for=condition=Ready` and

@@ -26,6 +26,8 @@ pub enum Step {
     WaitEstablished,
     /// Deleting an object that left Git, or looking it up before deleting it.
     Prune,
+    /// Running a resource hook: creating it, reading its result, or the result itself.
+    Hook,
 }
 
 /// One object that could not be applied or pruned.

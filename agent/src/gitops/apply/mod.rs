@@ -14,12 +14,15 @@
 //! and keyed), `steps` (step by step, waves, CRDs Established), `sync_object` (one object: read,
 //! compare, apply) with `prefetch` (one LIST instead of many GETs), [`prune`] (guards and
 //! deletion), `report` (inventory, sync state, health roll-up); [`failure`] types what went
-//! wrong with one object.
+//! wrong with one object; [`hooks`] (what hook annotations mean) and `hook_run` (creating,
+//! judging and deleting hooks, resumed from the operation's record in [`Hooks::Run`]).
 
 pub mod compare;
 pub mod discovery;
 pub mod failure;
 pub mod health;
+mod hook_run;
+pub mod hooks;
 pub mod object;
 pub mod order;
 mod prefetch;
@@ -35,7 +38,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kube::api::{Api, ApiResource, DynamicObject};
-use mooring_crds::application::{HealthStatus, ResourceStatus, SyncState};
+use mooring_crds::application::{
+    HealthStatus, HookStatus, OperationPhase, ResourceStatus, SyncState,
+};
 
 use self::discovery::{Discovery, Served};
 pub use self::failure::{ObjectFailure, Step};
@@ -69,6 +74,31 @@ pub struct SyncRequest {
     pub prune: PruneSettings,
     /// Write, or only compare.
     pub mode: Mode,
+    /// Whether this sync runs the resource hooks of the set.
+    pub hooks: Hooks,
+}
+
+/// Whether a sync runs the resource hooks of its set (see [`hooks`]).
+#[derive(Clone, Debug, Default)]
+pub enum Hooks {
+    /// Hooks are left out: neither applied nor compared (no operation runs, or it finished).
+    #[default]
+    Ignore,
+    /// The operation runs (or resumes): `started` are the hooks it started so far, with their
+    /// results (from `status.operationState`).
+    Run {
+        /// The hooks this operation started so far.
+        started: Vec<HookStatus>,
+    },
+}
+
+/// How far a sync operation with hooks got.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OperationProgress {
+    /// Running (a hook or a wave is awaited), Succeeded or Failed.
+    pub phase: OperationPhase,
+    /// What it waits for, or why it failed.
+    pub message: Option<String>,
 }
 
 /// What one sync found and did.
@@ -100,6 +130,21 @@ pub struct SyncReport {
     /// healthy yet (as Argo CD, a wave starts when the previous one is healthy). Nothing is
     /// pruned; the caller looks again shortly.
     pub waiting: Option<String>,
+    /// With [`Hooks::Run`]: every hook the operation started, with its result so far.
+    pub hooks: Vec<HookStatus>,
+    /// With [`Hooks::Run`]: how far the operation got.
+    pub operation: Option<OperationProgress>,
+}
+
+impl SyncReport {
+    /// Whether a hook of the operation (not a SyncFail one) failed: the later phases are not
+    /// applied and the SyncFail hooks run.
+    pub fn hook_failed(&self) -> bool {
+        self.hooks.iter().any(|hook| {
+            hook.hook_phase == mooring_crds::application::HookPhase::Failed
+                && hook.hook_type != mooring_crds::application::HookType::SyncFail
+        })
+    }
 }
 
 /// A managed object that someone else changed or deleted.
@@ -239,6 +284,9 @@ impl Engine {
         I::IntoIter: Send,
     {
         let mut report = SyncReport::default();
+        if let Hooks::Run { started, .. } = &request.hooks {
+            report.hooks = started.clone();
+        }
         self.create_destination_namespace(request).await?;
         let in_inventory: BTreeSet<ObjectKey> =
             request.inventory.iter().map(ObjectKey::of_status).collect();
@@ -254,6 +302,10 @@ impl Engine {
                 &mut report,
             )
             .await;
+        if report.hook_failed() {
+            self.run_sync_fail_hooks(request, prepared.sync_fail, &mut report)
+                .await;
+        }
         let still_owned = self
             .prune_left_git(request, &in_inventory, &prepared.keys, &mut report)
             .await;
@@ -261,6 +313,7 @@ impl Engine {
             .record_outcomes(outcomes, &in_inventory, &mut report)
             .await;
         report::conclude(&mut report, still_owned, tally);
+        report.operation = hook_run::progress(request, &report);
         Ok(report)
     }
 

@@ -92,6 +92,30 @@ impl ObjectKey {
         })
     }
 
+    /// The key of a hook: as [`ObjectKey::of_object`], but a hook without a name is keyed by
+    /// its `metadata.generateName` (it gets a fresh name each time it is created).
+    pub fn of_hook(object: &DynamicObject) -> Option<ObjectKey> {
+        if object.metadata.name.is_some() {
+            return ObjectKey::of_object(object);
+        }
+        let types = object.types.as_ref()?;
+        let (group, _) = split_api_version(&types.api_version);
+        Some(ObjectKey {
+            group: group.to_string(),
+            kind: types.kind.clone(),
+            namespace: object
+                .metadata
+                .namespace
+                .clone()
+                .filter(|ns| !ns.is_empty()),
+            name: object
+                .metadata
+                .generate_name
+                .clone()
+                .filter(|name| !name.is_empty())?,
+        })
+    }
+
     /// The `mooring.dev/tracking-id` value for this object owned by `app`:
     /// `<app-namespace>/<app-name>:<group>/<kind>:<namespace>/<name>`.
     pub fn tracking_id(&self, app: &AppId) -> String {
@@ -172,6 +196,27 @@ mod tests {
             namespace: "argocd".into(),
             name: "platform-api".into(),
         }
+    }
+
+    #[test]
+    fn a_hook_without_a_name_is_keyed_by_its_generate_name() {
+        let object = |metadata: serde_json::Value| -> DynamicObject {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "batch/v1", "kind": "Job", "metadata": metadata,
+            }))
+            .unwrap()
+        };
+        let generated = object(serde_json::json!({"generateName": "migrate-", "namespace": "ns"}));
+        assert_eq!(ObjectKey::of_object(&generated), None);
+        let key = ObjectKey::of_hook(&generated).unwrap();
+        assert_eq!(
+            (key.group.as_str(), key.kind.as_str(), key.name.as_str()),
+            ("batch", "Job", "migrate-")
+        );
+        assert_eq!(key.namespace.as_deref(), Some("ns"));
+        let named = object(serde_json::json!({"name": "migrate", "generateName": "x-"}));
+        assert_eq!(ObjectKey::of_hook(&named).unwrap().name, "migrate");
+        assert_eq!(ObjectKey::of_hook(&object(serde_json::json!({}))), None);
     }
 
     #[test]

@@ -61,25 +61,41 @@ pub fn is_first_stage(group: &str, kind: &str) -> bool {
 }
 
 /// The sync wave of an object: `mooring.dev/sync-wave`, else `argocd.argoproj.io/sync-wave`,
-/// else 0. An unparsable value counts as 0 (Argo CD does the same).
+/// else Helm's `helm.sh/hook-weight`, else 0. An unparsable value counts as 0 (Argo CD does the
+/// same).
 pub fn sync_wave(meta: &ObjectMeta) -> i64 {
     let Some(annotations) = &meta.annotations else {
         return 0;
     };
-    [SYNC_WAVE_ANNOTATION, ARGO_SYNC_WAVE_ANNOTATION]
-        .iter()
-        .find_map(|name| annotations.get(*name))
-        .and_then(|value| value.trim().parse().ok())
-        .unwrap_or(0)
+    [
+        SYNC_WAVE_ANNOTATION,
+        ARGO_SYNC_WAVE_ANNOTATION,
+        super::hooks::HELM_HOOK_WEIGHT_ANNOTATION,
+    ]
+    .iter()
+    .find_map(|name| annotations.get(*name))
+    .and_then(|value| value.trim().parse().ok())
+    .unwrap_or(0)
 }
 
-/// The sort key of an object: (stage, wave, kind rank, group, kind, namespace, name).
-pub type OrderKey = (u8, i64, usize, String, String, String, String);
+/// The sort key of an object: (phase, stage, wave, kind rank, group, kind, namespace, name).
+pub type OrderKey = (u8, u8, i64, usize, String, String, String, String);
 
-/// The position of `key` (with sync wave `wave`) in the apply order. The first stage ignores
-/// waves among CRDs and Namespaces only to keep them ahead of everything that needs them.
+/// The position of the ordinary object `key` (with sync wave `wave`) in the apply order: in
+/// the Sync phase. The first stage ignores waves among CRDs and Namespaces only to keep them
+/// ahead of everything that needs them.
 pub fn order_key(key: &ObjectKey, wave: i64) -> OrderKey {
-    let first = is_first_stage(&key.group, &key.kind);
+    phase_order_key(super::hooks::SYNC_PHASE_RANK, key, wave)
+}
+
+/// The position of `key` in phase `phase` (see [`super::hooks::phase_rank`]): phases first,
+/// then as [`order_key`]. The first stage holds the ordinary CRDs and Namespaces and comes
+/// before every phase; a hook is ordered by its wave and kind whatever its kind.
+pub fn phase_order_key(phase: u8, key: &ObjectKey, wave: i64) -> OrderKey {
+    let first = phase == super::hooks::SYNC_PHASE_RANK && is_first_stage(&key.group, &key.kind);
+    // The set's CRDs and Namespaces go before the PreSync hooks too (Argo CD moves them in
+    // front of the first hook that needs them): a hook may live in one, or be a custom resource.
+    let phase = if first { 0 } else { phase };
     let pair = (key.group.as_str(), key.kind.as_str());
     let rank = if let Some(index) = KIND_ORDER.iter().position(|known| *known == pair) {
         index
@@ -89,6 +105,7 @@ pub fn order_key(key: &ObjectKey, wave: i64) -> OrderKey {
         KIND_ORDER.len()
     };
     (
+        phase,
         u8::from(!first),
         wave,
         rank,
@@ -106,12 +123,16 @@ pub fn prune_key(key: &ObjectKey, wave: i64, last: bool) -> (bool, std::cmp::Rev
 }
 
 /// Groups items already sorted by [`order_key`] into steps that must finish before the next
-/// starts: the first stage, then one step per wave.
+/// starts: the first stage, then per phase one step per wave.
 pub fn steps<T>(sorted: Vec<(OrderKey, T)>) -> Vec<Vec<T>> {
     let mut steps: Vec<Vec<T>> = Vec::new();
-    let mut current: Option<(u8, i64)> = None;
+    let mut current: Option<(u8, u8, i64)> = None;
     for (key, item) in sorted {
-        let step = if key.0 == 0 { (0, 0) } else { (1, key.1) };
+        let step = if key.1 == 0 {
+            (key.0, 0, 0)
+        } else {
+            (key.0, 1, key.2)
+        };
         if current != Some(step) {
             steps.push(Vec::new());
             current = Some(step);
@@ -240,6 +261,12 @@ mod tests {
             4
         );
         assert_eq!(sync_wave(&meta(&[(SYNC_WAVE_ANNOTATION, "soon")])), 0);
+        let helm = super::super::hooks::HELM_HOOK_WEIGHT_ANNOTATION;
+        assert_eq!(sync_wave(&meta(&[(helm, "-7")])), -7);
+        assert_eq!(
+            sync_wave(&meta(&[(helm, "-7"), (ARGO_SYNC_WAVE_ANNOTATION, "2")])),
+            2
+        );
         assert_eq!(sync_wave(&ObjectMeta::default()), 0);
     }
 
@@ -303,5 +330,52 @@ mod tests {
         .collect();
         keyed.sort();
         assert_eq!(steps(keyed), vec![vec!["ns"], vec!["a", "b"], vec!["c"]]);
+    }
+
+    #[test]
+    fn phases_order_before_waves_and_the_first_stage() {
+        use super::super::hooks::phase_rank;
+        use mooring_crds::application::HookType;
+        let mut keyed: Vec<_> = [
+            (
+                phase_rank(HookType::PostSync),
+                key("batch", "Job", "smoke"),
+                -5,
+            ),
+            (1, key("apps", "Deployment", "web"), 0),
+            (1, key("", "Namespace", "ns"), 3),
+            (
+                phase_rank(HookType::PreSync),
+                key("batch", "Job", "migrate"),
+                2,
+            ),
+            (
+                phase_rank(HookType::PreSync),
+                key("", "ConfigMap", "seed"),
+                2,
+            ),
+            (
+                phase_rank(HookType::PreSync),
+                key("", "Namespace", "hook-ns"),
+                5,
+            ),
+            (phase_rank(HookType::Sync), key("batch", "Job", "during"), 1),
+            (1, key("", "ConfigMap", "late"), 1),
+        ]
+        .into_iter()
+        .map(|(phase, k, w)| (phase_order_key(phase, &k, w), k.name))
+        .collect();
+        keyed.sort();
+        assert_eq!(
+            steps(keyed),
+            vec![
+                vec!["ns"],
+                vec!["seed", "migrate"],
+                vec!["hook-ns"],
+                vec!["web"],
+                vec!["late", "during"],
+                vec!["smoke"],
+            ]
+        );
     }
 }

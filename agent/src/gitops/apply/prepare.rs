@@ -10,12 +10,14 @@ use serde_json::Value;
 
 use super::discovery::Served;
 use super::failure::{ObjectFailure, Step};
+use super::hooks::{self, DeletePolicy, Role};
 use super::object::{
     APPLIED_HASH_ANNOTATION, AppId, ObjectKey, TRACKING_ID_ANNOTATION, has_option,
     split_api_version,
 };
-use super::{Engine, Error, Mode, SyncRequest, compare, order};
+use super::{Engine, Error, Hooks, Mode, SyncRequest, compare, order};
 use crate::cluster::FIELD_MANAGER;
+use mooring_crds::application::HookType;
 
 /// Metadata fields the API server owns: copied from a live object into Git, they would make
 /// the apply fail or lie.
@@ -39,6 +41,20 @@ pub(super) struct Desired {
     pub(super) manifest: String,
     pub(super) hash: String,
     pub(super) wave: i64,
+    /// Set for a hook: it is created in its phase and awaited, never compared or pruned.
+    pub(super) hook: Option<HookItem>,
+}
+
+/// What makes a desired object a hook.
+#[derive(Clone, Debug)]
+pub(super) struct HookItem {
+    /// The phase it runs in (one item per phase for a hook of several).
+    pub(super) hook_type: HookType,
+    /// When it is deleted.
+    pub(super) policy: DeletePolicy,
+    /// Its `metadata.generateName` when it has no name: created with a fresh name each run
+    /// (its key carries the generateName as its name).
+    pub(super) generate_name: Option<String>,
 }
 
 /// The desired set, ready to sync.
@@ -50,6 +66,8 @@ pub(super) struct Prepared {
     /// CRDs in the desired set: (group, kind) → CRD name, so a custom resource waiting for one
     /// can name it.
     pub(super) crds: BTreeMap<(String, String), String>,
+    /// The SyncFail hooks, in order: run only when a hook of the operation failed.
+    pub(super) sync_fail: Vec<Desired>,
 }
 
 impl Engine {
@@ -102,7 +120,9 @@ impl Engine {
     ) -> Vec<(ObjectKey, String)> {
         let mut refused = Vec::new();
         for object in objects {
-            let Some(mut key) = ObjectKey::of_object(object) else {
+            // A hook without a name is judged by its generateName.
+            let Some(mut key) = ObjectKey::of_object(object).or_else(|| ObjectKey::of_hook(object))
+            else {
                 // Not keyed: the sync refuses it as invalid and never applies it.
                 continue;
             };
@@ -139,11 +159,65 @@ impl Engine {
         let mut crds = BTreeMap::new();
         let mut desired: Vec<Desired> = Vec::new();
         let mut keys = BTreeSet::new();
+        let mut hook_keys = BTreeSet::new();
+        let mut sync_fail = Vec::new();
+        let run_hooks = matches!(request.hooks, Hooks::Run { .. });
         for object in objects {
             let object = object.borrow();
-            crds.extend(crd_in_set(object));
             let destination = request.destination_namespace.as_deref();
-            match self.prepare(&request.app, object, destination).await {
+            let (types, policy) = match hooks::role(&object.metadata) {
+                Role::Resource => (Vec::new(), DeletePolicy::default()),
+                // Never applied; deletion-time hooks are named by the controller.
+                Role::Skip | Role::NotRun(_) => continue,
+                // Outside an operation hooks are left alone: not applied, not compared.
+                Role::Hook { .. } if !run_hooks => continue,
+                Role::Hook { types, policy } => (types, policy),
+            };
+            if types.is_empty() {
+                crds.extend(crd_in_set(object));
+            }
+            match self
+                .prepare(&request.app, object, destination, !types.is_empty())
+                .await
+            {
+                Ok(item) if !types.is_empty() => {
+                    let generate_name = object
+                        .metadata
+                        .name
+                        .is_none()
+                        .then(|| object.metadata.generate_name.clone())
+                        .flatten();
+                    for hook_type in types {
+                        if !hook_keys.insert((item.key.clone(), hook_type)) {
+                            failures.push(ObjectFailure {
+                                reason: "DuplicateObject",
+                                ..ObjectFailure::invalid(
+                                    item.key.clone(),
+                                    "the hook appears twice in the render",
+                                )
+                            });
+                            continue;
+                        }
+                        let hook = Desired {
+                            key: item.key.clone(),
+                            version: item.version.clone(),
+                            served: item.served.clone(),
+                            manifest: item.manifest.clone(),
+                            hash: item.hash.clone(),
+                            wave: item.wave,
+                            hook: Some(HookItem {
+                                hook_type,
+                                policy,
+                                generate_name: generate_name.clone(),
+                            }),
+                        };
+                        if hook_type == HookType::SyncFail {
+                            sync_fail.push(hook);
+                        } else {
+                            desired.push(hook);
+                        }
+                    }
+                }
                 Ok(item) => {
                     if keys.insert(item.key.clone()) {
                         desired.push(item);
@@ -162,13 +236,15 @@ impl Engine {
         }
         let mut keyed: Vec<_> = desired
             .into_iter()
-            .map(|item| (order::order_key(&item.key, item.wave), item))
+            .map(|item| (sort_key(&item), item))
             .collect();
         keyed.sort_by(|a, b| a.0.cmp(&b.0));
+        sync_fail.sort_by_key(sort_key);
         Prepared {
             steps: order::steps(keyed),
             keys,
             crds,
+            sync_fail,
         }
     }
 
@@ -178,8 +254,14 @@ impl Engine {
         app: &AppId,
         object: &DynamicObject,
         destination_namespace: Option<&str>,
+        is_hook: bool,
     ) -> Result<Desired, ObjectFailure> {
-        let mut key = ObjectKey::of_object(object).ok_or_else(|| {
+        let keyed = if is_hook {
+            ObjectKey::of_hook(object)
+        } else {
+            ObjectKey::of_object(object)
+        };
+        let mut key = keyed.ok_or_else(|| {
             ObjectFailure::invalid(
                 unkeyed(object),
                 "the object has no apiVersion, kind or metadata.name",
@@ -225,8 +307,18 @@ impl Engine {
             served,
             manifest,
             hash,
+            hook: None,
         })
     }
+}
+
+/// Where an item goes in the apply order: its phase (the Sync phase for ordinary objects),
+/// then wave and kind.
+fn sort_key(item: &Desired) -> order::OrderKey {
+    let phase = item.hook.as_ref().map_or(hooks::SYNC_PHASE_RANK, |hook| {
+        hooks::phase_rank(hook.hook_type)
+    });
+    order::phase_order_key(phase, &item.key, item.wave)
 }
 
 /// The key of an object that has none, for the failure that says so.

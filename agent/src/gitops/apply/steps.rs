@@ -47,14 +47,32 @@ impl Engine {
                     report.remember_kind(&served.resource);
                 }
             }
+            // Hooks are created and awaited, not compared; after a failure or while an earlier
+            // step is awaited they wait too.
+            let (hooks, objects): (Vec<Desired>, Vec<Desired>) =
+                step.into_iter().partition(|item| item.hook.is_some());
             let mut results = self
-                .run_step(request, mode, step, crds_in_set, in_inventory)
+                .run_step(request, mode, objects, crds_in_set, in_inventory)
                 .await;
             failed_step |= record_failures(&results, &mut report.failures);
+            let hooks_waiting = if mode == Mode::Apply && !hooks.is_empty() {
+                let waiting = self.run_hooks(request, &hooks, report).await;
+                failed_step |= report.hook_failed();
+                waiting
+            } else {
+                None
+            };
             if mode == Mode::Apply && !failed_step {
                 failed_step |= self.wait_for_crds(&mut results, &mut report.failures).await;
-                if index < last_step && !failed_step {
-                    report.waiting = wave_not_ready(&results);
+                if !failed_step {
+                    let waves = (index < last_step)
+                        .then(|| wave_not_ready(&results))
+                        .flatten();
+                    // A hook is awaited even in the last step: the operation ends with it.
+                    report.waiting = match (waves, hooks_waiting) {
+                        (Some(waves), Some(hooks)) => Some(format!("{waves}; {hooks}")),
+                        (waves, hooks) => waves.or(hooks),
+                    };
                 }
             }
             outcomes.extend(results);
@@ -206,6 +224,7 @@ mod tests {
             manifest: String::new(),
             hash: String::new(),
             wave,
+            hook: None,
         }
     }
 

@@ -195,11 +195,22 @@ pub(super) fn to_object(file: &str, line: u64, value: Value) -> Result<DynamicOb
         .and_then(Value::as_str)
         .unwrap_or_default()
         .to_string();
-    let name = map
-        .get("metadata")
-        .and_then(|m| m.get("name"))
-        .and_then(Value::as_str);
-    if name.is_none_or(str::is_empty) {
+    let metadata = map.get("metadata");
+    let text = |field: &str| {
+        metadata
+            .and_then(|m| m.get(field))
+            .and_then(Value::as_str)
+            .filter(|text| !text.is_empty())
+    };
+    // A hook may be named afresh at each run (`generateName`), as Argo CD allows; any other
+    // object needs a name to be tracked and pruned.
+    let is_hook = ["argocd.argoproj.io/hook", "helm.sh/hook"].iter().any(|key| {
+        metadata
+            .and_then(|m| m.get("annotations"))
+            .and_then(|a| a.get(*key))
+            .is_some()
+    });
+    if text("name").is_none() && !(is_hook && text("generateName").is_some()) {
         return Err(refuse(format!("the {kind} has no metadata.name")));
     }
     serde_json::from_value(value)
@@ -209,6 +220,19 @@ pub(super) fn to_object(file: &str, line: u64, value: Value) -> Result<DynamicOb
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_hook_may_have_generate_name_instead_of_a_name() {
+        let hook = "apiVersion: batch/v1\nkind: Job\nmetadata:\n  generateName: migrate-\n  annotations:\n    argocd.argoproj.io/hook: PreSync\n";
+        let objects = parse("hook.yaml", hook).unwrap();
+        assert_eq!(
+            objects[0].metadata.generate_name.as_deref(),
+            Some("migrate-")
+        );
+        let plain = "apiVersion: batch/v1\nkind: Job\nmetadata:\n  generateName: migrate-\n";
+        let error = parse("plain.yaml", plain).unwrap_err().to_string();
+        assert!(error.contains("has no metadata.name"), "{error}");
+    }
 
     /// Parses with a fresh render's alias allowance.
     fn parse(file: &str, text: &str) -> Result<Vec<DynamicObject>, RenderError> {
