@@ -222,6 +222,32 @@ impl TestNamespace {
         }
     }
 
+    /// Waits (at most 90 s) until Application `name` has condition `type_` with `reason`;
+    /// returns the Application and the condition's message.
+    pub async fn wait_for_app_condition(
+        &self,
+        name: &str,
+        type_: &str,
+        reason: &str,
+    ) -> anyhow::Result<(Application, String)> {
+        let message = |app: &Application| -> Option<String> {
+            let status = app.status.as_ref()?;
+            let found = status
+                .conditions
+                .iter()
+                .find(|c| c.type_ == type_ && c.reason == reason)?;
+            Some(found.message.clone())
+        };
+        let what = format!("Application {name} condition {type_}/{reason}");
+        let app = self
+            .wait_for_application(&what, name, Duration::from_secs(90), |app| {
+                message(app).is_some()
+            })
+            .await?;
+        let text = message(&app).unwrap_or_default();
+        Ok((app, text))
+    }
+
     /// Waits (at most `timeout`) until Application `name` reports health `state`, and returns
     /// it.
     pub async fn wait_for_health(

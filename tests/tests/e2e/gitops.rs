@@ -141,22 +141,10 @@ async fn synced_at(ns: &TestNamespace, name: &str, revision: &str) -> Applicatio
 
 /// Waits until Application `name` has condition `type_` with `reason`; returns its message.
 async fn condition(ns: &TestNamespace, name: &str, type_: &str, reason: &str) -> String {
-    let has = |app: &Application| -> Option<String> {
-        let status = app.status.as_ref()?;
-        let found = status
-            .conditions
-            .iter()
-            .find(|c| c.type_ == type_ && c.reason == reason)?;
-        Some(found.message.clone())
-    };
-    let what = format!("Application {name} condition {type_}/{reason}");
-    let app = ns
-        .wait_for_application(&what, name, Duration::from_secs(90), |app| {
-            has(app).is_some()
-        })
+    ns.wait_for_app_condition(name, type_, reason)
         .await
-        .unwrap();
-    has(&app).unwrap()
+        .unwrap()
+        .1
 }
 
 async fn replicas(ns: &TestNamespace) -> Option<i32> {

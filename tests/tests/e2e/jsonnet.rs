@@ -2,7 +2,6 @@
 //! mooring's evaluator against go-jsonnet's own testdata (the implementation Argo CD uses).
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use mooring_crds::application::{
@@ -30,32 +29,6 @@ fn var(name: &str, value: &str, code: bool) -> JsonnetVar {
         value: value.into(),
         code,
     }
-}
-
-/// Waits until Application `name` has condition `type_` with `reason`; returns it.
-async fn with_condition(
-    ns: &TestNamespace,
-    name: &str,
-    type_: &str,
-    reason: &str,
-) -> (Application, String) {
-    let find = |app: &Application| -> Option<String> {
-        let status = app.status.as_ref()?;
-        let found = status
-            .conditions
-            .iter()
-            .find(|c| c.type_ == type_ && c.reason == reason)?;
-        Some(found.message.clone())
-    };
-    let what = format!("Application {name} condition {type_}/{reason}");
-    let app = ns
-        .wait_for_application(&what, name, Duration::from_secs(90), |app| {
-            find(app).is_some()
-        })
-        .await
-        .unwrap();
-    let message = find(&app).unwrap();
-    (app, message)
 }
 
 const MAIN: &str = r#"
@@ -112,7 +85,10 @@ async fn a_jsonnet_directory_syncs_and_a_broken_or_empty_one_is_not_synced() {
     )
     .unwrap();
     repo.commit("web: broken").unwrap();
-    let (app, message) = with_condition(&ns, "web", "Synced", "JsonnetFailed").await;
+    let (app, message) = ns
+        .wait_for_app_condition("web", "Synced", "JsonnetFailed")
+        .await
+        .unwrap();
     assert!(message.contains("apps/web/main.jsonnet:3:"), "{message}");
     let status = app.status.unwrap();
     assert_eq!(
@@ -137,7 +113,10 @@ async fn a_jsonnet_directory_syncs_and_a_broken_or_empty_one_is_not_synced() {
     ))
     .await
     .unwrap();
-    let (app, message) = with_condition(&ns, "empty", "Synced", "EmptyRender").await;
+    let (app, message) = ns
+        .wait_for_app_condition("empty", "Synced", "EmptyRender")
+        .await
+        .unwrap();
     assert!(
         message.contains("source path apps/empty rendered no objects"),
         "{message}"

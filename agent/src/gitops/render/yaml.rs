@@ -204,12 +204,14 @@ pub(super) fn to_object(file: &str, line: u64, value: Value) -> Result<DynamicOb
     };
     // A hook may be named afresh at each run (`generateName`), as Argo CD allows; any other
     // object needs a name to be tracked and pruned.
-    let is_hook = ["argocd.argoproj.io/hook", "helm.sh/hook"].iter().any(|key| {
-        metadata
-            .and_then(|m| m.get("annotations"))
-            .and_then(|a| a.get(*key))
-            .is_some()
-    });
+    let is_hook = ["argocd.argoproj.io/hook", "helm.sh/hook"]
+        .iter()
+        .any(|key| {
+            metadata
+                .and_then(|m| m.get("annotations"))
+                .and_then(|a| a.get(*key))
+                .is_some()
+        });
     if text("name").is_none() && !(is_hook && text("generateName").is_some()) {
         return Err(refuse(format!("the {kind} has no metadata.name")));
     }
