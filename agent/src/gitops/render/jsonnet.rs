@@ -4,7 +4,7 @@
 //! environment (`$ARGOCD_APP_NAME`, …) substituted into their values.
 //!
 //! The evaluator is rsjsonnet-lang (pure Rust, no unsafe). Every file it reads goes through
-//! [`Imports`], which resolves `import`, `importstr` and `importbin` as go-jsonnet's file
+//! `Imports`, which resolves `import`, `importstr` and `importbin` as go-jsonnet's file
 //! importer does (the importing file's directory, then the library paths, last first; the
 //! application directory is the first library path) and refuses any path that resolves outside
 //! the checkout, symlinks included.
@@ -13,7 +13,7 @@
 //! - **stack**: the evaluator keeps its own stack and stops at [`Jsonnet::max_stack`] frames
 //!   (go-jsonnet's default, 500); the parser recurses on the thread's stack, so each file's
 //!   nesting is measured first ([`nesting_depth`]) and refused over [`MAX_NESTING`], and the
-//!   evaluation thread has [`THREAD_STACK_BYTES`] of stack;
+//!   evaluation thread has `THREAD_STACK_BYTES` of stack;
 //! - **input**: each file read is at most `max_file_bytes`, all of them `max_total_bytes`;
 //! - **output**: the manifested JSON is at most `max_total_bytes`;
 //! - **time**: rsjsonnet-lang cannot be interrupted. The evaluation runs on a thread of its own
