@@ -154,42 +154,23 @@ pub async fn fetch_and_render(
     source: &ApplicationSource,
     limits: &RenderLimits,
 ) -> Result<Rendered, SourceError> {
-    let identity = BuildIdentity::default();
-    fetch_and_render_for(
-        client,
-        credentials_namespace,
-        cache,
-        source,
-        &identity,
-        limits,
-    )
-    .await
-}
-
-/// [`fetch_and_render`] for the Application `identity` names: its name, namespace and project
-/// go into Argo CD's build environment (`$ARGOCD_APP_NAME`, …).
-pub async fn fetch_and_render_for(
-    client: &kube::Client,
-    credentials_namespace: &str,
-    cache: &GitCache,
-    source: &ApplicationSource,
-    identity: &BuildIdentity,
-    limits: &RenderLimits,
-) -> Result<Rendered, SourceError> {
+    let nobody = BuildIdentity::default();
     let now = std::time::Duration::ZERO;
     fetch_and_render_within(
         client,
         credentials_namespace,
         cache,
         source,
-        identity,
+        &nobody,
         limits,
         now,
     )
     .await
 }
 
-/// [`fetch_and_render_for`], reusing a look at the remote younger than `max_look_age`.
+/// [`fetch_and_render`] for the Application `identity` names (its name, namespace and project
+/// go into Argo CD's build environment, `$ARGOCD_APP_NAME`, …), reusing a look at the remote
+/// younger than `max_look_age`.
 async fn fetch_and_render_within(
     client: &kube::Client,
     credentials_namespace: &str,

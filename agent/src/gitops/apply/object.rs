@@ -78,26 +78,25 @@ impl ObjectKey {
 
     /// The key of an object as it stands (its namespace as set on it).
     pub fn of_object(object: &DynamicObject) -> Option<ObjectKey> {
-        let types = object.types.as_ref()?;
-        let (group, _) = split_api_version(&types.api_version);
-        Some(ObjectKey {
-            group: group.to_string(),
-            kind: types.kind.clone(),
-            namespace: object
-                .metadata
-                .namespace
-                .clone()
-                .filter(|ns| !ns.is_empty()),
-            name: object.metadata.name.clone()?,
-        })
+        ObjectKey::named(object, object.metadata.name.clone()?)
     }
 
     /// The key of a hook: as [`ObjectKey::of_object`], but a hook without a name is keyed by
     /// its `metadata.generateName` (it gets a fresh name each time it is created).
     pub fn of_hook(object: &DynamicObject) -> Option<ObjectKey> {
-        if object.metadata.name.is_some() {
-            return ObjectKey::of_object(object);
-        }
+        let name = match &object.metadata.name {
+            Some(name) => name.clone(),
+            None => object
+                .metadata
+                .generate_name
+                .clone()
+                .filter(|name| !name.is_empty())?,
+        };
+        ObjectKey::named(object, name)
+    }
+
+    /// The key of `object` under `name`.
+    fn named(object: &DynamicObject, name: String) -> Option<ObjectKey> {
         let types = object.types.as_ref()?;
         let (group, _) = split_api_version(&types.api_version);
         Some(ObjectKey {
@@ -108,11 +107,7 @@ impl ObjectKey {
                 .namespace
                 .clone()
                 .filter(|ns| !ns.is_empty()),
-            name: object
-                .metadata
-                .generate_name
-                .clone()
-                .filter(|name| !name.is_empty())?,
+            name,
         })
     }
 
